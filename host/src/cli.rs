@@ -1,0 +1,184 @@
+//! The command line (SPEC §6): parsing, logging set-up, signals, and exit
+//! codes. 0 success, 1 runtime failure, 2 usage or config error.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::agent::{self, Control, RunOptions};
+use crate::config::{self, ConfigError};
+use crate::metrics::Metrics;
+
+pub const EXIT_RUNTIME: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ygg-agent",
+    version,
+    about = "Keeps service instances registered in etcd, with WebAssembly metadata plugins"
+)]
+struct Cli {
+    /// Log format: human-readable text, or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent: register the configured instances and keep them registered.
+    Run {
+        /// The YAML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file and print every error (exit 0 valid, 2 invalid).
+    Check {
+        /// The YAML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors.
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => run(&config),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn print_config_error(error: &ConfigError) {
+    eprintln!("error: {error}");
+}
+
+fn check(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                eprintln!("warning: {warning}");
+            }
+            let agent = &loaded.config.agent;
+            println!(
+                "{}: valid ({} instance{}, etcd {}, prefix {})",
+                path.display(),
+                agent.instances.len(),
+                if agent.instances.len() == 1 { "" } else { "s" },
+                loaded.config.registry.client.endpoints.join(","),
+                loaded.config.registry.prefix,
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            print_config_error(&error);
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn run(path: &Path) -> ExitCode {
+    let loaded = match config::load(path) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            print_config_error(&error);
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    for warning in &loaded.warnings {
+        warn!(%warning, "config warning");
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    runtime.block_on(async {
+        let (control_tx, control_rx) = mpsc::channel(8);
+        let options = RunOptions {
+            config_path: path.to_path_buf(),
+            metrics: Metrics::new(),
+        };
+        tokio::select! {
+            () = agent::run(options, loaded.config, control_rx) => ExitCode::SUCCESS,
+            result = forward_signals(control_tx) => match result {
+                Ok(never) => match never {},
+                Err(error) => {
+                    eprintln!("error: cannot install signal handlers: {error}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            },
+        }
+    })
+}
+
+/// SIGINT/SIGTERM ask for a graceful stop, a second one exits at once;
+/// SIGHUP asks for a config reload.
+async fn forward_signals(
+    control: mpsc::Sender<Control>,
+) -> std::io::Result<std::convert::Infallible> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut stopping = false;
+    loop {
+        let name = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+            _ = hangup.recv() => {
+                info!("SIGHUP: reloading the config");
+                let _ = control.try_send(Control::Reload);
+                continue;
+            }
+        };
+        if stopping {
+            warn!(
+                signal = name,
+                "second signal: exiting now without deregistering"
+            );
+            std::process::exit(i32::from(EXIT_RUNTIME));
+        }
+        stopping = true;
+        info!(
+            signal = name,
+            "stopping (send the signal again to exit at once)"
+        );
+        let _ = control.send(Control::Shutdown).await;
+    }
+}

@@ -1,0 +1,153 @@
+//! Talking to etcd: a client built from the config (endpoints, auth, TLS,
+//! timeouts), a deadline on every request, and errors that say what went
+//! wrong in words an operator can act on.
+
+use std::future::Future;
+use std::time::Duration;
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use tokio::time::Instant;
+
+use crate::config::ClientConfig;
+
+/// HTTP/2 pings on idle connections find a dead etcd between keepalive rounds.
+/// etcd refuses pings more often than every 5 s (`--grpc-keepalive-min-time`).
+const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Why an etcd request failed. All of them are transient to the registry:
+/// it retries, because etcd coming back (or the operator fixing the
+/// password) is always possible.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("etcd did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("{}", describe(.0))]
+    Client(#[from] etcd_client::Error),
+    #[error("cannot read {path}: {source}")]
+    TlsFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl EtcdError {
+    /// etcd no longer knows our lease: it expired, was revoked, or the
+    /// data was wiped. The cure is a new lease, not a retry.
+    pub fn is_lease_not_found(&self) -> bool {
+        match self {
+            EtcdError::Client(etcd_client::Error::GRpcStatus(status)) => {
+                status.message().contains("requested lease not found")
+            }
+            EtcdError::Client(etcd_client::Error::LeaseKeepAliveError(msg)) => {
+                msg.contains("lease not found")
+            }
+            _ => false,
+        }
+    }
+
+    /// The server refused a transaction as too big; a smaller batch will do.
+    pub fn is_request_too_large(&self) -> bool {
+        match self {
+            EtcdError::Client(etcd_client::Error::GRpcStatus(status)) => {
+                let msg = status.message();
+                msg.contains("too many operations in txn request")
+                    || msg.contains("request is too large")
+                    || status.code() == tonic::Code::ResourceExhausted
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The error and its causes on one line: tonic's "transport error" alone
+/// says nothing, its sources say "connection refused".
+fn describe(error: &etcd_client::Error) -> String {
+    let (mut text, mut source): (String, Option<&(dyn std::error::Error + 'static)>) = match error {
+        etcd_client::Error::GRpcStatus(status) => {
+            let text = match status.code() {
+                // tonic reports a failed connection as a synthetic status.
+                tonic::Code::Unavailable => format!("etcd unavailable: {}", status.message()),
+                tonic::Code::Unauthenticated => format!(
+                    "etcd refused the credentials: {} (check the username and password)",
+                    status.message()
+                ),
+                tonic::Code::PermissionDenied => format!(
+                    "etcd denied the request: {} (the user needs a role granting read/write on the prefix)",
+                    status.message()
+                ),
+                code => format!("etcd answered {code:?}: {}", status.message()),
+            };
+            (text, std::error::Error::source(status))
+        }
+        etcd_client::Error::TransportError(e) => (
+            format!("cannot connect to etcd: {e}"),
+            std::error::Error::source(e),
+        ),
+        other => (other.to_string(), None),
+    };
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Runs one etcd request, giving up after `limit`.
+pub async fn within<T>(
+    limit: Duration,
+    request: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, EtcdError> {
+    match tokio::time::timeout(limit, request).await {
+        Ok(result) => result.map_err(EtcdError::from),
+        Err(_) => Err(EtcdError::Timeout(limit)),
+    }
+}
+
+/// Runs one etcd request, giving up at `deadline` (shutdown uses this).
+pub async fn before<T>(
+    deadline: Instant,
+    request: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, EtcdError> {
+    within(deadline.saturating_duration_since(Instant::now()), request).await
+}
+
+/// Builds a client. With credentials this authenticates, so it can fail on
+/// a wrong password; without, the connection is made by the first request.
+pub async fn connect(config: &ClientConfig) -> Result<Client, EtcdError> {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(config.dial_timeout)
+        .with_keep_alive(HTTP2_PING_INTERVAL, config.dial_timeout)
+        .with_keep_alive_while_idle(true);
+    if let Some(credentials) = &config.credentials {
+        options = options
+            .with_user(
+                credentials.username.clone(),
+                credentials.password.expose().to_string(),
+            )
+            .with_auto_token_refresh(true);
+    }
+    if let Some(tls) = &config.tls {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|source| EtcdError::TlsFile {
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        let mut tls_options =
+            TlsOptions::new().ca_certificate(Certificate::from_pem(read(&tls.ca_file)?));
+        if let Some((cert, key)) = &tls.identity {
+            tls_options = tls_options.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        options = options.with_tls(tls_options);
+    }
+    within(
+        config.dial_timeout,
+        Client::connect(&config.endpoints, Some(options)),
+    )
+    .await
+}

@@ -1,0 +1,15 @@
+//! ygg-agent: a node agent that keeps service instances registered in etcd
+//! the way the Yggdrasil framework does, with WebAssembly metadata plugins.
+//!
+//! Data flows one way: [`config`] → [`desired`] (plus plugin metadata) →
+//! [`registry`] → etcd. [`agent`] is the supervisor that owns the running
+//! config and the shutdown sequence; [`cli`] is the command line around it.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod desired;
+pub mod etcd;
+pub mod metrics;
+pub mod record;
+pub mod registry;

@@ -1,0 +1,212 @@
+//! The agent's Prometheus metrics (`ygg_agent_*`). Every actor holds a clone
+//! of [`Metrics`] and bumps its own figures; the admin server renders them.
+//! Metrics are atomics, the one piece of state shared without messages.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+pub const OK: ResultLabel = ResultLabel { result: "ok" };
+pub const ERROR: ResultLabel = ResultLabel { result: "error" };
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabel {
+    pub plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginResultLabel {
+    pub plugin: String,
+    pub result: &'static str,
+}
+
+/// Cheap to clone; all clones update the same figures.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registrations: Family<ResultLabel, Counter>,
+    pub deregistrations: Family<ResultLabel, Counter>,
+    pub keepalives: Family<ResultLabel, Counter>,
+    pub lease_grants: Counter,
+    pub lease_losses: Counter,
+    pub repairs: Counter,
+    pub instances_desired: Gauge,
+    pub instances_registered: Gauge,
+    pub etcd_connected: Gauge,
+    pub config_reloads: Family<ResultLabel, Counter>,
+    pub plugin_calls: Family<PluginResultLabel, Counter>,
+    pub plugin_call_seconds: Family<PluginLabel, Histogram>,
+    pub plugin_restarts: Family<PluginLabel, Counter>,
+    pub plugins_loaded: Gauge,
+    registry: Arc<Registry>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registrations = Family::<ResultLabel, Counter>::default();
+        let deregistrations = Family::<ResultLabel, Counter>::default();
+        let keepalives = Family::<ResultLabel, Counter>::default();
+        let lease_grants = Counter::default();
+        let lease_losses = Counter::default();
+        let repairs = Counter::default();
+        let instances_desired = Gauge::default();
+        let instances_registered = Gauge::default();
+        let etcd_connected = Gauge::default();
+        let config_reloads = Family::<ResultLabel, Counter>::default();
+        let plugin_calls = Family::<PluginResultLabel, Counter>::default();
+        let plugin_call_seconds =
+            Family::<PluginLabel, Histogram>::new_with_constructor(plugin_latency_histogram);
+        let plugin_restarts = Family::<PluginLabel, Counter>::default();
+        let plugins_loaded = Gauge::default();
+
+        // Zero-valued series exist from the start, so dashboards and alerts
+        // see `0` rather than "no data" before the first event.
+        for label in [OK, ERROR] {
+            let _ = registrations.get_or_create(&label);
+            let _ = deregistrations.get_or_create(&label);
+            let _ = keepalives.get_or_create(&label);
+            let _ = config_reloads.get_or_create(&label);
+        }
+
+        let mut registry = Registry::with_prefix("ygg_agent");
+        registry.register(
+            "registrations",
+            "Instance keys written to etcd, by result",
+            registrations.clone(),
+        );
+        registry.register(
+            "deregistrations",
+            "Instance keys deleted from etcd, by result",
+            deregistrations.clone(),
+        );
+        registry.register(
+            "keepalives",
+            "Lease keepalive rounds, by result",
+            keepalives.clone(),
+        );
+        registry.register("lease_grants", "Leases granted", lease_grants.clone());
+        registry.register(
+            "lease_losses",
+            "Leases lost (expired, revoked or not found) and replaced",
+            lease_losses.clone(),
+        );
+        registry.register(
+            "repairs",
+            "Instance keys put back after someone else deleted or changed them",
+            repairs.clone(),
+        );
+        registry.register(
+            "instances_desired",
+            "Instances the agent should keep registered",
+            instances_desired.clone(),
+        );
+        registry.register(
+            "instances_registered",
+            "Instances confirmed registered in etcd under a live lease",
+            instances_registered.clone(),
+        );
+        registry.register(
+            "etcd_connected",
+            "1 while the last etcd request succeeded, else 0",
+            etcd_connected.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reloads, by result",
+            config_reloads.clone(),
+        );
+        registry.register(
+            "plugin_calls",
+            "Plugin calls, by plugin and result",
+            plugin_calls.clone(),
+        );
+        registry.register(
+            "plugin_call_duration_seconds",
+            "Wall-clock time of plugin calls",
+            plugin_call_seconds.clone(),
+        );
+        registry.register(
+            "plugin_restarts",
+            "Plugin instances rebuilt after a failure",
+            plugin_restarts.clone(),
+        );
+        registry.register(
+            "plugins_loaded",
+            "Plugins currently loaded",
+            plugins_loaded.clone(),
+        );
+        Metrics {
+            registrations,
+            deregistrations,
+            keepalives,
+            lease_grants,
+            lease_losses,
+            repairs,
+            instances_desired,
+            instances_registered,
+            etcd_connected,
+            config_reloads,
+            plugin_calls,
+            plugin_call_seconds,
+            plugin_restarts,
+            plugins_loaded,
+            registry: Arc::new(registry),
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+fn plugin_latency_histogram() -> Histogram {
+    // 5 µs .. ~2.6 s: warm calls take microseconds, timeouts take the budget.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        5e-6, 4.0, 10,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prefixed_prometheus_text() {
+        let metrics = Metrics::new();
+        metrics.registrations.get_or_create(&OK).inc_by(3);
+        metrics.lease_losses.inc();
+        let text = metrics.render();
+        assert!(
+            text.contains("ygg_agent_registrations_total{result=\"ok\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ygg_agent_registrations_total{result=\"error\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("ygg_agent_lease_losses_total 1"), "{text}");
+        assert!(
+            text.contains("# TYPE ygg_agent_etcd_connected gauge"),
+            "{text}"
+        );
+    }
+}

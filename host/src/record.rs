@@ -1,0 +1,279 @@
+//! What lands in etcd, as pure functions: an instance's identity key, its
+//! registry key and its JSON record (SPEC §3). Nothing here does I/O.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sha1::{Digest, Sha1};
+
+/// Metadata key that replaces the hashed identity with an operator-chosen one.
+pub const INSTANCE_ID_KEY: &str = "instance_id";
+
+/// Longest `instance_id` accepted (and so the longest custom instance key).
+pub const INSTANCE_ID_MAX_LEN: usize = 128;
+
+/// Namespace used when an instance does not name one, as in Yggdrasil.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// A service instance as the operator configured it. Metadata here is the
+/// configured metadata only; plugin output is merged in by [`record_value`]'s
+/// caller, and never changes the instance's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub namespace: String,
+    pub name: String,
+    pub version: String,
+    pub region: String,
+    pub zone: String,
+    pub campus: String,
+    pub metadata: BTreeMap<String, String>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One way to reach an instance (`grpc://127.0.0.1:54321`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub scheme: String,
+    pub address: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Instance {
+    /// `namespace/name/version`, the way the seed's log line names a service.
+    pub fn service_label(&self) -> String {
+        format!("{}/{}/{}", self.namespace, self.name, self.version)
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.address)
+    }
+}
+
+/// The instance's key below `<prefix>/<namespace>/<name>/`: the configured
+/// `instance_id`, or the lowercase hex SHA-1 of the identity JSON
+/// (namespace, name, version and the endpoints sorted by scheme then address).
+/// Region, zone, campus and metadata are deliberately not part of it, so a
+/// metadata change rewrites one key instead of leaking a new one.
+pub fn instance_key(instance: &Instance) -> String {
+    if let Some(id) = instance.metadata.get(INSTANCE_ID_KEY) {
+        return id.clone();
+    }
+    hex::encode(Sha1::digest(identity_json(instance).as_bytes()))
+}
+
+/// The compact JSON whose SHA-1 is the default instance key.
+pub fn identity_json(instance: &Instance) -> String {
+    #[derive(Serialize)]
+    struct Identity<'a> {
+        namespace: &'a str,
+        name: &'a str,
+        version: &'a str,
+        endpoints: Vec<IdentityEndpoint<'a>>,
+    }
+    #[derive(Serialize, PartialEq, Eq, PartialOrd, Ord)]
+    struct IdentityEndpoint<'a> {
+        scheme: &'a str,
+        address: &'a str,
+    }
+    let mut endpoints: Vec<IdentityEndpoint> = instance
+        .endpoints
+        .iter()
+        .map(|e| IdentityEndpoint {
+            scheme: &e.scheme,
+            address: &e.address,
+        })
+        .collect();
+    endpoints.sort();
+    let identity = Identity {
+        namespace: &instance.namespace,
+        name: &instance.name,
+        version: &instance.version,
+        endpoints,
+    };
+    serde_json::to_string(&identity).expect("identity JSON is always serialisable")
+}
+
+/// `<prefix>/<namespace>/<name>/<instanceKey>`; `prefix` has no trailing `/`.
+pub fn registry_key(prefix: &str, instance: &Instance) -> String {
+    format!(
+        "{}/{}/{}/{}",
+        prefix,
+        instance.namespace,
+        instance.name,
+        instance_key(instance)
+    )
+}
+
+/// The record stored under the registry key: compact JSON with the seed's
+/// field order, sorted map keys, and `null` for an empty map. `metadata` is
+/// the instance's full metadata (configured plus plugin output).
+pub fn record_value(instance: &Instance, metadata: &BTreeMap<String, String>) -> String {
+    #[derive(Serialize)]
+    struct Record<'a> {
+        namespace: &'a str,
+        name: &'a str,
+        version: &'a str,
+        region: &'a str,
+        zone: &'a str,
+        campus: &'a str,
+        metadata: Option<&'a BTreeMap<String, String>>,
+        endpoints: Vec<RecordEndpoint<'a>>,
+    }
+    #[derive(Serialize)]
+    struct RecordEndpoint<'a> {
+        scheme: &'a str,
+        address: &'a str,
+        metadata: Option<&'a BTreeMap<String, String>>,
+    }
+    fn non_empty(map: &BTreeMap<String, String>) -> Option<&BTreeMap<String, String>> {
+        (!map.is_empty()).then_some(map)
+    }
+    let record = Record {
+        namespace: &instance.namespace,
+        name: &instance.name,
+        version: &instance.version,
+        region: &instance.region,
+        zone: &instance.zone,
+        campus: &instance.campus,
+        metadata: non_empty(metadata),
+        endpoints: instance
+            .endpoints
+            .iter()
+            .map(|e| RecordEndpoint {
+                scheme: &e.scheme,
+                address: &e.address,
+                metadata: non_empty(&e.metadata),
+            })
+            .collect(),
+    };
+    serde_json::to_string(&record).expect("record JSON is always serialisable")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// The seed's example instance (registry-example.md, "Code structure").
+    fn seed_instance() -> Instance {
+        Instance {
+            namespace: "default".into(),
+            name: "example-registry-server".into(),
+            version: "1.0.0".into(),
+            region: "us-west".into(),
+            zone: "us-west-1".into(),
+            campus: "campus-a".into(),
+            metadata: map(&[("env", "dev"), ("pod", "pod-1234567890")]),
+            endpoints: vec![
+                Endpoint {
+                    scheme: "grpc".into(),
+                    address: "127.0.0.1:54321".into(),
+                    metadata: BTreeMap::new(),
+                },
+                Endpoint {
+                    scheme: "http".into(),
+                    address: "127.0.0.1:54321".into(),
+                    metadata: BTreeMap::new(),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn seed_identity_json_and_key() {
+        let instance = seed_instance();
+        assert_eq!(
+            identity_json(&instance),
+            r#"{"namespace":"default","name":"example-registry-server","version":"1.0.0","endpoints":[{"scheme":"grpc","address":"127.0.0.1:54321"},{"scheme":"http","address":"127.0.0.1:54321"}]}"#
+        );
+        // Computed independently: printf '%s' '<the JSON above>' | sha1sum
+        assert_eq!(
+            instance_key(&instance),
+            "5b51df33a06ef6bde3a81b1ad8d1792ed24de006"
+        );
+        assert_eq!(
+            registry_key("/yggdrasil/registry", &instance),
+            "/yggdrasil/registry/default/example-registry-server/5b51df33a06ef6bde3a81b1ad8d1792ed24de006"
+        );
+    }
+
+    #[test]
+    fn seed_record_has_the_seed_field_order() {
+        let instance = seed_instance();
+        let mut metadata = instance.metadata.clone();
+        metadata.insert("started".into(), "2024-01-26T10:00:00Z".into());
+        assert_eq!(
+            record_value(&instance, &metadata),
+            r#"{"namespace":"default","name":"example-registry-server","version":"1.0.0","region":"us-west","zone":"us-west-1","campus":"campus-a","metadata":{"env":"dev","pod":"pod-1234567890","started":"2024-01-26T10:00:00Z"},"endpoints":[{"scheme":"grpc","address":"127.0.0.1:54321","metadata":null},{"scheme":"http","address":"127.0.0.1:54321","metadata":null}]}"#
+        );
+    }
+
+    #[test]
+    fn empty_maps_are_null_and_maps_are_sorted() {
+        let mut instance = seed_instance();
+        instance.endpoints[1].metadata = map(&[("z", "1"), ("a", "2")]);
+        let value = record_value(&instance, &BTreeMap::new());
+        assert!(value.contains(r#""metadata":null,"endpoints""#), "{value}");
+        assert!(value.contains(r#""metadata":{"a":"2","z":"1"}"#), "{value}");
+    }
+
+    #[test]
+    fn identity_ignores_metadata_and_location_and_endpoint_order() {
+        let a = seed_instance();
+        let mut b = seed_instance();
+        b.metadata.insert("load".into(), "0.42".into());
+        b.region = "eu-central".into();
+        b.zone = "z".into();
+        b.campus = "c".into();
+        b.endpoints.reverse();
+        b.endpoints[0].metadata = map(&[("path", "/api")]);
+        assert_eq!(instance_key(&a), instance_key(&b));
+    }
+
+    #[test]
+    fn identity_changes_with_version_endpoints_namespace_and_name() {
+        let base = instance_key(&seed_instance());
+        let mut v = seed_instance();
+        v.version = "1.0.1".into();
+        let mut e = seed_instance();
+        e.endpoints[0].address = "127.0.0.1:54322".into();
+        let mut n = seed_instance();
+        n.namespace = "prod".into();
+        let mut s = seed_instance();
+        s.name = "other".into();
+        for changed in [v, e, n, s] {
+            assert_ne!(instance_key(&changed), base);
+        }
+    }
+
+    #[test]
+    fn instance_id_overrides_the_hash() {
+        let mut instance = seed_instance();
+        instance
+            .metadata
+            .insert(INSTANCE_ID_KEY.into(), "my-custom-instance-id".into());
+        assert_eq!(instance_key(&instance), "my-custom-instance-id");
+        assert_eq!(
+            registry_key("/p", &instance),
+            "/p/default/example-registry-server/my-custom-instance-id"
+        );
+    }
+
+    #[test]
+    fn key_is_forty_lowercase_hex() {
+        let key = instance_key(&seed_instance());
+        assert_eq!(key.len(), 40);
+        assert!(
+            key.chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        );
+    }
+}

@@ -1,0 +1,153 @@
+//! Bad config files at start: `check` and `run` exit 2 and name every
+//! problem with its YAML path; a good file passes `check`.
+
+mod support;
+
+use support::run_cli;
+
+fn write(dir: &tempfile::TempDir, text: &str) -> String {
+    let path = dir.path().join("agent.yaml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+const GOOD: &str = "agent:\n  instances:\n    - name: svc\n      endpoints: [{scheme: grpc, address: '127.0.0.1:1'}]\n";
+
+#[test]
+fn check_accepts_a_good_file_and_the_shipped_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = run_cli(&["check", "--config", &write(&dir, GOOD)]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("valid (1 instance"), "{stdout}");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/agent.yaml");
+    let (code, stdout, stderr) = run_cli(&["check", "--config", example]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+}
+
+#[test]
+fn malformed_configs_exit_2_naming_the_yaml_path() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "agent:\n  instances:\n    - name: a\n      endpoints: []\n",
+            "agent.instances[0].endpoints: at least one endpoint (line 4)",
+        ),
+        (
+            "agent:\n  instances:\n    - version: 1\n      endpoints: [{scheme: grpc, address: 'x:1'}]\n",
+            "agent.instances[0].name: missing",
+        ),
+        (
+            "yggdrasil:\n  registry:\n    type: zookeeper\n",
+            "yggdrasil.registry.type: `zookeeper` is not supported",
+        ),
+        (
+            "yggdrasil:\n  registry:\n    config:\n      ttl: 1s\n",
+            "yggdrasil.registry.config.ttl: 1s is below the minimum of 2s (line 4)",
+        ),
+        (
+            "yggdrasil:\n  registry:\n    config:\n      retryInterval: often\n",
+            "yggdrasil.registry.config.retryInterval: `often` is not a duration",
+        ),
+        (
+            "yggdrasil:\n  registry:\n    config:\n      keepAlive: yes please\n",
+            "yggdrasil.registry.config.keepAlive: expected true or false",
+        ),
+        (
+            "yggdrasil:\n  registry:\n    config:\n      client:\n        endpoints: [etcd]\n",
+            "yggdrasil.registry.config.client.endpoints[0]: `etcd` is not an etcd address",
+        ),
+        (
+            "yggdrasil:\n  registry:\n    config:\n      prefix: registry\n",
+            "yggdrasil.registry.config.prefix: `registry` must start with `/`",
+        ),
+        (
+            "agent:\n  shutdownTimeout: 5\n",
+            "agent.shutdownTimeout: `5` has no unit",
+        ),
+        (
+            "agent:\n  instances: []\n  colour: blue\n",
+            "agent.colour: unknown key",
+        ),
+        (
+            "agent:\n  instances:\n    - name: a\n      endpoints: [{scheme: grpc}]\n",
+            "agent.instances[0].endpoints[0].address: missing",
+        ),
+        (
+            "agent:\n  admin:\n    listen: everywhere\n",
+            "agent.admin.listen: `everywhere` is not an IP address and port",
+        ),
+        (
+            "agent:\n  plugins:\n    memoryLimit: 1KiB\n",
+            "agent.plugins.memoryLimit: must be between 2MiB and 4GiB",
+        ),
+        ("agent: [oops\n", "YAML syntax error"),
+        ("", "the file is empty"),
+    ];
+    for (text, needle) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("plugins")).unwrap();
+        let path = write(&dir, text);
+        for command in ["check", "run"] {
+            let (code, stdout, stderr) = run_cli(&[command, "--config", &path]);
+            assert_eq!(
+                code, 2,
+                "`{command}` on {text:?} exited {code}: {stdout}{stderr}"
+            );
+            assert!(
+                stderr.contains(needle),
+                "`{command}` on {text:?}: stderr lacks {needle:?}:\n{stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_error_is_listed_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        "yggdrasil:\n  registry:\n    config:\n      ttl: 1s\n      prefix: nope\nagent:\n  instances:\n    - name: a\n      endpoints: []\n  shutdownTimeout: never\n",
+    );
+    let (code, _, stderr) = run_cli(&["run", "--config", &path]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("invalid (4 errors)"), "{stderr}");
+    for needle in [
+        "config.ttl",
+        "config.prefix",
+        "instances[0].endpoints",
+        "agent.shutdownTimeout",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle}:\n{stderr}");
+    }
+}
+
+#[test]
+fn a_missing_file_or_bad_usage_exits_2() {
+    let (code, _, stderr) = run_cli(&["check", "--config", "/nonexistent/agent.yaml"]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("cannot read config file /nonexistent/agent.yaml"),
+        "{stderr}"
+    );
+    let (code, _, _) = run_cli(&["run"]);
+    assert_eq!(code, 2);
+    let (code, _, _) = run_cli(&["frobnicate"]);
+    assert_eq!(code, 2);
+    let (code, stdout, _) = run_cli(&["run", "--help"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("--config"));
+}
+
+#[test]
+fn check_never_prints_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        "yggdrasil:\n  registry:\n    config:\n      client:\n        username: root\n        password: s3cret-pw\n        dialTimeout: nope\n",
+    );
+    let (code, stdout, stderr) = run_cli(&["check", "--config", &path]);
+    assert_eq!(code, 2);
+    assert!(
+        !stdout.contains("s3cret-pw") && !stderr.contains("s3cret-pw"),
+        "{stdout}{stderr}"
+    );
+}

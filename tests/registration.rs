@@ -1,0 +1,395 @@
+//! Registration core against a real etcd: what lands, how it is held, how it
+//! comes back after etcd failures, and how it goes away on stop.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+const PREFIX: &str = "/yggdrasil/registry/";
+
+/// The bound the agent promises after etcd comes back: retryInterval (1 s in
+/// these tests) plus one second.
+const RECOVERY: Duration = Duration::from_secs(2);
+
+async fn wait_registered(etcd: &Etcd, keys: usize) -> std::collections::BTreeMap<String, Entry> {
+    let endpoints = etcd.endpoints();
+    let (entries, _) = wait_for(PATIENCE, &format!("{keys} registered keys"), || {
+        let endpoints = endpoints.clone();
+        async move {
+            try_entries(&endpoints, PREFIX)
+                .await
+                .filter(|e| e.len() == keys && e.values().all(|v| v.lease != 0))
+        }
+    })
+    .await;
+    entries
+}
+
+#[tokio::test]
+async fn registers_the_seed_instance_exactly_as_specified() {
+    let etcd = Etcd::start().await;
+    let agent = Agent::start(&ConfigFile::new(etcd.endpoints()));
+    let entries = wait_registered(&etcd, 1).await;
+    let entry = &entries[SEED_KEY];
+    assert_eq!(entry.value, SEED_VALUE);
+    let mut client = etcd.client().await;
+    let ttl = client.lease_time_to_live(entry.lease, None).await.unwrap();
+    assert!(ttl.ttl() > 0 && ttl.granted_ttl() == 4, "{ttl:?}");
+    // The seed's log lines, per instance.
+    agent
+        .wait_for_log("instance registered successfully", PATIENCE)
+        .await;
+    let log = agent.log();
+    for line in [
+        "service: default/example-registry-server/1.0.0",
+        "endpoints: 2",
+        "  - grpc://127.0.0.1:54321",
+        "  - http://127.0.0.1:54321",
+    ] {
+        assert!(log.contains(line), "log lacks {line:?}:\n{log}");
+    }
+}
+
+#[tokio::test]
+async fn instances_share_one_lease_and_stay_without_rewrites() {
+    let etcd = Etcd::start().await;
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.ttl = "2s";
+    config.instances = format!("{SEED_INSTANCE}{}", instances("other", 4));
+    let _agent = Agent::start(&config);
+    let first = wait_registered(&etcd, 5).await;
+    let mut client = etcd.client().await;
+    assert_eq!(
+        leases(&mut client).await.len(),
+        1,
+        "one lease for the whole agent"
+    );
+    let lease = first.values().next().unwrap().lease;
+    assert!(first.values().all(|e| e.lease == lease));
+
+    // Three TTLs later: same keys, same lease, and not one write since.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let later = entries(&mut client, PREFIX).await;
+    assert_eq!(
+        later, first,
+        "keys were rewritten or lost while nothing changed"
+    );
+    assert!(client.lease_time_to_live(lease, None).await.unwrap().ttl() > 0);
+    assert_eq!(leases(&mut client).await, vec![lease]);
+}
+
+#[tokio::test]
+async fn survives_etcd_kill9_and_restart() {
+    let mut etcd = Etcd::start().await;
+    let _agent = Agent::start(&ConfigFile::new(etcd.endpoints()));
+    let before = wait_registered(&etcd, 1).await;
+    etcd.kill9();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    etcd.restart().await;
+    let endpoints = etcd.endpoints();
+    let (after, took) = wait_for(RECOVERY, "keys after restart", || {
+        let endpoints = endpoints.clone();
+        async move {
+            try_entries(&endpoints, PREFIX)
+                .await
+                .filter(|e| e.len() == 1)
+        }
+    })
+    .await;
+    println!("registration present {took:?} after etcd came back");
+    assert_eq!(after[SEED_KEY].value, SEED_VALUE);
+    // The agent renews through the restart: still there after two more TTLs.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let mut client = etcd.client().await;
+    let later = entries(&mut client, PREFIX).await;
+    assert_eq!(later.len(), 1, "registration lost after the restart");
+    assert!(
+        client
+            .lease_time_to_live(later[SEED_KEY].lease, None)
+            .await
+            .unwrap()
+            .ttl()
+            > 0
+    );
+    let _ = before;
+}
+
+#[tokio::test]
+async fn comes_back_after_etcd_is_wiped() {
+    let mut etcd = Etcd::start().await;
+    let agent = Agent::start(&ConfigFile::new(etcd.endpoints()));
+    let before = wait_registered(&etcd, 1).await;
+    etcd.wipe_and_restart().await;
+    let endpoints = etcd.endpoints();
+    let (after, took) = wait_for(RECOVERY, "keys after the wipe", || {
+        let endpoints = endpoints.clone();
+        async move {
+            try_entries(&endpoints, PREFIX)
+                .await
+                .filter(|e| e.len() == 1)
+        }
+    })
+    .await;
+    println!("registration back {took:?} after a wiped etcd came up");
+    assert_eq!(after[SEED_KEY].value, SEED_VALUE);
+    assert_ne!(
+        after[SEED_KEY].lease, before[SEED_KEY].lease,
+        "a new lease was granted"
+    );
+    let mut client = etcd.client().await;
+    assert_eq!(leases(&mut client).await, vec![after[SEED_KEY].lease]);
+    agent.wait_for_log("lease lost", PATIENCE).await;
+}
+
+#[tokio::test]
+async fn a_deleted_or_overwritten_key_is_put_back() {
+    let etcd = Etcd::start().await;
+    let _agent = Agent::start(&ConfigFile::new(etcd.endpoints()));
+    wait_registered(&etcd, 1).await;
+    let mut client = etcd.client().await;
+
+    client.delete(SEED_KEY, None).await.unwrap();
+    let endpoints = etcd.endpoints();
+    let (_, took) = wait_for(RECOVERY, "deleted key put back", || {
+        let endpoints = endpoints.clone();
+        async move {
+            try_entries(&endpoints, PREFIX)
+                .await
+                .filter(|e| e.contains_key(SEED_KEY))
+        }
+    })
+    .await;
+    println!("deleted key back after {took:?}");
+
+    client
+        .put(SEED_KEY, r#"{"name":"impostor"}"#, None)
+        .await
+        .unwrap();
+    let (restored, took) = wait_for(RECOVERY, "overwritten key restored", || {
+        let endpoints = endpoints.clone();
+        async move {
+            try_entries(&endpoints, PREFIX).await.filter(|e| {
+                e.get(SEED_KEY)
+                    .is_some_and(|v| v.value == SEED_VALUE && v.lease != 0)
+            })
+        }
+    })
+    .await;
+    println!("overwritten key restored after {took:?}");
+    assert_eq!(restored[SEED_KEY].value, SEED_VALUE);
+}
+
+#[tokio::test]
+async fn sigterm_deletes_keys_revokes_the_lease_and_exits_zero() {
+    let etcd = Etcd::start().await;
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.instances = format!("{SEED_INSTANCE}{}", instances("other", 2));
+    let mut agent = Agent::start(&config);
+    wait_registered(&etcd, 3).await;
+    agent.signal(libc::SIGTERM);
+    let (status, took) = agent.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "log:\n{}", agent.log());
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?}, beyond shutdownTimeout"
+    );
+    let mut client = etcd.client().await;
+    assert!(
+        entries(&mut client, PREFIX).await.is_empty(),
+        "keys left after stop"
+    );
+    assert!(leases(&mut client).await.is_empty(), "lease not revoked");
+    let log = agent.log();
+    assert!(
+        log.contains("instance deregistered") && log.contains("lease revoked"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn registers_once_etcd_comes_up() {
+    // Reserve ports, start the agent against nothing, then start etcd there.
+    let mut etcd = Etcd::start().await;
+    etcd.kill9();
+    let agent = Agent::start(&ConfigFile::new(etcd.endpoints()));
+    agent.wait_for_log("retrying", PATIENCE).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    etcd.restart().await;
+    let endpoints = etcd.endpoints();
+    let (entries, took) = wait_for(RECOVERY, "registration once etcd is up", || {
+        let endpoints = endpoints.clone();
+        async move {
+            try_entries(&endpoints, PREFIX)
+                .await
+                .filter(|e| e.len() == 1)
+        }
+    })
+    .await;
+    println!("registered {took:?} after etcd came up");
+    assert_eq!(entries[SEED_KEY].value, SEED_VALUE);
+}
+
+#[tokio::test]
+async fn keep_alive_false_writes_without_a_lease_and_deletes_on_stop() {
+    let etcd = Etcd::start().await;
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.keep_alive = false;
+    let mut agent = Agent::start(&config);
+    let endpoints = etcd.endpoints();
+    let (entries_now, _) = wait_for(PATIENCE, "key without lease", || {
+        let endpoints = endpoints.clone();
+        async move {
+            try_entries(&endpoints, PREFIX)
+                .await
+                .filter(|e| e.len() == 1)
+        }
+    })
+    .await;
+    assert_eq!(entries_now[SEED_KEY].lease, 0);
+    let mut client = etcd.client().await;
+    assert!(leases(&mut client).await.is_empty());
+
+    // A crash leaves the key (that is what keepAlive: false asks for)...
+    agent.kill9();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(entries(&mut client, PREFIX).await.len(), 1);
+    // ...and a graceful stop removes it.
+    agent.spawn(&[]);
+    agent
+        .wait_for_log_count("instance registered successfully", 2, PATIENCE)
+        .await;
+    agent.signal(libc::SIGTERM);
+    let (status, _) = agent.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    assert!(entries(&mut client, PREFIX).await.is_empty());
+}
+
+#[tokio::test]
+async fn sigterm_with_etcd_down_exits_within_shutdown_timeout() {
+    let mut etcd = Etcd::start().await;
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.shutdown_timeout = "2s";
+    let mut agent = Agent::start(&config);
+    wait_registered(&etcd, 1).await;
+    etcd.kill9();
+    agent.signal(libc::SIGTERM);
+    let (status, took) = agent.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "log:\n{}", agent.log());
+    assert!(
+        took < Duration::from_millis(2500),
+        "took {took:?} with shutdownTimeout 2s"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_with_etcd_paused_exits_within_shutdown_timeout_and_a_second_signal_at_once() {
+    let etcd = Etcd::start().await;
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.shutdown_timeout = "3s";
+    let mut agent = Agent::start(&config);
+    wait_registered(&etcd, 1).await;
+
+    // A hung etcd: the graceful stop is bounded by shutdownTimeout.
+    etcd.pause();
+    agent.signal(libc::SIGTERM);
+    let (status, took) = agent.wait_exit(Duration::from_secs(10));
+    etcd.resume();
+    assert_eq!(status.code(), Some(0), "log:\n{}", agent.log());
+    assert!(
+        took < Duration::from_millis(3500),
+        "took {took:?} with shutdownTimeout 3s"
+    );
+
+    // Again, but a second signal cuts the wait short.
+    agent.spawn(&[]);
+    wait_registered(&etcd, 1).await;
+    etcd.pause();
+    agent.signal(libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    agent.signal(libc::SIGINT);
+    let (status, took) = agent.wait_exit(Duration::from_secs(10));
+    etcd.resume();
+    assert_eq!(status.code(), Some(1), "log:\n{}", agent.log());
+    assert!(took < Duration::from_secs(2), "second signal took {took:?}");
+    assert!(agent.log().contains("second signal"));
+}
+
+#[tokio::test]
+async fn a_pause_longer_than_the_ttl_loses_the_lease_and_the_agent_recovers() {
+    let etcd = Etcd::start().await;
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.ttl = "2s";
+    let agent = Agent::start(&config);
+    let before = wait_registered(&etcd, 1).await;
+    etcd.pause();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    etcd.resume();
+    let endpoints = etcd.endpoints();
+    // Once etcd notices the expired lease and the agent notices the loss,
+    // the key is back on a new lease.
+    let (after, took) = wait_for(Duration::from_secs(10), "key on a new lease", || {
+        let endpoints = endpoints.clone();
+        let old = before[SEED_KEY].lease;
+        async move {
+            try_entries(&endpoints, PREFIX).await.filter(|e| {
+                e.get(SEED_KEY)
+                    .is_some_and(|v| v.lease != old && v.lease != 0)
+            })
+        }
+    })
+    .await;
+    println!("back on a new lease {took:?} after the pause ended");
+    assert_eq!(after[SEED_KEY].value, SEED_VALUE);
+    agent.wait_for_log("lease lost", PATIENCE).await;
+}
+
+#[tokio::test]
+async fn a_killed_agent_leaves_keys_to_expire_and_a_restart_reuses_them() {
+    let etcd = Etcd::start().await;
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.ttl = "2s";
+    config.instances = format!("{SEED_INSTANCE}{}", instances("other", 2));
+    let mut agent = Agent::start(&config);
+    let first = wait_registered(&etcd, 3).await;
+
+    // Killed at once: nothing deregisters, the lease expires the keys.
+    agent.kill9();
+    let endpoints = etcd.endpoints();
+    let (_, took) = wait_for(Duration::from_secs(6), "keys expired", || {
+        let endpoints = endpoints.clone();
+        async move {
+            try_entries(&endpoints, PREFIX)
+                .await
+                .filter(|e| e.is_empty())
+        }
+    })
+    .await;
+    println!("keys expired {took:?} after the agent was killed (ttl 2s)");
+
+    // Restarted: the same keys come back, and nothing else.
+    agent.spawn(&[]);
+    let second = wait_registered(&etcd, 3).await;
+    assert_eq!(
+        second.keys().collect::<Vec<_>>(),
+        first.keys().collect::<Vec<_>>()
+    );
+
+    // Killed and restarted before the old lease expires: still one key per
+    // instance, on the new lease, after the old lease is gone.
+    agent.kill9();
+    agent.spawn(&[]);
+    agent
+        .wait_for_log_count("instance registered successfully", 9, PATIENCE)
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut client = etcd.client().await;
+    let third = entries(&mut client, PREFIX).await;
+    assert_eq!(
+        third.keys().collect::<Vec<_>>(),
+        first.keys().collect::<Vec<_>>(),
+        "duplicates or losses"
+    );
+    assert_eq!(leases(&mut client).await.len(), 1);
+}

@@ -1,0 +1,583 @@
+//! Test support: real etcd processes on free loopback ports in temp dirs,
+//! the agent binary as a child process, and helpers to look at etcd.
+//! Everything started here is killed when its handle drops.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, GetOptions};
+use tempfile::TempDir;
+
+/// Generous bound for things that should happen "soon" (process start, etc.).
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+pub fn agent_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_ygg-agent")
+}
+
+/// A directory for data that is cheap to fsync: tmpfs when there is one.
+pub fn fast_tempdir() -> TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(dir) = tempfile::Builder::new().prefix("ygg-test-").tempdir_in(shm)
+    {
+        return dir;
+    }
+    tempfile::Builder::new()
+        .prefix("ygg-test-")
+        .tempdir()
+        .expect("temp dir")
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub fn send_signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) with a pid we spawned and a valid signal number.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
+    assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
+}
+
+/// One etcd member.
+pub struct EtcdMember {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub data_dir: PathBuf,
+    initial_cluster: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl EtcdMember {
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    fn spawn(&mut self, state: &str) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("etcd log");
+        let client_url = format!("http://127.0.0.1:{}", self.client_port);
+        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new("etcd")
+            .args(["--name", &self.name])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-state", state])
+            .args(["--initial-cluster-token", "ygg-test"])
+            // Quick elections keep failover tests short.
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(["--log-level", "warn"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("etcd is not installed: apt-get install -y etcd-server etcd-client");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// kill -9, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn pause(&self) {
+        send_signal(self.pid(), libc::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        send_signal(self.pid(), libc::SIGCONT);
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for EtcdMember {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A paused process must be resumed to die promptly.
+            let _ = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGCONT) };
+        }
+        self.kill9();
+    }
+}
+
+/// A single etcd or a cluster of several members, each its own process.
+pub struct Etcd {
+    pub members: Vec<EtcdMember>,
+    _dir: TempDir,
+}
+
+impl Etcd {
+    /// One etcd, healthy when this returns.
+    pub async fn start() -> Etcd {
+        Self::start_cluster(1).await
+    }
+
+    /// `size` members on loopback, healthy (with a leader) when this returns.
+    pub async fn start_cluster(size: usize) -> Etcd {
+        let dir = fast_tempdir();
+        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let initial_cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("n{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let members = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client_port, peer_port))| EtcdMember {
+                name: format!("n{i}"),
+                client_port: *client_port,
+                peer_port: *peer_port,
+                data_dir: dir.path().join(format!("n{i}.etcd")),
+                initial_cluster: initial_cluster.clone(),
+                child: None,
+                log: dir.path().join(format!("n{i}.log")),
+            })
+            .collect();
+        let mut etcd = Etcd { members, _dir: dir };
+        for member in &mut etcd.members {
+            member.spawn("new");
+        }
+        etcd.wait_healthy().await;
+        etcd
+    }
+
+    /// Every endpoint, comma-free, for the config file.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(EtcdMember::endpoint).collect()
+    }
+
+    pub fn endpoint(&self) -> String {
+        self.members[0].endpoint()
+    }
+
+    /// A client that talks to every member.
+    pub async fn client(&self) -> Client {
+        Client::connect(self.endpoints(), None)
+            .await
+            .expect("etcd client")
+    }
+
+    /// Waits until a write through the cluster succeeds.
+    pub async fn wait_healthy(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        let endpoints: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.is_running())
+            .map(EtcdMember::endpoint)
+            .collect();
+        loop {
+            if let Ok(mut client) = Client::connect(&endpoints, None).await {
+                let probe = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    client.put("/ygg-test/health", "ok", None),
+                )
+                .await;
+                if matches!(probe, Ok(Ok(_))) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not become healthy; see {:?}",
+                self.members[0].log
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// kill -9 every member.
+    pub fn kill9(&mut self) {
+        for member in &mut self.members {
+            member.kill9();
+        }
+    }
+
+    /// Starts every stopped member again with its data.
+    pub async fn restart(&mut self) {
+        for member in &mut self.members {
+            if !member.is_running() {
+                member.spawn("existing");
+            }
+        }
+        self.wait_healthy().await;
+    }
+
+    /// kill -9, delete the data, start empty: etcd forgets every key and lease.
+    pub async fn wipe_and_restart(&mut self) {
+        assert_eq!(self.members.len(), 1, "wipe is for single-member etcd");
+        self.kill9();
+        let member = &mut self.members[0];
+        std::fs::remove_dir_all(&member.data_dir).expect("wipe data dir");
+        member.spawn("new");
+        self.wait_healthy().await;
+    }
+
+    pub fn pause(&self) {
+        for member in &self.members {
+            member.pause();
+        }
+    }
+
+    pub fn resume(&self) {
+        for member in &self.members {
+            member.resume();
+        }
+    }
+
+    /// The member that leads, by asking each member's status.
+    pub async fn leader_index(&self) -> usize {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            for (i, member) in self.members.iter().enumerate() {
+                if !member.is_running() {
+                    continue;
+                }
+                if let Ok(mut client) = Client::connect([member.endpoint()], None).await
+                    && let Ok(Ok(status)) =
+                        tokio::time::timeout(Duration::from_secs(1), client.status()).await
+                    && status.leader() == status.header().map(|h| h.member_id()).unwrap_or(0)
+                {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no etcd leader");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A key as etcd holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub value: String,
+    pub lease: i64,
+    pub mod_revision: i64,
+    pub create_revision: i64,
+}
+
+/// Every key under `prefix`.
+pub async fn entries(client: &mut Client, prefix: &str) -> BTreeMap<String, Entry> {
+    let response = client
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("etcd get");
+    response
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key_str().unwrap().to_string(),
+                Entry {
+                    value: kv.value_str().unwrap().to_string(),
+                    lease: kv.lease(),
+                    mod_revision: kv.mod_revision(),
+                    create_revision: kv.create_revision(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// Every key under `prefix`, retrying while etcd is unavailable.
+pub async fn try_entries(endpoints: &[String], prefix: &str) -> Option<BTreeMap<String, Entry>> {
+    let mut client = Client::connect(endpoints, None).await.ok()?;
+    let response = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.get(prefix, Some(GetOptions::new().with_prefix())),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    Some(
+        response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key_str().unwrap().to_string(),
+                    Entry {
+                        value: kv.value_str().unwrap().to_string(),
+                        lease: kv.lease(),
+                        mod_revision: kv.mod_revision(),
+                        create_revision: kv.create_revision(),
+                    },
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Lease IDs etcd holds.
+pub async fn leases(client: &mut Client) -> Vec<i64> {
+    let response = client.leases().await.expect("lease list");
+    response.leases().iter().map(|l| l.id()).collect()
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after `limit`
+/// saying `what` did not happen. Returns the value and the time it took.
+pub async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> (T, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return (value, start.elapsed());
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Builds a config file for the agent.
+#[derive(Clone)]
+pub struct ConfigFile {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub ttl: &'static str,
+    pub retry_interval: &'static str,
+    pub keep_alive: bool,
+    pub shutdown_timeout: &'static str,
+    /// YAML of the `instances:` list items, already indented by 4.
+    pub instances: String,
+    /// Extra YAML under `agent:` (plugins, admin), indented by 2.
+    pub agent_extra: String,
+}
+
+/// The seed's instance, as YAML list items.
+pub const SEED_INSTANCE: &str = r#"    - namespace: default
+      name: example-registry-server
+      version: 1.0.0
+      region: us-west
+      zone: us-west-1
+      campus: campus-a
+      metadata: {env: dev, pod: pod-1234567890}
+      endpoints:
+        - {scheme: grpc, address: "127.0.0.1:54321"}
+        - {scheme: http, address: "127.0.0.1:54321"}
+"#;
+
+/// The seed instance's key under the default prefix (SPEC §3 test vector).
+pub const SEED_KEY: &str =
+    "/yggdrasil/registry/default/example-registry-server/5b51df33a06ef6bde3a81b1ad8d1792ed24de006";
+
+/// The seed instance's record with the configured metadata only.
+pub const SEED_VALUE: &str = r#"{"namespace":"default","name":"example-registry-server","version":"1.0.0","region":"us-west","zone":"us-west-1","campus":"campus-a","metadata":{"env":"dev","pod":"pod-1234567890"},"endpoints":[{"scheme":"grpc","address":"127.0.0.1:54321","metadata":null},{"scheme":"http","address":"127.0.0.1:54321","metadata":null}]}"#;
+
+/// `n` small instances of service `svc`, one endpoint each.
+pub fn instances(service: &str, n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "    - name: {service}\n      version: \"1\"\n      endpoints: [{{scheme: http, address: \"10.0.0.1:{}\"}}]\n",
+                10000 + i
+            )
+        })
+        .collect()
+}
+
+impl ConfigFile {
+    pub fn new(endpoints: Vec<String>) -> Self {
+        ConfigFile {
+            endpoints,
+            prefix: "/yggdrasil/registry".into(),
+            ttl: "4s",
+            retry_interval: "1s",
+            keep_alive: true,
+            shutdown_timeout: "5s",
+            instances: SEED_INSTANCE.into(),
+            agent_extra: String::new(),
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let endpoints = self
+            .endpoints
+            .iter()
+            .map(|e| format!("\"{e}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "yggdrasil:\n  registry:\n    type: etcd\n    config:\n      client:\n        endpoints: [{endpoints}]\n        dialTimeout: 2s\n      prefix: {}\n      ttl: {}\n      keepAlive: {}\n      retryInterval: {}\nagent:\n  shutdownTimeout: {}\n  instances:\n{}{}",
+            self.prefix,
+            self.ttl,
+            self.keep_alive,
+            self.retry_interval,
+            self.shutdown_timeout,
+            self.instances,
+            self.agent_extra,
+        )
+    }
+}
+
+/// The agent binary running as a child process.
+pub struct Agent {
+    child: Option<Child>,
+    pub dir: TempDir,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+}
+
+impl Agent {
+    /// Writes `config` and starts `ygg-agent run` on it.
+    pub fn start(config: &ConfigFile) -> Agent {
+        Self::start_with(config, &[])
+    }
+
+    pub fn start_with(config: &ConfigFile, extra_args: &[&str]) -> Agent {
+        let dir = tempfile::Builder::new()
+            .prefix("ygg-agent-")
+            .tempdir()
+            .unwrap();
+        std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+        let config_path = dir.path().join("agent.yaml");
+        std::fs::write(&config_path, config.render()).unwrap();
+        let mut agent = Agent {
+            child: None,
+            log_path: dir.path().join("agent.log"),
+            config_path,
+            dir,
+        };
+        agent.spawn(extra_args);
+        agent
+    }
+
+    pub fn spawn(&mut self, extra_args: &[&str]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let child = Command::new(agent_binary())
+            .args(extra_args)
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config_path)
+            .env(
+                "RUST_LOG",
+                std::env::var("YGG_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start ygg-agent");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
+        send_signal(self.pid(), signal);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for the process to exit; panics after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> (ExitStatus, Duration) {
+        let start = Instant::now();
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return (status, start.elapsed());
+            }
+            if start.elapsed() > limit {
+                panic!("agent did not exit within {limit:?}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub async fn wait_for_log(&self, needle: &str, limit: Duration) {
+        self.wait_for_log_count(needle, 1, limit).await;
+    }
+
+    /// Waits until the log contains `needle` at least `count` times (the log
+    /// file is shared by every run of the agent in a test).
+    pub async fn wait_for_log_count(&self, needle: &str, count: usize, limit: Duration) {
+        let start = Instant::now();
+        while self.log().matches(needle).count() < count {
+            assert!(
+                start.elapsed() < limit,
+                "agent log has no {needle:?} after {limit:?}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Rewrites the config file in place.
+    pub fn rewrite_config(&self, config: &ConfigFile) {
+        std::fs::write(&self.config_path, config.render()).unwrap();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("--- agent log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Runs `ygg-agent ARGS` to completion and returns (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(agent_binary())
+        .args(args)
+        .output()
+        .expect("run ygg-agent");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
