@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions};
@@ -15,8 +16,58 @@ use tempfile::TempDir;
 /// Generous bound for things that should happen "soon" (process start, etc.).
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
-pub fn agent_binary() -> &'static str {
-    env!("CARGO_BIN_EXE_ygg-agent")
+/// The agent binary: cargo says where for tests; the benchmark (an example)
+/// finds it beside its own `examples/` folder.
+pub fn agent_binary() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_ygg-agent") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    profile_dir.join("ygg-agent")
+}
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Builds every example and test plugin (once per test process, through
+/// `scripts/build-plugins`, which uses its own target dir so it never waits
+/// on the cargo that runs the tests) and returns the folder of `.wasm` files.
+pub fn built_plugins() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = workspace_root();
+            let output = Command::new("bash")
+                .arg(root.join("scripts/build-plugins"))
+                .current_dir(&root)
+                .output()
+                .expect("run scripts/build-plugins");
+            assert!(
+                output.status.success(),
+                "scripts/build-plugins failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            root.join("target/wasm/wasm32-wasip2/release")
+        })
+        .clone()
+}
+
+/// The built `.wasm` of plugin `name`.
+pub fn plugin_file(name: &str) -> PathBuf {
+    let path = built_plugins().join(format!("{name}.wasm"));
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}
+
+/// Copies plugin `name` into `dir` as `as_name.wasm` the way operators are
+/// told to: copy to a temp name, then rename into place.
+pub fn install_plugin(dir: &Path, name: &str, as_name: &str) {
+    let tmp = dir.join(format!(".{as_name}.wasm.tmp"));
+    std::fs::copy(plugin_file(name), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join(format!("{as_name}.wasm"))).unwrap();
 }
 
 /// A directory for data that is cheap to fsync: tmpfs when there is one.
@@ -460,6 +511,14 @@ impl Agent {
     }
 
     pub fn start_with(config: &ConfigFile, extra_args: &[&str]) -> Agent {
+        let mut agent = Self::prepare(config);
+        agent.spawn(extra_args);
+        agent
+    }
+
+    /// Writes `config` in a fresh folder (with an empty `plugins/`) without
+    /// starting the agent, so a test can fill the folder first.
+    pub fn prepare(config: &ConfigFile) -> Agent {
         let dir = tempfile::Builder::new()
             .prefix("ygg-agent-")
             .tempdir()
@@ -467,14 +526,16 @@ impl Agent {
         std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
         let config_path = dir.path().join("agent.yaml");
         std::fs::write(&config_path, config.render()).unwrap();
-        let mut agent = Agent {
+        Agent {
             child: None,
             log_path: dir.path().join("agent.log"),
             config_path,
             dir,
-        };
-        agent.spawn(extra_args);
-        agent
+        }
+    }
+
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.dir.path().join("plugins")
     }
 
     pub fn spawn(&mut self, extra_args: &[&str]) {

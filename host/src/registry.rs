@@ -297,10 +297,6 @@ impl Actor {
         jitter(exp.min(cap), 0.5, 1.0)
     }
 
-    fn schedule_verify(&mut self) {
-        self.next_verify = Instant::now() + jitter(self.target.config.retry_interval, 0.8, 1.0);
-    }
-
     /// Sleeps until there is something to do, keeping the leases alive.
     async fn wait(&mut self, retry_at: Option<Instant>) -> Wake {
         loop {
@@ -431,36 +427,42 @@ impl Actor {
                 max_bytes: MAX_TXN_BYTES,
             });
         }
-        let session = self.session.as_mut().expect("set above");
-        if let Err(error) = session.ensure_lease(&self.metrics).await {
-            if error.is_lease_not_found() {
-                let id = session.lease.as_ref().map_or(0, |l| l.id);
+        match self.converge_session(&target).await {
+            Err(error) if error.is_lease_not_found() => {
+                let id = self.session.as_ref().map_or(0, Session::lease_id);
                 self.lose_lease(id, "etcd no longer knows it");
-                let session = self.session.as_mut().expect("still set");
-                session.ensure_lease(&self.metrics).await?;
-            } else {
-                return Err(error);
+                self.converge_session(&target).await?;
             }
+            other => other?,
         }
-        let session = self.session.as_mut().expect("set above");
+        for old in std::mem::take(&mut self.retiring) {
+            old.retire().await;
+        }
+        Ok(())
+    }
+
+    /// Lease, repair, writes, then the keepalive stream: the stream is not
+    /// needed before TTL/3, so a first registration costs two round trips
+    /// (grant, write) like a hand-written one.
+    async fn converge_session(&mut self, target: &Target) -> Result<(), EtcdError> {
+        let session = self.session.as_mut().expect("converge sets the session");
+        session.grant_lease(&self.metrics).await?;
         if self.verify_due {
             let repaired = session.verify().await?;
             if repaired > 0 {
                 self.metrics.repairs.inc_by(repaired as u64);
             }
             self.verify_due = false;
-            self.schedule_verify();
+            self.next_verify =
+                Instant::now() + jitter(self.target.config.retry_interval, 0.8, 1.0);
         }
-        let session = self.session.as_mut().expect("set above");
         session
             .reconcile(&target.records, &mut self.announced, &self.metrics)
             .await?;
         self.set_connected(true);
         self.publish_status();
-        for old in std::mem::take(&mut self.retiring) {
-            old.retire().await;
-        }
-        Ok(())
+        let session = self.session.as_mut().expect("converge sets the session");
+        session.open_keepalive().await
     }
 
     fn set_connected(&mut self, connected: bool) {
@@ -564,26 +566,35 @@ impl Session {
         self.config.client.dial_timeout
     }
 
-    /// With `keepAlive: true`, makes sure we hold a lease with a running
-    /// keepalive: reopens the stream of the lease we have, or grants one.
-    async fn ensure_lease(&mut self, metrics: &Metrics) -> Result<(), EtcdError> {
-        if !self.config.keep_alive {
+    /// With `keepAlive: true`, grants a lease unless we hold one.
+    async fn grant_lease(&mut self, metrics: &Metrics) -> Result<(), EtcdError> {
+        if !self.config.keep_alive || self.lease.is_some() {
             return Ok(());
         }
+        let ttl = self.config.ttl;
+        let granted = within(
+            self.limit(),
+            self.client.lease_grant(ttl.as_secs() as i64, None),
+        )
+        .await?;
+        metrics.lease_grants.inc();
+        info!(lease = granted.id(), ttl = ?ttl, "lease granted");
+        self.lease = Some(Lease {
+            id: granted.id(),
+            keepalive: None,
+            expires_at: Instant::now() + Duration::from_secs(granted.ttl() as u64),
+        });
+        Ok(())
+    }
+
+    /// Opens (or reopens, after a broken stream) the keepalive stream of our
+    /// lease; etcd answering "not found" means the lease is lost.
+    async fn open_keepalive(&mut self) -> Result<(), EtcdError> {
         let limit = self.limit();
         let ttl = self.config.ttl;
-        if self.lease.is_none() {
-            let granted =
-                within(limit, self.client.lease_grant(ttl.as_secs() as i64, None)).await?;
-            metrics.lease_grants.inc();
-            info!(lease = granted.id(), ttl = ?ttl, "lease granted");
-            self.lease = Some(Lease {
-                id: granted.id(),
-                keepalive: None,
-                expires_at: Instant::now() + Duration::from_secs(granted.ttl() as u64),
-            });
-        }
-        let lease = self.lease.as_mut().expect("set above");
+        let Some(lease) = self.lease.as_mut() else {
+            return Ok(());
+        };
         if lease.keepalive.is_none() {
             let (keeper, stream) = within(limit, self.client.lease_keep_alive(lease.id)).await?;
             // Opening the stream renewed the lease.
