@@ -55,7 +55,11 @@ fn p90(samples: &mut [Duration]) -> Duration {
 
 /// Runs the registry actor on `records` and returns the time until etcd
 /// confirmed every one; the actor is stopped (untimed) afterwards.
-async fn agent_register(etcd: &Etcd, prefix: &str, records: BTreeMap<String, DesiredRecord>) -> Duration {
+async fn agent_register(
+    etcd: &Etcd,
+    prefix: &str,
+    records: BTreeMap<String, DesiredRecord>,
+) -> Duration {
     let tracker = TaskTracker::new();
     let count = records.len();
     let target = Target {
@@ -70,7 +74,9 @@ async fn agent_register(etcd: &Etcd, prefix: &str, records: BTreeMap<String, Des
         .await
         .expect("registry actor stopped");
     let took = start.elapsed();
-    handle.stop(tokio::time::Instant::now() + Duration::from_secs(30)).await;
+    handle
+        .stop(tokio::time::Instant::now() + Duration::from_secs(30))
+        .await;
     took
 }
 
@@ -89,7 +95,10 @@ async fn raw_first_registration(etcd: &Etcd, key: &str, value: &str) -> Duration
 
 async fn count_keys(client: &mut Client, prefix: &str) -> i64 {
     client
-        .get(prefix, Some(GetOptions::new().with_prefix().with_count_only()))
+        .get(
+            prefix,
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
         .await
         .map(|r| r.count())
         .unwrap_or(0)
@@ -166,7 +175,12 @@ async fn main() {
 
     // Warm up both paths once (connection set-up, etcd's first writes).
     raw_first_registration(&etcd, "/warm/raw", "x").await;
-    agent_register(&etcd, "/warm/agent", [("/warm/agent/ns/svc/k".to_string(), record(0))].into()).await;
+    agent_register(
+        &etcd,
+        "/warm/agent",
+        [("/warm/agent/ns/svc/k".to_string(), record(0))].into(),
+    )
+    .await;
 
     // 1. First registration: connect, grant a lease, write one record.
     let mut raw = Vec::new();
@@ -181,7 +195,11 @@ async fn main() {
     let (raw_med, ours_med) = (median(&mut raw), median(&mut ours));
     let ratio = ours_med.as_secs_f64() / raw_med.as_secs_f64();
     rows.push(Row {
-        what: format!("first registration (median of {FIRST_TRIALS}; p90 ours {:?}, raw {:?})", p90(&mut ours), p90(&mut raw)),
+        what: format!(
+            "first registration (median of {FIRST_TRIALS}; p90 ours {:?}, raw {:?})",
+            p90(&mut ours),
+            p90(&mut raw)
+        ),
         ours: format!("{ours_med:?}"),
         baseline: format!("{raw_med:?} raw etcd-client connect+grant+put"),
         ratio: format!("{ratio:.2}x"),
@@ -195,7 +213,11 @@ async fn main() {
     let lease = client.lease_grant(60, None).await.unwrap().id();
     for i in 0..MANY {
         client
-            .put(format!("/raw/many/bench/svc/{i}"), record(i).value, Some(PutOptions::new().with_lease(lease)))
+            .put(
+                format!("/raw/many/bench/svc/{i}"),
+                record(i).value,
+                Some(PutOptions::new().with_lease(lease)),
+            )
             .await
             .unwrap();
     }
@@ -221,7 +243,9 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(8)).await;
     let leases_used = client.leases().await.unwrap().leases().len() - leases_before;
     let streams_used = keepalive_streams_opened(&etcd).await - streams_before;
-    handle.stop(tokio::time::Instant::now() + Duration::from_secs(30)).await;
+    handle
+        .stop(tokio::time::Instant::now() + Duration::from_secs(30))
+        .await;
 
     let raw_rate = MANY as f64 / raw_many.as_secs_f64();
     let ours_rate = MANY as f64 / ours_many.as_secs_f64();
@@ -252,7 +276,10 @@ async fn main() {
         if count_keys(&mut client, "/agent/process/").await as usize == MANY {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(120), "agent process never registered {MANY}");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "agent process never registered {MANY}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let process_many = start.elapsed();

@@ -50,6 +50,25 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Work with plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Load a plugin, run describe, init and one collect on a sample
+    /// instance, and print the output (exit 0 ok, 1 plugin failed).
+    Check {
+        /// The plugin component (.wasm).
+        file: PathBuf,
+        /// Take the plugin's settings, limits and the sample instance (the
+        /// first configured one) from this config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 /// Entry point of the binary.
@@ -67,6 +86,9 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(&config),
+        Command::Plugin {
+            command: PluginCommand::Check { file, config },
+        } => plugin_check(&file, config.as_deref()),
     }
 }
 
@@ -146,6 +168,91 @@ fn run(path: &Path) -> ExitCode {
             },
         }
     })
+}
+
+fn plugin_check(file: &Path, config_path: Option<&Path>) -> ExitCode {
+    use crate::config::{DEFAULT_PLUGIN_MEMORY, DEFAULT_PLUGIN_TIMEOUT};
+    use crate::plugins::{Limits, PluginInstance};
+    use crate::record::{self, Endpoint, Instance};
+
+    let config = match config_path.map(config::load).transpose() {
+        Ok(loaded) => loaded.map(|l| l.config),
+        Err(error) => {
+            print_config_error(&error);
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let name = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string();
+    let plugins = config.as_ref().and_then(|c| c.agent.plugins.as_ref());
+    let settings: Vec<(String, String)> = plugins
+        .and_then(|p| p.settings.get(&name))
+        .map(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    let limits = Limits {
+        timeout: plugins.map_or(DEFAULT_PLUGIN_TIMEOUT, |p| p.timeout),
+        memory: plugins.map_or(DEFAULT_PLUGIN_MEMORY, |p| p.memory_limit),
+    };
+    let prefix = config
+        .as_ref()
+        .map_or(config::DEFAULT_PREFIX, |c| c.registry.prefix.as_str());
+    let instance = config
+        .as_ref()
+        .and_then(|c| c.agent.instances.first().cloned())
+        .unwrap_or_else(|| Instance {
+            namespace: "default".into(),
+            name: "example-registry-server".into(),
+            version: "1.0.0".into(),
+            region: "us-west".into(),
+            zone: "us-west-1".into(),
+            campus: "campus-a".into(),
+            metadata: [("env".to_string(), "dev".to_string())].into(),
+            endpoints: vec![Endpoint {
+                scheme: "grpc".into(),
+                address: "127.0.0.1:54321".into(),
+                metadata: Default::default(),
+            }],
+        });
+    let sample = PluginInstance {
+        key: record::registry_key(prefix, &instance),
+        instance,
+    };
+    let label = sample.instance.service_label();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match runtime.block_on(crate::plugins::check_file(file, settings, limits, sample)) {
+        Ok((info, output)) => {
+            println!("plugin {name} ({}): ok", file.display());
+            println!(
+                "  describe: name {}, version {}, suggested interval {}",
+                info.name,
+                info.version,
+                info.suggested_interval
+                    .map_or("none".to_string(), |d| format!("{d:?}"))
+            );
+            println!(
+                "  collect for {label}: {} key{}",
+                output.len(),
+                if output.len() == 1 { "" } else { "s" }
+            );
+            for (key, value) in &output {
+                println!("    {key} = {value}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: plugin {name} ({}) failed: {error}", file.display());
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
 }
 
 /// SIGINT/SIGTERM ask for a graceful stop, a second one exits at once;

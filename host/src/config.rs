@@ -228,21 +228,20 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let base = path
-        .parent()
-        .map(|p| {
-            if p.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                p
-            }
-        })
-        .unwrap_or(Path::new("."));
-    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
-    parse(&text, &base).map_err(|issues| ConfigError::Invalid {
+    parse(&text, &base_dir(path)).map_err(|issues| ConfigError::Invalid {
         path: path.to_path_buf(),
         issues,
     })
+}
+
+/// The folder relative paths in the config file at `path` are resolved
+/// against: the file's own folder, made absolute.
+pub fn base_dir(path: &Path) -> PathBuf {
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf())
 }
 
 /// Validates config text; relative paths in it are resolved against `base`.

@@ -11,5 +11,7 @@ pub mod config;
 pub mod desired;
 pub mod etcd;
 pub mod metrics;
+pub mod plugins;
 pub mod record;
 pub mod registry;
+pub mod watch;

@@ -453,8 +453,7 @@ impl Actor {
                 self.metrics.repairs.inc_by(repaired as u64);
             }
             self.verify_due = false;
-            self.next_verify =
-                Instant::now() + jitter(self.target.config.retry_interval, 0.8, 1.0);
+            self.next_verify = Instant::now() + jitter(self.target.config.retry_interval, 0.8, 1.0);
         }
         session
             .reconcile(&target.records, &mut self.announced, &self.metrics)

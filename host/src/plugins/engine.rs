@@ -1,0 +1,291 @@
+//! The one wasmtime [`Engine`] of the process, the [`Linker`] built once for
+//! it, the epoch ticker that enforces CPU budgets, and turning a `.wasm`
+//! file into something ready to instantiate: checks, compile (or load from
+//! the cache), WIT version check, pre-instantiation.
+
+use std::hash::Hasher;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine};
+
+use super::runner::PluginState;
+use super::v0_1_0;
+
+/// How often the engine's epoch advances: the granularity of CPU budgets.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The WIT package plugins implement.
+pub const WIT_PACKAGE: &str = "ygg:agent-plugin";
+
+/// Files larger than this are refused without being read.
+pub const MAX_PLUGIN_BYTES: u64 = 64 << 20;
+
+/// Why a file is not a usable plugin.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read it: {0}")]
+    Read(String),
+    #[error("it is {0} bytes; plugins are limited to {MAX_PLUGIN_BYTES} bytes")]
+    TooLarge(u64),
+    #[error(
+        "not a WebAssembly file (it may still be being written: copy it elsewhere, then rename it into the folder)"
+    )]
+    NotWasm,
+    #[error(
+        "a core WebAssembly module, not a component: build plugins with `cargo build --target wasm32-wasip2` against ygg-agent-sdk"
+    )]
+    CoreModule,
+    #[error("cannot compile it: {0}")]
+    Compile(String),
+    #[error(
+        "built for {WIT_PACKAGE}@{found}; this agent supports {WIT_PACKAGE}@{supported}: rebuild it with a matching ygg-agent-sdk"
+    )]
+    UnknownVersion { found: String, supported: String },
+    #[error("not a ygg-agent plugin: {0}")]
+    NotAPlugin(String),
+}
+
+/// The engine, its linker and the compile cache.
+pub struct PluginEngine {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    cache_dir: Option<PathBuf>,
+    /// Engine settings and version, folded into cache file names so a
+    /// different agent build never loads another's compiled code.
+    compatibility: String,
+}
+
+impl PluginEngine {
+    /// Creates the engine and starts its epoch ticker (a plain OS thread that
+    /// ends when the engine is dropped).
+    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        let engine = Engine::new(&config)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        v0_1_0::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("ygg-epoch-ticker".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })?;
+
+        let mut hasher = ShaHasher(Sha256::new());
+        std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
+        let compatibility = hex::encode(&hasher.0.finalize()[..8]);
+
+        if let Some(dir) = &cache_dir
+            && let Err(error) = create_private_dir(dir)
+        {
+            tracing::warn!(dir = %dir.display(), %error, "cannot create the plugin cache folder; compiling without a cache");
+            return Ok(PluginEngine {
+                engine,
+                linker,
+                cache_dir: None,
+                compatibility,
+            });
+        }
+        Ok(PluginEngine {
+            engine,
+            linker,
+            cache_dir,
+            compatibility,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Checks, compiles (or loads from the cache) and links `bytes`, whose
+    /// SHA-256 is `digest` (the cache key).
+    pub fn prepare(&self, bytes: &[u8], digest: &[u8; 32]) -> Result<Prepared, LoadError> {
+        check_header(bytes)?;
+        let (component, from_cache) = self.compile(bytes, &hex::encode(digest))?;
+        check_world(&self.engine, &component)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::NotAPlugin(format!("{e:#}")))?;
+        let pre =
+            v0_1_0::PluginPre::new(pre).map_err(|e| LoadError::NotAPlugin(format!("{e:#}")))?;
+        Ok(Prepared { pre, from_cache })
+    }
+
+    /// Compiles `bytes`, through the cache when there is one. Only files
+    /// this agent wrote into its own cache folder are ever deserialised.
+    fn compile(&self, bytes: &[u8], digest: &str) -> Result<(Component, bool), LoadError> {
+        let cached = self
+            .cache_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{digest}-{}.cwasm", self.compatibility)));
+        if let Some(path) = &cached
+            && path.is_file()
+        {
+            // SAFETY: the file is in the agent's private cache folder, named
+            // by the SHA-256 of the source and this engine's compatibility
+            // hash, and was written by `Component::serialize` of this build.
+            match unsafe { Component::deserialize_file(&self.engine, path) } {
+                Ok(component) => return Ok((component, true)),
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "unusable cache entry; recompiling")
+                }
+            }
+        }
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        if let Some(path) = &cached {
+            match component.serialize() {
+                Ok(compiled) => {
+                    if let Err(error) = write_atomically(path, &compiled) {
+                        tracing::warn!(path = %path.display(), %error, "cannot write the plugin cache");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "cannot serialise a compiled plugin"),
+            }
+        }
+        Ok((component, false))
+    }
+}
+
+/// A plugin ready to instantiate.
+pub struct Prepared {
+    pub pre: v0_1_0::PluginPre<PluginState>,
+    pub from_cache: bool,
+}
+
+/// `\0asm` then the layer/version: 1 for core modules, 0x1000d for components.
+fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(LoadError::NotWasm);
+    }
+    match bytes[4..8] {
+        [0x01, 0x00, 0x00, 0x00] => Err(LoadError::CoreModule),
+        [_, _, 0x01, 0x00] => Ok(()),
+        _ => Err(LoadError::NotWasm),
+    }
+}
+
+/// The component must target a WIT version this agent has bindings for.
+fn check_world(engine: &Engine, component: &Component) -> Result<(), LoadError> {
+    let ty = component.component_type();
+    let prefix = format!("{WIT_PACKAGE}/");
+    let mut ours = false;
+    for (name, _) in ty.imports(engine) {
+        if let Some(rest) = name.strip_prefix(&prefix) {
+            let version = rest.split_once('@').map_or("", |(_, v)| v);
+            if version != v0_1_0::VERSION {
+                return Err(LoadError::UnknownVersion {
+                    found: if version.is_empty() {
+                        "(no version)".into()
+                    } else {
+                        version.into()
+                    },
+                    supported: v0_1_0::VERSION.into(),
+                });
+            }
+            ours = true;
+        }
+    }
+    let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
+    let missing: Vec<&str> = ["describe", "init", "collect"]
+        .into_iter()
+        .filter(|f| !exports.contains(f))
+        .collect();
+    if !ours || !missing.is_empty() {
+        return Err(LoadError::NotAPlugin(format!(
+            "it does not implement the {WIT_PACKAGE}@{} world (missing: {})",
+            v0_1_0::VERSION,
+            if missing.is_empty() {
+                "the host imports".to_string()
+            } else {
+                missing.join(", ")
+            }
+        )));
+    }
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Writes to a temp file beside `path`, then renames it into place, so a
+/// crash never leaves a half-written cache entry under the final name.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, bytes)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// The default cache folder: systemd's `CACHE_DIRECTORY`, else the XDG cache
+/// folder, else `~/.cache`, else a per-user folder in the temp dir.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CACHE_DIRECTORY").filter(|d| !d.is_empty()) {
+        // systemd may pass several, separated by ':'; the first is ours.
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        return PathBuf::from(first).join("plugins");
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("ygg-agent/plugins");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(home).join(".cache/ygg-agent/plugins");
+    }
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    std::env::temp_dir().join(format!("ygg-agent-{uid}/plugins"))
+}
+
+/// Feeds `Hash` output into SHA-256: a stable digest, unlike `DefaultHasher`.
+struct ShaHasher(Sha256);
+
+impl Hasher for ShaHasher {
+    fn finish(&self) -> u64 {
+        0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_told_apart() {
+        assert_eq!(check_header(b"hello world"), Err(LoadError::NotWasm));
+        assert_eq!(check_header(b"\0asm"), Err(LoadError::NotWasm));
+        assert_eq!(check_header(b"\0asm\x01\0\0\0"), Err(LoadError::CoreModule));
+        assert_eq!(check_header(b"\0asm\x0d\0\x01\0"), Ok(()));
+        assert_eq!(
+            check_header(b"\x7fELF\x02\x01\x01\0"),
+            Err(LoadError::NotWasm)
+        );
+    }
+}

@@ -1,0 +1,477 @@
+//! Plugins against a real etcd: metadata reaches etcd and follows the
+//! plugins; the folder is live; hostile plugins are isolated while the
+//! instances stay registered.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use support::*;
+
+const PREFIX: &str = "/yggdrasil/registry/";
+
+/// `agent.plugins` for tests: quick rounds, tight limits, a private cache.
+fn plugins_section(settings: &str) -> String {
+    format!(
+        "  plugins:\n    dir: plugins\n    interval: 1s\n    timeout: 500ms\n    memoryLimit: 16MiB\n    cacheDir: cache\n    settings:\n{settings}"
+    )
+}
+
+fn metadata_of(entries: &BTreeMap<String, Entry>, key: &str) -> Option<BTreeMap<String, String>> {
+    let value: serde_json::Value = serde_json::from_str(&entries.get(key)?.value).ok()?;
+    let map = value.get("metadata")?.as_object()?;
+    Some(
+        map.iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+            .collect(),
+    )
+}
+
+/// Waits until the seed instance's metadata satisfies `check`.
+async fn wait_metadata(
+    etcd: &Etcd,
+    what: &str,
+    limit: Duration,
+    check: impl Fn(&BTreeMap<String, String>) -> bool,
+) -> BTreeMap<String, String> {
+    let endpoints = etcd.endpoints();
+    let check = &check;
+    wait_for(limit, what, || {
+        let endpoints = endpoints.clone();
+        async move {
+            let entries = try_entries(&endpoints, PREFIX).await?;
+            metadata_of(&entries, SEED_KEY).filter(|m| check(m))
+        }
+    })
+    .await
+    .0
+}
+
+#[tokio::test]
+async fn example_plugins_put_the_seeds_metadata_in_etcd_and_keep_it_fresh() {
+    let etcd = Etcd::start().await;
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.agent_extra = plugins_section("      heartbeat: {format: rfc3339}\n");
+    let mut agent = Agent::prepare(&config);
+    for name in ["heartbeat", "load", "hostinfo"] {
+        install_plugin(&agent.plugins_dir(), name, name);
+    }
+    agent.spawn(&[]);
+    let first = wait_metadata(&etcd, "plugin metadata", PATIENCE, |m| {
+        m.contains_key("heartbeat")
+    })
+    .await;
+    // The configured keys, plus every example plugin's keys.
+    for key in [
+        "env",
+        "pod",
+        "started",
+        "heartbeat",
+        "load",
+        "hostname",
+        "cpu_count",
+        "memory_total_bytes",
+    ] {
+        assert!(first.contains_key(key), "metadata lacks {key}: {first:?}");
+    }
+    assert_eq!(first["env"], "dev");
+    assert!(
+        first["load"]
+            .split_once('.')
+            .is_some_and(|(_, d)| d.len() == 2),
+        "{}",
+        first["load"]
+    );
+    assert!(
+        first["heartbeat"].ends_with('Z') && first["heartbeat"].len() == 20,
+        "{}",
+        first["heartbeat"]
+    );
+
+    // The heartbeat moves on; the same key is rewritten, never duplicated.
+    let later = wait_metadata(&etcd, "a newer heartbeat", Duration::from_secs(10), |m| {
+        m.get("heartbeat") > first.get("heartbeat")
+    })
+    .await;
+    assert_eq!(
+        later["started"], first["started"],
+        "started is when the plugin started"
+    );
+    let mut client = etcd.client().await;
+    assert_eq!(entries(&mut client, PREFIX).await.len(), 1);
+    agent.wait_for_log("instance re-registered", PATIENCE).await;
+    // The first registration already carried the plugins' metadata.
+    let log = agent.log();
+    let registered = log.find("instance registered successfully").unwrap();
+    assert!(
+        log[..registered].contains("plugin loaded"),
+        "plugins load before the first registration"
+    );
+}
+
+#[tokio::test]
+async fn the_plugins_folder_is_live() {
+    let etcd = Etcd::start().await;
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.agent_extra = plugins_section("      echo: {value: one}\n");
+    let agent = Agent::start(&config);
+    let dir = agent.plugins_dir();
+    wait_metadata(&etcd, "registration", PATIENCE, |m| m.contains_key("env")).await;
+
+    // Dropped in: loaded and its output appears, without a restart.
+    install_plugin(&dir, "echo", "echo");
+    let (_, took) = {
+        let start = std::time::Instant::now();
+        wait_metadata(&etcd, "echo's output", Duration::from_secs(10), |m| {
+            m.get("value").map(String::as_str) == Some("one")
+        })
+        .await;
+        ((), start.elapsed())
+    };
+    println!("dropped-in plugin's metadata in etcd after {took:?}");
+
+    // Replaced by other bytes under the same name: reloaded; the old keys go.
+    install_plugin(&dir, "load", "echo");
+    let replaced = wait_metadata(
+        &etcd,
+        "replacement's output",
+        Duration::from_secs(10),
+        |m| m.contains_key("load"),
+    )
+    .await;
+    assert!(
+        !replaced.contains_key("value") && !replaced.contains_key("echo_instance"),
+        "{replaced:?}"
+    );
+    agent.wait_for_log("plugin reloaded", PATIENCE).await;
+
+    // Deleted: unloaded, and its keys removed from the record.
+    std::fs::remove_file(dir.join("echo.wasm")).unwrap();
+    let gone = wait_metadata(&etcd, "keys removed", Duration::from_secs(10), |m| {
+        !m.contains_key("load")
+    })
+    .await;
+    assert_eq!(gone.get("env").map(String::as_str), Some("dev"));
+    agent.wait_for_log("plugin unloaded", PATIENCE).await;
+}
+
+#[tokio::test]
+async fn a_half_written_file_is_retried_when_it_completes() {
+    let etcd = Etcd::start().await;
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.agent_extra = plugins_section("      echo: {value: complete}\n");
+    let agent = Agent::start(&config);
+    wait_metadata(&etcd, "registration", PATIENCE, |m| m.contains_key("env")).await;
+    let bytes = std::fs::read(plugin_file("echo")).unwrap();
+    let target = agent.plugins_dir().join("echo.wasm");
+    std::fs::write(&target, &bytes[..bytes.len() / 2]).unwrap();
+    agent.wait_for_log("plugin not loaded", PATIENCE).await;
+    std::fs::write(&target, &bytes).unwrap();
+    wait_metadata(
+        &etcd,
+        "echo after the file completed",
+        Duration::from_secs(10),
+        |m| m.get("value").map(String::as_str) == Some("complete"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn hostile_plugins_are_isolated_and_the_instance_stays_registered() {
+    let etcd = Etcd::start().await;
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.agent_extra = plugins_section("      echo: {value: fine}\n");
+    let mut agent = Agent::prepare(&config);
+    let dir = agent.plugins_dir();
+    install_plugin(&dir, "echo", "echo");
+    for name in [
+        "trap_init",
+        "trap_collect",
+        "spin",
+        "memory_bomb",
+        "big_output",
+        "bad_keys",
+        "sandbox_probe",
+        "sleepy",
+        "wrong_version",
+    ] {
+        install_plugin(&dir, name, name);
+    }
+    std::fs::write(dir.join("not_wasm.wasm"), "this is not webassembly\n").unwrap();
+    // The smallest valid core module: magic and version 1.
+    std::fs::write(dir.join("core_module.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    agent.spawn(&[]);
+
+    // The good plugin's output lands; the sandbox probe reports every door shut.
+    let metadata = wait_metadata(&etcd, "good plugin output", PATIENCE, |m| {
+        m.get("value").map(String::as_str) == Some("fine") && m.contains_key("fs")
+    })
+    .await;
+    for key in ["fs", "dir", "env_count", "net"] {
+        assert_eq!(metadata[key], "denied", "sandbox probe {key}: {metadata:?}");
+    }
+    // The probe's `env` key loses to the configured `env` (config wins).
+    assert_eq!(metadata["env"], "dev");
+    // Each failure is logged on a line naming the plugin. A spinning plugin
+    // is stopped by its CPU budget or its wall-clock timeout, whichever
+    // fires first (both are `timeout`).
+    let expectations: &[(&str, &[&str])] = &[
+        ("not_wasm", &["not a WebAssembly file"]),
+        (
+            "core_module",
+            &["a core WebAssembly module, not a component"],
+        ),
+        (
+            "wrong_version",
+            &["built for ygg:agent-plugin@0.2.0; this agent supports ygg:agent-plugin@0.1.0"],
+        ),
+        ("trap_init", &["boom in init"]),
+        ("trap_collect", &["boom in collect"]),
+        (
+            "spin",
+            &["CPU budget exhausted", "ran past the 500ms timeout"],
+        ),
+        ("memory_bomb", &["memory limit exceeded"]),
+        ("big_output", &["(at most 512)"]),
+        ("bad_keys", &["may only use A-Z a-z 0-9"]),
+        ("sleepy", &["ran past the 500ms timeout"]),
+    ];
+    for (plugin, lines) in expectations {
+        let named = |log: &str| {
+            log.lines().any(|l| {
+                l.contains(&format!("plugin={plugin}")) && lines.iter().any(|line| l.contains(line))
+            })
+        };
+        let (_, _) = wait_for(
+            PATIENCE,
+            &format!("a log line naming {plugin} with one of {lines:?}"),
+            || {
+                let log = agent.log();
+                async move { named(&log).then_some(()) }
+            },
+        )
+        .await;
+    }
+    // Failed plugins are rebuilt (with backoff) and fail again; the
+    // instance never leaves etcd and keeps the good output throughout.
+    agent
+        .wait_for_log_count("boom in collect", 2, PATIENCE)
+        .await;
+    let mut client = etcd.client().await;
+    let now = entries(&mut client, PREFIX).await;
+    assert_eq!(now.len(), 1);
+    assert_eq!(metadata_of(&now, SEED_KEY).unwrap()["value"], "fine");
+    // Stop is still graceful with plugins stuck in calls.
+    agent.signal(libc::SIGTERM);
+    let (status, _) = agent.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    assert!(entries(&mut client, PREFIX).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_failing_plugin_keeps_its_last_good_output() {
+    let etcd = Etcd::start().await;
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.agent_extra = plugins_section("      flaky: {value: good}\n");
+    let mut agent = Agent::prepare(&config);
+    install_plugin(&agent.plugins_dir(), "echo", "flaky");
+    agent.spawn(&[]);
+    wait_metadata(&etcd, "good output", PATIENCE, |m| {
+        m.get("value").map(String::as_str) == Some("good")
+    })
+    .await;
+    // A new version that loads fine but traps on every collect.
+    install_plugin(&agent.plugins_dir(), "trap_collect", "flaky");
+    agent.wait_for_log("boom in collect", PATIENCE).await;
+    agent
+        .wait_for_log_count("boom in collect", 2, PATIENCE)
+        .await;
+    let mut client = etcd.client().await;
+    let kept = metadata_of(&entries(&mut client, PREFIX).await, SEED_KEY).unwrap();
+    assert_eq!(
+        kept.get("value").map(String::as_str),
+        Some("good"),
+        "last good output dropped: {kept:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_plugin_that_grows_memory_across_calls_is_recycled_before_the_limit() {
+    let etcd = Etcd::start().await;
+    let mut config = ConfigFile::new(etcd.endpoints());
+    // slow_leak keeps 1 MiB more on every call.
+    config.agent_extra =
+        plugins_section("      none: {}\n").replace("interval: 1s", "interval: 200ms");
+    let mut agent = Agent::prepare(&config);
+    install_plugin(&agent.plugins_dir(), "slow_leak", "slow_leak");
+    agent.spawn(&[]);
+    wait_metadata(&etcd, "leak of 4 MiB", PATIENCE, |m| {
+        m.get("leaked_mib")
+            .and_then(|v| v.parse::<u32>().ok())
+            .is_some_and(|v| v >= 4)
+    })
+    .await;
+    // Rebuilt fresh before it reaches the 16 MiB limit: the count starts over.
+    wait_metadata(&etcd, "a fresh instance", Duration::from_secs(20), |m| {
+        m.get("leaked_mib").map(String::as_str) == Some("1")
+    })
+    .await;
+    assert!(
+        !agent.log().contains("memory limit exceeded"),
+        "{}",
+        agent.log()
+    );
+}
+
+#[tokio::test]
+async fn a_plugin_that_changes_every_call_is_followed_without_trouble() {
+    let etcd = Etcd::start().await;
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.agent_extra =
+        plugins_section("      none: {}\n").replace("interval: 1s", "interval: 100ms");
+    let mut agent = Agent::prepare(&config);
+    install_plugin(&agent.plugins_dir(), "flappy", "flappy");
+    agent.spawn(&[]);
+    let first = wait_metadata(&etcd, "flap", PATIENCE, |m| m.contains_key("flap")).await;
+    let n: u64 = first["flap"].parse().unwrap();
+    wait_metadata(&etcd, "flap moved on by 10", Duration::from_secs(10), |m| {
+        m.get("flap")
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|v| v >= n + 10)
+    })
+    .await;
+    let mut client = etcd.client().await;
+    assert_eq!(entries(&mut client, PREFIX).await.len(), 1);
+}
+
+#[tokio::test]
+async fn guest_output_is_logged_with_the_plugin_name_and_compiled_code_is_cached() {
+    let etcd = Etcd::start().await;
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.agent_extra = plugins_section("      echo: {value: x}\n");
+    let mut agent = Agent::prepare(&config);
+    install_plugin(&agent.plugins_dir(), "echo", "echo");
+    agent.spawn(&[]);
+    agent
+        .wait_for_log("echo plugin says hello on stderr", PATIENCE)
+        .await;
+    let log = agent.log();
+    for needle in [
+        "echo plugin says hello on stderr",
+        "echo plugin says hello on stdout",
+        "echo initialised",
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(needle) && l.contains("plugin=") && l.contains("echo")),
+            "{needle:?} not logged with the plugin name:\n{log}"
+        );
+    }
+    // The compiled plugin is in the agent's cache folder, not the plugins folder.
+    let cache = agent.dir.path().join("cache");
+    let cached: Vec<_> = std::fs::read_dir(&cache).unwrap().flatten().collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    // A precompiled file dropped into the plugins folder is never loaded.
+    std::fs::copy(cached[0].path(), agent.plugins_dir().join("sneaky.wasm")).unwrap();
+    agent.wait_for_log("sneaky", PATIENCE).await;
+    assert!(
+        agent
+            .log()
+            .lines()
+            .any(|l| l.contains("sneaky") && l.contains("not a WebAssembly file"))
+    );
+}
+
+#[tokio::test]
+async fn thousands_of_junk_files_do_not_hurt() {
+    let etcd = Etcd::start().await;
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.agent_extra = plugins_section("      echo: {value: survived}\n");
+    let mut agent = Agent::prepare(&config);
+    let dir = agent.plugins_dir();
+    for i in 0..3000 {
+        let name = match i % 3 {
+            0 => format!("junk{i}.wasm"),
+            1 => format!("junk{i}.txt"),
+            _ => format!("bad name {i}.wasm"),
+        };
+        std::fs::write(dir.join(name), format!("junk {i}")).unwrap();
+    }
+    install_plugin(&dir, "echo", "echo");
+    agent.spawn(&[]);
+    wait_metadata(&etcd, "good plugin among junk", PATIENCE, |m| {
+        m.get("value").map(String::as_str) == Some("survived")
+    })
+    .await;
+}
+
+#[test]
+fn plugin_check_runs_a_plugin_once() {
+    let (code, stdout, stderr) =
+        run_cli(&["plugin", "check", plugin_file("load").to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("describe: name load, version 0.1.0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("load = "), "{stdout}");
+
+    // Every door of the sandbox is shut.
+    let (code, stdout, stderr) = run_cli(&[
+        "plugin",
+        "check",
+        plugin_file("sandbox_probe").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    for key in ["fs", "dir", "env", "env_count", "net"] {
+        assert!(
+            stdout.contains(&format!("{key} = denied")),
+            "{key} not denied:\n{stdout}"
+        );
+    }
+
+    let (code, _, stderr) = run_cli(&[
+        "plugin",
+        "check",
+        plugin_file("trap_init").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("boom in init") && stderr.contains("failed: init trapped"),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = run_cli(&[
+        "plugin",
+        "check",
+        plugin_file("wrong_version").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("built for ygg:agent-plugin@0.2.0"),
+        "{stderr}"
+    );
+
+    // Settings and the sample instance come from --config.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("plugins")).unwrap();
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(
+        &config,
+        "agent:\n  instances:\n    - name: from-config\n      endpoints: [{scheme: http, address: 'h:1'}]\n  plugins:\n    settings:\n      echo: {greeting: hi}\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run_cli(&[
+        "plugin",
+        "check",
+        plugin_file("echo").to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("greeting = hi") && stdout.contains("echo_instance = from-config"),
+        "{stdout}"
+    );
+}
