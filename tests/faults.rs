@@ -1,0 +1,3 @@
+//! Fault injection against real etcd processes: see FAILURES.md.
+
+mod support;

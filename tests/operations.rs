@@ -1,0 +1,3 @@
+//! Operations: admin HTTP, list, etcd TLS and auth, logs.
+
+mod support;
