@@ -101,6 +101,18 @@ pub fn send_signal(pid: u32, signal: libc::c_int) {
     assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
 }
 
+/// TLS for an etcd that serves clients over https.
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    /// Require client certificates signed by `ca`.
+    pub client_cert_auth: bool,
+    /// The certificate the test's own client presents.
+    pub client_identity: Option<(PathBuf, PathBuf)>,
+}
+
 /// One etcd member.
 pub struct EtcdMember {
     pub name: String,
@@ -110,11 +122,15 @@ pub struct EtcdMember {
     initial_cluster: String,
     child: Option<Child>,
     log: PathBuf,
+    tls: Option<EtcdTls>,
 }
 
 impl EtcdMember {
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        match self.tls {
+            Some(_) => format!("https://127.0.0.1:{}", self.client_port),
+            None => format!("127.0.0.1:{}", self.client_port),
+        }
     }
 
     fn spawn(&mut self, state: &str) {
@@ -124,9 +140,26 @@ impl EtcdMember {
             .append(true)
             .open(&self.log)
             .expect("etcd log");
-        let client_url = format!("http://127.0.0.1:{}", self.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{}", self.client_port);
         let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key);
+            // etcd 3.4 asks every client for a certificate as soon as it
+            // has a trusted CA, so server-only TLS must not name one.
+            if tls.client_cert_auth {
+                command
+                    .arg("--trusted-ca-file")
+                    .arg(&tls.ca)
+                    .arg("--client-cert-auth");
+            }
+        }
+        let child = command
             .args(["--name", &self.name])
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -194,8 +227,17 @@ impl Etcd {
         Self::start_cluster(1).await
     }
 
+    /// One etcd serving clients over TLS, healthy when this returns.
+    pub async fn start_tls(tls: EtcdTls) -> Etcd {
+        Self::start_members(1, Some(tls)).await
+    }
+
     /// `size` members on loopback, healthy (with a leader) when this returns.
     pub async fn start_cluster(size: usize) -> Etcd {
+        Self::start_members(size, None).await
+    }
+
+    async fn start_members(size: usize, tls: Option<EtcdTls>) -> Etcd {
         let dir = fast_tempdir();
         let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
         let initial_cluster = ports
@@ -215,6 +257,7 @@ impl Etcd {
                 initial_cluster: initial_cluster.clone(),
                 child: None,
                 log: dir.path().join(format!("n{i}.log")),
+                tls: tls.clone(),
             })
             .collect();
         let mut etcd = Etcd { members, _dir: dir };
@@ -234,9 +277,24 @@ impl Etcd {
         self.members[0].endpoint()
     }
 
+    /// Options for the test's own clients (TLS when etcd serves it).
+    pub fn connect_options(&self) -> Option<etcd_client::ConnectOptions> {
+        let tls = self.members[0].tls.as_ref()?;
+        let mut options = etcd_client::TlsOptions::new().ca_certificate(
+            etcd_client::Certificate::from_pem(std::fs::read(&tls.ca).unwrap()),
+        );
+        if let Some((cert, key)) = &tls.client_identity {
+            options = options.identity(etcd_client::Identity::from_pem(
+                std::fs::read(cert).unwrap(),
+                std::fs::read(key).unwrap(),
+            ));
+        }
+        Some(etcd_client::ConnectOptions::new().with_tls(options))
+    }
+
     /// A client that talks to every member.
     pub async fn client(&self) -> Client {
-        Client::connect(self.endpoints(), None)
+        Client::connect(self.endpoints(), self.connect_options())
             .await
             .expect("etcd client")
     }
@@ -251,7 +309,7 @@ impl Etcd {
             .map(EtcdMember::endpoint)
             .collect();
         loop {
-            if let Ok(mut client) = Client::connect(&endpoints, None).await {
+            if let Ok(mut client) = Client::connect(&endpoints, self.connect_options()).await {
                 let probe = tokio::time::timeout(
                     Duration::from_secs(2),
                     client.put("/ygg-test/health", "ok", None),
@@ -542,6 +600,11 @@ impl Agent {
     }
 
     pub fn spawn(&mut self, extra_args: &[&str]) {
+        self.spawn_with_env(extra_args, &[]);
+    }
+
+    /// Starts the agent with extra environment variables.
+    pub fn spawn_with_env(&mut self, extra_args: &[&str], env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -556,6 +619,7 @@ impl Agent {
                 "RUST_LOG",
                 std::env::var("YGG_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -644,4 +708,31 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// A minimal HTTP/1.0 GET on loopback: (status code, body), or None when
+/// nothing answers.
+pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// The value of one Prometheus sample, e.g. `ygg_agent_registrations_total{result="ok"}`.
+pub fn metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(sample)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }

@@ -106,31 +106,14 @@ async fn count_keys(client: &mut Client, prefix: &str) -> i64 {
 
 /// etcd's own count of LeaseKeepAlive streams opened, from its /metrics.
 async fn keepalive_streams_opened(etcd: &Etcd) -> u64 {
-    let url = format!("http://{}/metrics", etcd.endpoint());
-    let body = match http_get(&url).await {
-        Some(body) => body,
-        None => return 0,
+    let Some((_, body)) = support::http_get(&etcd.endpoint(), "/metrics").await else {
+        return 0;
     };
     body.lines()
         .filter(|l| l.starts_with("grpc_server_started_total") && l.contains("LeaseKeepAlive"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|v| v as u64)
         .sum()
-}
-
-/// A minimal HTTP/1.0 GET, enough for etcd's /metrics.
-async fn http_get(url: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://")?;
-    let (host, path) = rest.split_once('/')?;
-    let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
-    stream
-        .write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.ok()?;
-    Some(body)
 }
 
 struct Row {

@@ -19,12 +19,14 @@ use tokio::time::{Instant, Interval, MissedTickBehavior, sleep_until};
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::config::{self, Config, PluginsConfig};
+use crate::admin::{self, AdminServer};
+use crate::config::{self, AdminConfig, Config, PluginsConfig};
 use crate::desired::{self, Clash, PluginMetadata};
 use crate::metrics::{self, Metrics};
 use crate::plugins::{self, PluginHost, PluginInstance, Round, RoundResult};
 use crate::record;
-use crate::registry::{RegistryHandle, Target};
+use crate::registry::{RegistryHandle, RegistryStatus, Target};
+use crate::systemd::Notifier;
 use crate::watch::FolderWatch;
 
 /// Quiet time after the last change signal before the config is re-read.
@@ -65,6 +67,9 @@ enum Event {
     PluginResult(RoundResult),
     /// Plugin results have settled: publish the new target.
     ResultsSettled,
+    /// The registry's status changed (readiness, counts, connection).
+    RegistryStatus(RegistryStatus),
+    WatchdogTick,
 }
 
 /// What `run` needs besides the config it starts with.
@@ -113,6 +118,8 @@ struct Supervisor {
     /// When merged plugin results are due to be published.
     publish_due: Option<Instant>,
     clashes: Vec<Clash>,
+    admin: Option<AdminServer>,
+    systemd: Notifier,
     _config_watch: Option<FolderWatch>,
 }
 
@@ -175,6 +182,20 @@ pub async fn run(options: RunOptions, config: Config, mut control: mpsc::Receive
         .plugins
         .as_ref()
         .map(|p| collect_timer(p.interval));
+    let mut registry_status = registry.status();
+    let admin = start_admin(
+        config.agent.admin.as_ref(),
+        &options.metrics,
+        &registry_status,
+        &tracker,
+    )
+    .await;
+    let systemd = Notifier::from_env();
+    let mut watchdog = systemd.watchdog_every.map(|every| {
+        let mut timer = tokio::time::interval(every);
+        timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        timer
+    });
     let mut supervisor = Supervisor {
         config_path: options.config_path,
         config,
@@ -190,6 +211,8 @@ pub async fn run(options: RunOptions, config: Config, mut control: mpsc::Receive
         collect_timer,
         publish_due: None,
         clashes: Vec::new(),
+        admin,
+        systemd,
         _config_watch: config_watch,
     };
     supervisor.report_clashes(clashes);
@@ -209,6 +232,8 @@ pub async fn run(options: RunOptions, config: Config, mut control: mpsc::Receive
             () = sleep_until(plugins_debounce.due.unwrap_or_else(Instant::now)), if plugins_debounce.due.is_some() => Event::PluginsSettled,
             _ = async { supervisor.collect_timer.as_mut().expect("guarded").tick().await }, if supervisor.collect_timer.is_some() => Event::CollectTick,
             () = sleep_until(supervisor.publish_due.unwrap_or_else(Instant::now)), if supervisor.publish_due.is_some() => Event::ResultsSettled,
+            Ok(()) = registry_status.changed() => Event::RegistryStatus(registry_status.borrow_and_update().clone()),
+            _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => Event::WatchdogTick,
         };
         match event {
             Event::Control(Control::Shutdown) | Event::ControlClosed => break,
@@ -232,10 +257,30 @@ pub async fn run(options: RunOptions, config: Config, mut control: mpsc::Receive
                 supervisor.publish_due = None;
                 supervisor.publish();
             }
+            Event::RegistryStatus(status) => supervisor.systemd.registry(&status),
+            Event::WatchdogTick => supervisor.systemd.watchdog(),
         }
     }
     drop(results_rx);
     supervisor.shutdown().await;
+}
+
+/// Starts the admin server when configured; a port that cannot be bound is
+/// logged and the agent runs without it (registration matters more).
+async fn start_admin(
+    config: Option<&AdminConfig>,
+    metrics: &Metrics,
+    status: &tokio::sync::watch::Receiver<RegistryStatus>,
+    tracker: &TaskTracker,
+) -> Option<AdminServer> {
+    let listen = config?.listen;
+    match admin::start(listen, metrics.clone(), status.clone(), tracker).await {
+        Ok(server) => Some(server),
+        Err(error) => {
+            error!(%listen, %error, "cannot start the admin server; running without it (fix agent.admin.listen and reload)");
+            None
+        }
+    }
 }
 
 fn collect_timer(interval: Duration) -> Interval {
@@ -469,6 +514,7 @@ impl Supervisor {
     async fn apply(&mut self, new: Config) {
         let old_target: Target = desired::build(&self.config, &self.plugin_metadata).0;
         let plugins_changed = new.agent.plugins != self.config.agent.plugins;
+        let admin_changed = new.agent.admin != self.config.agent.admin;
         let registry_changed = new.registry != self.config.registry;
         let instances_changed = new.agent.instances != self.config.agent.instances;
         let old_plugins = self.config.agent.plugins.clone();
@@ -504,6 +550,17 @@ impl Supervisor {
 
         if plugins_changed {
             self.apply_plugins_config(old_plugins).await;
+        }
+        if admin_changed {
+            // The old server must release its port before a new one binds it.
+            self.admin = None;
+            self.admin = start_admin(
+                self.config.agent.admin.as_ref(),
+                &self.metrics,
+                &self.registry.status(),
+                &self.tracker,
+            )
+            .await;
         }
         self.publish();
         if instances_changed || registry_changed {
@@ -568,7 +625,9 @@ impl Supervisor {
         let timeout = self.config.agent.shutdown_timeout;
         let deadline = Instant::now() + timeout;
         info!(timeout = ?timeout, "shutting down: deregistering every instance");
+        self.systemd.stopping();
         drop(self._config_watch);
+        drop(self.admin);
         drop(self.plugins_watch);
         drop(self.plugins);
         drop(self.plugin_results);

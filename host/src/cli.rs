@@ -50,6 +50,31 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Read the registry and print the instances it holds (exit 0, or 1 if
+    /// etcd is unreachable).
+    List {
+        /// Take the etcd connection (endpoints, auth, TLS) and prefix from
+        /// this config file; default: 127.0.0.1:2379 and /yggdrasil/registry.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// etcd endpoints, comma-separated (overrides the config's).
+        #[arg(long, value_delimiter = ',')]
+        endpoints: Option<Vec<String>>,
+        /// Key prefix (overrides the config's).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Only this namespace.
+        #[arg(long, short)]
+        namespace: Option<String>,
+        /// Only endpoints of this scheme (grpc, http, ...); instances without one are left out.
+        #[arg(long)]
+        scheme: Option<String>,
+        /// Print JSON (one array of {key, instance} or {key, error}).
+        #[arg(long)]
+        json: bool,
+        /// Only this service.
+        service: Option<String>,
+    },
     /// Work with plugins.
     Plugin {
         #[command(subcommand)]
@@ -86,6 +111,23 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(&config),
+        Command::List {
+            config,
+            endpoints,
+            prefix,
+            namespace,
+            scheme,
+            json,
+            service,
+        } => list(
+            config.as_deref(),
+            endpoints,
+            prefix,
+            namespace,
+            service,
+            scheme,
+            json,
+        ),
         Command::Plugin {
             command: PluginCommand::Check { file, config },
         } => plugin_check(&file, config.as_deref()),
@@ -168,6 +210,68 @@ fn run(path: &Path) -> ExitCode {
             },
         }
     })
+}
+
+fn list(
+    config_path: Option<&Path>,
+    endpoints: Option<Vec<String>>,
+    prefix: Option<String>,
+    namespace: Option<String>,
+    service: Option<String>,
+    scheme: Option<String>,
+    json: bool,
+) -> ExitCode {
+    let registry = match config_path.map(config::load).transpose() {
+        Ok(loaded) => loaded.map(|l| l.config.registry).unwrap_or_default(),
+        Err(error) => {
+            print_config_error(&error);
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let mut client = registry.client;
+    if let Some(endpoints) = endpoints {
+        client.endpoints = endpoints;
+    }
+    let query = crate::list::Query {
+        prefix: prefix.map_or(registry.prefix, |p| p.trim_end_matches('/').to_string()),
+        namespace,
+        service,
+        scheme,
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match runtime.block_on(crate::list::fetch(&client, &query)) {
+        Ok(listed) => {
+            for invalid in listed.iter().filter(|l| l.error.is_some()) {
+                eprintln!(
+                    "warning: {}: {}",
+                    invalid.key,
+                    invalid.error.as_deref().unwrap_or_default()
+                );
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&listed).expect("listing serialises")
+                );
+            } else {
+                print!("{}", crate::list::render_table(&listed));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!(
+                "error: cannot read the registry from {}: {error}",
+                client.endpoints.join(",")
+            );
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
 }
 
 fn plugin_check(file: &Path, config_path: Option<&Path>) -> ExitCode {

@@ -68,6 +68,10 @@ fn describe(error: &etcd_client::Error) -> String {
             let text = match status.code() {
                 // tonic reports a failed connection as a synthetic status.
                 tonic::Code::Unavailable => format!("etcd unavailable: {}", status.message()),
+                _ if status.message().contains("authentication failed") => format!(
+                    "etcd refused the credentials: {} (check the username and password)",
+                    status.message()
+                ),
                 tonic::Code::Unauthenticated => format!(
                     "etcd refused the credentials: {} (check the username and password)",
                     status.message()

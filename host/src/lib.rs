@@ -5,13 +5,16 @@
 //! [`registry`] → etcd. [`agent`] is the supervisor that owns the running
 //! config and the shutdown sequence; [`cli`] is the command line around it.
 
+pub mod admin;
 pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod desired;
 pub mod etcd;
+pub mod list;
 pub mod metrics;
 pub mod plugins;
 pub mod record;
 pub mod registry;
+pub mod systemd;
 pub mod watch;

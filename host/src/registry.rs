@@ -142,6 +142,8 @@ impl RegistryHandle {
 #[derive(Debug, Clone)]
 struct Written {
     value: String,
+    /// `namespace/name/version`, so every log line about the key names it.
+    service: String,
     /// The revision of our write: a different one means someone else wrote.
     mod_revision: i64,
     /// 0 when written without a lease.
@@ -644,13 +646,13 @@ impl Session {
                 let written = &self.written[key];
                 match get.kvs().first() {
                     None => {
-                        warn!(key = %key, "instance key is missing from etcd; putting it back");
+                        warn!(key = %key, service = %written.service, "instance key is missing from etcd; putting it back");
                         damaged.push(key.clone());
                     }
                     Some(kv)
                         if kv.value() != written.value.as_bytes() || kv.lease() != lease_id =>
                     {
-                        warn!(key = %key, "instance key was changed by someone else; putting it back");
+                        warn!(key = %key, service = %written.service, "instance key was changed by someone else; putting it back");
                         damaged.push(key.clone());
                     }
                     Some(kv) => {
@@ -735,11 +737,12 @@ impl Session {
                     Op::Put(key) => {
                         let record = &records[&key];
                         if announced.insert(key.clone()) {
-                            info!(key = %key, "instance registered successfully");
-                            info!(key = %key, "service: {}", record.service);
-                            info!(key = %key, "endpoints: {}", record.endpoints.len());
+                            let service = &record.service;
+                            info!(key = %key, %service, "instance registered successfully");
+                            info!(key = %key, %service, "service: {service}");
+                            info!(key = %key, %service, "endpoints: {}", record.endpoints.len());
                             for endpoint in &record.endpoints {
-                                info!(key = %key, "  - {endpoint}");
+                                info!(key = %key, %service, "  - {endpoint}");
                             }
                         } else {
                             info!(key = %key, service = %record.service, "instance re-registered");
@@ -748,15 +751,17 @@ impl Session {
                             key,
                             Written {
                                 value: record.value.clone(),
+                                service: record.service.clone(),
                                 mod_revision: revision,
                                 lease: lease_id,
                             },
                         );
                     }
                     Op::Delete(key) => {
-                        info!(key = %key, "instance deregistered");
+                        if let Some(written) = self.written.remove(&key) {
+                            info!(key = %key, service = %written.service, "instance deregistered");
+                        }
                         announced.remove(&key);
-                        self.written.remove(&key);
                         metrics.deregistrations.get_or_create(&metrics::OK).inc();
                     }
                 }
@@ -826,8 +831,8 @@ impl Session {
             match before(deadline, self.client.txn(Txn::new().and_then(deletes))).await {
                 Ok(_) => {
                     for key in chunk {
-                        if self.written.remove(key).is_some() {
-                            info!(key = %key, "instance deregistered");
+                        if let Some(written) = self.written.remove(key) {
+                            info!(key = %key, service = %written.service, "instance deregistered");
                         }
                         metrics.deregistrations.get_or_create(&metrics::OK).inc();
                     }

@@ -1,0 +1,78 @@
+//! systemd integration for `Type=notify` units: `READY=1` once every
+//! instance is registered, a `STATUS=` line that follows the registry,
+//! `STOPPING=1` at shutdown, and watchdog pings when `WatchdogSec=` is set.
+//! Without `NOTIFY_SOCKET` (not under systemd) every call is a no-op.
+
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use tracing::debug;
+
+use crate::registry::RegistryStatus;
+
+pub struct Notifier {
+    ready_sent: bool,
+    last_status: String,
+    /// Half the watchdog timeout, when systemd asked for pings.
+    pub watchdog_every: Option<Duration>,
+}
+
+impl Notifier {
+        /// Reads `WATCHDOG_USEC`; `NOTIFY_SOCKET` is read at each notification.
+    pub fn from_env() -> Self {
+        let watchdog_every = watchdog_timeout().map(|timeout| timeout / 2);
+        Notifier {
+            ready_sent: false,
+            last_status: String::new(),
+            watchdog_every,
+        }
+    }
+
+    fn send(states: &[NotifyState]) {
+        if let Err(error) = sd_notify::notify(false, states) {
+            debug!(%error, "cannot notify systemd");
+        }
+    }
+
+    /// Follows the registry: readiness the first time every instance is
+    /// registered, and a status line whenever the picture changes.
+    pub fn registry(&mut self, status: &RegistryStatus) {
+        let text = format!(
+            "{}/{} instances registered; etcd {}",
+            status.registered,
+            status.desired,
+            if status.connected {
+                "connected"
+            } else {
+                "unreachable"
+            }
+        );
+        if status.ready && !self.ready_sent {
+            self.ready_sent = true;
+            Self::send(&[NotifyState::Ready, NotifyState::Status(&text)]);
+        } else if text != self.last_status {
+            Self::send(&[NotifyState::Status(&text)]);
+        }
+        self.last_status = text;
+    }
+
+    pub fn stopping(&self) {
+        Self::send(&[NotifyState::Stopping, NotifyState::Status("deregistering")]);
+    }
+
+    pub fn watchdog(&self) {
+        Self::send(&[NotifyState::Watchdog]);
+    }
+}
+
+/// `WATCHDOG_USEC`, as libsystemd's `sd_watchdog_enabled` reads it: when
+/// `WATCHDOG_PID` is set it must be this process.
+fn watchdog_timeout() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
+    }
+    (usec > 0).then(|| Duration::from_micros(usec))
+}
