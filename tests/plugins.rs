@@ -475,3 +475,30 @@ fn plugin_check_runs_a_plugin_once() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn an_unreadable_plugins_folder_unloads_nothing() {
+    let etcd = Etcd::start().await;
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.agent_extra = plugins_section("      echo: {value: kept}\n");
+    let mut agent = Agent::prepare(&config);
+    install_plugin(&agent.plugins_dir(), "echo", "echo");
+    agent.spawn(&[]);
+    wait_metadata(&etcd, "echo output", PATIENCE, |m| {
+        m.get("value").map(String::as_str) == Some("kept")
+    })
+    .await;
+    // The folder is swapped for a file: reading it fails.
+    let dir = agent.plugins_dir();
+    std::fs::rename(&dir, agent.dir.path().join("plugins.moved")).unwrap();
+    std::fs::write(&dir, "not a folder").unwrap();
+    agent.signal(libc::SIGHUP);
+    agent
+        .wait_for_log("cannot read the plugins folder", PATIENCE)
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!agent.log().contains("plugin unloaded"), "{}", agent.log());
+    let mut client = etcd.client().await;
+    let now = metadata_of(&entries(&mut client, PREFIX).await, SEED_KEY).unwrap();
+    assert_eq!(now.get("value").map(String::as_str), Some("kept"));
+}

@@ -435,3 +435,31 @@ async fn sighup_reloads_now() {
         .wait_for_log_count("config reloaded: no change", 2, PATIENCE)
         .await;
 }
+
+#[tokio::test]
+async fn every_malformed_config_on_reload_changes_nothing() {
+    let etcd = Etcd::start().await;
+    let config = ConfigFile::new(etcd.endpoints());
+    let agent = Agent::start(&config);
+    let good = wait_state(&etcd, "registered", |e| e.len() == 1).await;
+    for (i, (text, needle)) in MALFORMED_CONFIGS.iter().enumerate() {
+        std::fs::write(&agent.config_path, text).unwrap();
+        agent
+            .wait_for_log_count("config reload failed", i + 1, PATIENCE)
+            .await;
+        let log = agent.log();
+        let after_failure = &log[log.rfind("config reload failed").unwrap()..];
+        assert!(
+            after_failure.contains(needle),
+            "reloading {text:?} did not log {needle:?}:\n{after_failure}"
+        );
+    }
+    // Nothing was deregistered or rewritten by any of them, and the agent
+    // still renews: the key is the same write, on a live lease.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut client = etcd.client().await;
+    let now = entries(&mut client, PREFIX).await;
+    assert_eq!(now, good, "a malformed config changed etcd");
+    let lease = now[SEED_KEY].lease;
+    assert!(client.lease_time_to_live(lease, None).await.unwrap().ttl() > 0);
+}

@@ -736,3 +736,62 @@ pub fn metric(text: &str, sample: &str) -> Option<f64> {
             .ok()
     })
 }
+
+/// Malformed config files, each with the message (and YAML path) it must
+/// produce. Used at start-up (`check`, `run`) and on reload.
+pub const MALFORMED_CONFIGS: &[(&str, &str)] = &[
+    (
+        "agent:\n  instances:\n    - name: a\n      endpoints: []\n",
+        "agent.instances[0].endpoints: at least one endpoint (line 4)",
+    ),
+    (
+        "agent:\n  instances:\n    - version: 1\n      endpoints: [{scheme: grpc, address: 'x:1'}]\n",
+        "agent.instances[0].name: missing",
+    ),
+    (
+        "yggdrasil:\n  registry:\n    type: zookeeper\n",
+        "yggdrasil.registry.type: `zookeeper` is not supported",
+    ),
+    (
+        "yggdrasil:\n  registry:\n    config:\n      ttl: 1s\n",
+        "yggdrasil.registry.config.ttl: 1s is below the minimum of 2s (line 4)",
+    ),
+    (
+        "yggdrasil:\n  registry:\n    config:\n      retryInterval: often\n",
+        "yggdrasil.registry.config.retryInterval: `often` is not a duration",
+    ),
+    (
+        "yggdrasil:\n  registry:\n    config:\n      keepAlive: yes please\n",
+        "yggdrasil.registry.config.keepAlive: expected true or false",
+    ),
+    (
+        "yggdrasil:\n  registry:\n    config:\n      client:\n        endpoints: [etcd]\n",
+        "yggdrasil.registry.config.client.endpoints[0]: `etcd` is not an etcd address",
+    ),
+    (
+        "yggdrasil:\n  registry:\n    config:\n      prefix: registry\n",
+        "yggdrasil.registry.config.prefix: `registry` must start with `/`",
+    ),
+    (
+        "agent:\n  shutdownTimeout: 5\n",
+        "agent.shutdownTimeout: `5` has no unit",
+    ),
+    (
+        "agent:\n  instances: []\n  colour: blue\n",
+        "agent.colour: unknown key",
+    ),
+    (
+        "agent:\n  instances:\n    - name: a\n      endpoints: [{scheme: grpc}]\n",
+        "agent.instances[0].endpoints[0].address: missing",
+    ),
+    (
+        "agent:\n  admin:\n    listen: everywhere\n",
+        "agent.admin.listen: `everywhere` is not an IP address and port",
+    ),
+    (
+        "agent:\n  plugins:\n    memoryLimit: 1KiB\n",
+        "agent.plugins.memoryLimit: must be between 2MiB and 4GiB",
+    ),
+    ("agent: [oops\n", "YAML syntax error"),
+    ("", "the file is empty"),
+];

@@ -238,8 +238,12 @@ pub async fn run(options: RunOptions, config: Config, mut control: mpsc::Receive
         match event {
             Event::Control(Control::Shutdown) | Event::ControlClosed => break,
             Event::Control(Control::Reload) => {
+                // SIGHUP re-reads everything: the fallback where file
+                // events do not arrive (network file systems).
                 config_debounce.take();
+                plugins_debounce.take();
                 supervisor.reload(true).await;
+                supervisor.rescan_plugins().await;
             }
             Event::ConfigTouched => config_debounce.touch(CONFIG_DEBOUNCE),
             Event::ConfigSettled => {
@@ -321,8 +325,10 @@ async fn start_plugins(
     }
 }
 
-/// The round every loaded plugin runs before the first registration; waits
-/// at most `timeout` (plus a little) for the answers.
+/// The round every loaded plugin runs before the first registration. It
+/// waits at most one call's `timeout` (plus a little), whatever the number of
+/// instances: registration never waits long on plugins; late answers are
+/// written when they come.
 async fn first_round(
     host: &mut PluginHost,
     config: &Config,
@@ -334,10 +340,7 @@ async fn first_round(
         return;
     }
     host.start_round(&round(config), None);
-    let per_instance = host.config().timeout;
-    let deadline = Instant::now()
-        + per_instance * config.agent.instances.len() as u32
-        + Duration::from_millis(100);
+    let deadline = Instant::now() + host.config().timeout + Duration::from_millis(100);
     let mut seen = 0;
     while seen < expected {
         match tokio::time::timeout_at(deadline, results.recv()).await {

@@ -93,6 +93,10 @@ enum PluginCommand {
         /// first configured one) from this config file.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Call collect this many times on the same instance and print how
+        /// long the warm calls took.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        calls: u32,
     },
 }
 
@@ -129,8 +133,13 @@ pub fn main() -> ExitCode {
             json,
         ),
         Command::Plugin {
-            command: PluginCommand::Check { file, config },
-        } => plugin_check(&file, config.as_deref()),
+            command:
+                PluginCommand::Check {
+                    file,
+                    config,
+                    calls,
+                },
+        } => plugin_check(&file, config.as_deref(), calls as usize),
     }
 }
 
@@ -274,7 +283,7 @@ fn list(
     }
 }
 
-fn plugin_check(file: &Path, config_path: Option<&Path>) -> ExitCode {
+fn plugin_check(file: &Path, config_path: Option<&Path>, calls: usize) -> ExitCode {
     use crate::config::{DEFAULT_PLUGIN_MEMORY, DEFAULT_PLUGIN_TIMEOUT};
     use crate::plugins::{Limits, PluginInstance};
     use crate::record::{self, Endpoint, Instance};
@@ -332,8 +341,11 @@ fn plugin_check(file: &Path, config_path: Option<&Path>) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    match runtime.block_on(crate::plugins::check_file(file, settings, limits, sample)) {
-        Ok((info, output)) => {
+    match runtime.block_on(crate::plugins::check_file(
+        file, settings, limits, sample, calls,
+    )) {
+        Ok(report) => {
+            let (info, output) = (&report.info, &report.output);
             println!("plugin {name} ({}): ok", file.display());
             println!(
                 "  describe: name {}, version {}, suggested interval {}",
@@ -347,8 +359,20 @@ fn plugin_check(file: &Path, config_path: Option<&Path>) -> ExitCode {
                 output.len(),
                 if output.len() == 1 { "" } else { "s" }
             );
-            for (key, value) in &output {
+            for (key, value) in output {
                 println!("    {key} = {value}");
+            }
+            println!(
+                "  timings: compile {:?}, load from cache {:?}, instantiate+init {:?}",
+                report.compile, report.cache_load, report.instantiate
+            );
+            if let Some(median) = report.warm_calls.get(report.warm_calls.len() / 2) {
+                let p99 = report.warm_calls[report.warm_calls.len() * 99 / 100];
+                println!(
+                    "  warm collect: median {median:?}, p99 {p99:?}, min {:?} over {} calls",
+                    report.warm_calls[0],
+                    report.warm_calls.len()
+                );
             }
             ExitCode::SUCCESS
         }

@@ -182,7 +182,11 @@ impl PluginHost {
     /// compiled and initialised), unloads deleted ones.
     pub async fn rescan(&mut self, system: Arc<SystemSnapshot>) -> Changes {
         let mut changes = Changes::default();
-        let files = self.list_folder();
+        // An unreadable folder changes nothing: plugins are unloaded when
+        // their files go, not when a read fails.
+        let Some(files) = self.list_folder() else {
+            return changes;
+        };
         let gone: Vec<String> = self
             .loaded
             .keys()
@@ -204,8 +208,9 @@ impl PluginHost {
         changes
     }
 
-    /// `*.wasm` files in the folder whose stem is a plugin name.
-    fn list_folder(&mut self) -> BTreeMap<String, PathBuf> {
+    /// `*.wasm` files in the folder whose stem is a plugin name; `None`
+    /// when the folder cannot be read.
+    fn list_folder(&mut self) -> Option<BTreeMap<String, PathBuf>> {
         let mut files = BTreeMap::new();
         let entries = match std::fs::read_dir(&self.config.dir) {
             Ok(entries) => entries,
@@ -215,7 +220,7 @@ impl PluginHost {
                     warn!(dir = %self.config.dir.display(), %error, "cannot read the plugins folder");
                     self.warned.insert(self.config.dir.clone(), message);
                 }
-                return files;
+                return None;
             }
         };
         for entry in entries.flatten() {
@@ -235,7 +240,8 @@ impl PluginHost {
             }
             files.insert(stem.to_string(), path);
         }
-        files
+        self.warned.remove(&self.config.dir);
+        Some(files)
     }
 
     /// Loads `path` as plugin `name` unless the same bytes with the same
@@ -390,23 +396,48 @@ fn read_plugin_file(path: &Path) -> Result<Vec<u8>, LoadError> {
     std::fs::read(path).map_err(|e| LoadError::Read(e.to_string()))
 }
 
-/// Loads one plugin file and runs it once, for `ygg-agent plugin check`:
-/// describe, init with `settings`, collect for `instance`.
+/// What `ygg-agent plugin check` found.
+#[derive(Debug)]
+pub struct CheckReport {
+    pub info: PluginInfo,
+    pub output: BTreeMap<String, String>,
+    /// Compiling the component to machine code (no cache).
+    pub compile: Duration,
+    /// Loading the same code from a compile cache.
+    pub cache_load: Duration,
+    /// Instantiating, `describe` and `init`.
+    pub instantiate: Duration,
+    /// Durations of the warm calls after the first, sorted (empty unless
+    /// more than one call was asked for).
+    pub warm_calls: Vec<Duration>,
+}
+
+/// Loads one plugin file and runs it, for `ygg-agent plugin check`:
+/// compile (cold, then from a throwaway cache), describe, init with
+/// `settings`, and `calls` collects for `instance` on the same instance.
 pub async fn check_file(
     path: &Path,
     settings: Vec<(String, String)>,
     limits: Limits,
     instance: PluginInstance,
-) -> Result<(PluginInfo, BTreeMap<String, String>), String> {
+    calls: usize,
+) -> Result<CheckReport, String> {
     let bytes = read_plugin_file(path).map_err(|e| e.to_string())?;
     let name = path
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or("plugin")
         .to_string();
-    let engine = PluginEngine::new(None).map_err(|e| e.to_string())?;
+    let cache = tempfile::tempdir().map_err(|e| format!("cannot create a temp cache: {e}"))?;
+    let engine = PluginEngine::new(Some(cache.path().to_path_buf())).map_err(|e| e.to_string())?;
     let digest = sha2::Sha256::digest(&bytes).into();
+    let started = std::time::Instant::now();
+    let cold = engine.prepare(&bytes, &digest).map_err(|e| e.to_string())?;
+    let compile = started.elapsed();
+    drop(cold);
+    let started = std::time::Instant::now();
     let prepared = engine.prepare(&bytes, &digest).map_err(|e| e.to_string())?;
+    let cache_load = started.elapsed();
     let spec = runner::Spec {
         name: Arc::from(name.as_str()),
         pre: prepared.pre,
@@ -414,11 +445,29 @@ pub async fn check_file(
         limits,
     };
     let system = Arc::new(system::read());
+    let started = std::time::Instant::now();
     let (mut live, info) = runner::instantiate(&engine, &spec, system)
         .await
         .map_err(|e| format!("init {e}"))?;
+    let instantiate = started.elapsed();
     let output = runner::collect_once(&mut live, &instance, limits.timeout)
         .await
         .map_err(|e| format!("collect {e}"))?;
-    Ok((PluginInfo::from(info), output))
+    let mut warm_calls = Vec::with_capacity(calls.saturating_sub(1));
+    for _ in 1..calls {
+        let started = std::time::Instant::now();
+        runner::collect_once(&mut live, &instance, limits.timeout)
+            .await
+            .map_err(|e| format!("collect {e}"))?;
+        warm_calls.push(started.elapsed());
+    }
+    warm_calls.sort();
+    Ok(CheckReport {
+        info: PluginInfo::from(info),
+        output,
+        compile,
+        cache_load,
+        instantiate,
+        warm_calls,
+    })
 }
