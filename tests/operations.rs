@@ -503,7 +503,7 @@ async fn systemd_hears_ready_after_registration_then_stopping() {
         ],
     );
     let mut heard = Vec::new();
-    let mut listen = |for_: Duration, heard: &mut Vec<String>| {
+    let listen = |for_: Duration, heard: &mut Vec<String>| {
         let until = std::time::Instant::now() + for_;
         let mut buf = [0u8; 4096];
         while std::time::Instant::now() < until {
