@@ -5,6 +5,7 @@
 
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -48,9 +49,63 @@ pub enum LoadError {
     NotAPlugin(String),
 }
 
+/// Advances the engine's epoch every [`EPOCH_TICK`] while a plugin call is
+/// running, and sleeps otherwise: an idle agent does not wake 100 times a
+/// second for nothing.
+pub struct EpochTicker {
+    calls: Mutex<usize>,
+    wake: Condvar,
+}
+
+/// Held for the duration of a plugin call.
+pub struct Ticking(Arc<EpochTicker>);
+
+impl EpochTicker {
+    pub fn busy(self: &Arc<Self>) -> Ticking {
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        *calls += 1;
+        if *calls == 1 {
+            self.wake.notify_one();
+        }
+        Ticking(self.clone())
+    }
+}
+
+impl Drop for Ticking {
+    fn drop(&mut self) {
+        let mut calls = self.0.calls.lock().unwrap_or_else(|e| e.into_inner());
+        *calls -= 1;
+    }
+}
+
+/// The ticker thread: it ends within a second of the engine being dropped.
+fn run_ticker(weak: wasmtime::EngineWeak, ticker: Arc<EpochTicker>) {
+    loop {
+        {
+            let mut calls = ticker.calls.lock().unwrap_or_else(|e| e.into_inner());
+            while *calls == 0 {
+                calls = ticker
+                    .wake
+                    .wait_timeout(calls, Duration::from_secs(1))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                if weak.upgrade().is_none() {
+                    return;
+                }
+            }
+        }
+        std::thread::sleep(EPOCH_TICK);
+        match weak.upgrade() {
+            Some(engine) => engine.increment_epoch(),
+            None => return,
+        }
+    }
+}
+
 /// The engine, its linker and the compile cache.
 pub struct PluginEngine {
     engine: Engine,
+    ticker: Arc<EpochTicker>,
     linker: Linker<PluginState>,
     cache_dir: Option<PathBuf>,
     /// Engine settings and version, folded into cache file names so a
@@ -71,16 +126,15 @@ impl PluginEngine {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         v0_1_0::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
 
+        let ticker = Arc::new(EpochTicker {
+            calls: Mutex::new(0),
+            wake: Condvar::new(),
+        });
         let weak = engine.weak();
+        let thread_ticker = ticker.clone();
         std::thread::Builder::new()
             .name("ygg-epoch-ticker".into())
-            .spawn(move || {
-                while let Some(engine) = weak.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(EPOCH_TICK);
-                }
-            })?;
+            .spawn(move || run_ticker(weak, thread_ticker))?;
 
         let mut hasher = ShaHasher(Sha256::new());
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
@@ -92,6 +146,7 @@ impl PluginEngine {
             tracing::warn!(dir = %dir.display(), %error, "cannot create the plugin cache folder; compiling without a cache");
             return Ok(PluginEngine {
                 engine,
+                ticker,
                 linker,
                 cache_dir: None,
                 compatibility,
@@ -99,6 +154,7 @@ impl PluginEngine {
         }
         Ok(PluginEngine {
             engine,
+            ticker,
             linker,
             cache_dir,
             compatibility,
@@ -107,6 +163,10 @@ impl PluginEngine {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    pub fn ticker(&self) -> &Arc<EpochTicker> {
+        &self.ticker
     }
 
     /// Checks, compiles (or loads from the cache) and links `bytes`, whose

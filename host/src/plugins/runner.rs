@@ -17,7 +17,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::engine::{EPOCH_TICK, PluginEngine};
+use super::engine::{EPOCH_TICK, EpochTicker, PluginEngine};
 use super::stdio::{GuestOutput, MAX_LINES_PER_CALL};
 use super::system::SystemSnapshot;
 use super::{PluginInstance, output, v0_1_0};
@@ -55,10 +55,11 @@ pub struct PluginState {
     pub(super) system: Arc<SystemSnapshot>,
     cpu_ticks_left: u64,
     lines: Arc<AtomicU32>,
+    ticker: Arc<EpochTicker>,
 }
 
 impl PluginState {
-    fn new(spec: &Spec, system: Arc<SystemSnapshot>) -> Self {
+    fn new(spec: &Spec, system: Arc<SystemSnapshot>, ticker: Arc<EpochTicker>) -> Self {
         let lines = Arc::new(AtomicU32::new(0));
         let mut wasi = WasiCtx::builder();
         // No preopened folders, no environment, no arguments, no network:
@@ -80,6 +81,7 @@ impl PluginState {
             system,
             cpu_ticks_left: 0,
             lines,
+            ticker,
         }
     }
 
@@ -221,7 +223,10 @@ pub async fn instantiate(
     spec: &Spec,
     system: Arc<SystemSnapshot>,
 ) -> Result<(Live, v0_1_0::PluginInfo), CallError> {
-    let mut store = Store::new(engine.engine(), PluginState::new(spec, system));
+    let mut store = Store::new(
+        engine.engine(),
+        PluginState::new(spec, system, engine.ticker().clone()),
+    );
     store.limiter(|state| &mut state.limiter);
     store.epoch_deadline_callback(|mut ctx| {
         let state = ctx.data_mut();
@@ -232,6 +237,7 @@ pub async fn instantiate(
         Ok(UpdateDeadline::Yield(1))
     });
     let budget = spec.limits.timeout;
+    let _ticking = engine.ticker().busy();
     arm(&mut store, budget);
     let bindings = guarded(budget, spec.pre.instantiate_async(&mut store)).await?;
     arm(&mut store, budget);
@@ -257,6 +263,7 @@ impl Live {
         budget: Duration,
     ) -> Result<BTreeMap<String, String>, CallError> {
         self.calls += 1;
+        let _ticking = self.store.data().ticker.busy();
         arm(&mut self.store, budget);
         let input = v0_1_0::to_wit_instance(instance);
         let output = guarded(budget, self.bindings.call_collect(&mut self.store, &input)).await?;
