@@ -46,6 +46,40 @@ fn value_has(entries: &BTreeMap<String, Entry>, service: &str, needle: &str) -> 
     key_of(entries, service).is_some_and(|k| entries[&k].value.contains(needle))
 }
 
+/// An agent registering `instances` (YAML list items) on `etcd`, its
+/// config (for later edits) and what etcd holds once all `count` are there.
+async fn registered(
+    etcd: &Etcd,
+    instances: String,
+    count: usize,
+) -> (Agent, ConfigFile, BTreeMap<String, Entry>) {
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.instances = instances;
+    let agent = Agent::start(&config);
+    let state = wait_state(etcd, "registered", |e| e.len() == count).await;
+    (agent, config, state)
+}
+
+/// Waits for the `config error: …` line naming `needle` that follows the
+/// last `config reload failed` line (they are two log events).
+async fn wait_failure_detail(agent: &Agent, needle: &str) {
+    wait_for(
+        PATIENCE,
+        &format!("a config error line with {needle:?}"),
+        || {
+            let log = agent.log();
+            let found = log.rfind("config reload failed").is_some_and(|at| {
+                log[at..]
+                    .lines()
+                    .skip(1)
+                    .any(|l| l.contains("config error") && l.contains(needle))
+            });
+            async move { found.then_some(()) }
+        },
+    )
+    .await;
+}
+
 /// Saves by writing a temp file in the folder and renaming it over the
 /// config, as vim and VS Code do.
 fn save_by_rename(path: &Path, text: &str) {
@@ -57,14 +91,16 @@ fn save_by_rename(path: &Path, text: &str) {
 #[tokio::test]
 async fn instance_changes_apply_as_a_diff_without_touching_the_rest() {
     let etcd = Etcd::start().await;
-    let mut config = ConfigFile::new(etcd.endpoints());
-    config.instances = format!(
-        "{}{}",
-        instance("stays", "1", 1001, "dev"),
-        instance("goes", "1", 1002, "dev")
-    );
-    let agent = Agent::start(&config);
-    let before = wait_state(&etcd, "two instances", |e| e.len() == 2).await;
+    let (agent, mut config, before) = registered(
+        &etcd,
+        format!(
+            "{}{}",
+            instance("stays", "1", 1001, "dev"),
+            instance("goes", "1", 1002, "dev")
+        ),
+        2,
+    )
+    .await;
     let stays = key_of(&before, "stays").unwrap();
 
     // Add one, remove one, leave one alone.
@@ -112,10 +148,7 @@ async fn instance_changes_apply_as_a_diff_without_touching_the_rest() {
 #[tokio::test]
 async fn an_identity_change_swaps_keys_in_one_transaction() {
     let etcd = Etcd::start().await;
-    let mut config = ConfigFile::new(etcd.endpoints());
-    config.instances = instance("svc", "1", 2001, "dev");
-    let agent = Agent::start(&config);
-    let before = wait_state(&etcd, "registered", |e| e.len() == 1).await;
+    let (agent, mut config, before) = registered(&etcd, instance("svc", "1", 2001, "dev"), 1).await;
     let old_key = before.keys().next().unwrap().clone();
 
     let mut client = etcd.client().await;
@@ -167,14 +200,16 @@ async fn an_identity_change_swaps_keys_in_one_transaction() {
 #[tokio::test]
 async fn a_ttl_change_moves_keys_to_a_new_lease_and_revokes_the_old() {
     let etcd = Etcd::start().await;
-    let mut config = ConfigFile::new(etcd.endpoints());
-    config.instances = format!(
-        "{}{}",
-        instance("a", "1", 3001, "dev"),
-        instance("b", "1", 3002, "dev")
-    );
-    let agent = Agent::start(&config);
-    let before = wait_state(&etcd, "registered", |e| e.len() == 2).await;
+    let (agent, mut config, before) = registered(
+        &etcd,
+        format!(
+            "{}{}",
+            instance("a", "1", 3001, "dev"),
+            instance("b", "1", 3002, "dev")
+        ),
+        2,
+    )
+    .await;
     let old_lease = before.values().next().unwrap().lease;
     config.ttl = "7s";
     agent.rewrite_config(&config);
@@ -329,14 +364,16 @@ async fn rapid_successive_edits_end_in_the_last_one() {
 #[tokio::test]
 async fn bad_files_change_nothing_and_the_next_good_save_applies() {
     let etcd = Etcd::start().await;
-    let mut config = ConfigFile::new(etcd.endpoints());
-    config.instances = format!(
-        "{}{}",
-        instance("one", "1", 7001, "good"),
-        instance("two", "1", 7002, "good")
-    );
-    let agent = Agent::start(&config);
-    let good = wait_state(&etcd, "registered", |e| e.len() == 2).await;
+    let (agent, mut config, good) = registered(
+        &etcd,
+        format!(
+            "{}{}",
+            instance("one", "1", 7001, "good"),
+            instance("two", "1", 7002, "good")
+        ),
+        2,
+    )
+    .await;
     let path = agent.config_path.clone();
     let no_endpoints = config.render().replace(
         "endpoints: [{scheme: http, address: \"127.0.0.1:7002\"}]",
@@ -377,15 +414,7 @@ async fn bad_files_change_nothing_and_the_next_good_save_applies() {
         agent
             .wait_for_log_count("config reload failed", i + 1, PATIENCE)
             .await;
-        let log = agent.log();
-        let after_failure = &log[log.rfind("config reload failed").unwrap()..];
-        assert!(
-            after_failure
-                .lines()
-                .skip(1)
-                .any(|l| l.contains("config error") && l.contains(error)),
-            "reload failure lacks {error:?}:\n{after_failure}"
-        );
+        wait_failure_detail(&agent, error).await;
         // Nothing deregistered, nothing rewritten.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let mut client = etcd.client().await;
@@ -447,12 +476,7 @@ async fn every_malformed_config_on_reload_changes_nothing() {
         agent
             .wait_for_log_count("config reload failed", i + 1, PATIENCE)
             .await;
-        let log = agent.log();
-        let after_failure = &log[log.rfind("config reload failed").unwrap()..];
-        assert!(
-            after_failure.contains(needle),
-            "reloading {text:?} did not log {needle:?}:\n{after_failure}"
-        );
+        wait_failure_detail(&agent, needle).await;
     }
     // Nothing was deregistered or rewritten by any of them, and the agent
     // still renews: the key is the same write, on a live lease.

@@ -83,17 +83,7 @@ async fn readyz(State(state): State<AdminState>) -> (StatusCode, String) {
     let lease = status
         .lease
         .map_or_else(|| "none".to_string(), |id| format!("{id:x}"));
-    let summary = format!(
-        "{}/{} instances registered; etcd {}; lease {}\n",
-        status.registered,
-        status.desired,
-        if status.connected {
-            "connected"
-        } else {
-            "unreachable"
-        },
-        lease
-    );
+    let summary = format!("{}; lease {lease}\n", status.summary());
     if status.ready {
         (StatusCode::OK, format!("ready: {summary}"))
     } else {

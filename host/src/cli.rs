@@ -286,7 +286,7 @@ fn list(
 fn plugin_check(file: &Path, config_path: Option<&Path>, calls: usize) -> ExitCode {
     use crate::config::{DEFAULT_PLUGIN_MEMORY, DEFAULT_PLUGIN_TIMEOUT};
     use crate::plugins::{Limits, PluginInstance};
-    use crate::record::{self, Endpoint, Instance};
+    use crate::record::{self, Instance};
 
     let config = match config_path.map(config::load).transpose() {
         Ok(loaded) => loaded.map(|l| l.config),
@@ -315,20 +315,7 @@ fn plugin_check(file: &Path, config_path: Option<&Path>, calls: usize) -> ExitCo
     let instance = config
         .as_ref()
         .and_then(|c| c.agent.instances.first().cloned())
-        .unwrap_or_else(|| Instance {
-            namespace: "default".into(),
-            name: "example-registry-server".into(),
-            version: "1.0.0".into(),
-            region: "us-west".into(),
-            zone: "us-west-1".into(),
-            campus: "campus-a".into(),
-            metadata: [("env".to_string(), "dev".to_string())].into(),
-            endpoints: vec![Endpoint {
-                scheme: "grpc".into(),
-                address: "127.0.0.1:54321".into(),
-                metadata: Default::default(),
-            }],
-        });
+        .unwrap_or_else(Instance::seed_example);
     let sample = PluginInstance {
         key: record::registry_key(prefix, &instance),
         instance,

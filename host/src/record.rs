@@ -39,6 +39,28 @@ pub struct Endpoint {
 }
 
 impl Instance {
+    /// The seed's example instance (registry-example.md): the sample
+    /// `plugin check` runs a plugin on when no config names one.
+    pub fn seed_example() -> Instance {
+        let endpoint = |scheme: &str| Endpoint {
+            scheme: scheme.into(),
+            address: "127.0.0.1:54321".into(),
+            metadata: BTreeMap::new(),
+        };
+        Instance {
+            namespace: DEFAULT_NAMESPACE.into(),
+            name: "example-registry-server".into(),
+            version: "1.0.0".into(),
+            region: "us-west".into(),
+            zone: "us-west-1".into(),
+            campus: "campus-a".into(),
+            metadata: [("env", "dev"), ("pod", "pod-1234567890")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
+            endpoints: vec![endpoint("grpc"), endpoint("http")],
+        }
+    }
+
     /// `namespace/name/version`, the way the seed's log line names a service.
     pub fn service_label(&self) -> String {
         format!("{}/{}/{}", self.namespace, self.name, self.version)
@@ -162,29 +184,8 @@ mod tests {
             .collect()
     }
 
-    /// The seed's example instance (registry-example.md, "Code structure").
     fn seed_instance() -> Instance {
-        Instance {
-            namespace: "default".into(),
-            name: "example-registry-server".into(),
-            version: "1.0.0".into(),
-            region: "us-west".into(),
-            zone: "us-west-1".into(),
-            campus: "campus-a".into(),
-            metadata: map(&[("env", "dev"), ("pod", "pod-1234567890")]),
-            endpoints: vec![
-                Endpoint {
-                    scheme: "grpc".into(),
-                    address: "127.0.0.1:54321".into(),
-                    metadata: BTreeMap::new(),
-                },
-                Endpoint {
-                    scheme: "http".into(),
-                    address: "127.0.0.1:54321".into(),
-                    metadata: BTreeMap::new(),
-                },
-            ],
-        }
+        Instance::seed_example()
     }
 
     #[test]

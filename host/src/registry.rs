@@ -66,6 +66,23 @@ pub struct RegistryStatus {
     pub ready: bool,
 }
 
+impl RegistryStatus {
+    /// `3/5 instances registered; etcd connected`: for people (`/readyz`,
+    /// `systemctl status`).
+    pub fn summary(&self) -> String {
+        format!(
+            "{}/{} instances registered; etcd {}",
+            self.registered,
+            self.desired,
+            if self.connected {
+                "connected"
+            } else {
+                "unreachable"
+            }
+        )
+    }
+}
+
 /// The handle the supervisor keeps. Dropping it without [`stop`] leaves the
 /// actor running until the tracker is closed; `stop` is the orderly way out.
 ///

@@ -18,7 +18,7 @@ pub struct Notifier {
 }
 
 impl Notifier {
-        /// Reads `WATCHDOG_USEC`; `NOTIFY_SOCKET` is read at each notification.
+    /// Reads `WATCHDOG_USEC`; `NOTIFY_SOCKET` is read at each notification.
     pub fn from_env() -> Self {
         let watchdog_every = watchdog_timeout().map(|timeout| timeout / 2);
         Notifier {
@@ -37,16 +37,7 @@ impl Notifier {
     /// Follows the registry: readiness the first time every instance is
     /// registered, and a status line whenever the picture changes.
     pub fn registry(&mut self, status: &RegistryStatus) {
-        let text = format!(
-            "{}/{} instances registered; etcd {}",
-            status.registered,
-            status.desired,
-            if status.connected {
-                "connected"
-            } else {
-                "unreachable"
-            }
-        );
+        let text = status.summary();
         if status.ready && !self.ready_sent {
             self.ready_sent = true;
             Self::send(&[NotifyState::Ready, NotifyState::Status(&text)]);
