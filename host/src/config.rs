@@ -543,15 +543,33 @@ fn check_etcd_endpoint(endpoint: &str) -> Result<(), String> {
         .or_else(|| endpoint.strip_prefix("https://"))
         .unwrap_or(endpoint);
     let rest = rest.strip_suffix('/').unwrap_or(rest);
-    let bad =
-        || format!("`{endpoint}` is not an etcd address (expected host:port, e.g. 127.0.0.1:2379)");
+    let bad = || {
+        format!(
+            "`{}` is not an etcd address (expected host:port, e.g. 127.0.0.1:2379 or [::1]:2379)",
+            endpoint.escape_debug()
+        )
+    };
     let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
-    if host.is_empty() || host.contains(['/', ' ', '@']) || rest.contains("://") {
+    // A host name or IPv4 address, or an IPv6 address in brackets.
+    let valid_host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(ipv6) => ipv6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        }
+    };
+    if !valid_host {
         return Err(bad());
     }
     match port.parse::<u16>() {
         Ok(p) if p > 0 => Ok(()),
-        _ => Err(format!("`{endpoint}` has an invalid port `{port}`")),
+        _ => Err(format!(
+            "`{}` has an invalid port `{}`",
+            endpoint.escape_debug(),
+            port.escape_debug()
+        )),
     }
 }
 

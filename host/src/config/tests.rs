@@ -199,6 +199,15 @@ fn malformed_inputs_name_what_and_where() {
             "yggdrasil: {registry: {config: {client: {endpoints: ['h:99999']}}}}\n",
             "has an invalid port",
         ),
+        // Found by fuzzing: control characters and stray colons in the host.
+        (
+            "yggdrasil: {registry: {config: {client: {endpoints: [\"129\\x0e0.0.1:2campus:379\"]}}}}\n",
+            "is not an etcd address",
+        ),
+        (
+            "yggdrasil: {registry: {config: {client: {endpoints: ['::1:2379']}}}}\n",
+            "is not an etcd address",
+        ),
         (
             "yggdrasil: {registry: {config: {client: {endpoints: 'h:1'}}}}\n",
             "client.endpoints: expected a list",
@@ -335,6 +344,15 @@ fn malformed_inputs_name_what_and_where() {
             "config {text:?}\n  expected an error containing {needle:?}\n  got {errors:#?}"
         );
     }
+}
+
+#[test]
+fn ipv6_and_url_endpoints_are_accepted() {
+    let config = ok(
+        "yggdrasil: {registry: {config: {client: {endpoints: ['[::1]:2379', 'http://etcd-1.internal:2379', 'etcd_2:2379']}}}}\nagent: {instances: []}\n",
+    )
+    .config;
+    assert_eq!(config.registry.client.endpoints.len(), 3);
 }
 
 #[test]

@@ -56,13 +56,15 @@ pub fn validate(pairs: Vec<(String, String)>) -> Result<BTreeMap<String, String>
     }
 }
 
-/// A key as it may be shown in a log line.
+/// A key as it may be shown in a log line: escaped, then cut to 40
+/// characters (escaping first, so control characters cannot make it long).
 fn shorten(key: &str) -> String {
-    let mut shown: String = key.chars().take(40).collect();
-    if shown.len() < key.len() {
+    let escaped = key.escape_debug().to_string();
+    let mut shown: String = escaped.chars().take(40).collect();
+    if shown.len() < escaped.len() {
         shown.push('…');
     }
-    shown.escape_debug().to_string()
+    shown
 }
 
 #[cfg(test)]
@@ -111,6 +113,17 @@ mod tests {
         }
         assert!(validate(vec![("ok".into(), "x".repeat(512))]).is_ok());
         assert!(validate(vec![("k".repeat(128), String::new())]).is_ok());
+    }
+
+    #[test]
+    fn control_characters_cannot_make_reports_long() {
+        // Found by fuzzing: 40 control characters escape to 240 bytes.
+        let key = format!("UU{}", "\u{19}".repeat(200));
+        let input = (0..70)
+            .map(|i| (format!("{key}{i}"), String::new()))
+            .collect();
+        let error = validate(input).unwrap_err();
+        assert!(error.len() < 1000, "{} bytes: {error}", error.len());
     }
 
     #[test]
