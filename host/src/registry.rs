@@ -1,5 +1,6 @@
-//! The etcd session: one actor owns the client, the lease, the keepalive
-//! stream and the record of what it wrote. Everyone else holds a
+//! The etcd session: one actor owns the client, the lease and the record of
+//! what it wrote; each lease's keepalive runs in a task of its own
+//! ([`keepalive`]) that the actor starts and stops and that reports to it. Everyone else holds a
 //! [`RegistryHandle`], publishes the desired state through it, and reads the
 //! actor's [`RegistryStatus`].
 //!
@@ -9,25 +10,25 @@
 //! every etcd failure is retried with capped, jittered backoff.
 
 mod batch;
+mod keepalive;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{
-    Client, Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp,
-    TxnOpResponse,
-};
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use rand::Rng;
 use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::DropGuard;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::config::RegistryConfig;
 use crate::etcd::{self, EtcdError, before, within};
 use crate::metrics::{self, Metrics};
 use batch::{MAX_TXN_BYTES, MAX_TXN_OPS, Op};
+use keepalive::LeaseHealth;
 
 /// First retry delay after a failure; it doubles up to `retryInterval`.
 const FIRST_RETRY: Duration = Duration::from_millis(100);
@@ -115,6 +116,7 @@ impl RegistryHandle {
             next_verify: Instant::now(),
             verify_due: false,
             connected: false,
+            tracker: tracker.clone(),
         };
         tracker.spawn(async move {
             actor.run().await;
@@ -167,73 +169,19 @@ struct Written {
     lease: i64,
 }
 
-struct KeepAlive {
-    keeper: LeaseKeeper,
-    stream: LeaseKeepAliveStream,
-    interval: Duration,
-    next_send: Instant,
-    /// When the answer to the last request is due.
-    awaiting: Option<Instant>,
-}
-
-enum KeepAliveEvent {
-    Renewed(Duration),
-    /// etcd answered TTL 0: the lease is gone.
-    Expired,
-    /// The stream failed or went quiet; the lease may still be alive.
-    Broken(String),
-}
-
-impl KeepAlive {
-    fn new(keeper: LeaseKeeper, stream: LeaseKeepAliveStream, ttl: Duration) -> Self {
-        let interval = ttl / 3;
-        KeepAlive {
-            keeper,
-            stream,
-            interval,
-            next_send: Instant::now() + interval,
-            awaiting: None,
-        }
-    }
-
-    /// Renews at TTL/3 and waits for the answer under a deadline of TTL/3,
-    /// so a half-open connection is found before the lease can expire.
-    /// Cancel-safe: the state lives in `self`.
-    async fn next_event(&mut self) -> KeepAliveEvent {
-        loop {
-            let wake = self.awaiting.unwrap_or(self.next_send);
-            tokio::select! {
-                message = self.stream.message() => match message {
-                    Ok(Some(response)) if response.ttl() > 0 => {
-                        self.awaiting = None;
-                        self.next_send = Instant::now() + self.interval;
-                        return KeepAliveEvent::Renewed(Duration::from_secs(response.ttl() as u64));
-                    }
-                    Ok(Some(_)) => return KeepAliveEvent::Expired,
-                    Ok(None) => return KeepAliveEvent::Broken("keepalive stream closed by etcd".into()),
-                    Err(e) => return KeepAliveEvent::Broken(EtcdError::from(e).to_string()),
-                },
-                _ = sleep_until(wake) => {
-                    if self.awaiting.is_some() {
-                        return KeepAliveEvent::Broken(format!(
-                            "no keepalive answer within {:?}", self.interval
-                        ));
-                    }
-                    if let Err(e) = self.keeper.keep_alive().await {
-                        return KeepAliveEvent::Broken(EtcdError::from(e).to_string());
-                    }
-                    self.awaiting = Some(Instant::now() + self.interval);
-                }
-            }
-        }
-    }
-}
-
 struct Lease {
     id: i64,
-    keepalive: Option<KeepAlive>,
+    /// What the lease's keeper task reports.
+    health: watch::Receiver<LeaseHealth>,
+    /// Dropping it stops the keeper: no renewal after that.
+    keeper: Option<DropGuard>,
+}
+
+impl Lease {
     /// When etcd will drop the lease unless renewed, as far as we know.
-    expires_at: Instant,
+    fn expires_at(&self) -> Option<Instant> {
+        self.health.borrow().expires_at()
+    }
 }
 
 /// A client, the lease for it, and what it holds in etcd. A registry config
@@ -249,6 +197,8 @@ struct Session {
 }
 
 struct Actor {
+    /// Where lease keepers run.
+    tracker: TaskTracker,
     target_rx: watch::Receiver<Arc<Target>>,
     target: Arc<Target>,
     stop_rx: oneshot::Receiver<Instant>,
@@ -316,22 +266,17 @@ impl Actor {
         jitter(exp.min(cap), 0.5, 1.0)
     }
 
-    /// Sleeps until there is something to do, keeping the leases alive.
+    /// Sleeps until there is something to do, following the lease's health.
     async fn wait(&mut self, retry_at: Option<Instant>) -> Wake {
         loop {
             let verify_at =
                 (retry_at.is_none() && self.session.is_some()).then_some(self.next_verify);
-            let current_ka = self
+            let health = self
                 .session
                 .as_mut()
                 .and_then(|s| s.lease.as_mut())
-                .and_then(|l| l.keepalive.as_mut());
-            let retiring_ka = self
-                .retiring
-                .first_mut()
-                .and_then(|s| s.lease.as_mut())
-                .and_then(|l| l.keepalive.as_mut());
-            let (has_current, has_retiring) = (current_ka.is_some(), retiring_ka.is_some());
+                .map(|l| &mut l.health);
+            let has_lease = health.is_some();
             tokio::select! {
                 biased;
                 deadline = &mut self.stop_rx => {
@@ -348,18 +293,15 @@ impl Actor {
                     self.target = self.target_rx.borrow_and_update().clone();
                     return Wake::Work;
                 }
-                event = async { current_ka.unwrap().next_event().await }, if has_current => {
-                    if self.on_keepalive(event) {
+                                changed = async { health.expect("guarded").changed().await }, if has_lease => {
+                    if changed.is_err() {
+                        // The keeper ended without a word: nobody renews.
+                        let id = self.session.as_ref().map_or(0, Session::lease_id);
+                        self.lose_lease(id, "its keepalive task ended");
                         return Wake::Work;
                     }
-                }
-                event = async { retiring_ka.unwrap().next_event().await }, if has_retiring => {
-                    let retiring = &mut self.retiring[0];
-                    if let Some(lease) = retiring.lease.as_mut() {
-                        match event {
-                            KeepAliveEvent::Renewed(ttl) => lease.expires_at = Instant::now() + ttl,
-                            _ => lease.keepalive = None,
-                        }
+                    if self.on_lease_health() {
+                        return Wake::Work;
                     }
                 }
                 _ = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
@@ -373,36 +315,29 @@ impl Actor {
         }
     }
 
-    /// Handles a keepalive event of the current session; true = reconverge.
-    fn on_keepalive(&mut self, event: KeepAliveEvent) -> bool {
-        let Some(session) = self.session.as_mut() else {
+    /// Follows what the keeper reports about the current lease; true when
+    /// the lease is lost and the actor must converge.
+    fn on_lease_health(&mut self) -> bool {
+        let Some(lease) = self.session.as_mut().and_then(|s| s.lease.as_mut()) else {
             return true;
         };
-        let Some(lease) = session.lease.as_mut() else {
-            return true;
-        };
-        match event {
-            KeepAliveEvent::Renewed(ttl) => {
-                lease.expires_at = Instant::now() + ttl;
-                self.metrics.keepalives.get_or_create(&metrics::OK).inc();
+        let health = lease.health.borrow_and_update().clone();
+        let id = lease.id;
+        match health {
+            LeaseHealth::Alive { .. } => {
                 if !self.connected {
                     self.set_connected(true);
                 }
                 self.publish_status();
                 false
             }
-            KeepAliveEvent::Expired => {
-                self.metrics.keepalives.get_or_create(&metrics::ERROR).inc();
-                let id = lease.id;
-                self.lose_lease(id, "etcd answered the keepalive with TTL 0");
-                true
-            }
-            KeepAliveEvent::Broken(reason) => {
-                self.metrics.keepalives.get_or_create(&metrics::ERROR).inc();
-                warn!(lease = lease.id, %reason, "keepalive interrupted; reopening it");
-                lease.keepalive = None;
+            LeaseHealth::Interrupted { .. } => {
                 self.set_connected(false);
                 self.publish_status();
+                false
+            }
+            LeaseHealth::Lost { reason } => {
+                self.lose_lease(id, &reason);
                 true
             }
         }
@@ -460,12 +395,12 @@ impl Actor {
         Ok(())
     }
 
-    /// Lease, repair, writes, then the keepalive stream: the stream is not
-    /// needed before TTL/3, so a first registration costs two round trips
+    /// Lease, repair, writes. The lease's keeper opens its stream alongside
+    /// the first write, so a first registration costs two round trips
     /// (grant, write) like a hand-written one.
     async fn converge_session(&mut self, target: &Target) -> Result<(), EtcdError> {
         let session = self.session.as_mut().expect("converge sets the session");
-        session.grant_lease(&self.metrics).await?;
+        session.grant_lease(&self.metrics, &self.tracker).await?;
         if self.verify_due {
             let repaired = session.verify().await?;
             if repaired > 0 {
@@ -479,8 +414,7 @@ impl Actor {
             .await?;
         self.set_connected(true);
         self.publish_status();
-        let session = self.session.as_mut().expect("converge sets the session");
-        session.open_keepalive().await
+        Ok(())
     }
 
     fn set_connected(&mut self, connected: bool) {
@@ -502,7 +436,7 @@ impl Actor {
                 let live_lease = session
                     .lease
                     .as_ref()
-                    .filter(|l| l.expires_at > now)
+                    .filter(|l| l.expires_at().is_some_and(|at| at > now))
                     .map(|l| l.id);
                 let expected_lease = if keep_alive { live_lease } else { Some(0) };
                 let registered = match expected_lease {
@@ -547,7 +481,7 @@ impl Actor {
     async fn deregister(mut self, deadline: Instant) {
         for session in self.session.iter_mut().chain(self.retiring.iter_mut()) {
             if let Some(lease) = session.lease.as_mut() {
-                lease.keepalive = None;
+                lease.keeper = None;
             }
         }
         if self.session.is_none() {
@@ -584,8 +518,13 @@ impl Session {
         self.config.client.dial_timeout
     }
 
-    /// With `keepAlive: true`, grants a lease unless we hold one.
-    async fn grant_lease(&mut self, metrics: &Metrics) -> Result<(), EtcdError> {
+    /// With `keepAlive: true`, grants a lease unless we hold one, and starts
+    /// its keeper.
+    async fn grant_lease(
+        &mut self,
+        metrics: &Metrics,
+        tracker: &TaskTracker,
+    ) -> Result<(), EtcdError> {
         if !self.config.keep_alive || self.lease.is_some() {
             return Ok(());
         }
@@ -597,29 +536,18 @@ impl Session {
         .await?;
         metrics.lease_grants.inc();
         info!(lease = granted.id(), ttl = ?ttl, "lease granted");
+        let (health, keeper) = keepalive::spawn(
+            self.config.client.clone(),
+            granted.id(),
+            Duration::from_secs(granted.ttl() as u64),
+            metrics.clone(),
+            tracker,
+        );
         self.lease = Some(Lease {
             id: granted.id(),
-            keepalive: None,
-            expires_at: Instant::now() + Duration::from_secs(granted.ttl() as u64),
+            health,
+            keeper: Some(keeper),
         });
-        Ok(())
-    }
-
-    /// Opens (or reopens, after a broken stream) the keepalive stream of our
-    /// lease; etcd answering "not found" means the lease is lost.
-    async fn open_keepalive(&mut self) -> Result<(), EtcdError> {
-        let limit = self.limit();
-        let ttl = self.config.ttl;
-        let Some(lease) = self.lease.as_mut() else {
-            return Ok(());
-        };
-        if lease.keepalive.is_none() {
-            let (keeper, stream) = within(limit, self.client.lease_keep_alive(lease.id)).await?;
-            // Opening the stream renewed the lease.
-            lease.expires_at = Instant::now() + ttl;
-            lease.keepalive = Some(KeepAlive::new(keeper, stream, ttl));
-            debug!(lease = lease.id, "keepalive stream open");
-        }
         Ok(())
     }
 
@@ -796,7 +724,7 @@ impl Session {
     /// the ones it keeps), and revokes the lease.
     async fn retire(mut self) {
         if let Some(lease) = self.lease.as_mut() {
-            lease.keepalive = None;
+            lease.keeper = None;
         }
         let deadline = Instant::now() + self.limit();
         let keys: Vec<(String, i64)> = self

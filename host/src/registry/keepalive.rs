@@ -1,0 +1,249 @@
+//! Keeping one lease alive, in a task of its own: nothing the registry actor
+//! waits for (a transaction stuck on a hung etcd member, a retry backoff)
+//! can delay a renewal. The task reports the lease's health through a
+//! `watch` it never blocks on, and stops when its guard is dropped.
+//!
+//! A broken or silent stream is reopened on every endpoint at once, each
+//! through a client of its own, and the first member to answer wins: a
+//! balanced client could hand the retry back to the member that just hung.
+
+use std::time::Duration;
+
+use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep, sleep_until};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::config::ClientConfig;
+use crate::etcd::{self, EtcdError, within};
+use crate::metrics::{self, Metrics};
+
+/// What the keeper knows about its lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseHealth {
+    /// Renewed; etcd keeps it until `expires_at` without another renewal.
+    Alive { expires_at: Instant },
+    /// The stream broke or went quiet and is being reopened; the lease is
+    /// still etcd's until `expires_at` as far as we know.
+    Interrupted { expires_at: Instant, reason: String },
+    /// etcd no longer has the lease (TTL 0, not found). The keeper stopped.
+    Lost { reason: String },
+}
+
+impl LeaseHealth {
+    pub fn expires_at(&self) -> Option<Instant> {
+        match self {
+            LeaseHealth::Alive { expires_at } | LeaseHealth::Interrupted { expires_at, .. } => {
+                Some(*expires_at)
+            }
+            LeaseHealth::Lost { .. } => None,
+        }
+    }
+}
+
+/// Starts keeping `lease` (granted with `ttl` just now) alive. Dropping the
+/// guard stops the task at its next step: nothing is renewed after that.
+pub fn spawn(
+    client: ClientConfig,
+    lease: i64,
+    ttl: Duration,
+    metrics: Metrics,
+    tracker: &TaskTracker,
+) -> (watch::Receiver<LeaseHealth>, DropGuard) {
+    let (health_tx, health_rx) = watch::channel(LeaseHealth::Alive {
+        expires_at: Instant::now() + ttl,
+    });
+    let stop = CancellationToken::new();
+    let keeper = Keeper {
+        client,
+        lease,
+        ttl,
+        metrics,
+        health: health_tx,
+    };
+    let stopped = stop.clone();
+    tracker.spawn(async move {
+        tokio::select! {
+            () = stopped.cancelled() => {}
+            () = keeper.run() => {}
+        }
+    });
+    (health_rx, stop.drop_guard())
+}
+
+struct Keeper {
+    client: ClientConfig,
+    lease: i64,
+    ttl: Duration,
+    metrics: Metrics,
+    health: watch::Sender<LeaseHealth>,
+}
+
+/// An open keepalive stream and the client whose connection carries it.
+struct Stream {
+    _client: Client,
+    keeper: LeaseKeeper,
+    responses: LeaseKeepAliveStream,
+    next_send: Instant,
+    /// When the answer to the last request is due.
+    awaiting: Option<Instant>,
+}
+
+enum Event {
+    Renewed(Duration),
+    /// etcd answered TTL 0: the lease is gone.
+    Expired,
+    /// The stream failed or went quiet; the lease may still be alive.
+    Broken(String),
+}
+
+impl Keeper {
+    fn interval(&self) -> Duration {
+        self.ttl / 3
+    }
+
+    fn expires_at(&self) -> Instant {
+        self.health
+            .borrow()
+            .expires_at()
+            .unwrap_or_else(Instant::now)
+    }
+
+    fn renewed(&self, ttl: Duration) {
+        self.metrics.keepalives.get_or_create(&metrics::OK).inc();
+        self.health.send_replace(LeaseHealth::Alive {
+            expires_at: Instant::now() + ttl,
+        });
+    }
+
+    fn interrupted(&self, reason: String) {
+        self.metrics.keepalives.get_or_create(&metrics::ERROR).inc();
+        let expires_at = self.expires_at();
+        if !matches!(*self.health.borrow(), LeaseHealth::Interrupted { .. }) {
+            warn!(lease = self.lease, %reason, "keepalive interrupted; reopening it on every endpoint");
+        }
+        self.health
+            .send_replace(LeaseHealth::Interrupted { expires_at, reason });
+    }
+
+    fn lost(&self, reason: String) {
+        self.metrics.keepalives.get_or_create(&metrics::ERROR).inc();
+        self.health.send_replace(LeaseHealth::Lost { reason });
+    }
+
+    /// Renews at TTL/3 until the lease is lost (or the task is stopped).
+    async fn run(self) {
+        let mut stream: Option<Stream> = None;
+        let mut failures: u32 = 0;
+        loop {
+            if stream.is_none() {
+                match self.open().await {
+                    Ok(opened) => {
+                        failures = 0;
+                        // Opening the stream renewed the lease.
+                        self.renewed(self.ttl);
+                        stream = Some(opened);
+                    }
+                    Err(error) if error.is_lease_not_found() => {
+                        return self.lost(format!("etcd no longer knows it ({error})"));
+                    }
+                    Err(error) => {
+                        failures += 1;
+                        self.interrupted(error.to_string());
+                        // Quick retries: the lease only has what is left of its TTL.
+                        let delay =
+                            Duration::from_millis(50 << failures.min(4)).min(self.interval() / 2);
+                        sleep(delay).await;
+                        continue;
+                    }
+                }
+            }
+            let current = stream.as_mut().expect("opened above");
+            match self.next_event(current).await {
+                Event::Renewed(ttl) => self.renewed(ttl),
+                Event::Expired => {
+                    return self.lost("etcd answered the keepalive with TTL 0".into());
+                }
+                Event::Broken(reason) => {
+                    self.interrupted(reason);
+                    stream = None;
+                }
+            }
+        }
+    }
+
+    /// Opens a keepalive stream for the lease on every endpoint at once and
+    /// keeps the first that answers. "Not found" from any member is final:
+    /// keepalives go through the leader, so a member saying so speaks for
+    /// the cluster.
+    async fn open(&self) -> Result<Stream, EtcdError> {
+        let limit = self.client.dial_timeout;
+        let mut attempts: FuturesUnordered<_> = self
+            .client
+            .endpoints
+            .iter()
+            .map(|endpoint| {
+                let mut single = self.client.clone();
+                single.endpoints = vec![endpoint.clone()];
+                let lease = self.lease;
+                async move {
+                    let mut client = etcd::connect(&single).await?;
+                    let (keeper, responses) = within(limit, client.lease_keep_alive(lease)).await?;
+                    debug!(lease, endpoint = %single.endpoints[0], "keepalive stream open");
+                    Ok::<_, EtcdError>((client, keeper, responses))
+                }
+            })
+            .collect();
+        let mut last_error = None;
+        while let Some(attempt) = attempts.next().await {
+            match attempt {
+                Ok((client, keeper, responses)) => {
+                    return Ok(Stream {
+                        _client: client,
+                        keeper,
+                        responses,
+                        next_send: Instant::now() + self.interval(),
+                        awaiting: None,
+                    });
+                }
+                Err(error) if error.is_lease_not_found() => return Err(error),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or(EtcdError::Timeout(limit)))
+    }
+
+    /// Renews at TTL/3 and waits for the answer under a deadline of TTL/3,
+    /// so a half-open connection is found long before the lease can expire.
+    async fn next_event(&self, stream: &mut Stream) -> Event {
+        let interval = self.interval();
+        loop {
+            let wake = stream.awaiting.unwrap_or(stream.next_send);
+            tokio::select! {
+                message = stream.responses.message() => match message {
+                    Ok(Some(response)) if response.ttl() > 0 => {
+                        stream.awaiting = None;
+                        stream.next_send = Instant::now() + interval;
+                        return Event::Renewed(Duration::from_secs(response.ttl() as u64));
+                    }
+                    Ok(Some(_)) => return Event::Expired,
+                    Ok(None) => return Event::Broken("keepalive stream closed by etcd".into()),
+                    Err(e) => return Event::Broken(EtcdError::from(e).to_string()),
+                },
+                () = sleep_until(wake) => {
+                    if stream.awaiting.is_some() {
+                        return Event::Broken(format!("no keepalive answer within {interval:?}"));
+                    }
+                    if let Err(e) = stream.keeper.keep_alive().await {
+                        return Event::Broken(EtcdError::from(e).to_string());
+                    }
+                    stream.awaiting = Some(Instant::now() + interval);
+                }
+            }
+        }
+    }
+}
