@@ -773,16 +773,18 @@ fn read_instance(node: &Node, path: YamlPath, report: &mut Report) -> Option<Ins
             let metadata = yaml::string_map(node, &path, report).unwrap_or_default();
             if let Some(id) = metadata.get(INSTANCE_ID_KEY) {
                 let id_path = path.key(INSTANCE_ID_KEY);
-                if id.is_empty() || id.len() > INSTANCE_ID_MAX_LEN {
+                if id.is_empty() || id.chars().count() > INSTANCE_ID_MAX_LEN {
                     report.error(
                         &id_path,
                         Some(node.span()),
                         format!("must be 1 to {INSTANCE_ID_MAX_LEN} characters"),
                     );
                 } else if id.contains('/')
+                    || id == "."
+                    || id == ".."
                     || id.chars().any(|c| c.is_whitespace() || c.is_control())
                 {
-                    report.error(&id_path, Some(node.span()), format!("`{id}` cannot contain `/` or white space (it becomes the etcd key's last segment)"));
+                    report.error(&id_path, Some(node.span()), format!("`{}` cannot contain `/` or white space, or be `.` or `..` (it becomes the etcd key's last segment)", id.escape_debug()));
                 }
             }
             metadata

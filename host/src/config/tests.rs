@@ -199,6 +199,10 @@ fn malformed_inputs_name_what_and_where() {
             "yggdrasil: {registry: {config: {client: {endpoints: ['h:99999']}}}}\n",
             "has an invalid port",
         ),
+        (
+            "agent: {instances: [{name: a, metadata: {instance_id: '..'}, endpoints: [{scheme: grpc, address: 'x:1'}]}]}\n",
+            "or be `.` or `..`",
+        ),
         // Found by fuzzing: control characters and stray colons in the host.
         (
             "yggdrasil: {registry: {config: {client: {endpoints: [\"129\\x0e0.0.1:2campus:379\"]}}}}\n",

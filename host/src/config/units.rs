@@ -7,6 +7,10 @@ use std::time::Duration;
 /// Parses a Go-style duration: one or more `<number><unit>` pairs, units `ns`,
 /// `us`/`µs`, `ms`, `s`, `m`, `h`. A bare number (other than `0`) is refused,
 /// because Go would read it as nanoseconds, which is never what was meant.
+///
+/// The arithmetic is Go's `time.ParseDuration`: the whole part is exact and
+/// the fraction is truncated to the nanosecond, so `1.9999999996s` is
+/// 1.999999999 s here as in a Yggdrasil app reading the same file.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.is_empty() {
@@ -18,32 +22,40 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if text.starts_with('-') {
         return Err(format!("`{text}` is negative"));
     }
+    let too_long = || format!("`{text}` is longer than a year");
     let mut rest = text.strip_prefix('+').unwrap_or(text);
-    let mut total_nanos: f64 = 0.0;
+    let mut total: u64 = 0;
     while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        let whole_len = rest
+            .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(rest.len());
-        let (number, after) = rest.split_at(number_len);
-        if number.is_empty() || number == "." {
+        let (whole, after) = rest.split_at(whole_len);
+        let (fraction, after) = match after.strip_prefix('.') {
+            Some(after) => {
+                let len = after
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(after.len());
+                (Some(&after[..len]), &after[len..])
+            }
+            None => (None, after),
+        };
+        if whole.is_empty() && fraction.is_none_or(str::is_empty) {
             return Err(format!(
                 "`{text}` is not a duration (expected e.g. 5s, 500ms, 1m30s)"
             ));
         }
-        let value: f64 = number
-            .parse()
-            .map_err(|_| format!("`{text}` has a malformed number `{number}`"))?;
+        let number = &rest[..rest.len() - after.len()];
         let unit_len = after
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(after.len());
         let (unit, after) = after.split_at(unit_len);
-        let nanos_per_unit = match unit {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
+        let nanos_per_unit: u64 = match unit {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
             "" => {
                 return Err(format!(
                     "`{text}` has no unit (write e.g. `{number}s` or `{number}ms`)"
@@ -55,14 +67,39 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
                 ));
             }
         };
-        total_nanos += value * nanos_per_unit;
+        let whole: u64 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| too_long())?
+        };
+        let mut nanos = whole.checked_mul(nanos_per_unit).ok_or_else(too_long)?;
+        if let Some(digits) = fraction {
+            // Go keeps fraction digits while they fit, then scales in f64.
+            let (mut value, mut scale) = (0u64, 1f64);
+            for digit in digits.bytes() {
+                match value
+                    .checked_mul(10)
+                    .and_then(|v| v.checked_add(u64::from(digit - b'0')))
+                {
+                    Some(next) => {
+                        value = next;
+                        scale *= 10.0;
+                    }
+                    None => break,
+                }
+            }
+            nanos = nanos
+                .checked_add((value as f64 * (nanos_per_unit as f64 / scale)) as u64)
+                .ok_or_else(too_long)?;
+        }
+        total = total.checked_add(nanos).ok_or_else(too_long)?;
         rest = after;
     }
-    // A year is far beyond any sensible timeout and keeps the f64 exact enough.
-    if total_nanos > 365.0 * 24.0 * 3600e9 {
-        return Err(format!("`{text}` is longer than a year"));
+    // A year is far beyond any sensible timeout.
+    if total > 365 * 24 * 3_600_000_000_000 {
+        return Err(too_long());
     }
-    Ok(Duration::from_nanos(total_nanos.round() as u64))
+    Ok(Duration::from_nanos(total))
 }
 
 /// Parses a byte size: a whole number with an optional unit, binary (`KiB`,
@@ -132,6 +169,27 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("1..5s").is_err());
         assert!(parse_duration("9999999h").unwrap_err().contains("year"));
+        assert!(
+            parse_duration("99999999999999999999999h")
+                .unwrap_err()
+                .contains("year")
+        );
+        assert!(parse_duration(".s").unwrap_err().contains("not a duration"));
+    }
+
+    #[test]
+    fn fractions_truncate_like_go() {
+        // Found by fuzzing: these used to round up.
+        assert_eq!(
+            parse_duration("1.9999999996s"),
+            Ok(Duration::from_nanos(1_999_999_999))
+        );
+        assert_eq!(parse_duration("0.5ns"), Ok(Duration::ZERO));
+        // Values Go reads exactly, which naive f64 arithmetic gets wrong.
+        assert_eq!(parse_duration("0.3s"), Ok(Duration::from_millis(300)));
+        assert_eq!(parse_duration("1.1h"), Ok(Duration::from_secs(3960)));
+        assert_eq!(parse_duration(".5s"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2.s"), Ok(Duration::from_secs(2)));
     }
 
     #[test]

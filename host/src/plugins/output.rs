@@ -19,15 +19,16 @@ pub fn validate(pairs: Vec<(String, String)>) -> Result<BTreeMap<String, String>
     let mut out = BTreeMap::new();
     for (key, value) in pairs {
         let shown = shorten(&key);
-        if key.is_empty() || key.len() > MAX_KEY_LEN {
-            problems.push(format!(
-                "key `{shown}` must be 1 to {MAX_KEY_LEN} characters"
-            ));
-        } else if !key
+        if !key
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "._/-".contains(c))
         {
             problems.push(format!("key `{shown}` may only use A-Z a-z 0-9 . _ / -"));
+        } else if key.is_empty() || key.len() > MAX_KEY_LEN {
+            // ASCII only by now: bytes are characters.
+            problems.push(format!(
+                "key `{shown}` must be 1 to {MAX_KEY_LEN} characters"
+            ));
         } else if key == INSTANCE_ID_KEY {
             problems.push(format!(
                 "key `{INSTANCE_ID_KEY}` is reserved (it would change the instance's identity)"
@@ -56,15 +57,19 @@ pub fn validate(pairs: Vec<(String, String)>) -> Result<BTreeMap<String, String>
     }
 }
 
-/// A key as it may be shown in a log line: escaped, then cut to 40
-/// characters (escaping first, so control characters cannot make it long).
+/// A key as it may be shown in a log line: escaped, then cut to 40 bytes on
+/// a character boundary (escaping first, so control characters cannot make
+/// it long; bytes, so four-byte characters cannot either).
 fn shorten(key: &str) -> String {
     let escaped = key.escape_debug().to_string();
-    let mut shown: String = escaped.chars().take(40).collect();
-    if shown.len() < escaped.len() {
-        shown.push('…');
+    if escaped.len() <= 40 {
+        return escaped;
     }
-    shown
+    let mut end = 40;
+    while !escaped.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &escaped[..end])
 }
 
 #[cfg(test)]
@@ -124,6 +129,17 @@ mod tests {
             .collect();
         let error = validate(input).unwrap_err();
         assert!(error.len() < 1000, "{} bytes: {error}", error.len());
+    }
+
+    #[test]
+    fn four_byte_characters_cannot_make_reports_long() {
+        // Found by fuzzing: 40 characters of `𝕏` are 160 bytes.
+        let input = (0..70)
+            .map(|i| (format!("{}{i}", "𝕏".repeat(100)), String::new()))
+            .collect();
+        let error = validate(input).unwrap_err();
+        assert!(error.len() < 1000, "{} bytes: {error}", error.len());
+        assert!(error.contains("may only use"), "{error}");
     }
 
     #[test]
