@@ -265,11 +265,10 @@ async fn cluster_follower_kill9_leaves_no_gap() {
 /// retryInterval + 1 s. If a lease expired meanwhile the agent must notice
 /// and register again within the same bound.
 ///
-/// Passed 31 times in 32 but not reliably (see FAILURES.md, "Open
-/// bug"): etcd gives the lease TTL + 0.5 s once a leader is back, and the
-/// agent once spent 4.6 s of it on requests the balanced client sent to
-/// stale or hanging connections, so the lease expired 4.7 s after etcd was
-/// healthy. Same fix as the half-open case. Run it with `--ignored`.
+/// Before the keepalive moved into a task of its own this failed once in
+/// 32 runs (FAILURES.md, "Fixed: a half-open etcd member cost the agent its
+/// lease"): requests sent to stale or hanging connections used up the
+/// lease's TTL + 0.5 s after a leader was back.
 #[tokio::test]
 async fn cluster_quorum_lost_then_back_recovers_within_retry_interval() {
     let mut etcd = Etcd::start_cluster(3).await;
@@ -310,11 +309,11 @@ async fn cluster_quorum_lost_then_back_recovers_within_retry_interval() {
 /// paused leader is replaced. The other two members keep quorum the whole
 /// time, so the key must never disappear.
 ///
-/// Fails today (see FAILURES.md, "Open bug"): the agent's keepalive is not
-/// serviced while a converge request hangs on the paused member, and the
-/// stream is reopened through the balanced client, which picks the paused
-/// member again about one time in three and waits dialTimeout (2 s) there
-/// when only TTL/3 (1.33 s) of the lease is left. Run it with `--ignored`.
+/// This is the test that found the half-open bug (FAILURES.md, "Fixed: a
+/// half-open etcd member cost the agent its lease"): renewals starved while
+/// a request hung on the paused member, and the reopen could pick that
+/// member again. The keepalive now runs in its own task and reopens on
+/// every endpoint at once.
 #[tokio::test]
 async fn cluster_member_paused_half_open_leaves_no_gap() {
     let etcd = Etcd::start_cluster(3).await;
