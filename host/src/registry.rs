@@ -372,14 +372,7 @@ impl Actor {
         }
         if self.session.is_none() {
             let client = etcd::connect(&target.config.client).await?;
-            self.session = Some(Session {
-                config: target.config.clone(),
-                client,
-                lease: None,
-                written: BTreeMap::new(),
-                max_ops: MAX_TXN_OPS,
-                max_bytes: MAX_TXN_BYTES,
-            });
+            self.session = Some(Session::new(target.config.clone(), client));
         }
         match self.converge_session(&target).await {
             Err(error) if error.is_lease_not_found() => {
@@ -488,14 +481,7 @@ impl Actor {
             match tokio::time::timeout_at(deadline, etcd::connect(&self.target.config.client)).await
             {
                 Ok(Ok(client)) => {
-                    self.session = Some(Session {
-                        config: self.target.config.clone(),
-                        client,
-                        lease: None,
-                        written: BTreeMap::new(),
-                        max_ops: MAX_TXN_OPS,
-                        max_bytes: MAX_TXN_BYTES,
-                    })
+                    self.session = Some(Session::new(self.target.config.clone(), client))
                 }
                 Ok(Err(error)) => warn!(%error, "cannot reach etcd to deregister"),
                 Err(_) => warn!("cannot reach etcd to deregister before the shutdown timeout"),
@@ -514,6 +500,35 @@ impl Actor {
 }
 
 impl Session {
+    /// A session that holds nothing yet.
+    fn new(config: RegistryConfig, client: Client) -> Self {
+        Session {
+            config,
+            client,
+            lease: None,
+            written: BTreeMap::new(),
+            max_ops: MAX_TXN_OPS,
+            max_bytes: MAX_TXN_BYTES,
+        }
+    }
+
+    /// Stops the lease's keeper and revokes it (which also deletes whatever
+    /// is still attached to it), giving up at `deadline`; a lease etcd no
+    /// longer knows needs nothing.
+    async fn revoke_lease(&mut self, deadline: Instant) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        drop(lease.keeper);
+        match before(deadline, self.client.lease_revoke(lease.id)).await {
+            Ok(_) => info!(lease = lease.id, "lease revoked"),
+            Err(error) if error.is_lease_not_found() => {}
+            Err(error) => {
+                warn!(lease = lease.id, %error, "cannot revoke the lease; it expires on its own")
+            }
+        }
+    }
+
     fn limit(&self) -> Duration {
         self.config.client.dial_timeout
     }
@@ -750,13 +765,7 @@ impl Session {
                 break;
             }
         }
-        if let Some(lease) = &self.lease
-            && let Err(error) = before(deadline, self.client.lease_revoke(lease.id)).await
-        {
-            warn!(lease = lease.id, %error, "cannot revoke the previous lease; it will expire");
-        } else if let Some(lease) = &self.lease {
-            info!(lease = lease.id, "previous lease revoked");
-        }
+        self.revoke_lease(deadline).await;
     }
 
     /// Deletes every key we wrote plus `also` (keys we may have written
@@ -792,14 +801,6 @@ impl Session {
                 }
             }
         }
-        if let Some(lease) = self.lease.take() {
-            match before(deadline, self.client.lease_revoke(lease.id)).await {
-                Ok(_) => info!(lease = lease.id, "lease revoked"),
-                Err(error) if error.is_lease_not_found() => {}
-                Err(error) => {
-                    warn!(lease = lease.id, %error, "cannot revoke the lease; it expires on its own")
-                }
-            }
-        }
+        self.revoke_lease(deadline).await;
     }
 }

@@ -140,18 +140,13 @@ impl PluginEngine {
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
         let compatibility = hex::encode(&hasher.0.finalize()[..8]);
 
-        if let Some(dir) = &cache_dir
-            && let Err(error) = create_private_dir(dir)
-        {
-            tracing::warn!(dir = %dir.display(), %error, "cannot create the plugin cache folder; compiling without a cache");
-            return Ok(PluginEngine {
-                engine,
-                ticker,
-                linker,
-                cache_dir: None,
-                compatibility,
-            });
-        }
+        let cache_dir = cache_dir.filter(|dir| match create_private_dir(dir) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(dir = %dir.display(), %error, "cannot create the plugin cache folder; compiling without a cache");
+                false
+            }
+        });
         Ok(PluginEngine {
             engine,
             ticker,
