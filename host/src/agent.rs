@@ -9,7 +9,7 @@
 //! difference or keep the running config and count the failure.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -136,13 +136,7 @@ pub async fn run(options: RunOptions, config: Config, mut control: mpsc::Receive
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .map_or_else(|| PathBuf::from("."), PathBuf::from);
-    let config_watch = match FolderWatch::new(&config_dir, config_signals_tx) {
-        Ok(watch) => Some(watch),
-        Err(error) => {
-            warn!(dir = %config_dir.display(), %error, "cannot watch the config folder; reload with SIGHUP");
-            None
-        }
-    };
+    let config_watch = watch_folder(&config_dir, &config_signals_tx, "reload with SIGHUP");
     let last_read = std::fs::read(&options.config_path)
         .map(|bytes| Sha256::digest(&bytes).into())
         .map_err(|e| e.to_string());
@@ -287,6 +281,18 @@ async fn start_admin(
     }
 }
 
+/// Watches `dir`; when that fails the agent runs on, and says what the
+/// operator can do instead.
+fn watch_folder(dir: &Path, signals: &mpsc::Sender<()>, instead: &str) -> Option<FolderWatch> {
+    match FolderWatch::new(dir, signals.clone()) {
+        Ok(watch) => Some(watch),
+        Err(error) => {
+            warn!(dir = %dir.display(), %error, "cannot watch this folder; {instead}");
+            None
+        }
+    }
+}
+
 fn collect_timer(interval: Duration) -> Interval {
     let mut timer = tokio::time::interval_at(Instant::now() + interval, interval);
     timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -301,13 +307,7 @@ async fn start_plugins(
     metrics: &Metrics,
     tracker: &TaskTracker,
 ) -> (Option<PluginHost>, Option<FolderWatch>) {
-    let watch = match FolderWatch::new(&config.dir, signals.clone()) {
-        Ok(watch) => Some(watch),
-        Err(error) => {
-            warn!(dir = %config.dir.display(), %error, "cannot watch the plugins folder; changes apply on reload");
-            None
-        }
-    };
+    let watch = watch_folder(&config.dir, signals, "changes apply on SIGHUP");
     match PluginHost::new(
         config.clone(),
         results.clone(),
@@ -599,16 +599,8 @@ impl Supervisor {
             }
             (Some(old), Some(new)) => {
                 if old.dir != new.dir {
-                    self.plugins_watch = match FolderWatch::new(
-                        &new.dir,
-                        self.plugins_signals.clone(),
-                    ) {
-                        Ok(watch) => Some(watch),
-                        Err(error) => {
-                            warn!(dir = %new.dir.display(), %error, "cannot watch the plugins folder");
-                            None
-                        }
-                    };
+                    self.plugins_watch =
+                        watch_folder(&new.dir, &self.plugins_signals, "changes apply on SIGHUP");
                 }
                 if old.interval != new.interval {
                     self.collect_timer = Some(collect_timer(new.interval));

@@ -284,7 +284,6 @@ fn list(
 }
 
 fn plugin_check(file: &Path, config_path: Option<&Path>, calls: usize) -> ExitCode {
-    use crate::config::{DEFAULT_PLUGIN_MEMORY, DEFAULT_PLUGIN_TIMEOUT};
     use crate::plugins::{Limits, PluginInstance};
     use crate::record::{self, Instance};
 
@@ -301,14 +300,8 @@ fn plugin_check(file: &Path, config_path: Option<&Path>, calls: usize) -> ExitCo
         .unwrap_or_default()
         .to_string();
     let plugins = config.as_ref().and_then(|c| c.agent.plugins.as_ref());
-    let settings: Vec<(String, String)> = plugins
-        .and_then(|p| p.settings.get(&name))
-        .map(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-        .unwrap_or_default();
-    let limits = Limits {
-        timeout: plugins.map_or(DEFAULT_PLUGIN_TIMEOUT, |p| p.timeout),
-        memory: plugins.map_or(DEFAULT_PLUGIN_MEMORY, |p| p.memory_limit),
-    };
+    let settings = crate::plugins::settings_for(plugins, &name);
+    let limits = Limits::of(plugins);
     let prefix = config
         .as_ref()
         .map_or(config::DEFAULT_PREFIX, |c| c.registry.prefix.as_str());

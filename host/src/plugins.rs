@@ -162,21 +162,6 @@ impl PluginHost {
         changes
     }
 
-    fn limits(&self) -> Limits {
-        Limits {
-            timeout: self.config.timeout,
-            memory: self.config.memory_limit,
-        }
-    }
-
-    fn settings_for(&self, name: &str) -> Vec<(String, String)> {
-        self.config
-            .settings
-            .get(name)
-            .map(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default()
-    }
-
     /// Compares the folder with what is loaded: loads new files, reloads
     /// changed ones (the old version keeps serving until the new one has
     /// compiled and initialised), unloads deleted ones.
@@ -262,8 +247,8 @@ impl PluginHost {
         };
         let inputs = LoadInputs {
             digest: sha2::Sha256::digest(&bytes).into(),
-            settings: self.settings_for(name),
-            limits: self.limits(),
+            settings: settings_for(Some(&self.config), name),
+            limits: Limits::of(Some(&self.config)),
         };
         if self
             .loaded
@@ -379,6 +364,14 @@ impl PluginHost {
             }
         }
     }
+}
+
+/// Plugin `name`'s settings (`agent.plugins.settings.<name>`), as `init` gets them.
+pub fn settings_for(config: Option<&PluginsConfig>, name: &str) -> Vec<(String, String)> {
+    config
+        .and_then(|c| c.settings.get(name))
+        .map(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default()
 }
 
 fn report_failure(name: &str, path: &Path, message: &str) {

@@ -37,6 +37,16 @@ pub struct Limits {
     pub memory: u64,
 }
 
+impl Limits {
+    /// The configured limits, or the defaults without a `plugins` section.
+    pub fn of(config: Option<&crate::config::PluginsConfig>) -> Limits {
+        Limits {
+            timeout: config.map_or(crate::config::DEFAULT_PLUGIN_TIMEOUT, |c| c.timeout),
+            memory: config.map_or(crate::config::DEFAULT_PLUGIN_MEMORY, |c| c.memory_limit),
+        }
+    }
+}
+
 /// Everything needed to build (and rebuild) a plugin instance.
 pub struct Spec {
     pub name: Arc<str>,
