@@ -95,7 +95,7 @@ async fn agent_register(
         records,
     };
     let start = Instant::now();
-    let handle = RegistryHandle::spawn(target, Metrics::new(), &tracker);
+    let handle = RegistryHandle::spawn(Some(target), Metrics::new(), &tracker);
     handle
         .status()
         .wait_for(|s| s.registered == count)
@@ -282,7 +282,7 @@ async fn many_instances(etcd: &Etcd, rows: &mut Vec<Row>) {
         records,
     };
     let start = Instant::now();
-    let handle = RegistryHandle::spawn(target, Metrics::new(), &tracker);
+    let handle = RegistryHandle::spawn(Some(target), Metrics::new(), &tracker);
     handle
         .status()
         .wait_for(|s| s.registered == MANY)

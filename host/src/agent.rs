@@ -1,33 +1,38 @@
-//! The supervisor: owns the running config and the plugin host, turns both
-//! into the registry's target, and runs the shutdown sequence. Everything
-//! that happens to the agent arrives as one [`Event`] through one `select!`:
-//! control requests (signals), watcher signals, plugin results and timers.
-//! The actors it starts run on its [`TaskTracker`].
+//! The supervisor: owns the running config and the plugins, turns both into
+//! the registry's target, and runs the shutdown sequence. Everything that
+//! happens to the agent arrives as one [`Event`] (`next_event`) and is
+//! handled by one `handle` that never waits: reading the config file,
+//! scanning the plugins folder, compiling and initialising plugins, and
+//! rebinding the admin listener all run beside the loop and come back as
+//! events. So a signal, a watchdog ping or a config edit is never queued
+//! behind a plugin that takes seconds to compile.
 //!
 //! Reload follows one path whatever triggered it (SIGHUP, an edit, a
-//! rename, a ConfigMap swap): re-read, validate, and either apply the
-//! difference or keep the running config and count the failure.
+//! rename, a ConfigMap swap, a swapped symlink): read and validate off the
+//! loop, then apply the difference or keep the running config
+//! ([`ReloadOutcome`]).
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Interval, MissedTickBehavior, sleep_until};
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminServer};
-use crate::config::{self, AdminConfig, Config, PluginsConfig};
+use crate::config::{self, Config, PluginsConfig};
 use crate::desired::{self, Clash, PluginMetadata};
 use crate::metrics::{self, Metrics};
-use crate::plugins::{self, PluginHost, PluginInstance, Round, RoundResult};
+use crate::plugins::{self, LoadOutcome, PluginHost, PluginInstance, Round, RoundResult, Scan};
 use crate::record;
-use crate::registry::{RegistryHandle, RegistryStatus, Target};
+use crate::registry::{RegistryHandle, RegistryStatus};
 use crate::systemd::Notifier;
-use crate::watch::FolderWatch;
+use crate::watch::{self as folder_watch, FolderWatch, Watched};
 
 /// Quiet time after the last change signal before the config is re-read.
 const CONFIG_DEBOUNCE: Duration = Duration::from_millis(100);
@@ -37,10 +42,21 @@ const PLUGINS_DEBOUNCE: Duration = Duration::from_millis(200);
 const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
 /// Round results in flight from plugin tasks to the supervisor.
 const PLUGIN_RESULTS_CAPACITY: usize = 64;
+/// Scans, loads and config reads finished beside the loop, waiting to be
+/// handled: one of each is under way at a time per plugin, so a few slots.
+const BESIDE_CAPACITY: usize = 16;
 /// Results of one round arrive within microseconds of each other: waiting
 /// this long after the first turns them into one write instead of one per
 /// plugin.
 const RESULTS_COALESCE: Duration = Duration::from_millis(20);
+/// At start, registration waits this long at most for the plugins found in
+/// the folder to load (from the compile cache that takes milliseconds; a
+/// cold compile of a large component takes seconds, and registration does
+/// not wait for it: its metadata is written when it comes).
+const STARTUP_LOAD_WAIT: Duration = Duration::from_secs(2);
+/// Then it waits at most one call's `timeout` plus this for their first
+/// round, so the first record already carries their metadata.
+const FIRST_ROUND_SLACK: Duration = Duration::from_millis(100);
 
 /// Requests from outside the agent: signals in production, the test in tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,16 +73,26 @@ enum Event {
     Control(Control),
     /// The control channel closed: nobody can ask us to stop any more, so stop.
     ControlClosed,
-    /// Something changed in the config file's folder.
+    /// Something changed in a folder the config file depends on.
     ConfigTouched,
     /// The debounce delay after `ConfigTouched` passed.
     ConfigSettled,
+    /// A read of the config file finished.
+    ConfigRead(Box<ConfigRead>),
     PluginsTouched,
     PluginsSettled,
+    /// A scan of the plugins folder finished.
+    PluginsScanned(Scan),
+    /// A plugin finished loading (or failed to).
+    PluginLoaded(LoadOutcome),
     CollectTick,
     PluginResult(RoundResult),
     /// Plugin results have settled: publish the new target.
     ResultsSettled,
+    /// A start-up wait ran out.
+    StartupDeadline,
+    /// A new admin listener is serving (or the old one still is).
+    AdminRebound(Option<AdminServer>),
     /// The registry's status changed (readiness, counts, connection).
     RegistryStatus(RegistryStatus),
     WatchdogTick,
@@ -76,11 +102,26 @@ enum Event {
 pub struct RunOptions {
     /// The file to watch and re-read.
     pub config_path: PathBuf,
+    /// The SHA-256 of the bytes the starting config was parsed from: a
+    /// file event that finds the same bytes changes nothing.
+    pub config_digest: [u8; 32],
     pub metrics: Metrics,
 }
 
+/// What a reload did, for logs and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The new config is running.
+    Applied,
+    /// The same bytes as last time, or a valid file equal to the running
+    /// config: nothing to do.
+    Unchanged,
+    /// Unreadable or invalid: the running config stays, for these reasons.
+    Refused(Vec<String>),
+}
+
 /// Debounces a burst of signals into one action.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Debounce {
     due: Option<Instant>,
     first: Option<Instant>,
@@ -99,6 +140,231 @@ impl Debounce {
     }
 }
 
+/// `sleep_until(due)`, or never.
+async fn until(due: Option<Instant>) {
+    match due {
+        Some(due) => sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What reading the config file found (off the loop).
+#[derive(Debug)]
+pub struct ConfigRead {
+    /// SHA-256 of the bytes read and what they parsed to, or why the file
+    /// could not be read.
+    file: Result<([u8; 32], Parsed), String>,
+    /// The folders to watch for the file now (its symlink chain resolved
+    /// again: a swapped link can change it).
+    watch: BTreeSet<PathBuf>,
+    /// SIGHUP: apply even when the bytes did not change.
+    forced: bool,
+}
+
+/// A valid config, or every problem found in the file.
+type Parsed = Result<config::Loaded, Vec<String>>;
+
+/// Reads and validates the config file. Blocking: runs off the loop.
+fn read_config(path: &Path, forced: bool) -> ConfigRead {
+    let watch = folder_watch::folders_to_watch(path, Watched::File);
+    let file = std::fs::read(path)
+        .map_err(|error| error.to_string())
+        .map(|bytes| {
+            let digest: [u8; 32] = Sha256::digest(&bytes).into();
+            let parsed = match String::from_utf8(bytes) {
+                Err(_) => Err(vec![format!("{} is not UTF-8 text", path.display())]),
+                Ok(text) => config::parse(&text, &config::base_dir(path))
+                    .map_err(|issues| issues.iter().map(ToString::to_string).collect()),
+            };
+            (digest, parsed)
+        });
+    ConfigRead {
+        file,
+        watch,
+        forced,
+    }
+}
+
+/// The start-up phase: registration waits (boundedly) for the plugins in
+/// the folder to load and answer once, so the first record carries their
+/// metadata.
+#[derive(Debug)]
+struct Startup {
+    /// Until when to wait for the loads.
+    loads_until: Instant,
+    /// Once the first round is out: until when to wait for it, and how many
+    /// plugins have not answered yet.
+    round: Option<(Instant, usize)>,
+}
+
+/// What the start-up phase wants done next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StartupStep {
+    Wait,
+    /// Send the first round to every loaded plugin.
+    FirstRound,
+    /// Start registering.
+    Register,
+}
+
+impl Startup {
+    fn new(now: Instant) -> Startup {
+        Startup {
+            loads_until: now + STARTUP_LOAD_WAIT,
+            round: None,
+        }
+    }
+
+    fn deadline(&self) -> Instant {
+        self.round.map_or(self.loads_until, |(until, _)| until)
+    }
+
+    /// `loads_done`: no scan or load is under way.
+    fn step(&self, now: Instant, loads_done: bool) -> StartupStep {
+        match self.round {
+            None if loads_done || now >= self.loads_until => StartupStep::FirstRound,
+            None => StartupStep::Wait,
+            Some((until, waiting)) if waiting > 0 && now < until => StartupStep::Wait,
+            Some(_) => StartupStep::Register,
+        }
+    }
+
+    /// The first round went to `plugins` plugins, each with `timeout`.
+    fn round_sent(&mut self, now: Instant, plugins: usize, timeout: Duration) {
+        self.round = Some((now + timeout + FIRST_ROUND_SLACK, plugins));
+    }
+
+    /// A plugin answered the first round.
+    fn answered(&mut self) {
+        if let Some((_, waiting)) = self.round.as_mut() {
+            *waiting = waiting.saturating_sub(1);
+        }
+    }
+
+    fn waiting_for_loads(&self) -> bool {
+        self.round.is_none()
+    }
+}
+
+/// Everything that exists only while `agent.plugins` is configured.
+struct PluginsRuntime {
+    host: PluginHost,
+    watch: Option<FolderWatch>,
+    debounce: Debounce,
+    collect_timer: Interval,
+    /// The plugins' last good output, by plugin and instance.
+    metadata: PluginMetadata,
+    /// When merged plugin results are due to be published.
+    publish_due: Option<Instant>,
+    /// Clashes reported so far, so each is reported once.
+    clashes: Vec<Clash>,
+}
+
+impl PluginsRuntime {
+    /// Creates the plugin host and starts the first scan. `None` (logged)
+    /// when the engine cannot start: the agent runs without plugins.
+    fn start(config: &PluginsConfig, wiring: &Wiring) -> Option<PluginsRuntime> {
+        let watch = match FolderWatch::new(wiring.plugins_signals.clone()) {
+            Ok(watch) => Some(watch),
+            Err(error) => {
+                warn!(dir = %config.dir.display(), %error, "cannot watch the plugins folder; changes apply on SIGHUP");
+                None
+            }
+        };
+        match PluginHost::new(
+            config.clone(),
+            wiring.plugins.clone(),
+            wiring.metrics.clone(),
+            wiring.tracker.clone(),
+        ) {
+            Ok(mut host) => {
+                host.scan();
+                Some(PluginsRuntime {
+                    host,
+                    watch,
+                    debounce: Debounce::default(),
+                    collect_timer: collect_timer(config.interval),
+                    metadata: PluginMetadata::new(),
+                    publish_due: None,
+                    clashes: Vec::new(),
+                })
+            }
+            Err(error) => {
+                error!(%error, "cannot start the WebAssembly engine; running without plugins");
+                None
+            }
+        }
+    }
+
+    /// Keeps the outputs that succeeded; failed calls leave the last good
+    /// output. False for a result of a replaced or unloaded version.
+    fn merge(&mut self, result: RoundResult) -> bool {
+        if !self.host.is_current(&result) {
+            return false;
+        }
+        let per_instance = self.metadata.entry(result.plugin.to_string()).or_default();
+        for (key, output) in result.outputs {
+            per_instance.insert(key, output);
+        }
+        true
+    }
+
+    /// Watches what the last scan says the folder resolves to. True when a
+    /// folder was added: a change there before the watch began would be
+    /// missed, so the caller scans again.
+    fn watch(&mut self, folders: &BTreeSet<PathBuf>) -> bool {
+        let Some(watch) = self.watch.as_mut() else {
+            return false;
+        };
+        let added = folders.difference(watch.folders()).count() > 0;
+        for (folder, error) in watch.set(folders) {
+            warn!(dir = %folder.display(), %error, "cannot watch this folder; plugin changes there apply on SIGHUP");
+        }
+        added
+    }
+}
+
+/// What the supervisor hands to things it starts beside the loop.
+struct Wiring {
+    metrics: Metrics,
+    tracker: TaskTracker,
+    plugins: plugins::Outbox,
+    plugins_signals: mpsc::Sender<()>,
+    config_reads: mpsc::Sender<ConfigRead>,
+    admin: mpsc::Sender<Option<AdminServer>>,
+}
+
+/// What the supervisor listens to.
+struct Inbox {
+    control: mpsc::Receiver<Control>,
+    config_signals: mpsc::Receiver<()>,
+    config_reads: mpsc::Receiver<ConfigRead>,
+    plugins_signals: mpsc::Receiver<()>,
+    results: mpsc::Receiver<RoundResult>,
+    scans: mpsc::Receiver<Scan>,
+    loads: mpsc::Receiver<LoadOutcome>,
+    admin: mpsc::Receiver<Option<AdminServer>>,
+    registry_status: watch::Receiver<RegistryStatus>,
+    watchdog: Option<Interval>,
+}
+
+/// The admin listener, and a rebind under way.
+struct Admin {
+    server: Option<AdminServer>,
+    /// The address the config asks for.
+    wanted: Option<SocketAddr>,
+    /// A rebind task holds the server until it reports back.
+    rebinding: bool,
+}
+
+/// Whether a running config reload is under way, and what comes after it.
+#[derive(Debug, Default)]
+struct Reading {
+    running: bool,
+    /// Another read was asked for meanwhile (`Some(forced)`).
+    again: Option<bool>,
+}
+
 struct Supervisor {
     config_path: PathBuf,
     config: Config,
@@ -106,173 +372,599 @@ struct Supervisor {
     /// bytes (good or bad config), or why it could not be read. A watcher
     /// signal that changes neither costs one read and nothing else.
     last_read: Result<[u8; 32], String>,
-    metrics: Metrics,
-    tracker: TaskTracker,
+    reading: Reading,
+    config_watch: Option<FolderWatch>,
+    config_debounce: Debounce,
+    plugins: Option<PluginsRuntime>,
+    startup: Option<Startup>,
     registry: RegistryHandle,
-    plugins: Option<PluginHost>,
-    plugin_metadata: PluginMetadata,
-    plugin_results: mpsc::Sender<RoundResult>,
-    plugins_watch: Option<FolderWatch>,
-    plugins_signals: mpsc::Sender<()>,
-    collect_timer: Option<Interval>,
-    /// When merged plugin results are due to be published.
-    publish_due: Option<Instant>,
-    clashes: Vec<Clash>,
-    admin: Option<AdminServer>,
+    admin: Admin,
     systemd: Notifier,
-    _config_watch: Option<FolderWatch>,
+    wiring: Wiring,
+    inbox: Inbox,
 }
 
 /// Runs the agent until `control` says stop (or closes), then deregisters
 /// within the config's `shutdownTimeout`.
-pub async fn run(options: RunOptions, config: Config, mut control: mpsc::Receiver<Control>) {
-    let tracker = TaskTracker::new();
-    let (results_tx, mut results_rx) = mpsc::channel(PLUGIN_RESULTS_CAPACITY);
-    let (config_signals_tx, mut config_signals) = mpsc::channel(1);
-    let (plugins_signals_tx, mut plugins_signals) = mpsc::channel(1);
-
-    let config_dir = options
-        .config_path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map_or_else(|| PathBuf::from("."), PathBuf::from);
-    let config_watch = watch_folder(&config_dir, &config_signals_tx, "reload with SIGHUP");
-    let last_read = std::fs::read(&options.config_path)
-        .map(|bytes| Sha256::digest(&bytes).into())
-        .map_err(|e| e.to_string());
-
-    // Plugins load before the first registration, so the first record
-    // already carries their metadata.
-    let mut plugin_metadata = PluginMetadata::new();
-    let mut plugins = None;
-    let mut plugins_watch = None;
-    if let Some(plugins_config) = &config.agent.plugins {
-        let (host, watch) = start_plugins(
-            plugins_config,
-            &results_tx,
-            &plugins_signals_tx,
-            &options.metrics,
-            &tracker,
-        )
-        .await;
-        if let Some(mut host) = host {
-            first_round(&mut host, &config, &mut results_rx, &mut plugin_metadata).await;
-            plugins = Some(host);
-        }
-        plugins_watch = watch;
-    }
-
-    let (target, clashes) = desired::build(&config, &plugin_metadata);
-    let registry = RegistryHandle::spawn(target, options.metrics.clone(), &tracker);
-    info!(
-        instances = config.agent.instances.len(),
-        plugins = plugins.as_ref().map_or(0, |p: &PluginHost| p.loaded().len()),
-        endpoints = ?config.registry.client.endpoints,
-        prefix = %config.registry.prefix,
-        "agent started"
-    );
-    let collect_timer = config
-        .agent
-        .plugins
-        .as_ref()
-        .map(|p| collect_timer(p.interval));
-    let mut registry_status = registry.status();
-    let admin = start_admin(
-        config.agent.admin.as_ref(),
-        &options.metrics,
-        &registry_status,
-        &tracker,
-    )
-    .await;
-    let systemd = Notifier::from_env();
-    let mut watchdog = systemd.watchdog_every.map(|every| {
-        let mut timer = tokio::time::interval(every);
-        timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        timer
-    });
-    let mut supervisor = Supervisor {
-        config_path: options.config_path,
-        config,
-        last_read,
-        metrics: options.metrics,
-        tracker: tracker.clone(),
-        registry,
-        plugins,
-        plugin_metadata,
-        plugin_results: results_tx,
-        plugins_watch,
-        plugins_signals: plugins_signals_tx,
-        collect_timer,
-        publish_due: None,
-        clashes: Vec::new(),
-        admin,
-        systemd,
-        _config_watch: config_watch,
-    };
-    supervisor.report_clashes(clashes);
-
-    let mut config_debounce = Debounce::default();
-    let mut plugins_debounce = Debounce::default();
-    loop {
-        let event = tokio::select! {
-            message = control.recv() => match message {
-                Some(control) => Event::Control(control),
-                None => Event::ControlClosed,
-            },
-            Some(()) = config_signals.recv() => Event::ConfigTouched,
-            Some(()) = plugins_signals.recv() => Event::PluginsTouched,
-            Some(result) = results_rx.recv() => Event::PluginResult(result),
-            () = sleep_until(config_debounce.due.unwrap_or_else(Instant::now)), if config_debounce.due.is_some() => Event::ConfigSettled,
-            () = sleep_until(plugins_debounce.due.unwrap_or_else(Instant::now)), if plugins_debounce.due.is_some() => Event::PluginsSettled,
-            _ = async { supervisor.collect_timer.as_mut().expect("guarded").tick().await }, if supervisor.collect_timer.is_some() => Event::CollectTick,
-            () = sleep_until(supervisor.publish_due.unwrap_or_else(Instant::now)), if supervisor.publish_due.is_some() => Event::ResultsSettled,
-            Ok(()) = registry_status.changed() => Event::RegistryStatus(registry_status.borrow_and_update().clone()),
-            _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => Event::WatchdogTick,
-        };
-        match event {
-            Event::Control(Control::Shutdown) | Event::ControlClosed => break,
-            Event::Control(Control::Reload) => {
-                // SIGHUP re-reads everything: the fallback where file
-                // events do not arrive (network file systems).
-                config_debounce.take();
-                plugins_debounce.take();
-                supervisor.reload(true).await;
-                supervisor.rescan_plugins().await;
-            }
-            Event::ConfigTouched => config_debounce.touch(CONFIG_DEBOUNCE),
-            Event::ConfigSettled => {
-                config_debounce.take();
-                supervisor.reload(false).await;
-            }
-            Event::PluginsTouched => plugins_debounce.touch(PLUGINS_DEBOUNCE),
-            Event::PluginsSettled => {
-                plugins_debounce.take();
-                supervisor.rescan_plugins().await;
-            }
-            Event::CollectTick => supervisor.start_round(None),
-            Event::PluginResult(result) => supervisor.take_result(result),
-            Event::ResultsSettled => {
-                supervisor.publish_due = None;
-                supervisor.publish();
-            }
-            Event::RegistryStatus(status) => supervisor.systemd.registry(&status),
-            Event::WatchdogTick => supervisor.systemd.watchdog(),
+pub async fn run(options: RunOptions, config: Config, control: mpsc::Receiver<Control>) {
+    let mut supervisor = Supervisor::start(options, config, control).await;
+    while let Some(event) = supervisor.next_event().await {
+        if !supervisor.handle(event) {
+            break;
         }
     }
-    drop(results_rx);
     supervisor.shutdown().await;
 }
 
-/// Starts the admin server when configured; a port that cannot be bound is
-/// logged and the agent runs without it (registration matters more).
-async fn start_admin(
-    config: Option<&AdminConfig>,
-    metrics: &Metrics,
-    status: &tokio::sync::watch::Receiver<RegistryStatus>,
-    tracker: &TaskTracker,
+impl Supervisor {
+    async fn start(options: RunOptions, config: Config, control: mpsc::Receiver<Control>) -> Self {
+        let tracker = TaskTracker::new();
+        let (results_tx, results_rx) = mpsc::channel(PLUGIN_RESULTS_CAPACITY);
+        let (scans_tx, scans_rx) = mpsc::channel(BESIDE_CAPACITY);
+        let (loads_tx, loads_rx) = mpsc::channel(BESIDE_CAPACITY);
+        let (reads_tx, reads_rx) = mpsc::channel(BESIDE_CAPACITY);
+        let (admin_tx, admin_rx) = mpsc::channel(1);
+        let (config_signals_tx, config_signals_rx) = mpsc::channel(1);
+        let (plugins_signals_tx, plugins_signals_rx) = mpsc::channel(1);
+
+        let config_watch = match FolderWatch::new(config_signals_tx) {
+            Ok(mut watch) => {
+                let folders = folder_watch::folders_to_watch(&options.config_path, Watched::File);
+                for (folder, error) in watch.set(&folders) {
+                    warn!(dir = %folder.display(), %error, "cannot watch this folder; reload with SIGHUP");
+                }
+                Some(watch)
+            }
+            Err(error) => {
+                warn!(path = %options.config_path.display(), %error, "cannot watch the config file; reload with SIGHUP");
+                None
+            }
+        };
+
+        // Registration waits for the plugins' first round (boundedly): the
+        // registry starts idle and gets its first target when that is over.
+        let registry = RegistryHandle::spawn(None, options.metrics.clone(), &tracker);
+        let registry_status = registry.status();
+        let systemd = Notifier::from_env();
+        let watchdog = systemd.watchdog_every.map(|every| {
+            let mut timer = tokio::time::interval(every);
+            timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            timer
+        });
+        let wiring = Wiring {
+            metrics: options.metrics,
+            tracker,
+            plugins: plugins::Outbox {
+                results: results_tx,
+                scans: scans_tx,
+                loads: loads_tx,
+            },
+            plugins_signals: plugins_signals_tx,
+            config_reads: reads_tx,
+            admin: admin_tx,
+        };
+        let admin_server = match config.agent.admin.as_ref() {
+            Some(admin) => serve_admin(admin.listen, &wiring, &registry_status).await,
+            None => None,
+        };
+        let plugins = config
+            .agent
+            .plugins
+            .as_ref()
+            .and_then(|p| PluginsRuntime::start(p, &wiring));
+        let mut supervisor = Supervisor {
+            config_path: options.config_path,
+            last_read: Ok(options.config_digest),
+            reading: Reading::default(),
+            config_watch,
+            config_debounce: Debounce::default(),
+            plugins,
+            startup: Some(Startup::new(Instant::now())),
+            registry,
+            admin: Admin {
+                server: admin_server,
+                wanted: config.agent.admin.as_ref().map(|a| a.listen),
+                rebinding: false,
+            },
+            systemd,
+            config,
+            wiring,
+            inbox: Inbox {
+                control,
+                config_signals: config_signals_rx,
+                config_reads: reads_rx,
+                plugins_signals: plugins_signals_rx,
+                results: results_rx,
+                scans: scans_rx,
+                loads: loads_rx,
+                admin: admin_rx,
+                registry_status,
+                watchdog,
+            },
+        };
+        supervisor.advance_startup();
+        supervisor
+    }
+
+    /// The next thing to react to; `None` never happens while the
+    /// supervisor holds its own senders, but ends the loop if it does.
+    async fn next_event(&mut self) -> Option<Event> {
+        let inbox = &mut self.inbox;
+        let plugins = self.plugins.as_mut();
+        let (plugins_due, publish_due, collect) = match plugins {
+            Some(p) => (p.debounce.due, p.publish_due, Some(&mut p.collect_timer)),
+            None => (None, None, None),
+        };
+        let startup_due = self.startup.as_ref().map(Startup::deadline);
+        let event = tokio::select! {
+            message = inbox.control.recv() => match message {
+                Some(control) => Event::Control(control),
+                None => Event::ControlClosed,
+            },
+            Some(()) = inbox.config_signals.recv() => Event::ConfigTouched,
+            Some(read) = inbox.config_reads.recv() => Event::ConfigRead(Box::new(read)),
+            Some(()) = inbox.plugins_signals.recv() => Event::PluginsTouched,
+            Some(scan) = inbox.scans.recv() => Event::PluginsScanned(scan),
+            Some(outcome) = inbox.loads.recv() => Event::PluginLoaded(outcome),
+            Some(result) = inbox.results.recv() => Event::PluginResult(result),
+            Some(server) = inbox.admin.recv() => Event::AdminRebound(server),
+            () = until(self.config_debounce.due) => Event::ConfigSettled,
+            () = until(plugins_due) => Event::PluginsSettled,
+            () = until(publish_due) => Event::ResultsSettled,
+            () = until(startup_due) => Event::StartupDeadline,
+            _ = async { collect.expect("guarded").tick().await }, if collect.is_some() => Event::CollectTick,
+            Ok(()) = inbox.registry_status.changed() => Event::RegistryStatus(inbox.registry_status.borrow_and_update().clone()),
+            _ = async { inbox.watchdog.as_mut().expect("guarded").tick().await }, if inbox.watchdog.is_some() => Event::WatchdogTick,
+        };
+        Some(event)
+    }
+
+    /// Reacts to one event without waiting on anything. False: stop.
+    fn handle(&mut self, event: Event) -> bool {
+        match event {
+            Event::Control(Control::Shutdown) | Event::ControlClosed => return false,
+            Event::Control(Control::Reload) => {
+                // SIGHUP re-reads everything: the fallback where file
+                // events do not arrive (network file systems).
+                self.config_debounce.take();
+                self.read_config(true);
+                if let Some(plugins) = self.plugins.as_mut() {
+                    plugins.debounce.take();
+                    plugins.host.scan();
+                }
+            }
+            Event::ConfigTouched => self.config_debounce.touch(CONFIG_DEBOUNCE),
+            Event::ConfigSettled => {
+                self.config_debounce.take();
+                self.read_config(false);
+            }
+            Event::ConfigRead(read) => {
+                let outcome = self.apply_read(*read);
+                tracing::debug!(?outcome, "config read handled");
+            }
+            Event::PluginsTouched => {
+                if let Some(plugins) = self.plugins.as_mut() {
+                    plugins.debounce.touch(PLUGINS_DEBOUNCE);
+                }
+            }
+            Event::PluginsSettled => {
+                if let Some(plugins) = self.plugins.as_mut() {
+                    plugins.debounce.take();
+                    plugins.host.scan();
+                }
+            }
+            Event::PluginsScanned(scan) => {
+                if let Some(plugins) = self.plugins.as_mut() {
+                    let folders = scan.watch.clone();
+                    let changes = plugins.host.apply_scan(scan);
+                    if plugins.watch(&folders) {
+                        plugins.host.scan();
+                    }
+                    self.apply_plugin_changes(changes);
+                }
+                self.advance_startup();
+            }
+            Event::PluginLoaded(outcome) => {
+                if let Some(plugins) = self.plugins.as_mut() {
+                    let changes = plugins.host.finish_load(outcome);
+                    self.apply_plugin_changes(changes);
+                }
+                self.advance_startup();
+            }
+            Event::CollectTick => {
+                if self.startup.is_none() {
+                    self.start_round(None);
+                }
+            }
+            Event::PluginResult(result) => self.take_result(result),
+            Event::ResultsSettled => {
+                if let Some(plugins) = self.plugins.as_mut() {
+                    plugins.publish_due = None;
+                }
+                self.publish();
+            }
+            Event::StartupDeadline => self.advance_startup(),
+            Event::AdminRebound(server) => {
+                self.admin.server = server;
+                self.admin.rebinding = false;
+                let serving = self.admin.server.as_ref().map(|s| s.listen);
+                if serving != self.admin.wanted {
+                    self.rebind_admin();
+                }
+            }
+            Event::RegistryStatus(status) => self.systemd.registry(&status),
+            Event::WatchdogTick => self.systemd.watchdog(),
+        }
+        true
+    }
+
+    /// Moves the start-up phase on: once the loads are done (or their wait
+    /// ran out) the first round goes out; once it is answered (or its wait
+    /// ran out) registration starts.
+    fn advance_startup(&mut self) {
+        let Some(startup) = self.startup.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        let loads_done = self.plugins.as_ref().is_none_or(|p| p.host.is_settled());
+        match startup.step(now, loads_done) {
+            StartupStep::Wait => return,
+            StartupStep::FirstRound => {
+                let offered = match self.plugins.as_mut() {
+                    Some(plugins) if !self.config.agent.instances.is_empty() => {
+                        plugins.host.start_round(&round(&self.config), None)
+                    }
+                    _ => 0,
+                };
+                if offered > 0 {
+                    let timeout = self
+                        .plugins
+                        .as_ref()
+                        .map_or(Duration::ZERO, |p| p.host.config().timeout);
+                    startup.round_sent(now, offered, timeout);
+                    return;
+                }
+            }
+            StartupStep::Register => {}
+        }
+        self.startup = None;
+        info!(
+            instances = self.config.agent.instances.len(),
+            plugins = self.plugins.as_ref().map_or(0, |p| p.host.loaded().len()),
+            endpoints = ?self.config.registry.client.endpoints,
+            prefix = %self.config.registry.prefix,
+            "agent started"
+        );
+        self.publish();
+    }
+
+    fn publish(&mut self) {
+        if self.startup.is_some() {
+            return;
+        }
+        let empty = PluginMetadata::new();
+        let metadata = self.plugins.as_ref().map_or(&empty, |p| &p.metadata);
+        let (target, clashes) = desired::build(&self.config, metadata);
+        self.registry.set_target(target);
+        if let Some(plugins) = self.plugins.as_mut() {
+            report_clashes(&mut plugins.clashes, clashes);
+        }
+    }
+
+    fn start_round(&mut self, only: Option<&[String]>) {
+        if self.config.agent.instances.is_empty() {
+            return;
+        }
+        if let Some(plugins) = self.plugins.as_mut() {
+            plugins.host.start_round(&round(&self.config), only);
+        }
+    }
+
+    fn take_result(&mut self, result: RoundResult) {
+        let Some(plugins) = self.plugins.as_mut() else {
+            return;
+        };
+        if !plugins.merge(result) {
+            return;
+        }
+        plugins
+            .publish_due
+            .get_or_insert_with(|| Instant::now() + RESULTS_COALESCE);
+        if let Some(startup) = self.startup.as_mut() {
+            startup.answered();
+            self.advance_startup();
+        }
+    }
+
+    fn apply_plugin_changes(&mut self, changes: plugins::Changes) {
+        let Some(plugins) = self.plugins.as_mut() else {
+            return;
+        };
+        let mut changed = false;
+        for name in &changes.stopped {
+            changed |= plugins.metadata.remove(name).is_some();
+        }
+        if changed {
+            self.publish();
+        }
+        // During start-up the first round goes to every plugin at once.
+        let waiting_for_loads = self
+            .startup
+            .as_ref()
+            .is_some_and(Startup::waiting_for_loads);
+        if !changes.started.is_empty() && !waiting_for_loads {
+            // Old output of a replaced plugin stays until the new one answers.
+            self.start_round(Some(&changes.started));
+        }
+    }
+
+    /// Starts a read of the config file beside the loop (one at a time; a
+    /// request meanwhile runs one more read after it). `forced` (SIGHUP)
+    /// applies even when the bytes did not change.
+    fn read_config(&mut self, forced: bool) {
+        if self.reading.running {
+            self.reading.again = Some(self.reading.again.unwrap_or(false) || forced);
+            return;
+        }
+        self.reading.running = true;
+        let path = self.config_path.clone();
+        let reads = self.wiring.config_reads.clone();
+        self.wiring.tracker.spawn(async move {
+            if let Ok(read) = tokio::task::spawn_blocking(move || read_config(&path, forced)).await
+            {
+                let _ = reads.send(read).await;
+            }
+        });
+    }
+
+    /// Takes a finished read: watches what the file resolves to now, and
+    /// applies the new config if it is valid and different.
+    fn apply_read(&mut self, read: ConfigRead) -> ReloadOutcome {
+        self.reading.running = false;
+        let mut again = self.reading.again.take();
+        if let Some(watch) = self.config_watch.as_mut() {
+            let added = read.watch.difference(watch.folders()).count() > 0;
+            for (folder, error) in watch.set(&read.watch) {
+                warn!(dir = %folder.display(), %error, "cannot watch this folder; reload with SIGHUP");
+            }
+            // A change in a newly watched folder before the watch began
+            // would be missed: read once more.
+            if added {
+                again.get_or_insert(false);
+            }
+        }
+        let outcome = self.reload(read);
+        if let Some(forced) = again {
+            self.read_config(forced);
+        }
+        outcome
+    }
+
+    fn reload(&mut self, read: ConfigRead) -> ReloadOutcome {
+        let path = self.config_path.display().to_string();
+        let (digest, parsed) = match read.file {
+            Ok(file) => file,
+            Err(error) => {
+                // Deleted, replaced by a folder, unreadable: keep running on
+                // what we have; the next good save applies normally.
+                let problems = vec![format!("cannot read config file {path}: {error}")];
+                if read.forced || self.last_read.as_ref().err() != Some(&error) {
+                    self.reload_failed(&problems);
+                }
+                self.last_read = Err(error);
+                return ReloadOutcome::Refused(problems);
+            }
+        };
+        if !read.forced && self.last_read == Ok(digest) {
+            return ReloadOutcome::Unchanged;
+        }
+        self.last_read = Ok(digest);
+        let loaded = match parsed {
+            Ok(loaded) => loaded,
+            Err(problems) => {
+                self.reload_failed(&problems);
+                return ReloadOutcome::Refused(problems);
+            }
+        };
+        for warning in &loaded.warnings {
+            warn!(%warning, "config warning");
+        }
+        self.wiring
+            .metrics
+            .config_reloads
+            .get_or_create(&metrics::OK)
+            .inc();
+        if loaded.config == self.config {
+            info!(path = %path, "config reloaded: no change");
+            return ReloadOutcome::Unchanged;
+        }
+        self.apply(loaded.config);
+        ReloadOutcome::Applied
+    }
+
+    /// Logs a failed reload: one line saying so, then one line per problem.
+    fn reload_failed(&mut self, problems: &[String]) {
+        self.wiring
+            .metrics
+            .config_reloads
+            .get_or_create(&metrics::ERROR)
+            .inc();
+        let path = self.config_path.display();
+        error!(path = %path, errors = problems.len(), "config reload failed; the running config stays in force");
+        for problem in problems {
+            error!(path = %path, "config error: {problem}");
+        }
+    }
+
+    /// Applies a new valid config as a difference from the running one.
+    fn apply(&mut self, new: Config) {
+        let empty = PluginMetadata::new();
+        let metadata = self.plugins.as_ref().map_or(&empty, |p| &p.metadata);
+        let old_target = desired::build(&self.config, metadata).0;
+        let plugins_changed = new.agent.plugins != self.config.agent.plugins;
+        let admin_changed = new.agent.admin != self.config.agent.admin;
+        let registry_changed = new.registry != self.config.registry;
+        let instances_changed = new.agent.instances != self.config.agent.instances;
+        let old_plugins = self.config.agent.plugins.clone();
+        self.config = new;
+
+        // Plugin metadata of instances that no longer exist is dropped.
+        let keys: BTreeSet<String> = self
+            .config
+            .agent
+            .instances
+            .iter()
+            .map(|i| record::registry_key(&self.config.registry.prefix, i))
+            .collect();
+        if let Some(plugins) = self.plugins.as_mut() {
+            for per_instance in plugins.metadata.values_mut() {
+                per_instance.retain(|key, _| keys.contains(key));
+            }
+        }
+        let metadata = self.plugins.as_ref().map_or(&empty, |p| &p.metadata);
+        let new_target = desired::build(&self.config, metadata).0;
+        let added = keys
+            .iter()
+            .filter(|k| !old_target.records.contains_key(*k))
+            .count();
+        let removed = old_target
+            .records
+            .keys()
+            .filter(|k| !keys.contains(*k))
+            .count();
+        let changed = new_target
+            .records
+            .iter()
+            .filter(|(k, r)| old_target.records.get(*k).is_some_and(|old| old != *r))
+            .count();
+        info!(
+            path = %self.config_path.display(),
+            added, removed, changed,
+            registry_settings_changed = registry_changed,
+            plugins_changed,
+            "config reloaded: applying the changes"
+        );
+
+        if plugins_changed {
+            self.apply_plugins_config(old_plugins);
+        }
+        if admin_changed {
+            self.admin.wanted = self.config.agent.admin.as_ref().map(|a| a.listen);
+            self.rebind_admin();
+        }
+        self.publish();
+        if instances_changed || registry_changed {
+            // New or moved instances get their plugin metadata right away.
+            self.start_round(None);
+        }
+    }
+
+    fn apply_plugins_config(&mut self, old: Option<PluginsConfig>) {
+        match (old, self.config.agent.plugins.clone()) {
+            (_, None) => {
+                if self.plugins.take().is_some() {
+                    info!("plugins turned off; unloading them");
+                }
+            }
+            (None, Some(new)) => {
+                self.plugins = PluginsRuntime::start(&new, &self.wiring);
+            }
+            (Some(old), Some(new)) => {
+                let Some(plugins) = self.plugins.as_mut() else {
+                    // The engine could not start before: try again.
+                    self.plugins = PluginsRuntime::start(&new, &self.wiring);
+                    return;
+                };
+                if old.interval != new.interval {
+                    plugins.collect_timer = collect_timer(new.interval);
+                }
+                let changes = plugins.host.reconfigure(new);
+                self.apply_plugin_changes(changes);
+            }
+        }
+    }
+
+    /// Moves the admin listener to the address the config wants, beside
+    /// the loop: the new address is bound while the old listener still
+    /// serves; if it overlaps the old one (the same port on 0.0.0.0 and
+    /// 127.0.0.1), the old listener is closed first and the bind waits for
+    /// its port. A bind that fails is logged with the reason and the old
+    /// listener keeps serving (bound again if it had to close).
+    fn rebind_admin(&mut self) {
+        if self.admin.rebinding {
+            return; // AdminRebound checks `wanted` again
+        }
+        let Some(listen) = self.admin.wanted else {
+            if self.admin.server.take().is_some() {
+                info!("admin server stopped (agent.admin removed)");
+            }
+            return;
+        };
+        if self
+            .admin
+            .server
+            .as_ref()
+            .is_some_and(|s| s.listen == listen)
+        {
+            return;
+        }
+        self.admin.rebinding = true;
+        let old = self.admin.server.take();
+        let metrics = self.wiring.metrics.clone();
+        let status = self.registry.status();
+        let tracker = self.wiring.tracker.clone();
+        let reply = self.wiring.admin.clone();
+        self.wiring.tracker.spawn(async move {
+            let server = admin::rebind(old, listen, metrics, status, &tracker).await;
+            let _ = reply.send(server).await;
+        });
+    }
+
+    /// Stop watchers, stop plugins, deregister, all within shutdownTimeout.
+    async fn shutdown(self) {
+        let timeout = self.config.agent.shutdown_timeout;
+        let deadline = Instant::now() + timeout;
+        info!(timeout = ?timeout, "shutting down: deregistering every instance");
+        self.systemd.stopping();
+        drop(self.config_watch);
+        drop(self.admin);
+        // Dropping the plugins cancels loads under way and stops every
+        // plugin task; a compile already running ends on its own thread.
+        drop(self.plugins);
+        drop(self.inbox);
+        if !self.registry.stop(deadline).await {
+            warn!(
+                "deregistration did not finish within shutdownTimeout; the lease will expire on its own"
+            );
+        }
+        let tracker = self.wiring.tracker.clone();
+        drop(self.wiring);
+        tracker.close();
+        if tokio::time::timeout_at(deadline, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("some tasks did not stop within shutdownTimeout");
+        }
+        info!("agent stopped");
+    }
+}
+
+/// Starts the admin server; a port that cannot be bound is logged and the
+/// agent runs without it (registration matters more).
+async fn serve_admin(
+    listen: SocketAddr,
+    wiring: &Wiring,
+    status: &watch::Receiver<RegistryStatus>,
 ) -> Option<AdminServer> {
-    let listen = config?.listen;
-    match admin::start(listen, metrics.clone(), status.clone(), tracker).await {
+    match admin::start(
+        listen,
+        wiring.metrics.clone(),
+        status.clone(),
+        &wiring.tracker,
+    )
+    .await
+    {
         Ok(server) => Some(server),
         Err(error) => {
             error!(%listen, %error, "cannot start the admin server; running without it (fix agent.admin.listen and reload)");
@@ -281,15 +973,18 @@ async fn start_admin(
     }
 }
 
-/// Watches `dir`; when that fails the agent runs on, and says what the
-/// operator can do instead.
-fn watch_folder(dir: &Path, signals: &mpsc::Sender<()>, instead: &str) -> Option<FolderWatch> {
-    match FolderWatch::new(dir, signals.clone()) {
-        Ok(watch) => Some(watch),
-        Err(error) => {
-            warn!(dir = %dir.display(), %error, "cannot watch this folder; {instead}");
-            None
+/// Warns about plugin clashes when they change, not on every round.
+fn report_clashes(reported: &mut Vec<Clash>, clashes: Vec<Clash>) {
+    if clashes != *reported {
+        for clash in clashes.iter().filter(|c| !reported.contains(c)) {
+            warn!(
+                key = %clash.key,
+                winner = %clash.winner,
+                loser = %clash.loser,
+                "two plugins set the same metadata key; the one whose name sorts first wins"
+            );
         }
+        *reported = clashes;
     }
 }
 
@@ -297,62 +992,6 @@ fn collect_timer(interval: Duration) -> Interval {
     let mut timer = tokio::time::interval_at(Instant::now() + interval, interval);
     timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
     timer
-}
-
-/// Creates the plugin host, watches its folder and loads what is there.
-async fn start_plugins(
-    config: &PluginsConfig,
-    results: &mpsc::Sender<RoundResult>,
-    signals: &mpsc::Sender<()>,
-    metrics: &Metrics,
-    tracker: &TaskTracker,
-) -> (Option<PluginHost>, Option<FolderWatch>) {
-    let watch = watch_folder(&config.dir, signals, "changes apply on SIGHUP");
-    match PluginHost::new(
-        config.clone(),
-        results.clone(),
-        metrics.clone(),
-        tracker.clone(),
-    ) {
-        Ok(mut host) => {
-            host.rescan(Arc::new(plugins::system::read())).await;
-            (Some(host), watch)
-        }
-        Err(error) => {
-            error!(%error, "cannot start the WebAssembly engine; running without plugins");
-            (None, watch)
-        }
-    }
-}
-
-/// The round every loaded plugin runs before the first registration. It
-/// waits at most one call's `timeout` (plus a little), whatever the number of
-/// instances: registration never waits long on plugins; late answers are
-/// written when they come.
-async fn first_round(
-    host: &mut PluginHost,
-    config: &Config,
-    results: &mut mpsc::Receiver<RoundResult>,
-    metadata: &mut PluginMetadata,
-) {
-    let expected = host.loaded().len();
-    if expected == 0 || config.agent.instances.is_empty() {
-        return;
-    }
-    host.start_round(&round(config), None);
-    let deadline = Instant::now() + host.config().timeout + Duration::from_millis(100);
-    let mut seen = 0;
-    while seen < expected {
-        match tokio::time::timeout_at(deadline, results.recv()).await {
-            Ok(Some(result)) => {
-                seen += 1;
-                if host.is_current(&result) {
-                    merge_result(metadata, result);
-                }
-            }
-            _ => break,
-        }
-    }
 }
 
 /// A round's input: a fresh system snapshot and the configured instances.
@@ -372,272 +1011,199 @@ fn round(config: &Config) -> Round {
     }
 }
 
-/// Keeps the outputs that succeeded; failed calls leave the last good output.
-fn merge_result(metadata: &mut PluginMetadata, result: RoundResult) {
-    let per_instance = metadata.entry(result.plugin.to_string()).or_default();
-    for (key, output) in result.outputs {
-        per_instance.insert(key, output);
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Supervisor {
-    fn publish(&mut self) {
-        let (target, clashes) = desired::build(&self.config, &self.plugin_metadata);
-        self.registry.set_target(target);
-        self.report_clashes(clashes);
-    }
-
-    /// Warns about plugin clashes when they change, not on every round.
-    fn report_clashes(&mut self, clashes: Vec<Clash>) {
-        if clashes != self.clashes {
-            for clash in clashes.iter().filter(|c| !self.clashes.contains(c)) {
-                warn!(
-                    key = %clash.key,
-                    winner = %clash.winner,
-                    loser = %clash.loser,
-                    "two plugins set the same metadata key; the one whose name sorts first wins"
-                );
-            }
-            self.clashes = clashes;
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_signals_is_debounced_but_never_for_long() {
+        let mut debounce = Debounce::default();
+        let start = Instant::now();
+        debounce.touch(CONFIG_DEBOUNCE);
+        assert_eq!(debounce.due, Some(start + CONFIG_DEBOUNCE));
+        // A signal every 50 ms keeps pushing it back by the quiet time...
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_millis(50)).await;
+            debounce.touch(CONFIG_DEBOUNCE);
         }
+        assert_eq!(
+            debounce.due,
+            Some(start + Duration::from_millis(500) + CONFIG_DEBOUNCE)
+        );
+        // ...but never past MAX_DEBOUNCE after the first.
+        for _ in 0..20 {
+            tokio::time::advance(Duration::from_millis(50)).await;
+            debounce.touch(CONFIG_DEBOUNCE);
+        }
+        assert_eq!(debounce.due, Some(start + MAX_DEBOUNCE));
+        debounce.take();
+        assert_eq!(debounce.due, None);
+        debounce.touch(CONFIG_DEBOUNCE);
+        assert_eq!(debounce.due, Some(Instant::now() + CONFIG_DEBOUNCE));
     }
 
-    fn start_round(&mut self, only: Option<&[String]>) {
-        if self.config.agent.instances.is_empty() {
-            return;
-        }
-        if let Some(host) = self.plugins.as_mut() {
-            host.start_round(&round(&self.config), only);
-        }
+    #[tokio::test(start_paused = true)]
+    async fn start_up_waits_for_loads_then_the_first_round_and_no_longer() {
+        let start = Instant::now();
+        let mut startup = Startup::new(start);
+        assert_eq!(startup.step(start, false), StartupStep::Wait);
+        assert_eq!(startup.deadline(), start + STARTUP_LOAD_WAIT);
+        // Loads done early: the first round goes out at once.
+        assert_eq!(startup.step(start, true), StartupStep::FirstRound);
+        // A load that takes longer than the wait does not hold registration.
+        let late = start + STARTUP_LOAD_WAIT;
+        assert_eq!(startup.step(late, false), StartupStep::FirstRound);
+
+        let timeout = Duration::from_secs(1);
+        startup.round_sent(start, 2, timeout);
+        assert!(!startup.waiting_for_loads());
+        assert_eq!(startup.deadline(), start + timeout + FIRST_ROUND_SLACK);
+        assert_eq!(startup.step(start, true), StartupStep::Wait);
+        startup.answered();
+        assert_eq!(startup.step(start, true), StartupStep::Wait);
+        startup.answered();
+        assert_eq!(startup.step(start, true), StartupStep::Register);
+
+        // A plugin that never answers holds registration for one call's
+        // timeout (plus the slack), no longer.
+        let mut startup = Startup::new(start);
+        startup.round_sent(start, 1, timeout);
+        let just_before = start + timeout + FIRST_ROUND_SLACK - Duration::from_millis(1);
+        assert_eq!(startup.step(just_before, true), StartupStep::Wait);
+        assert_eq!(
+            startup.step(start + timeout + FIRST_ROUND_SLACK, true),
+            StartupStep::Register
+        );
     }
 
-    fn take_result(&mut self, result: RoundResult) {
-        let current = self
-            .plugins
-            .as_ref()
-            .is_some_and(|host| host.is_current(&result));
-        if current {
-            merge_result(&mut self.plugin_metadata, result);
-            self.publish_due
-                .get_or_insert_with(|| Instant::now() + RESULTS_COALESCE);
-        }
-    }
+    const CONFIG: &str = "yggdrasil:
+  registry:
+    config:
+      client:
+        endpoints: [\"127.0.0.1:9\"]
+      ttl: 4s
+agent:
+  instances:
+    - name: svc
+      version: 1.0.0
+      endpoints: [{scheme: grpc, address: \"127.0.0.1:1\"}]
+";
 
-    async fn rescan_plugins(&mut self) {
-        let Some(host) = self.plugins.as_mut() else {
-            return;
+    /// A supervisor on `path`, as `run` starts it (its registry points at a
+    /// closed port and retries in the background).
+    async fn supervisor(path: &Path) -> (Supervisor, mpsc::Sender<Control>) {
+        let loaded = config::load(path).expect("valid");
+        let (control_tx, control_rx) = mpsc::channel(1);
+        let options = RunOptions {
+            config_path: path.to_path_buf(),
+            config_digest: loaded.digest,
+            metrics: Metrics::new(),
         };
-        let changes = host.rescan(Arc::new(plugins::system::read())).await;
-        self.apply_plugin_changes(changes);
+        let supervisor = Supervisor::start(options, loaded.config, control_rx).await;
+        (supervisor, control_tx)
     }
 
-    fn apply_plugin_changes(&mut self, changes: plugins::Changes) {
-        let mut changed = false;
-        for name in &changes.stopped {
-            changed |= self.plugin_metadata.remove(name).is_some();
-        }
-        if changed {
-            self.publish();
-        }
-        if !changes.started.is_empty() {
-            // Old output of a replaced plugin stays until the new one answers.
-            self.start_round(Some(&changes.started));
-        }
+    async fn reload(supervisor: &mut Supervisor, forced: bool) -> ReloadOutcome {
+        let path = supervisor.config_path.clone();
+        supervisor.reading.running = true;
+        let read = tokio::task::spawn_blocking(move || read_config(&path, forced))
+            .await
+            .unwrap();
+        supervisor.apply_read(read)
     }
 
-    /// Re-reads the config file. `forced` (SIGHUP) re-reads even when the
-    /// bytes did not change.
-    async fn reload(&mut self, forced: bool) {
-        let path = self.config_path.clone();
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                // Deleted, replaced by a folder, unreadable: keep running on
-                // what we have; the next good save applies normally.
-                let error = error.to_string();
-                if forced || self.last_read.as_ref().err() != Some(&error) {
-                    self.reload_failed(&[format!(
-                        "cannot read config file {}: {error}",
-                        path.display()
-                    )]);
-                }
-                self.last_read = Err(error);
-                return;
-            }
-        };
-        let digest: [u8; 32] = Sha256::digest(&bytes).into();
-        if !forced && self.last_read == Ok(digest) {
-            return;
-        }
-        self.last_read = Ok(digest);
-        let text = match String::from_utf8(bytes) {
-            Ok(text) => text,
-            Err(_) => {
-                self.reload_failed(&[format!("{} is not UTF-8 text", path.display())]);
-                return;
-            }
-        };
-        let base = config::base_dir(&path);
-        let loaded = match config::parse(&text, &base) {
-            Ok(loaded) => loaded,
-            Err(issues) => {
-                let lines: Vec<String> = issues.iter().map(ToString::to_string).collect();
-                self.reload_failed(&lines);
-                return;
-            }
-        };
-        for warning in &loaded.warnings {
-            warn!(%warning, "config warning");
-        }
-        self.metrics
-            .config_reloads
-            .get_or_create(&metrics::OK)
-            .inc();
-        if loaded.config == self.config {
-            info!(path = %path.display(), "config reloaded: no change");
-            return;
-        }
-        self.apply(loaded.config).await;
-    }
-
-    /// Logs a failed reload: one line saying so, then one line per problem.
-    fn reload_failed(&mut self, problems: &[String]) {
-        self.metrics
-            .config_reloads
-            .get_or_create(&metrics::ERROR)
-            .inc();
-        let path = self.config_path.display();
-        error!(path = %path, errors = problems.len(), "config reload failed; the running config stays in force");
-        for problem in problems {
-            error!(path = %path, "config error: {problem}");
-        }
-    }
-
-    /// Applies a new valid config as a difference from the running one.
-    async fn apply(&mut self, new: Config) {
-        let old_target: Target = desired::build(&self.config, &self.plugin_metadata).0;
-        let plugins_changed = new.agent.plugins != self.config.agent.plugins;
-        let admin_changed = new.agent.admin != self.config.agent.admin;
-        let registry_changed = new.registry != self.config.registry;
-        let instances_changed = new.agent.instances != self.config.agent.instances;
-        let old_plugins = self.config.agent.plugins.clone();
-        self.config = new;
-
-        // Plugin metadata of instances that no longer exist is dropped.
-        let (new_target, _) = desired::build(&self.config, &self.plugin_metadata);
-        let keys: BTreeSet<&String> = new_target.records.keys().collect();
-        for per_instance in self.plugin_metadata.values_mut() {
-            per_instance.retain(|key, _| keys.contains(key));
-        }
-        let added = keys
-            .iter()
-            .filter(|k| !old_target.records.contains_key(**k))
-            .count();
-        let removed = old_target
-            .records
-            .keys()
-            .filter(|k| !keys.contains(k))
-            .count();
-        let changed = new_target
-            .records
-            .iter()
-            .filter(|(k, r)| old_target.records.get(*k).is_some_and(|old| old != *r))
-            .count();
-        info!(
-            path = %self.config_path.display(),
-            added, removed, changed,
-            registry_settings_changed = registry_changed,
-            plugins_changed,
-            "config reloaded: applying the changes"
+    #[tokio::test]
+    async fn reload_applies_valid_changes_and_refuses_everything_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, CONFIG).unwrap();
+        let (mut supervisor, _control) = supervisor(&path).await;
+        assert!(
+            supervisor.startup.is_none(),
+            "no plugins: registers at once"
         );
 
-        if plugins_changed {
-            self.apply_plugins_config(old_plugins).await;
+        // The bytes it started from: nothing to do, even after a touch.
+        assert_eq!(
+            reload(&mut supervisor, false).await,
+            ReloadOutcome::Unchanged
+        );
+        // A comment changes the bytes, not the config.
+        std::fs::write(&path, format!("# note\n{CONFIG}")).unwrap();
+        assert_eq!(
+            reload(&mut supervisor, false).await,
+            ReloadOutcome::Unchanged
+        );
+
+        std::fs::write(&path, CONFIG.replace("ttl: 4s", "ttl: 6s")).unwrap();
+        assert_eq!(reload(&mut supervisor, false).await, ReloadOutcome::Applied);
+        assert_eq!(supervisor.config.registry.ttl, Duration::from_secs(6));
+
+        // Invalid: refused with the error and its line; the config stays.
+        std::fs::write(&path, CONFIG.replace("ttl: 4s", "ttl: soon")).unwrap();
+        match reload(&mut supervisor, false).await {
+            ReloadOutcome::Refused(problems) => {
+                assert_eq!(problems.len(), 1, "{problems:?}");
+                assert!(
+                    problems[0].contains("ttl") && problems[0].contains("line 6"),
+                    "{problems:?}"
+                );
+            }
+            other => panic!("expected a refusal, got {other:?}"),
         }
-        if admin_changed {
-            // The old server must release its port before a new one binds it.
-            self.admin = None;
-            self.admin = start_admin(
-                self.config.agent.admin.as_ref(),
-                &self.metrics,
-                &self.registry.status(),
-                &self.tracker,
-            )
-            .await;
-        }
-        self.publish();
-        if instances_changed || registry_changed {
-            // New or moved instances get their plugin metadata right away.
-            self.start_round(None);
+        assert_eq!(supervisor.config.registry.ttl, Duration::from_secs(6));
+
+        // Gone: refused, config kept; back: applied.
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            reload(&mut supervisor, false).await,
+            ReloadOutcome::Refused(_)
+        ));
+        std::fs::write(&path, CONFIG).unwrap();
+        assert_eq!(reload(&mut supervisor, false).await, ReloadOutcome::Applied);
+        assert_eq!(supervisor.config.registry.ttl, Duration::from_secs(4));
+
+        // SIGHUP re-reads the same bytes; a config equal to the running one
+        // is still "unchanged".
+        assert_eq!(
+            reload(&mut supervisor, true).await,
+            ReloadOutcome::Unchanged
+        );
+
+        let reloads = supervisor.wiring.metrics.render();
+        assert!(
+            reloads.contains("ygg_agent_config_reloads_total{result=\"error\"} 2"),
+            "{reloads}"
+        );
+        supervisor.shutdown().await;
+    }
+
+    /// Handles events until a config read arrives, and returns it.
+    async fn next_read(supervisor: &mut Supervisor) -> Box<ConfigRead> {
+        loop {
+            match supervisor.next_event().await {
+                Some(Event::ConfigRead(read)) => return read,
+                Some(other) => assert!(supervisor.handle(other)),
+                None => panic!("the supervisor's inbox closed"),
+            }
         }
     }
 
-    async fn apply_plugins_config(&mut self, old: Option<PluginsConfig>) {
-        match (old, self.config.agent.plugins.clone()) {
-            (_, None) => {
-                if self.plugins.take().is_some() {
-                    info!("plugins turned off; unloading them");
-                }
-                self.plugins_watch = None;
-                self.collect_timer = None;
-                self.plugin_metadata.clear();
-                self.metrics.plugins_loaded.set(0);
-            }
-            (None, Some(new)) => {
-                let (host, watch) = start_plugins(
-                    &new,
-                    &self.plugin_results,
-                    &self.plugins_signals,
-                    &self.metrics,
-                    &self.tracker,
-                )
-                .await;
-                self.plugins = host;
-                self.plugins_watch = watch;
-                self.collect_timer = Some(collect_timer(new.interval));
-                self.start_round(None);
-            }
-            (Some(old), Some(new)) => {
-                if old.dir != new.dir {
-                    self.plugins_watch =
-                        watch_folder(&new.dir, &self.plugins_signals, "changes apply on SIGHUP");
-                }
-                if old.interval != new.interval {
-                    self.collect_timer = Some(collect_timer(new.interval));
-                }
-                if let Some(host) = self.plugins.as_mut() {
-                    let changes = host
-                        .reconfigure(new, Arc::new(plugins::system::read()))
-                        .await;
-                    self.apply_plugin_changes(changes);
-                }
-            }
-        }
-    }
-
-    /// Stop watchers, stop plugins, deregister, all within shutdownTimeout.
-    async fn shutdown(self) {
-        let timeout = self.config.agent.shutdown_timeout;
-        let deadline = Instant::now() + timeout;
-        info!(timeout = ?timeout, "shutting down: deregistering every instance");
-        self.systemd.stopping();
-        drop(self._config_watch);
-        drop(self.admin);
-        drop(self.plugins_watch);
-        drop(self.plugins);
-        drop(self.plugin_results);
-        if !self.registry.stop(deadline).await {
-            warn!(
-                "deregistration did not finish within shutdownTimeout; the lease will expire on its own"
-            );
-        }
-        self.tracker.close();
-        if tokio::time::timeout_at(deadline, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            warn!("some tasks did not stop within shutdownTimeout");
-        }
-        info!("agent stopped");
+    #[tokio::test]
+    async fn a_read_asked_for_during_a_read_runs_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, CONFIG).unwrap();
+        let (mut supervisor, _control) = supervisor(&path).await;
+        supervisor.read_config(false);
+        supervisor.read_config(true);
+        assert_eq!(supervisor.reading.again, Some(true));
+        let first = next_read(&mut supervisor).await;
+        assert!(!first.forced);
+        assert!(supervisor.handle(Event::ConfigRead(first)));
+        // The forced one follows on its own.
+        let second = next_read(&mut supervisor).await;
+        assert!(second.forced);
+        supervisor.shutdown().await;
     }
 }

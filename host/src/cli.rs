@@ -202,10 +202,11 @@ fn run(path: &Path) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let (control_tx, control_rx) = mpsc::channel(8);
         let options = RunOptions {
             config_path: path.to_path_buf(),
+            config_digest: loaded.digest,
             metrics: Metrics::new(),
         };
         tokio::select! {
@@ -218,7 +219,12 @@ fn run(path: &Path) -> ExitCode {
                 }
             },
         }
-    })
+    });
+    // A plugin compile still running on a blocking thread (the agent was
+    // stopped while it compiled) must not hold the exit: its result is
+    // not wanted any more.
+    runtime.shutdown_background();
+    code
 }
 
 fn list(

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use marked_yaml::Node;
+use sha2::Digest;
 
 use crate::record::{
     self, DEFAULT_NAMESPACE, Endpoint, INSTANCE_ID_KEY, INSTANCE_ID_MAX_LEN, Instance,
@@ -220,6 +221,8 @@ fn list(issues: &[ConfigIssue]) -> String {
 pub struct Loaded {
     pub config: Config,
     pub warnings: Vec<ConfigIssue>,
+    /// SHA-256 of the text this was parsed from.
+    pub digest: [u8; 32],
 }
 
 /// Reads and validates the config file at `path`.
@@ -265,6 +268,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Loaded, Vec<ConfigIssue>> {
         Some(config) if report.errors.is_empty() => Ok(Loaded {
             config,
             warnings: report.warnings,
+            digest: sha2::Sha256::digest(text.as_bytes()).into(),
         }),
         _ => Err(report.errors),
     }

@@ -1,12 +1,14 @@
 //! WebAssembly metadata plugins: the plugins folder, loading, reloading and
 //! unloading, and collection rounds. The supervisor owns the [`PluginHost`];
-//! each loaded plugin runs in its own task (see [`runner`]) and sends its
-//! round results back over a channel the supervisor reads.
+//! scans and loads run beside it and come back as messages, each loaded
+//! plugin runs in its own task (see [`runner`]) and sends its round results
+//! back over a channel the supervisor reads.
 //!
 //! Nothing here knows about etcd: plugin output goes to the supervisor,
 //! which merges it into the desired state.
 
 mod engine;
+mod folder;
 pub mod output;
 mod runner;
 mod stdio;
@@ -21,16 +23,17 @@ use std::time::Duration;
 use sha2::Digest;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::config::{self, PluginsConfig};
-use crate::metrics::Metrics;
+use crate::config::PluginsConfig;
+use crate::metrics::{Metrics, PluginLabel, PluginResultLabel};
 use crate::record::Instance;
 
 pub use engine::{LoadError, PluginEngine, default_cache_dir};
+pub use folder::Scan;
 pub use runner::{CallError, Limits, Round, RoundResult};
-use system::SystemSnapshot;
 
 /// An instance as plugins see it: as configured, with its registry key.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,7 +78,47 @@ struct Loaded {
     next_due: Instant,
 }
 
-/// What a rescan changed, for the supervisor to act on.
+/// A load under way beside the supervisor's loop. Dropping it (a newer
+/// load of the same plugin, its file gone, the host dropped) cancels the
+/// load's task; a compile already running finishes on its blocking thread
+/// and its result is thrown away.
+struct Pending {
+    id: u64,
+    inputs: LoadInputs,
+    _cancel: DropGuard,
+}
+
+/// A plugin compiled, instantiated and initialised, not yet running.
+pub struct Ready {
+    inputs: LoadInputs,
+    spec: runner::Spec,
+    live: runner::Live,
+    info: PluginInfo,
+    from_cache: bool,
+    compile_time: Duration,
+}
+
+/// The end of one load, sent back to the supervisor (see
+/// [`PluginHost::finish_load`]).
+pub struct LoadOutcome {
+    name: String,
+    /// Which request this answers: only the newest request's outcome counts.
+    id: u64,
+    path: PathBuf,
+    result: Result<Box<Ready>, (LoadInputs, String)>,
+}
+
+impl std::fmt::Debug for LoadOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadOutcome")
+            .field("name", &self.name)
+            .field("id", &self.id)
+            .field("ok", &self.result.is_ok())
+            .finish()
+    }
+}
+
+/// What a scan or a finished load changed, for the supervisor to act on.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     /// Newly loaded or replaced: collect from them now.
@@ -84,28 +127,61 @@ pub struct Changes {
     pub stopped: Vec<String>,
 }
 
-/// The plugins of one agent.
+/// Where the host sends what it does beside the supervisor's loop; the
+/// supervisor reads both receivers.
+#[derive(Clone)]
+pub struct Outbox {
+    pub results: mpsc::Sender<RoundResult>,
+    pub scans: mpsc::Sender<Scan>,
+    pub loads: mpsc::Sender<LoadOutcome>,
+}
+
+/// The plugins of one agent. Every method returns at once: scans and loads
+/// run beside the caller and come back through the [`Outbox`] as a
+/// [`Scan`] (hand it to [`PluginHost::apply_scan`]) or a [`LoadOutcome`]
+/// (hand it to [`PluginHost::finish_load`]).
 pub struct PluginHost {
     engine: Arc<PluginEngine>,
     config: PluginsConfig,
     loaded: BTreeMap<String, Loaded>,
+    pending: HashMap<String, Pending>,
     /// Files that failed to load, by name, with what they were loaded with:
     /// not retried until the bytes, settings or limits change.
     failed: HashMap<String, LoadInputs>,
-    /// Names already warned about (not a plugin name, unreadable), so a
-    /// folder full of junk is reported once, not on every event.
+    /// Each plugin file's digest and stamp from the last scan.
+    known: HashMap<String, ([u8; 32], folder::Stamp)>,
+    /// Problems already reported (unreadable files, the folder, names that
+    /// are not plugin names) with their message, so a folder full of junk
+    /// is reported once, not on every event. Pruned on every scan.
     warned: HashMap<PathBuf, String>,
-    results: mpsc::Sender<RoundResult>,
+    /// A scan is running; `rescan` asks for another one after it.
+    scanning: bool,
+    rescan: bool,
+    outbox: Outbox,
     metrics: Metrics,
     tracker: TaskTracker,
-    generation: u64,
+    /// Cancels every load when the host is dropped.
+    cancel: CancellationToken,
+    next_id: u64,
+}
+
+impl Drop for PluginHost {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        self.metrics.plugins_loaded.set(0);
+        for name in self.loaded.keys() {
+            forget_metrics(&self.metrics, name);
+        }
+    }
 }
 
 impl PluginHost {
-    /// Creates the engine. `results` receives every round's results.
+    /// Creates the engine. Nothing is loaded until the first [`scan`].
+    ///
+    /// [`scan`]: PluginHost::scan
     pub fn new(
         config: PluginsConfig,
-        results: mpsc::Sender<RoundResult>,
+        outbox: Outbox,
         metrics: Metrics,
         tracker: TaskTracker,
     ) -> anyhow::Result<Self> {
@@ -115,12 +191,17 @@ impl PluginHost {
             engine,
             config,
             loaded: BTreeMap::new(),
+            pending: HashMap::new(),
             failed: HashMap::new(),
+            known: HashMap::new(),
             warned: HashMap::new(),
-            results,
+            scanning: false,
+            rescan: false,
+            outbox,
             metrics,
             tracker,
-            generation: 0,
+            cancel: CancellationToken::new(),
+            next_id: 0,
         })
     }
 
@@ -137,41 +218,99 @@ impl PluginHost {
         self.loaded.keys().cloned().collect()
     }
 
-    /// Takes a new `agent.plugins` config: another folder or other limits
-    /// reload everything, other settings reload that plugin. Returns what
-    /// the rescan that follows changed.
-    pub async fn reconfigure(
-        &mut self,
-        config: PluginsConfig,
-        system: Arc<SystemSnapshot>,
-    ) -> Changes {
-        let mut stopped = Vec::new();
+    /// No scan and no load is under way.
+    pub fn is_settled(&self) -> bool {
+        !self.scanning && !self.rescan && self.pending.is_empty()
+    }
+
+    /// Takes a new `agent.plugins` config: another folder unloads
+    /// everything; other settings or limits reload what they change once
+    /// the scan this starts comes back. Returns the plugins stopped now.
+    pub fn reconfigure(&mut self, config: PluginsConfig) -> Changes {
+        let mut changes = Changes::default();
         if config.dir != self.config.dir {
-            stopped = std::mem::take(&mut self.loaded).into_keys().collect();
+            for name in std::mem::take(&mut self.loaded).into_keys() {
+                forget_metrics(&self.metrics, &name);
+                changes.stopped.push(name);
+            }
+            self.pending.clear();
             self.failed.clear();
+            self.known.clear();
             self.warned.clear();
         }
         self.config = config;
-        let mut changes = self.rescan(system).await;
-        for name in stopped {
-            if !changes.started.contains(&name) {
-                changes.stopped.push(name);
-            }
-        }
         self.metrics.plugins_loaded.set(self.loaded.len() as i64);
+        self.scan();
         changes
     }
 
-    /// Compares the folder with what is loaded: loads new files, reloads
-    /// changed ones (the old version keeps serving until the new one has
-    /// compiled and initialised), unloads deleted ones.
-    pub async fn rescan(&mut self, system: Arc<SystemSnapshot>) -> Changes {
+    /// Scans the folder beside the caller (one scan at a time; a request
+    /// during a scan runs one more after it). The [`Scan`] arrives through
+    /// the outbox.
+    pub fn scan(&mut self) {
+        if self.scanning {
+            self.rescan = true;
+            return;
+        }
+        self.scanning = true;
+        self.rescan = false;
+        let dir = self.config.dir.clone();
+        let known = self.known.clone();
+        let scans = self.outbox.scans.clone();
+        let cancel = self.cancel.clone();
+        self.tracker.spawn(async move {
+            let scan = tokio::task::spawn_blocking(move || folder::scan(&dir, &known));
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                Ok(scan) = scan => {
+                    let _ = scans.send(scan).await;
+                }
+            }
+        });
+    }
+
+    /// Compares a scan with what is loaded: unloads plugins whose file is
+    /// gone (returned in `stopped`), and starts a load for every file whose
+    /// bytes, settings or limits changed. The old version of a plugin keeps
+    /// serving until its new version is ready.
+    pub fn apply_scan(&mut self, scan: Scan) -> Changes {
+        self.scanning = false;
         let mut changes = Changes::default();
+        if self.rescan {
+            self.scan();
+        }
+        if scan.dir != self.config.dir {
+            // A scan of the folder before a reconfigure: stale.
+            return changes;
+        }
         // An unreadable folder changes nothing: plugins are unloaded when
         // their files go, not when a read fails.
-        let Some(files) = self.list_folder() else {
-            return changes;
+        let files = match scan.files {
+            Ok(files) => {
+                self.warned.remove(&self.config.dir);
+                files
+            }
+            Err(message) => {
+                let dir = self.config.dir.clone();
+                self.warn_once(&dir, &message, || {
+                    warn!(dir = %dir.display(), error = %message, "cannot read the plugins folder");
+                });
+                return changes;
+            }
         };
+        // Problems are reported once while they last, and forgotten when
+        // their file goes or is fixed.
+        let dir = self.config.dir.clone();
+        self.warned.retain(|path, _| {
+            *path == dir
+                || scan.ignored.contains(path)
+                || files.values().any(|f| f.path == *path && f.digest.is_err())
+        });
+        for path in &scan.ignored {
+            self.warn_once(path, "", || {
+                warn!(file = %path.display(), "ignoring a .wasm file whose name is not a plugin name (letters, digits, `_`, `-`, `.`)");
+            });
+        }
         let gone: Vec<String> = self
             .loaded
             .keys()
@@ -180,156 +319,148 @@ impl PluginHost {
             .collect();
         for name in gone {
             self.loaded.remove(&name);
+            forget_metrics(&self.metrics, &name);
             info!(plugin = %name, "plugin unloaded (its file is gone)");
             changes.stopped.push(name);
         }
         self.failed.retain(|name, _| files.contains_key(name));
-        for (name, path) in files {
-            if self.load_if_changed(&name, &path, system.clone()).await {
-                changes.started.push(name);
+        self.pending.retain(|name, _| files.contains_key(name));
+        self.known.clear();
+        for (name, file) in files {
+            match file.digest {
+                Ok((digest, stamp)) => {
+                    self.known.insert(name.clone(), (digest, stamp));
+                    self.load_if_changed(&name, file.path, digest);
+                }
+                Err(error) => {
+                    let message = error.to_string();
+                    self.warn_once(&file.path, &message, || {
+                        report_failure(&name, &file.path, &message)
+                    });
+                }
             }
         }
         self.metrics.plugins_loaded.set(self.loaded.len() as i64);
         changes
     }
 
-    /// `*.wasm` files in the folder whose stem is a plugin name; `None`
-    /// when the folder cannot be read.
-    fn list_folder(&mut self) -> Option<BTreeMap<String, PathBuf>> {
-        let mut files = BTreeMap::new();
-        let entries = match std::fs::read_dir(&self.config.dir) {
-            Ok(entries) => entries,
-            Err(error) => {
-                let message = error.to_string();
-                if self.warned.get(&self.config.dir) != Some(&message) {
-                    warn!(dir = %self.config.dir.display(), %error, "cannot read the plugins folder");
-                    self.warned.insert(self.config.dir.clone(), message);
-                }
-                return None;
-            }
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("wasm") {
-                continue;
-            }
-            let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
-                continue;
-            };
-            if !config::is_plugin_name(stem) {
-                if let std::collections::hash_map::Entry::Vacant(entry) = self.warned.entry(path) {
-                    warn!(file = %entry.key().display(), "ignoring a .wasm file whose name is not a plugin name (letters, digits, `_`, `-`, `.`)");
-                    entry.insert(String::new());
-                }
-                continue;
-            }
-            files.insert(stem.to_string(), path);
+    fn warn_once(&mut self, path: &Path, message: &str, report: impl FnOnce()) {
+        if self.warned.get(path).map(String::as_str) != Some(message) {
+            report();
+            self.warned.insert(path.to_path_buf(), message.to_string());
         }
-        self.warned.remove(&self.config.dir);
-        Some(files)
     }
 
-    /// Loads `path` as plugin `name` unless the same bytes with the same
-    /// settings and limits are already loaded (or already failed). True when
-    /// a new version started.
-    async fn load_if_changed(
-        &mut self,
-        name: &str,
-        path: &Path,
-        system: Arc<SystemSnapshot>,
-    ) -> bool {
-        let bytes = match read_plugin_file(path) {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                report_failure(name, path, &error.to_string());
-                return false;
-            }
-        };
+    /// Starts loading `path` as plugin `name` unless the same bytes with the
+    /// same settings and limits are already loaded, loading, or failed.
+    fn load_if_changed(&mut self, name: &str, path: PathBuf, digest: [u8; 32]) {
         let inputs = LoadInputs {
-            digest: sha2::Sha256::digest(&bytes).into(),
+            digest,
             settings: settings_for(Some(&self.config), name),
             limits: Limits::of(Some(&self.config)),
         };
-        if self
-            .loaded
-            .get(name)
-            .is_some_and(|loaded| loaded.inputs == inputs)
-            || self.failed.get(name) == Some(&inputs)
-        {
-            return false;
+        let unchanged = self.loaded.get(name).is_some_and(|l| l.inputs == inputs)
+            || self.pending.get(name).is_some_and(|p| p.inputs == inputs)
+            || self.failed.get(name) == Some(&inputs);
+        if unchanged {
+            // A load of older inputs that is still running is superseded.
+            if self.loaded.get(name).is_some_and(|l| l.inputs == inputs) {
+                self.pending.remove(name);
+            }
+            return;
         }
-        let replacing = self.loaded.contains_key(name);
-        match self.start(name, bytes, inputs.clone(), system).await {
-            Ok(loaded) => {
-                self.failed.remove(name);
+        self.next_id += 1;
+        let id = self.next_id;
+        let cancel = self.cancel.child_token();
+        let task = Load {
+            engine: self.engine.clone(),
+            name: name.to_string(),
+            path,
+            inputs: inputs.clone(),
+        };
+        let loads = self.outbox.loads.clone();
+        let stop = cancel.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                outcome = task.run(id) => {
+                    let _ = loads.send(outcome).await;
+                }
+            }
+        });
+        // Replacing an older pending load drops its guard: it is cancelled.
+        self.pending.insert(
+            name.to_string(),
+            Pending {
+                id,
+                inputs,
+                _cancel: cancel.drop_guard(),
+            },
+        );
+    }
+
+    /// Takes the end of a load. A stale outcome (a newer load was asked
+    /// for, or the file is gone) changes nothing; a plugin that is ready
+    /// replaces the running version, which stops; a failure leaves the
+    /// running version serving.
+    pub fn finish_load(&mut self, outcome: LoadOutcome) -> Changes {
+        let mut changes = Changes::default();
+        if self.pending.get(&outcome.name).map(|p| p.id) != Some(outcome.id) {
+            return changes;
+        }
+        self.pending.remove(&outcome.name);
+        let name = outcome.name;
+        let replacing = self.loaded.contains_key(&name);
+        match outcome.result {
+            Ok(ready) => {
+                let Ready {
+                    inputs,
+                    spec,
+                    live,
+                    info,
+                    from_cache,
+                    compile_time,
+                } = *ready;
+                tracing::debug!(plugin = %name, from_cache, compile = ?compile_time, "plugin compiled");
+                self.failed.remove(&name);
+                let handle = runner::spawn(
+                    self.engine.clone(),
+                    spec,
+                    live,
+                    outcome.id,
+                    self.outbox.results.clone(),
+                    self.metrics.clone(),
+                    &self.tracker,
+                );
                 info!(
                     plugin = %name,
-                    version = %loaded.info.version,
+                    version = %info.version,
                     "{}",
                     if replacing { "plugin reloaded" } else { "plugin loaded" }
                 );
                 // Dropping the old handle stops the old version's task.
-                self.loaded.insert(name.to_string(), loaded);
-                true
+                self.loaded.insert(
+                    name.clone(),
+                    Loaded {
+                        inputs,
+                        info,
+                        generation: outcome.id,
+                        handle,
+                        next_due: Instant::now(),
+                    },
+                );
+                changes.started.push(name);
             }
-            Err(message) => {
-                report_failure(name, path, &message);
-                self.failed.insert(name.to_string(), inputs);
+            Err((inputs, message)) => {
+                report_failure(&name, &outcome.path, &message);
+                self.failed.insert(name.clone(), inputs);
                 if replacing {
                     warn!(plugin = %name, "the previous version keeps running");
                 }
-                false
             }
         }
-    }
-
-    /// Compiles, instantiates, describes and initialises; spawns the runner.
-    async fn start(
-        &mut self,
-        name: &str,
-        bytes: Vec<u8>,
-        inputs: LoadInputs,
-        system: Arc<SystemSnapshot>,
-    ) -> Result<Loaded, String> {
-        let engine = self.engine.clone();
-        let digest = inputs.digest;
-        let started = std::time::Instant::now();
-        // Compiling is CPU-heavy: keep it off the async workers.
-        let prepared = self
-            .tracker
-            .spawn_blocking(move || engine.prepare(&bytes, &digest))
-            .await
-            .map_err(|e| format!("the compiler task failed: {e}"))?
-            .map_err(|e| e.to_string())?;
-        let compile_time = started.elapsed();
-        let spec = runner::Spec {
-            name: Arc::from(name),
-            pre: prepared.pre,
-            settings: inputs.settings.clone(),
-            limits: inputs.limits,
-        };
-        let (live, info) = runner::instantiate(&self.engine, &spec, system)
-            .await
-            .map_err(|e| format!("init {e}"))?;
-        let info = PluginInfo::from(info);
-        tracing::debug!(plugin = %name, from_cache = prepared.from_cache, compile = ?compile_time, "plugin compiled");
-        self.generation += 1;
-        let handle = runner::spawn(
-            self.engine.clone(),
-            spec,
-            live,
-            self.generation,
-            self.results.clone(),
-            self.metrics.clone(),
-            &self.tracker,
-        );
-        Ok(Loaded {
-            inputs,
-            info,
-            generation: self.generation,
-            handle,
-            next_due: Instant::now(),
-        })
+        self.metrics.plugins_loaded.set(self.loaded.len() as i64);
+        changes
     }
 
     /// Whether `result` comes from the currently loaded version of its plugin.
@@ -342,9 +473,11 @@ impl PluginHost {
     /// Offers a round to every plugin that is due (each plugin is asked
     /// every `interval`, or at its suggested interval when longer), or to
     /// `only` when given. A plugin still busy with its last round skips one.
-    pub fn start_round(&mut self, round: &Round, only: Option<&[String]>) {
+    /// Returns how many plugins took the round.
+    pub fn start_round(&mut self, round: &Round, only: Option<&[String]>) -> usize {
         let now = Instant::now();
         let interval = self.config.interval;
+        let mut offered = 0;
         for (name, loaded) in self.loaded.iter_mut() {
             let forced = only.is_some_and(|names| names.contains(name));
             if only.is_some() && !forced {
@@ -359,9 +492,81 @@ impl PluginHost {
                 .map_or(interval, |s| s.max(interval));
             // Small slack so a tick a hair early does not skip a whole interval.
             loaded.next_due = now + every - every / 20;
-            if !loaded.handle.offer(round.clone()) {
+            if loaded.handle.offer(round.clone()) {
+                offered += 1;
+            } else {
                 tracing::debug!(plugin = %name, "plugin still busy with the previous round; skipping this one");
             }
+        }
+        offered
+    }
+}
+
+/// One load: read the file, compile (or load from the cache) on a blocking
+/// thread, then instantiate, `describe` and `init` under the call limits.
+struct Load {
+    engine: Arc<PluginEngine>,
+    name: String,
+    path: PathBuf,
+    inputs: LoadInputs,
+}
+
+impl Load {
+    async fn run(self, id: u64) -> LoadOutcome {
+        let Load {
+            engine,
+            name,
+            path,
+            mut inputs,
+        } = self;
+        let started = std::time::Instant::now();
+        let file = path.clone();
+        let compiler = engine.clone();
+        // Reading and compiling block (the compile for seconds, for a large
+        // component): keep them off the async workers. Nobody waits for
+        // this thread at shutdown; its result is dropped.
+        let prepared = tokio::task::spawn_blocking(move || {
+            let bytes = folder::read_plugin_file(&file)?;
+            // The file may have changed since the scan: what loads is what
+            // was read now, and the inputs say so.
+            let digest: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+            compiler.prepare(&bytes, &digest).map(|p| (p, digest))
+        })
+        .await;
+        let fail = |inputs: LoadInputs, message: String| LoadOutcome {
+            name: name.clone(),
+            id,
+            path: path.clone(),
+            result: Err((inputs, message)),
+        };
+        let (prepared, digest) = match prepared {
+            Ok(Ok(prepared)) => prepared,
+            Ok(Err(error)) => return fail(inputs, error.to_string()),
+            Err(error) => return fail(inputs, format!("the compiler task failed: {error}")),
+        };
+        inputs.digest = digest;
+        let compile_time = started.elapsed();
+        let spec = runner::Spec {
+            name: Arc::from(name.as_str()),
+            pre: prepared.pre,
+            settings: inputs.settings.clone(),
+            limits: inputs.limits,
+        };
+        match runner::instantiate(&engine, &spec, Arc::new(system::read())).await {
+            Ok((live, info)) => LoadOutcome {
+                name,
+                id,
+                path,
+                result: Ok(Box::new(Ready {
+                    inputs,
+                    spec,
+                    live,
+                    info: PluginInfo::from(info),
+                    from_cache: prepared.from_cache,
+                    compile_time,
+                })),
+            },
+            Err(error) => fail(inputs, format!("init {error}")),
         }
     }
 }
@@ -378,15 +583,19 @@ fn report_failure(name: &str, path: &Path, message: &str) {
     error!(plugin = %name, file = %path.display(), error = %message, "plugin not loaded");
 }
 
-fn read_plugin_file(path: &Path) -> Result<Vec<u8>, LoadError> {
-    let metadata = std::fs::metadata(path).map_err(|e| LoadError::Read(e.to_string()))?;
-    if !metadata.is_file() {
-        return Err(LoadError::Read("not a regular file".into()));
+/// An unloaded plugin leaves no metric series behind.
+fn forget_metrics(metrics: &Metrics, name: &str) {
+    let plugin = PluginLabel {
+        plugin: name.to_string(),
+    };
+    metrics.plugin_call_seconds.remove(&plugin);
+    metrics.plugin_restarts.remove(&plugin);
+    for result in ["ok", "error"] {
+        metrics.plugin_calls.remove(&PluginResultLabel {
+            plugin: name.to_string(),
+            result,
+        });
     }
-    if metadata.len() > engine::MAX_PLUGIN_BYTES {
-        return Err(LoadError::TooLarge(metadata.len()));
-    }
-    std::fs::read(path).map_err(|e| LoadError::Read(e.to_string()))
 }
 
 /// What `ygg-agent plugin check` found.
@@ -415,7 +624,7 @@ pub async fn check_file(
     instance: PluginInstance,
     calls: usize,
 ) -> Result<CheckReport, String> {
-    let bytes = read_plugin_file(path).map_err(|e| e.to_string())?;
+    let bytes = folder::read_plugin_file(path).map_err(|e| e.to_string())?;
     let name = path
         .file_stem()
         .and_then(|s| s.to_str())

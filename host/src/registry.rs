@@ -96,9 +96,25 @@ pub struct RegistryHandle {
 }
 
 impl RegistryHandle {
-    /// Starts the actor on `tracker` with an initial target.
-    pub fn spawn(target: Target, metrics: Metrics, tracker: &TaskTracker) -> RegistryHandle {
-        let (target_tx, target_rx) = watch::channel(Arc::new(target));
+    /// Starts the actor on `tracker` with an initial target. Without one,
+    /// the actor connects to nothing until the first [`set_target`].
+    ///
+    /// [`set_target`]: RegistryHandle::set_target
+    pub fn spawn(
+        target: Option<Target>,
+        metrics: Metrics,
+        tracker: &TaskTracker,
+    ) -> RegistryHandle {
+        let idle = target.is_none();
+        let target = target.unwrap_or_else(|| Target {
+            config: RegistryConfig::default(),
+            records: BTreeMap::new(),
+        });
+        let (target_tx, mut target_rx) = watch::channel(Arc::new(target));
+        if idle {
+            // The placeholder is not a target: the first `set_target` is.
+            target_rx.mark_unchanged();
+        }
         let (status_tx, status_rx) = watch::channel(RegistryStatus::default());
         let (stop_tx, stop_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
@@ -119,7 +135,7 @@ impl RegistryHandle {
             tracker: tracker.clone(),
         };
         tracker.spawn(async move {
-            actor.run().await;
+            actor.run(idle).await;
             let _ = done_tx.send(());
         });
         RegistryHandle {
@@ -227,7 +243,20 @@ fn jitter(d: Duration, low: f64, high: f64) -> Duration {
 }
 
 impl Actor {
-    async fn run(mut self) {
+    async fn run(mut self, idle: bool) {
+        if idle {
+            // Nothing to hold yet: wait for the first target (or a stop,
+            // with nothing to deregister).
+            tokio::select! {
+                _ = &mut self.stop_rx => return,
+                changed = self.target_rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    self.target = self.target_rx.borrow_and_update().clone();
+                }
+            }
+        }
         let deadline = loop {
             self.publish_target_gauges();
             let retry_at = match self.converge().await {
