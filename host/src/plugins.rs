@@ -9,8 +9,10 @@
 mod engine;
 pub mod output;
 mod runner;
+mod state;
 mod stdio;
 pub mod system;
+mod ticker;
 mod v0_1_0;
 
 use std::collections::{BTreeMap, HashMap};

@@ -1,22 +1,20 @@
 //! The one wasmtime [`Engine`] of the process, the [`Linker`] built once for
-//! it, the epoch ticker that enforces CPU budgets, and turning a `.wasm`
-//! file into something ready to instantiate: checks, compile (or load from
-//! the cache), WIT version check, pre-instantiation.
+//! it, and turning a `.wasm` file into something ready to instantiate:
+//! checks, compile (or load from the cache), WIT version check,
+//! pre-instantiation. The WIT versions the agent supports are listed once,
+//! in [`WIT_VERSIONS`].
 
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
-use super::runner::PluginState;
+use super::state::PluginState;
+use super::ticker::EpochTicker;
 use super::v0_1_0;
-
-/// How often the engine's epoch advances: the granularity of CPU budgets.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// The WIT package plugins implement.
 pub const WIT_PACKAGE: &str = "ygg:agent-plugin";
@@ -49,58 +47,23 @@ pub enum LoadError {
     NotAPlugin(String),
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] while a plugin call is
-/// running, and sleeps otherwise: an idle agent does not wake 100 times a
-/// second for nothing.
-pub struct EpochTicker {
-    calls: Mutex<usize>,
-    wake: Condvar,
+/// One WIT version the agent has bindings for.
+struct WitVersion {
+    /// The version in the package's import names (`ygg:agent-plugin/host@0.1.0`).
+    version: &'static str,
+    /// Adds the host side of that version's imports.
+    add_to_linker: fn(&mut Linker<PluginState>) -> wasmtime::Result<()>,
 }
 
-/// Held for the duration of a plugin call.
-pub struct Ticking(Arc<EpochTicker>);
-
-impl EpochTicker {
-    pub fn busy(self: &Arc<Self>) -> Ticking {
-        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-        *calls += 1;
-        if *calls == 1 {
-            self.wake.notify_one();
-        }
-        Ticking(self.clone())
-    }
-}
-
-impl Drop for Ticking {
-    fn drop(&mut self) {
-        let mut calls = self.0.calls.lock().unwrap_or_else(|e| e.into_inner());
-        *calls -= 1;
-    }
-}
-
-/// The ticker thread: it ends within a second of the engine being dropped.
-fn run_ticker(weak: wasmtime::EngineWeak, ticker: Arc<EpochTicker>) {
-    loop {
-        {
-            let mut calls = ticker.calls.lock().unwrap_or_else(|e| e.into_inner());
-            while *calls == 0 {
-                calls = ticker
-                    .wake
-                    .wait_timeout(calls, Duration::from_secs(1))
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-                if weak.upgrade().is_none() {
-                    return;
-                }
-            }
-        }
-        std::thread::sleep(EPOCH_TICK);
-        match weak.upgrade() {
-            Some(engine) => engine.increment_epoch(),
-            None => return,
-        }
-    }
-}
+/// Every WIT version this agent supports, oldest first: each has its own
+/// folder `guest-sdk/wit/v<version>/` (frozen once published), its own
+/// bindings module (`v0_1_0`, …) and one row here. A new version adds a
+/// folder, a module and a row; none is edited or removed, so a plugin built
+/// for an older version keeps loading.
+const WIT_VERSIONS: &[WitVersion] = &[WitVersion {
+    version: v0_1_0::VERSION,
+    add_to_linker: v0_1_0::add_to_linker,
+}];
 
 /// The engine, its linker and the compile cache.
 pub struct PluginEngine {
@@ -124,22 +87,17 @@ impl PluginEngine {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        v0_1_0::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+        for wit in WIT_VERSIONS {
+            (wit.add_to_linker)(&mut linker)?;
+        }
 
-        let ticker = Arc::new(EpochTicker {
-            calls: Mutex::new(0),
-            wake: Condvar::new(),
-        });
-        let weak = engine.weak();
-        let thread_ticker = ticker.clone();
-        std::thread::Builder::new()
-            .name("ygg-epoch-ticker".into())
-            .spawn(move || run_ticker(weak, thread_ticker))?;
+        let ticker = EpochTicker::start(&engine)?;
 
+        // Engine settings and version, folded into cache entry names so a
+        // different agent build never loads another's compiled code.
         let mut hasher = ShaHasher(Sha256::new());
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
         let compatibility = hex::encode(&hasher.0.finalize()[..8]);
-
         let cache_dir = cache_dir.filter(|dir| match create_private_dir(dir) {
             Ok(()) => true,
             Err(error) => {
@@ -237,18 +195,26 @@ fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
 fn check_world(engine: &Engine, component: &Component) -> Result<(), LoadError> {
     let ty = component.component_type();
     let prefix = format!("{WIT_PACKAGE}/");
+    let newest = WIT_VERSIONS
+        .last()
+        .expect("at least one WIT version")
+        .version;
     let mut ours = false;
     for (name, _) in ty.imports(engine) {
         if let Some(rest) = name.strip_prefix(&prefix) {
             let version = rest.split_once('@').map_or("", |(_, v)| v);
-            if version != v0_1_0::VERSION {
+            if !WIT_VERSIONS.iter().any(|wit| wit.version == version) {
                 return Err(LoadError::UnknownVersion {
                     found: if version.is_empty() {
                         "(no version)".into()
                     } else {
                         version.into()
                     },
-                    supported: v0_1_0::VERSION.into(),
+                    supported: WIT_VERSIONS
+                        .iter()
+                        .map(|wit| wit.version)
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 });
             }
             ours = true;
@@ -261,8 +227,7 @@ fn check_world(engine: &Engine, component: &Component) -> Result<(), LoadError> 
         .collect();
     if !ours || !missing.is_empty() {
         return Err(LoadError::NotAPlugin(format!(
-            "it does not implement the {WIT_PACKAGE}@{} world (missing: {})",
-            v0_1_0::VERSION,
+            "it does not implement the {WIT_PACKAGE}@{newest} world (missing: {})",
             if missing.is_empty() {
                 "the host imports".to_string()
             } else {
