@@ -6,6 +6,7 @@
 //! Nothing here knows about etcd: plugin output goes to the supervisor,
 //! which merges it into the desired state.
 
+mod cache;
 mod engine;
 pub mod output;
 mod runner;

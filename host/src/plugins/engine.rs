@@ -1,17 +1,18 @@
 //! The one wasmtime [`Engine`] of the process, the [`Linker`] built once for
 //! it, and turning a `.wasm` file into something ready to instantiate:
-//! checks, compile (or load from the cache), WIT version check,
+//! checks, compile (or load from the [`CompileCache`]), WIT version check,
 //! pre-instantiation. The WIT versions the agent supports are listed once,
 //! in [`WIT_VERSIONS`].
 
 use std::hash::Hasher;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
+use super::cache::CompileCache;
 use super::state::PluginState;
 use super::ticker::EpochTicker;
 use super::v0_1_0;
@@ -70,15 +71,13 @@ pub struct PluginEngine {
     engine: Engine,
     ticker: Arc<EpochTicker>,
     linker: Linker<PluginState>,
-    cache_dir: Option<PathBuf>,
-    /// Engine settings and version, folded into cache file names so a
-    /// different agent build never loads another's compiled code.
-    compatibility: String,
+    cache: Option<CompileCache>,
 }
 
 impl PluginEngine {
     /// Creates the engine and starts its epoch ticker (a plain OS thread that
-    /// ends when the engine is dropped).
+    /// ends when the engine is dropped). `cache_dir` is used only if the
+    /// agent's user alone can write it (see [`CompileCache::open`]).
     pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.epoch_interruption(true);
@@ -98,19 +97,12 @@ impl PluginEngine {
         let mut hasher = ShaHasher(Sha256::new());
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
         let compatibility = hex::encode(&hasher.0.finalize()[..8]);
-        let cache_dir = cache_dir.filter(|dir| match create_private_dir(dir) {
-            Ok(()) => true,
-            Err(error) => {
-                tracing::warn!(dir = %dir.display(), %error, "cannot create the plugin cache folder; compiling without a cache");
-                false
-            }
-        });
+        let cache = cache_dir.and_then(|dir| CompileCache::open(&dir, compatibility));
         Ok(PluginEngine {
             engine,
             ticker,
             linker,
-            cache_dir,
-            compatibility,
+            cache,
         })
     }
 
@@ -123,7 +115,9 @@ impl PluginEngine {
     }
 
     /// Checks, compiles (or loads from the cache) and links `bytes`, whose
-    /// SHA-256 is `digest` (the cache key).
+    /// SHA-256 is `digest` (the cache key). Blocking: compiling, reading
+    /// and cleaning the cache all happen here, so callers on an async
+    /// runtime run it with `spawn_blocking`.
     pub fn prepare(&self, bytes: &[u8], digest: &[u8; 32]) -> Result<Prepared, LoadError> {
         check_header(bytes)?;
         let (component, from_cache) = self.compile(bytes, &hex::encode(digest))?;
@@ -137,37 +131,20 @@ impl PluginEngine {
         Ok(Prepared { pre, from_cache })
     }
 
-    /// Compiles `bytes`, through the cache when there is one. Only files
-    /// this agent wrote into its own cache folder are ever deserialised.
+    /// Compiles `bytes`, through the cache when there is one: the first
+    /// call cleans the cache (the sweep at start), and every write is
+    /// followed by one.
     fn compile(&self, bytes: &[u8], digest: &str) -> Result<(Component, bool), LoadError> {
-        let cached = self
-            .cache_dir
-            .as_ref()
-            .map(|dir| dir.join(format!("{digest}-{}.cwasm", self.compatibility)));
-        if let Some(path) = &cached
-            && path.is_file()
-        {
-            // SAFETY: the file is in the agent's private cache folder, named
-            // by the SHA-256 of the source and this engine's compatibility
-            // hash, and was written by `Component::serialize` of this build.
-            match unsafe { Component::deserialize_file(&self.engine, path) } {
-                Ok(component) => return Ok((component, true)),
-                Err(error) => {
-                    tracing::warn!(path = %path.display(), %error, "unusable cache entry; recompiling")
-                }
+        if let Some(cache) = &self.cache {
+            cache.sweep_once();
+            if let Some(component) = cache.load(&self.engine, digest) {
+                return Ok((component, true));
             }
         }
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        if let Some(path) = &cached {
-            match component.serialize() {
-                Ok(compiled) => {
-                    if let Err(error) = write_atomically(path, &compiled) {
-                        tracing::warn!(path = %path.display(), %error, "cannot write the plugin cache");
-                    }
-                }
-                Err(error) => tracing::warn!(%error, "cannot serialise a compiled plugin"),
-            }
+        if let Some(cache) = &self.cache {
+            cache.store(digest, &component);
         }
         Ok((component, false))
     }
@@ -238,24 +215,6 @@ fn check_world(engine: &Engine, component: &Component) -> Result<(), LoadError> 
     Ok(())
 }
 
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
-
-/// Writes to a temp file beside `path`, then renames it into place, so a
-/// crash never leaves a half-written cache entry under the final name.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut tmp, bytes)?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
-
 /// The default cache folder: systemd's `CACHE_DIRECTORY`, else the XDG cache
 /// folder, else `~/.cache`, else a per-user folder in the temp dir.
 pub fn default_cache_dir() -> PathBuf {
@@ -307,5 +266,66 @@ mod tests {
             check_header(b"\x7fELF\x02\x01\x01\0"),
             Err(LoadError::NotWasm)
         );
+    }
+
+    /// A minimal component exporting one function named `export`.
+    fn component_source(export: &str) -> (Vec<u8>, String) {
+        let wat = format!(
+            r#"(component
+                (core module $m (func (export "f")))
+                (core instance $i (instantiate $m))
+                (func (export "{export}") (canon lift (core func $i "f"))))"#
+        );
+        let digest = hex::encode(Sha256::digest(wat.as_bytes()));
+        (wat.into_bytes(), digest)
+    }
+
+    fn exports(engine: &PluginEngine, component: &Component) -> Vec<String> {
+        let ty = component.component_type();
+        ty.exports(engine.engine())
+            .map(|(name, _)| name.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_cache_folder_others_can_write_is_never_read_or_written() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cache");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let engine = PluginEngine::new(Some(dir.clone())).unwrap();
+        let (bytes, digest) = component_source("a");
+        for _ in 0..2 {
+            let (component, from_cache) = engine.compile(&bytes, &digest).unwrap();
+            assert!(!from_cache);
+            assert_eq!(exports(&engine, &component), ["a"]);
+        }
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_planted_entry_is_compiled_over_and_the_right_plugin_loads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cache");
+        let engine = PluginEngine::new(Some(dir.clone())).unwrap();
+        let (a, digest_a) = component_source("a");
+        let (b, _) = component_source("b");
+        // B's machine code under A's name, then owned by another user.
+        let (_, from_cache) = engine.compile(&b, &digest_a).unwrap();
+        assert!(!from_cache);
+        let planted = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap();
+        let path =
+            std::ffi::CString::new(planted.path().into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string; -1 keeps the group.
+        assert_eq!(unsafe { libc::chown(path.as_ptr(), 65534, u32::MAX) }, 0);
+
+        let (component, from_cache) = engine.compile(&a, &digest_a).unwrap();
+        assert!(!from_cache, "the planted entry was loaded");
+        assert_eq!(exports(&engine, &component), ["a"]);
+        // The entry was rewritten by the agent: now it is A, from the cache.
+        let (component, from_cache) = engine.compile(&a, &digest_a).unwrap();
+        assert!(from_cache);
+        assert_eq!(exports(&engine, &component), ["a"]);
     }
 }
