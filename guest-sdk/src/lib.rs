@@ -81,14 +81,14 @@ use std::time::Duration;
 pub use host::{log, settings, system};
 pub use types::{Endpoint, Instance, Level, Metadata, Settings, SystemSnapshot};
 
-/// Bindings generated from `wit/plugin.wit`. Not part of the API: only
+/// Bindings generated from `wit/v0.1.0/plugin.wit`. Not part of the API: only
 /// [`register_plugin!`], which expands in the plugin crate, reaches in here,
 /// which is why the export macro is public.
 #[doc(hidden)]
 #[allow(missing_docs)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "wit",
+        path: "wit/v0.1.0",
         world: "plugin",
         // `register_plugin!` calls `export!` from the plugin crate.
         pub_export_macro: true,

@@ -7,12 +7,15 @@
 //! Nothing here knows about etcd: plugin output goes to the supervisor,
 //! which merges it into the desired state.
 
+mod cache;
 mod engine;
 mod folder;
 pub mod output;
 mod runner;
+mod state;
 mod stdio;
 pub mod system;
+mod ticker;
 mod v0_1_0;
 
 use std::collections::{BTreeMap, HashMap};

@@ -1,22 +1,21 @@
 //! The one wasmtime [`Engine`] of the process, the [`Linker`] built once for
-//! it, the epoch ticker that enforces CPU budgets, and turning a `.wasm`
-//! file into something ready to instantiate: checks, compile (or load from
-//! the cache), WIT version check, pre-instantiation.
+//! it, and turning a `.wasm` file into something ready to instantiate:
+//! checks, compile (or load from the [`CompileCache`]), WIT version check,
+//! pre-instantiation. The WIT versions the agent supports are listed once,
+//! in [`WIT_VERSIONS`].
 
 use std::hash::Hasher;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
-use super::runner::PluginState;
+use super::cache::CompileCache;
+use super::state::PluginState;
+use super::ticker::EpochTicker;
 use super::v0_1_0;
-
-/// How often the engine's epoch advances: the granularity of CPU budgets.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// The WIT package plugins implement.
 pub const WIT_PACKAGE: &str = "ygg:agent-plugin";
@@ -49,73 +48,36 @@ pub enum LoadError {
     NotAPlugin(String),
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] while a plugin call is
-/// running, and sleeps otherwise: an idle agent does not wake 100 times a
-/// second for nothing.
-pub struct EpochTicker {
-    calls: Mutex<usize>,
-    wake: Condvar,
+/// One WIT version the agent has bindings for.
+struct WitVersion {
+    /// The version in the package's import names (`ygg:agent-plugin/host@0.1.0`).
+    version: &'static str,
+    /// Adds the host side of that version's imports.
+    add_to_linker: fn(&mut Linker<PluginState>) -> wasmtime::Result<()>,
 }
 
-/// Held for the duration of a plugin call.
-pub struct Ticking(Arc<EpochTicker>);
-
-impl EpochTicker {
-    pub fn busy(self: &Arc<Self>) -> Ticking {
-        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-        *calls += 1;
-        if *calls == 1 {
-            self.wake.notify_one();
-        }
-        Ticking(self.clone())
-    }
-}
-
-impl Drop for Ticking {
-    fn drop(&mut self) {
-        let mut calls = self.0.calls.lock().unwrap_or_else(|e| e.into_inner());
-        *calls -= 1;
-    }
-}
-
-/// The ticker thread: it ends within a second of the engine being dropped.
-fn run_ticker(weak: wasmtime::EngineWeak, ticker: Arc<EpochTicker>) {
-    loop {
-        {
-            let mut calls = ticker.calls.lock().unwrap_or_else(|e| e.into_inner());
-            while *calls == 0 {
-                calls = ticker
-                    .wake
-                    .wait_timeout(calls, Duration::from_secs(1))
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-                if weak.upgrade().is_none() {
-                    return;
-                }
-            }
-        }
-        std::thread::sleep(EPOCH_TICK);
-        match weak.upgrade() {
-            Some(engine) => engine.increment_epoch(),
-            None => return,
-        }
-    }
-}
+/// Every WIT version this agent supports, oldest first: each has its own
+/// folder `guest-sdk/wit/v<version>/` (frozen once published), its own
+/// bindings module (`v0_1_0`, …) and one row here. A new version adds a
+/// folder, a module and a row; none is edited or removed, so a plugin built
+/// for an older version keeps loading.
+const WIT_VERSIONS: &[WitVersion] = &[WitVersion {
+    version: v0_1_0::VERSION,
+    add_to_linker: v0_1_0::add_to_linker,
+}];
 
 /// The engine, its linker and the compile cache.
 pub struct PluginEngine {
     engine: Engine,
     ticker: Arc<EpochTicker>,
     linker: Linker<PluginState>,
-    cache_dir: Option<PathBuf>,
-    /// Engine settings and version, folded into cache file names so a
-    /// different agent build never loads another's compiled code.
-    compatibility: String,
+    cache: Option<CompileCache>,
 }
 
 impl PluginEngine {
     /// Creates the engine and starts its epoch ticker (a plain OS thread that
-    /// ends when the engine is dropped).
+    /// ends when the engine is dropped). `cache_dir` is used only if the
+    /// agent's user alone can write it (see [`CompileCache::open`]).
     pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.epoch_interruption(true);
@@ -124,35 +86,23 @@ impl PluginEngine {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        v0_1_0::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+        for wit in WIT_VERSIONS {
+            (wit.add_to_linker)(&mut linker)?;
+        }
 
-        let ticker = Arc::new(EpochTicker {
-            calls: Mutex::new(0),
-            wake: Condvar::new(),
-        });
-        let weak = engine.weak();
-        let thread_ticker = ticker.clone();
-        std::thread::Builder::new()
-            .name("ygg-epoch-ticker".into())
-            .spawn(move || run_ticker(weak, thread_ticker))?;
+        let ticker = EpochTicker::start(&engine)?;
 
+        // Engine settings and version, folded into cache entry names so a
+        // different agent build never loads another's compiled code.
         let mut hasher = ShaHasher(Sha256::new());
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
         let compatibility = hex::encode(&hasher.0.finalize()[..8]);
-
-        let cache_dir = cache_dir.filter(|dir| match create_private_dir(dir) {
-            Ok(()) => true,
-            Err(error) => {
-                tracing::warn!(dir = %dir.display(), %error, "cannot create the plugin cache folder; compiling without a cache");
-                false
-            }
-        });
+        let cache = cache_dir.and_then(|dir| CompileCache::open(&dir, compatibility));
         Ok(PluginEngine {
             engine,
             ticker,
             linker,
-            cache_dir,
-            compatibility,
+            cache,
         })
     }
 
@@ -165,7 +115,9 @@ impl PluginEngine {
     }
 
     /// Checks, compiles (or loads from the cache) and links `bytes`, whose
-    /// SHA-256 is `digest` (the cache key).
+    /// SHA-256 is `digest` (the cache key). Blocking: compiling, reading
+    /// and cleaning the cache all happen here, so callers on an async
+    /// runtime run it with `spawn_blocking`.
     pub fn prepare(&self, bytes: &[u8], digest: &[u8; 32]) -> Result<Prepared, LoadError> {
         check_header(bytes)?;
         let (component, from_cache) = self.compile(bytes, &hex::encode(digest))?;
@@ -179,37 +131,20 @@ impl PluginEngine {
         Ok(Prepared { pre, from_cache })
     }
 
-    /// Compiles `bytes`, through the cache when there is one. Only files
-    /// this agent wrote into its own cache folder are ever deserialised.
+    /// Compiles `bytes`, through the cache when there is one: the first
+    /// call cleans the cache (the sweep at start), and every write is
+    /// followed by one.
     fn compile(&self, bytes: &[u8], digest: &str) -> Result<(Component, bool), LoadError> {
-        let cached = self
-            .cache_dir
-            .as_ref()
-            .map(|dir| dir.join(format!("{digest}-{}.cwasm", self.compatibility)));
-        if let Some(path) = &cached
-            && path.is_file()
-        {
-            // SAFETY: the file is in the agent's private cache folder, named
-            // by the SHA-256 of the source and this engine's compatibility
-            // hash, and was written by `Component::serialize` of this build.
-            match unsafe { Component::deserialize_file(&self.engine, path) } {
-                Ok(component) => return Ok((component, true)),
-                Err(error) => {
-                    tracing::warn!(path = %path.display(), %error, "unusable cache entry; recompiling")
-                }
+        if let Some(cache) = &self.cache {
+            cache.sweep_once();
+            if let Some(component) = cache.load(&self.engine, digest) {
+                return Ok((component, true));
             }
         }
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        if let Some(path) = &cached {
-            match component.serialize() {
-                Ok(compiled) => {
-                    if let Err(error) = write_atomically(path, &compiled) {
-                        tracing::warn!(path = %path.display(), %error, "cannot write the plugin cache");
-                    }
-                }
-                Err(error) => tracing::warn!(%error, "cannot serialise a compiled plugin"),
-            }
+        if let Some(cache) = &self.cache {
+            cache.store(digest, &component);
         }
         Ok((component, false))
     }
@@ -237,18 +172,26 @@ fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
 fn check_world(engine: &Engine, component: &Component) -> Result<(), LoadError> {
     let ty = component.component_type();
     let prefix = format!("{WIT_PACKAGE}/");
+    let newest = WIT_VERSIONS
+        .last()
+        .expect("at least one WIT version")
+        .version;
     let mut ours = false;
     for (name, _) in ty.imports(engine) {
         if let Some(rest) = name.strip_prefix(&prefix) {
             let version = rest.split_once('@').map_or("", |(_, v)| v);
-            if version != v0_1_0::VERSION {
+            if !WIT_VERSIONS.iter().any(|wit| wit.version == version) {
                 return Err(LoadError::UnknownVersion {
                     found: if version.is_empty() {
                         "(no version)".into()
                     } else {
                         version.into()
                     },
-                    supported: v0_1_0::VERSION.into(),
+                    supported: WIT_VERSIONS
+                        .iter()
+                        .map(|wit| wit.version)
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 });
             }
             ours = true;
@@ -261,8 +204,7 @@ fn check_world(engine: &Engine, component: &Component) -> Result<(), LoadError> 
         .collect();
     if !ours || !missing.is_empty() {
         return Err(LoadError::NotAPlugin(format!(
-            "it does not implement the {WIT_PACKAGE}@{} world (missing: {})",
-            v0_1_0::VERSION,
+            "it does not implement the {WIT_PACKAGE}@{newest} world (missing: {})",
             if missing.is_empty() {
                 "the host imports".to_string()
             } else {
@@ -270,24 +212,6 @@ fn check_world(engine: &Engine, component: &Component) -> Result<(), LoadError> 
             }
         )));
     }
-    Ok(())
-}
-
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
-
-/// Writes to a temp file beside `path`, then renames it into place, so a
-/// crash never leaves a half-written cache entry under the final name.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut tmp, bytes)?;
-    tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
 
@@ -342,5 +266,66 @@ mod tests {
             check_header(b"\x7fELF\x02\x01\x01\0"),
             Err(LoadError::NotWasm)
         );
+    }
+
+    /// A minimal component exporting one function named `export`.
+    fn component_source(export: &str) -> (Vec<u8>, String) {
+        let wat = format!(
+            r#"(component
+                (core module $m (func (export "f")))
+                (core instance $i (instantiate $m))
+                (func (export "{export}") (canon lift (core func $i "f"))))"#
+        );
+        let digest = hex::encode(Sha256::digest(wat.as_bytes()));
+        (wat.into_bytes(), digest)
+    }
+
+    fn exports(engine: &PluginEngine, component: &Component) -> Vec<String> {
+        let ty = component.component_type();
+        ty.exports(engine.engine())
+            .map(|(name, _)| name.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_cache_folder_others_can_write_is_never_read_or_written() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cache");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let engine = PluginEngine::new(Some(dir.clone())).unwrap();
+        let (bytes, digest) = component_source("a");
+        for _ in 0..2 {
+            let (component, from_cache) = engine.compile(&bytes, &digest).unwrap();
+            assert!(!from_cache);
+            assert_eq!(exports(&engine, &component), ["a"]);
+        }
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_planted_entry_is_compiled_over_and_the_right_plugin_loads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cache");
+        let engine = PluginEngine::new(Some(dir.clone())).unwrap();
+        let (a, digest_a) = component_source("a");
+        let (b, _) = component_source("b");
+        // B's machine code under A's name, then owned by another user.
+        let (_, from_cache) = engine.compile(&b, &digest_a).unwrap();
+        assert!(!from_cache);
+        let planted = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap();
+        let path =
+            std::ffi::CString::new(planted.path().into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string; -1 keeps the group.
+        assert_eq!(unsafe { libc::chown(path.as_ptr(), 65534, u32::MAX) }, 0);
+
+        let (component, from_cache) = engine.compile(&a, &digest_a).unwrap();
+        assert!(!from_cache, "the planted entry was loaded");
+        assert_eq!(exports(&engine, &component), ["a"]);
+        // The entry was rewritten by the agent: now it is A, from the cache.
+        let (component, from_cache) = engine.compile(&a, &digest_a).unwrap();
+        assert!(from_cache);
+        assert_eq!(exports(&engine, &component), ["a"]);
     }
 }

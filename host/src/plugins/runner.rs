@@ -6,20 +6,19 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
-use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use tracing::{debug, error, warn};
+use wasmtime::{Store, UpdateDeadline};
 
-use super::engine::{EPOCH_TICK, EpochTicker, PluginEngine};
-use super::stdio::{GuestOutput, MAX_LINES_PER_CALL};
+use super::engine::PluginEngine;
+use super::state::PluginState;
 use super::system::SystemSnapshot;
+use super::ticker::EPOCH_TICK;
 use super::{PluginInstance, output, v0_1_0};
 use crate::metrics::{Metrics, PluginLabel, PluginResultLabel};
 
@@ -53,108 +52,6 @@ pub struct Spec {
     pub pre: v0_1_0::PluginPre<PluginState>,
     pub settings: Vec<(String, String)>,
     pub limits: Limits,
-}
-
-/// A plugin's store data: WASI (empty), limits and what the host imports see.
-pub struct PluginState {
-    name: Arc<str>,
-    wasi: WasiCtx,
-    table: ResourceTable,
-    limiter: MemoryLimiter,
-    pub(super) settings: Vec<(String, String)>,
-    pub(super) system: Arc<SystemSnapshot>,
-    cpu_ticks_left: u64,
-    lines: Arc<AtomicU32>,
-    ticker: Arc<EpochTicker>,
-}
-
-impl PluginState {
-    fn new(spec: &Spec, system: Arc<SystemSnapshot>, ticker: Arc<EpochTicker>) -> Self {
-        let lines = Arc::new(AtomicU32::new(0));
-        let mut wasi = WasiCtx::builder();
-        // No preopened folders, no environment, no arguments, no network:
-        // the plugin sees the machine only through the `host` interface.
-        wasi.stdout(GuestOutput::new(spec.name.clone(), "stdout", lines.clone()))
-            .stderr(GuestOutput::new(spec.name.clone(), "stderr", lines.clone()))
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false);
-        PluginState {
-            name: spec.name.clone(),
-            wasi: wasi.build(),
-            table: ResourceTable::new(),
-            limiter: MemoryLimiter {
-                limit: usize::try_from(spec.limits.memory).unwrap_or(usize::MAX),
-                peak: 0,
-            },
-            settings: spec.settings.clone(),
-            system,
-            cpu_ticks_left: 0,
-            lines,
-            ticker,
-        }
-    }
-
-    /// A line the plugin logged through the host.
-    pub(super) fn guest_log(&mut self, level: tracing::Level, message: &str) {
-        let n = self.lines.fetch_add(1, Ordering::Relaxed);
-        if n >= MAX_LINES_PER_CALL {
-            return;
-        }
-        let message: String = message.chars().take(4096).collect();
-        let plugin = &*self.name;
-        match level {
-            tracing::Level::ERROR => error!(plugin = %plugin, "{message}"),
-            tracing::Level::WARN => warn!(plugin = %plugin, "{message}"),
-            tracing::Level::INFO => info!(plugin = %plugin, "{message}"),
-            tracing::Level::DEBUG => debug!(plugin = %plugin, "{message}"),
-            _ => tracing::trace!(plugin = %plugin, "{message}"),
-        }
-    }
-}
-
-impl WasiView for PluginState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-/// Refuses linear memory beyond the limit (the guest traps with a message
-/// saying so) and remembers the peak, for recycling.
-struct MemoryLimiter {
-    limit: usize,
-    peak: usize,
-}
-
-impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > self.limit {
-            wasmtime::bail!(
-                "memory limit exceeded: the plugin asked for {:.1} MiB of linear memory, memoryLimit is {:.1} MiB",
-                desired as f64 / (1 << 20) as f64,
-                self.limit as f64 / (1 << 20) as f64
-            );
-        }
-        self.peak = self.peak.max(desired);
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
-    }
 }
 
 /// Why a call did not produce an output.
@@ -233,10 +130,14 @@ pub async fn instantiate(
     spec: &Spec,
     system: Arc<SystemSnapshot>,
 ) -> Result<(Live, v0_1_0::PluginInfo), CallError> {
-    let mut store = Store::new(
-        engine.engine(),
-        PluginState::new(spec, system, engine.ticker().clone()),
+    let state = PluginState::new(
+        spec.name.clone(),
+        spec.settings.clone(),
+        spec.limits.memory,
+        system,
+        engine.ticker().clone(),
     );
+    let mut store = Store::new(engine.engine(), state);
     store.limiter(|state| &mut state.limiter);
     store.epoch_deadline_callback(|mut ctx| {
         let state = ctx.data_mut();

@@ -1,15 +1,18 @@
-//! Bindings for `ygg:agent-plugin@0.1.0` and the host side of its imports.
-//! One module per supported WIT version: a new version gets a sibling
-//! module, and this one stays for plugins built against 0.1.0.
+//! Bindings for `ygg:agent-plugin@0.1.0` (`guest-sdk/wit/v0.1.0/`, frozen)
+//! and the host side of its imports. One module per supported WIT version,
+//! each listed in `engine::WIT_VERSIONS`: a new version gets a sibling
+//! module and folder, and this one stays for plugins built against 0.1.0.
 
 use std::sync::Arc;
 
+use wasmtime::component::{HasSelf, Linker};
+
 use super::PluginInstance;
-use super::runner::PluginState;
+use super::state::PluginState;
 use super::system::SystemSnapshot;
 
 wasmtime::component::bindgen!({
-    path: "../guest-sdk/wit",
+    path: "../guest-sdk/wit/v0.1.0",
     world: "plugin",
     exports: { default: async },
 });
@@ -19,6 +22,11 @@ pub use ygg::agent_plugin::types::Endpoint;
 
 /// The version string in this module's import names.
 pub const VERSION: &str = "0.1.0";
+
+/// Adds the host side of this version's imports.
+pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+    Plugin::add_to_linker::<_, HasSelf<_>>(linker, |state| state)
+}
 
 impl ygg::agent_plugin::types::Host for PluginState {}
 
@@ -81,4 +89,33 @@ pub fn to_wit_instance(instance: &PluginInstance) -> Instance {
 
 fn pairs(map: &std::collections::BTreeMap<String, String>) -> Vec<(String, String)> {
     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest, Sha256};
+
+    /// The folder `bindgen!` reads above, from this crate's manifest.
+    const WIT_DIR: &str = "../guest-sdk/wit/v0.1.0";
+    /// SHA-256 of `plugin.wit` as 0.1.0 was published.
+    const PUBLISHED_SHA256: &str =
+        "46b4cafdbfee626cbc64d3a1e5f492bcf025f2bf56fa66609bd614b56ba4a500";
+    const FROZEN: &str = "WIT 0.1.0 is published and frozen: add a new version folder (guest-sdk/wit/v0.2.0/, a v0_2_0 module, a row in engine::WIT_VERSIONS) instead of editing it";
+
+    #[test]
+    fn the_published_wit_is_frozen() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(WIT_DIR);
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert_eq!(files, ["plugin.wit"], "{FROZEN}");
+        let wit = std::fs::read(dir.join("plugin.wit")).unwrap();
+        assert_eq!(
+            hex::encode(Sha256::digest(&wit)),
+            PUBLISHED_SHA256,
+            "{FROZEN}"
+        );
+    }
 }
