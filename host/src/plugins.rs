@@ -10,6 +10,7 @@
 mod cache;
 mod engine;
 mod folder;
+mod instance;
 pub mod output;
 mod runner;
 mod state;
@@ -32,18 +33,11 @@ use tracing::{error, info, warn};
 
 use crate::config::PluginsConfig;
 use crate::metrics::{Metrics, PluginLabel, PluginResultLabel};
-use crate::record::Instance;
 
 pub use engine::{LoadError, PluginEngine, default_cache_dir};
 pub use folder::Scan;
+pub use instance::PluginInstance;
 pub use runner::{CallError, Limits, Round, RoundResult};
-
-/// An instance as plugins see it: as configured, with its registry key.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PluginInstance {
-    pub key: String,
-    pub instance: Instance,
-}
 
 /// What a plugin says about itself, from `describe`.
 #[derive(Debug, Clone, PartialEq, Eq)]

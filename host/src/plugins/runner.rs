@@ -19,7 +19,8 @@ use super::engine::PluginEngine;
 use super::state::PluginState;
 use super::system::SystemSnapshot;
 use super::ticker::EPOCH_TICK;
-use super::{PluginInstance, output, v0_1_0};
+use super::instance::PluginInstance;
+use super::{output, v0_1_0};
 use crate::metrics::{Metrics, PluginLabel, PluginResultLabel};
 
 /// First delay before rebuilding a failed plugin; it doubles up to the cap.

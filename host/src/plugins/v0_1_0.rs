@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker};
 
-use super::PluginInstance;
+use super::instance::PluginInstance;
 use super::state::PluginState;
 use super::system::SystemSnapshot;
 
