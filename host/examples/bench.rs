@@ -3,11 +3,15 @@
 //! and the budget it is held to.
 //!
 //!     ./scripts/bench                 # builds in release, then runs this
+//!     ./scripts/bench stall plugins   # only these sections (first, many,
+//!                                     # recovery, edits, stall, plugins, idle)
 //!
 //! Registration figures use the registry actor in-process against raw
 //! etcd-client code doing the same writes; the other rows run the real
 //! binary and watch etcd from outside.
 
+#[path = "../../tests/big_component.rs"]
+mod big_component;
 #[path = "../../tests/support.rs"]
 mod support;
 
@@ -492,6 +496,132 @@ async fn edits_and_drop_ins(etcd: &Etcd, rows: &mut Vec<Row>) {
     ));
 }
 
+/// Admin requests every 10 ms until `stop`; their latencies.
+async fn poll_admin(admin: String, stop: tokio::sync::watch::Receiver<bool>) -> Vec<Duration> {
+    let mut latencies = Vec::new();
+    while !*stop.borrow() {
+        let start = Instant::now();
+        support::http_get(&admin, "/healthz")
+            .await
+            .expect("admin answers");
+        latencies.push(start.elapsed());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    latencies
+}
+
+/// Config edits until `until` says stop (at least `min`); their latencies
+/// from the write to etcd.
+async fn timed_edits(
+    agent: &Agent,
+    config: &mut ConfigFile,
+    watch: &mut etcd_client::WatchStream,
+    key: &str,
+    label: &str,
+    min: usize,
+    until: impl Fn() -> bool,
+) -> Vec<Duration> {
+    let mut times = Vec::new();
+    let mut i = 0;
+    while times.len() < min || !until() {
+        let marker = format!("{label}-{i}");
+        i += 1;
+        config.instances = support::SEED_INSTANCE.replace("env: dev", &format!("env: {marker}"));
+        let start = Instant::now();
+        replace_atomically(&agent.config_path, &config.render());
+        wait_put(watch, key, &format!("\"env\":\"{marker}\"")).await;
+        times.push(start.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if times.len() >= 100 {
+            break;
+        }
+    }
+    times
+}
+
+/// The supervisor's loop while a large plugin compiles cold: config edits
+/// and admin requests during the compile, beside the same while idle.
+async fn stall_during_compile(etcd: &Etcd, rows: &mut Vec<Row>) {
+    let admin = format!("127.0.0.1:{}", support::free_port());
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.prefix = "/stall".into();
+    config.agent_extra = format!(
+        "  admin:\n    listen: {admin}\n  plugins:\n    dir: plugins\n    cacheDir: cache\n    settings:\n      big: {{value: compiled}}\n"
+    );
+    let agent = Agent::start(&config);
+    let key = support::SEED_KEY.replace("/yggdrasil/registry", "/stall");
+    let mut client = etcd.client().await;
+    while count_keys(&mut client, "/stall/").await < 1 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut watch = client
+        .watch("/stall/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
+
+    let measure = async |config: &mut ConfigFile,
+                         watch: &mut etcd_client::WatchStream,
+                         label: &str,
+                         until: &dyn Fn() -> bool| {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let poller = tokio::spawn(poll_admin(admin.clone(), stop_rx));
+        let edits = timed_edits(&agent, config, watch, &key, label, 5, until).await;
+        stop_tx.send(true).unwrap();
+        (edits, poller.await.unwrap())
+    };
+
+    // Idle: the same edits and requests with nothing compiling.
+    let (mut idle_edits, idle_admin) = measure(&mut config, &mut watch, "idle", &|| true).await;
+
+    let echo = std::fs::read(support::built_plugins().join("echo.wasm")).unwrap();
+    let big = big_component::padded_component(&echo, 6000, 200);
+    let size = big.len();
+    let tmp = agent.plugins_dir().join(".big.tmp");
+    std::fs::write(&tmp, big).unwrap();
+    let dropped = Instant::now();
+    std::fs::rename(&tmp, agent.plugins_dir().join("big.wasm")).unwrap();
+    agent
+        .wait_for_log("loading plugin", Duration::from_secs(30))
+        .await;
+    let loaded = || agent.log().contains("plugin loaded");
+    let (mut busy_edits, busy_admin) = measure(&mut config, &mut watch, "busy", &loaded).await;
+    let compiled = dropped.elapsed();
+    assert!(
+        !busy_edits.is_empty(),
+        "the plugin loaded before any edit was timed"
+    );
+
+    let idle_edit_p50 = percentile(&mut idle_edits, 50);
+    let busy_edit_max = *busy_edits.iter().max().unwrap();
+    let busy_admin_max = *busy_admin.iter().max().unwrap();
+    let stall = busy_edit_max
+        .saturating_sub(idle_edit_p50)
+        .max(busy_admin_max);
+    rows.push(
+        Row::new(
+            format!(
+                "event loop while a {:.1} MB plugin compiles cold ({compiled:.1?} until loaded): {} edits and {} admin requests during the compile",
+                size as f64 / 1e6,
+                busy_edits.len(),
+                busy_admin.len()
+            ),
+            format!(
+                "edit -> etcd p50 {:.1?}, max {busy_edit_max:.1?}; admin request max {busy_admin_max:.1?}",
+                percentile(&mut busy_edits, 50)
+            ),
+            format!(
+                "idle: edit -> etcd p50 {idle_edit_p50:.1?}, max {:.1?}; admin request max {:.1?}",
+                idle_edits.iter().max().unwrap(),
+                idle_admin.iter().max().unwrap()
+            ),
+        )
+        .budget(
+            format!("stall <= 10 ms (is {stall:.1?})"),
+            stall <= Duration::from_millis(10),
+        ),
+    );
+}
+
 fn plugin_costs(rows: &mut Vec<Row>) {
     let echo = support::built_plugins().join("echo.wasm");
     let (code, stdout, stderr) = support::run_cli(&[
@@ -699,21 +829,40 @@ fn machine() -> String {
 
 #[tokio::main]
 async fn main() {
+    // `./scripts/bench [SECTION...]` runs only the sections named.
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    let wanted = |section: &str| only.is_empty() || only.iter().any(|o| o == section);
     println!("ygg-agent benchmark — {}", machine());
     let etcd = Etcd::start().await;
     let mut rows = Vec::new();
-    eprintln!("bench: first registration");
-    first_registration(&etcd, &mut rows).await;
-    eprintln!("bench: {MANY} instances (about 40 s)");
-    many_instances(&etcd, &mut rows).await;
-    eprintln!("bench: recovery after a wiped etcd");
-    recovery(&mut rows).await;
-    eprintln!("bench: config edits and plugin drop-ins");
-    edits_and_drop_ins(&etcd, &mut rows).await;
-    eprintln!("bench: plugin call and load costs");
-    plugin_costs(&mut rows);
-    eprintln!("bench: idle footprint ({IDLE_WINDOW:?})");
-    idle_footprint(&etcd, &mut rows).await;
+    if wanted("first") {
+        eprintln!("bench: first registration");
+        first_registration(&etcd, &mut rows).await;
+    }
+    if wanted("many") {
+        eprintln!("bench: {MANY} instances (about 40 s)");
+        many_instances(&etcd, &mut rows).await;
+    }
+    if wanted("recovery") {
+        eprintln!("bench: recovery after a wiped etcd");
+        recovery(&mut rows).await;
+    }
+    if wanted("edits") {
+        eprintln!("bench: config edits and plugin drop-ins");
+        edits_and_drop_ins(&etcd, &mut rows).await;
+    }
+    if wanted("stall") {
+        eprintln!("bench: the event loop during a cold compile");
+        stall_during_compile(&etcd, &mut rows).await;
+    }
+    if wanted("plugins") {
+        eprintln!("bench: plugin call and load costs");
+        plugin_costs(&mut rows);
+    }
+    if wanted("idle") {
+        eprintln!("bench: idle footprint ({IDLE_WINDOW:?})");
+        idle_footprint(&etcd, &mut rows).await;
+    }
 
     println!();
     println!("| measurement | ygg-agent | baseline (same run) | budget | |");

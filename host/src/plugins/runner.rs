@@ -16,10 +16,10 @@ use tracing::{debug, error, warn};
 use wasmtime::{Store, UpdateDeadline};
 
 use super::engine::PluginEngine;
+use super::instance::PluginInstance;
 use super::state::PluginState;
 use super::system::SystemSnapshot;
 use super::ticker::EPOCH_TICK;
-use super::instance::PluginInstance;
 use super::{output, v0_1_0};
 use crate::metrics::{Metrics, PluginLabel, PluginResultLabel};
 
