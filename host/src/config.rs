@@ -275,9 +275,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Loaded, Vec<ConfigIssue>> {
 fn read_root(root: Value, base: &Path, report: &Report) -> Option<Config> {
     let mut top = root.section().value()?;
     let registry = top.section("yggdrasil").value();
-    let registry = registry.map_or_else(RegistryConfig::default, |ygg| {
-        read_yggdrasil(ygg, base, report)
-    });
+    let registry = registry.map_or_else(RegistryConfig::default, |ygg| read_yggdrasil(ygg, base));
     let agent = top.section("agent");
     if agent.is_absent() {
         let message = "no agent section: nothing to register";
@@ -299,12 +297,12 @@ fn empty_agent() -> AgentConfig {
     }
 }
 
-fn read_yggdrasil(mut ygg: Section, base: &Path, report: &Report) -> RegistryConfig {
+fn read_yggdrasil(mut ygg: Section, base: &Path) -> RegistryConfig {
     let mut config = RegistryConfig::default();
     if let Some(mut registry) = ygg.section("registry").value() {
         registry.string("type").check(|kind| etcd_only(kind));
         if let Some(section) = registry.section("config").value() {
-            config = read_registry_config(section, base, report);
+            config = read_registry_config(section, base);
         }
         registry.finish(Unknown::Warn);
     }
@@ -313,10 +311,10 @@ fn read_yggdrasil(mut ygg: Section, base: &Path, report: &Report) -> RegistryCon
     config
 }
 
-fn read_registry_config(mut cfg: Section, base: &Path, report: &Report) -> RegistryConfig {
+fn read_registry_config(mut cfg: Section, base: &Path) -> RegistryConfig {
     #[rustfmt::skip]
     let config = RegistryConfig {
-        client: cfg.section("client").value().map(|c| read_client(c, base, report)).unwrap_or_default(),
+        client: cfg.section("client").value().map(|c| read_client(c, base)).unwrap_or_default(),
         prefix: cfg.string("prefix").parse(normalise_prefix).or(DEFAULT_PREFIX.into()),
         ttl: cfg.duration("ttl").min(MIN_TTL).check(whole_seconds).or(DEFAULT_TTL),
         keep_alive: cfg.boolean("keepAlive").or(DEFAULT_KEEP_ALIVE),
@@ -326,44 +324,44 @@ fn read_registry_config(mut cfg: Section, base: &Path, report: &Report) -> Regis
     config
 }
 
-fn read_client(mut client: Section, base: &Path, report: &Report) -> ClientConfig {
-    let endpoints = client
+fn read_client(mut client: Section, base: &Path) -> ClientConfig {
+    let listed = client
         .list("endpoints")
         .value()
         .and_then(read_etcd_endpoints);
+    let listed = listed.unwrap_or_default();
+    let endpoints: Vec<String> = listed.iter().map(|(_, e)| e.clone()).collect();
     #[rustfmt::skip]
     let config = ClientConfig {
-        endpoints: endpoints.unwrap_or_else(|| vec![DEFAULT_ENDPOINT.to_string()]),
+        endpoints: if endpoints.is_empty() { ClientConfig::default().endpoints } else { endpoints },
         dial_timeout: client.duration("dialTimeout").nonzero().or(DEFAULT_DIAL_TIMEOUT),
         credentials: read_credentials(&mut client),
         tls: client.section("tls").value().and_then(|tls| read_tls(tls, base)),
     };
     let tls_path = client.key_path("tls");
-    for (i, endpoint) in config.endpoints.iter().enumerate() {
-        let at = client.key_path("endpoints").index(i);
-        if config.tls.is_some() && endpoint.starts_with("http://") {
-            report.error(
-                &at,
-                None,
-                format!(
-                    "`{endpoint}` is plain http but {tls_path} is set: write host:port or https://"
-                ),
-            );
-        }
-        if config.tls.is_none() && endpoint.starts_with("https://") {
-            report.error(&at, None, format!(
+    for (item, endpoint) in &listed {
+        match config.tls {
+            Some(_) if endpoint.starts_with("http://") => item.error(format!(
+                "`{endpoint}` is plain http but {tls_path} is set: write host:port or https://"
+            )),
+            None if endpoint.starts_with("https://") => item.error(format!(
                 "`{endpoint}` is https: set {tls_path}.caFile to the CA that signed etcd's certificate"
-            ));
+            )),
+            _ => {}
         }
     }
     client.finish(Unknown::Warn);
     config
 }
 
-/// The valid endpoints, or `None` (reported) for an empty list.
-fn read_etcd_endpoints(list: List) -> Option<Vec<String>> {
+/// The valid endpoints, each with where it is written, or `None` (reported)
+/// for an empty list.
+fn read_etcd_endpoints(list: List) -> Option<Vec<(Value, String)>> {
     let endpoints = (list.items())
-        .filter_map(|item| item.string().check(|e| check_etcd_endpoint(e)).valid())
+        .filter_map(|item| {
+            let endpoint = item.string().check(|e| check_etcd_endpoint(e)).valid()?;
+            Some((item, endpoint))
+        })
         .collect();
     if list.is_empty() {
         list.error("at least one etcd endpoint is needed");
