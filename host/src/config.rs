@@ -492,7 +492,9 @@ fn read_endpoints(list: List) -> Vec<Endpoint> {
         list.error("at least one endpoint");
     }
     let mut endpoints: Vec<Endpoint> = Vec::new();
-    for item in list.items() {
+    // Where each of `endpoints` is in the list (entries in error are not).
+    let mut indices: Vec<usize> = Vec::new();
+    for (i, item) in list.items().enumerate() {
         let Some(mut map) = item.section().value() else {
             continue;
         };
@@ -510,9 +512,10 @@ fn read_endpoints(list: List) -> Vec<Endpoint> {
         if let Some(first) = endpoints.iter().position(same) {
             item.error(format!(
                 "{scheme}://{address} is listed twice (also at {})",
-                list.yaml_path().index(first)
+                list.yaml_path().index(indices[first])
             ));
         }
+        indices.push(i);
         endpoints.push(Endpoint {
             scheme,
             address,

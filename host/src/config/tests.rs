@@ -444,3 +444,18 @@ fn endpoint_scheme_errors_name_the_endpoint_after_an_invalid_one() {
         assert_eq!(errors[1], expected);
     }
 }
+
+#[test]
+fn a_repeated_endpoint_names_the_first_one_after_an_entry_in_error() {
+    // Found while refactoring: "also at" counted only the readable entries.
+    let errors = errors(
+        "agent:\n  instances:\n    - name: a\n      endpoints:\n        - x\n        - {scheme: grpc, address: 'x:1'}\n        - {scheme: grpc, address: 'x:1'}\n",
+    );
+    assert_eq!(
+        errors,
+        [
+            "agent.instances[0].endpoints[0]: expected a mapping (key: value lines), found a single value (line 5)",
+            "agent.instances[0].endpoints[2]: grpc://x:1 is listed twice (also at agent.instances[0].endpoints[1]) (line 7)",
+        ]
+    );
+}
