@@ -466,16 +466,12 @@ fn read_instances(list: &List, report: &Report) -> Vec<Instance> {
 /// An instance, or `None` if anything in it is wrong (reported).
 fn read_instance(mut map: Section, report: &Report) -> Option<Instance> {
     let errors_before = report.error_count();
-    let namespace = map.string("namespace").filter(|ns| !ns.is_empty());
-    let namespace = namespace.check(|ns| check_segment("namespace", ns));
-    let name = map.string("name").check(|name| check_segment("name", name));
-    if name.get().is_none() {
-        map.missing("name", "missing: every instance needs the service name");
-    }
     #[rustfmt::skip]
     let instance = Instance {
-        namespace: namespace.or(DEFAULT_NAMESPACE.into()),
-        name: name.or_default(),
+        namespace: map.string("namespace").filter(|ns| !ns.is_empty())
+            .check(|ns| check_segment("namespace", ns)).or(DEFAULT_NAMESPACE.into()),
+        name: map.string("name").check(|name| check_segment("name", name))
+            .required("missing: every instance needs the service name").unwrap_or_default(),
         version: map.string("version").check(|v| printable(v)).or_default(),
         region: map.string("region").check(|v| printable(v)).or_default(),
         zone: map.string("zone").check(|v| printable(v)).or_default(),

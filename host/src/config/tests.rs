@@ -459,3 +459,14 @@ fn a_repeated_endpoint_names_the_first_one_after_an_entry_in_error() {
         ]
     );
 }
+
+#[test]
+fn a_name_that_is_not_a_single_value_is_not_also_called_missing() {
+    let errors = errors(
+        "agent:\n  instances:\n    - name: [a]\n      endpoints: [{scheme: grpc, address: 'x:1'}]\n",
+    );
+    assert_eq!(
+        errors,
+        ["agent.instances[0].name: expected a single value, found a list (line 3)"]
+    );
+}
