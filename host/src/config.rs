@@ -325,11 +325,8 @@ fn read_registry_config(mut cfg: Section, base: &Path) -> RegistryConfig {
 }
 
 fn read_client(mut client: Section, base: &Path) -> ClientConfig {
-    let listed = client
-        .list("endpoints")
-        .value()
-        .and_then(read_etcd_endpoints);
-    let listed = listed.unwrap_or_default();
+    let listed = client.list("endpoints").value();
+    let listed = listed.and_then(read_etcd_endpoints).unwrap_or_default();
     let endpoints: Vec<String> = listed.iter().map(|(_, e)| e.clone()).collect();
     #[rustfmt::skip]
     let config = ClientConfig {

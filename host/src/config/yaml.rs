@@ -169,7 +169,7 @@ impl<'a> Section<'a> {
     }
 
     /// The value under `key`, or `None` when absent or null.
-    pub fn get(&mut self, key: &'a str) -> Option<Value<'a>> {
+    fn get(&mut self, key: &'a str) -> Option<Value<'a>> {
         self.used.insert(key);
         let node = self.node.get_node(key)?;
         if is_null(node) {
