@@ -6,6 +6,7 @@
 //! every problem is collected with its path, and only a file without errors
 //! becomes a [`Config`].
 
+mod field;
 mod units;
 mod yaml;
 
@@ -15,13 +16,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use marked_yaml::Node;
 use sha2::Digest;
 
 use crate::record::{
     self, DEFAULT_NAMESPACE, Endpoint, INSTANCE_ID_KEY, INSTANCE_ID_MAX_LEN, Instance,
 };
-use yaml::{Mapping, Report, Unknown, YamlPath};
+use yaml::{Document, List, Report, Section, Unknown, Value, YamlPath};
 
 pub use units::{parse_duration, parse_size};
 
@@ -32,6 +32,7 @@ pub const DEFAULT_PREFIX: &str = "/yggdrasil/registry";
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 /// etcd cannot keep a lease shorter than about 1.5 election timeouts.
 pub const MIN_TTL: Duration = Duration::from_secs(2);
+pub const DEFAULT_KEEP_ALIVE: bool = true;
 pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(3);
 pub const MIN_RETRY_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -158,16 +159,22 @@ pub struct AdminConfig {
 impl Default for RegistryConfig {
     fn default() -> Self {
         RegistryConfig {
-            client: ClientConfig {
-                endpoints: vec![DEFAULT_ENDPOINT.to_string()],
-                dial_timeout: DEFAULT_DIAL_TIMEOUT,
-                credentials: None,
-                tls: None,
-            },
+            client: ClientConfig::default(),
             prefix: DEFAULT_PREFIX.to_string(),
             ttl: DEFAULT_TTL,
-            keep_alive: true,
+            keep_alive: DEFAULT_KEEP_ALIVE,
             retry_interval: DEFAULT_RETRY_INTERVAL,
+        }
+    }
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            endpoints: vec![DEFAULT_ENDPOINT.to_string()],
+            dial_timeout: DEFAULT_DIAL_TIMEOUT,
+            credentials: None,
+            tls: None,
         }
     }
 }
@@ -249,86 +256,43 @@ pub fn base_dir(path: &Path) -> PathBuf {
 
 /// Validates config text; relative paths in it are resolved against `base`.
 pub fn parse(text: &str, base: &Path) -> Result<Loaded, Vec<ConfigIssue>> {
-    let root_path = YamlPath::default();
     if text.trim().is_empty() {
         return Err(vec![ConfigIssue {
-            path: root_path.to_string(),
+            path: YamlPath::default().to_string(),
             line: None,
             message: "the file is empty".into(),
         }]);
     }
-    let options = marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true);
-    let root = match marked_yaml::parse_yaml_with_options(0, text, options) {
-        Ok(root) => root,
-        Err(e) => return Err(vec![yaml_syntax_issue(&e)]),
-    };
-    let mut report = Report::default();
-    let config = read_root(&root, base, &mut report);
+    let document = Document::parse(text).map_err(|issue| vec![issue])?;
+    let report = Report::default();
+    let config = read_root(document.root(&report), base, &report);
+    let (errors, warnings) = report.into_issues();
     match config {
-        Some(config) if report.errors.is_empty() => Ok(Loaded {
+        Some(config) if errors.is_empty() => Ok(Loaded {
             config,
-            warnings: report.warnings,
+            warnings,
             digest: sha2::Sha256::digest(text.as_bytes()).into(),
         }),
-        _ => Err(report.errors),
+        _ => Err(errors),
     }
 }
 
-fn yaml_syntax_issue(error: &marked_yaml::LoadError) -> ConfigIssue {
-    use marked_yaml::LoadError as E;
-    let (line, message) = match error {
-        E::TopLevelMustBeMapping(m) => (
-            Some(m.line()),
-            "the file must be a mapping with `yggdrasil:` and `agent:` sections".to_string(),
-        ),
-        E::UnexpectedAnchor(m) => (
-            Some(m.line()),
-            "YAML anchors and aliases are not supported".into(),
-        ),
-        E::UnexpectedTag(m) => (
-            Some(m.line()),
-            "YAML tags (`!foo`) are not supported".into(),
-        ),
-        E::MappingKeyMustBeScalar(m) => {
-            (Some(m.line()), "mapping keys must be plain values".into())
-        }
-        E::DuplicateKey(inner) => (
-            inner.key.span().start().map(|m| m.line()),
-            format!(
-                "duplicate key `{}` (first seen on line {})",
-                inner.key.as_str(),
-                inner.prev_key.span().start().map(|m| m.line()).unwrap_or(0)
-            ),
-        ),
-        E::ScanError(m, e) => (Some(m.line()), format!("YAML syntax error: {e}")),
-        other => (None, format!("YAML error: {other}")),
-    };
-    ConfigIssue {
-        path: "(syntax)".into(),
-        line,
-        message,
-    }
-}
+// The readers: one per section, each a table of its keys in file order
+// (the order errors are listed in). Rules they apply are further down.
 
-fn read_root(root: &Node, base: &Path, report: &mut Report) -> Option<Config> {
-    let mut top = yaml::mapping(root, YamlPath::default(), report)?;
-    let registry = match top.get("yggdrasil") {
-        Some((node, path)) => read_yggdrasil(node, path, base, report),
-        None => RegistryConfig::default(),
-    };
-    let agent = match top.get("agent") {
-        Some((node, path)) => read_agent(node, path, base, report),
-        None => {
-            report.warning(
-                &YamlPath::default().key("agent"),
-                None,
-                "no agent section: nothing to register",
-            );
-            empty_agent()
-        }
-    };
+fn read_root(root: Value, base: &Path, report: &Report) -> Option<Config> {
+    let mut top = root.section().value()?;
+    let registry = top.section("yggdrasil").value();
+    let registry = registry.map_or_else(RegistryConfig::default, |ygg| read_yggdrasil(ygg, base));
+    let agent = top.section("agent");
+    if agent.is_absent() {
+        let message = "no agent section: nothing to register";
+        report.warning(&top.key_path("agent"), None, message);
+    }
+    let agent = agent.value();
+    let agent = agent.map_or_else(empty_agent, |agent| read_agent(agent, base, report));
     // Other top-level keys belong to the application sharing the file.
-    top.finish(report, Unknown::Ignore);
+    top.finish(Unknown::Ignore);
     Some(Config { registry, agent })
 }
 
@@ -341,96 +305,267 @@ fn empty_agent() -> AgentConfig {
     }
 }
 
-fn read_yggdrasil(node: &Node, path: YamlPath, base: &Path, report: &mut Report) -> RegistryConfig {
-    let mut out = RegistryConfig::default();
-    let Some(mut ygg) = yaml::mapping(node, path, report) else {
-        return out;
-    };
-    if let Some((node, path)) = ygg.get("registry")
-        && let Some(mut registry) = yaml::mapping(node, path, report)
-    {
-        if let Some((node, path)) = registry.get("type")
-            && let Some(kind) = yaml::string(node, &path, report)
-            && kind != "etcd"
-        {
-            report.error(
-                &path,
-                Some(node.span()),
-                format!("`{kind}` is not supported: the agent registers in etcd only (type: etcd)"),
-            );
+fn read_yggdrasil(mut ygg: Section, base: &Path) -> RegistryConfig {
+    let mut config = RegistryConfig::default();
+    if let Some(mut registry) = ygg.section("registry").value() {
+        registry.string("type").check(|kind| etcd_only(kind));
+        if let Some(section) = registry.section("config").value() {
+            config = read_registry_config(section, base);
         }
-        if let Some((node, path)) = registry.get("config") {
-            read_registry_config(node, path, base, &mut out, report);
-        }
-        registry.finish(report, Unknown::Warn);
+        registry.finish(Unknown::Warn);
     }
     // The rest of `yggdrasil` configures the application, not us.
-    ygg.finish(report, Unknown::Ignore);
+    ygg.finish(Unknown::Ignore);
+    config
+}
+
+fn read_registry_config(mut cfg: Section, base: &Path) -> RegistryConfig {
+    #[rustfmt::skip]
+    let config = RegistryConfig {
+        client: cfg.section("client").value().map(|c| read_client(c, base)).unwrap_or_default(),
+        prefix: cfg.string("prefix").parse(normalise_prefix).or(DEFAULT_PREFIX.into()),
+        ttl: cfg.duration("ttl").min(MIN_TTL).check(whole_seconds).or(DEFAULT_TTL),
+        keep_alive: cfg.boolean("keepAlive").or(DEFAULT_KEEP_ALIVE),
+        retry_interval: cfg.duration("retryInterval").min(MIN_RETRY_INTERVAL).or(DEFAULT_RETRY_INTERVAL),
+    };
+    cfg.finish(Unknown::Warn);
+    config
+}
+
+fn read_client(mut client: Section, base: &Path) -> ClientConfig {
+    let listed = client.list("endpoints").value();
+    let listed = listed.and_then(read_etcd_endpoints).unwrap_or_default();
+    let endpoints: Vec<String> = listed.iter().map(|(_, e)| e.clone()).collect();
+    #[rustfmt::skip]
+    let config = ClientConfig {
+        endpoints: if endpoints.is_empty() { ClientConfig::default().endpoints } else { endpoints },
+        dial_timeout: client.duration("dialTimeout").nonzero().or(DEFAULT_DIAL_TIMEOUT),
+        credentials: read_credentials(&mut client),
+        tls: client.section("tls").value().and_then(|tls| read_tls(tls, base)),
+    };
+    let tls_path = client.key_path("tls");
+    for (item, endpoint) in &listed {
+        match config.tls {
+            Some(_) if endpoint.starts_with("http://") => item.error(format!(
+                "`{endpoint}` is plain http but {tls_path} is set: write host:port or https://"
+            )),
+            None if endpoint.starts_with("https://") => item.error(format!(
+                "`{endpoint}` is https: set {tls_path}.caFile to the CA that signed etcd's certificate"
+            )),
+            _ => {}
+        }
+    }
+    client.finish(Unknown::Warn);
+    config
+}
+
+/// The valid endpoints, each with where it is written, or `None` (reported)
+/// for an empty list.
+fn read_etcd_endpoints(list: List) -> Option<Vec<(Value, String)>> {
+    let endpoints = (list.items())
+        .filter_map(|item| {
+            let endpoint = item.string().check(|e| check_etcd_endpoint(e)).valid()?;
+            Some((item, endpoint))
+        })
+        .collect();
+    if list.is_empty() {
+        list.error("at least one etcd endpoint is needed");
+        return None;
+    }
+    Some(endpoints)
+}
+
+fn read_credentials(client: &mut Section) -> Option<Credentials> {
+    let username = client.string("username");
+    let password = client.secret("password");
+    match (username.get(), password.get()) {
+        (Some(user), Some(secret)) if !user.is_empty() => Some(Credentials {
+            username: user.clone(),
+            password: secret.clone(),
+        }),
+        (Some(user), None) if !user.is_empty() => {
+            username.error("a username needs a password beside it");
+            None
+        }
+        (_, Some(secret)) if !secret.expose().is_empty() => {
+            password.error("a password needs a username beside it");
+            None
+        }
+        _ => None,
+    }
+}
+
+fn read_tls(mut tls: Section, base: &Path) -> Option<TlsConfig> {
+    // A missing file is reported but its path kept, so the pairing rules
+    // below do not also call it absent.
+    let mut file = |key| tls.path(key, base).check(|f| readable_file(f)).value();
+    let (cert, key, ca) = (file("certFile"), file("keyFile"), file("caFile"));
+    let identity = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        (Some(_), None) => {
+            tls.missing("keyFile", "certFile is set but keyFile is missing");
+            None
+        }
+        (None, Some(_)) => {
+            tls.missing("certFile", "keyFile is set but certFile is missing");
+            None
+        }
+    };
+    if ca.is_none() {
+        let message = "TLS needs caFile (all three paths, or caFile only)";
+        tls.missing("caFile", message);
+    }
+    tls.finish(Unknown::Warn);
+    Some(TlsConfig {
+        ca_file: ca?,
+        identity,
+    })
+}
+
+fn read_agent(mut agent: Section, base: &Path, report: &Report) -> AgentConfig {
+    #[rustfmt::skip]
+    let config = AgentConfig {
+        instances: agent.list("instances").value().map(|l| read_instances(&l, report)).unwrap_or_default(),
+        plugins: agent.section("plugins").value().map(|plugins| read_plugins(plugins, base)),
+        admin: agent.section("admin").value().and_then(read_admin),
+        shutdown_timeout: agent.duration("shutdownTimeout").nonzero().or(DEFAULT_SHUTDOWN_TIMEOUT),
+    };
+    agent.finish(Unknown::Error);
+    config
+}
+
+fn read_admin(mut admin: Section) -> Option<AdminConfig> {
+    let listen = admin.string("listen").parse(socket_address);
+    let listen = listen.required("missing (remove `admin` to turn the admin server off)");
+    admin.finish(Unknown::Error);
+    Some(AdminConfig { listen: listen? })
+}
+
+/// Checks each instance, then that no two share an etcd key.
+fn read_instances(list: &List, report: &Report) -> Vec<Instance> {
+    let mut keys: HashMap<String, usize> = HashMap::new();
+    let mut instances = Vec::new();
+    for (i, item) in list.items().enumerate() {
+        let instance = item.section().value();
+        let Some(instance) = instance.and_then(|map| read_instance(map, report)) else {
+            continue;
+        };
+        let label = format!(
+            "{}/{}/{}",
+            instance.namespace,
+            instance.name,
+            record::instance_key(&instance)
+        );
+        if let Some(first) = keys.insert(label.clone(), i) {
+            item.error(format!(
+                "same instance key as {}[{first}] ({label}): change its version, endpoints or metadata.instance_id",
+                list.yaml_path()
+            ));
+        }
+        instances.push(instance);
+    }
+    instances
+}
+
+/// An instance, or `None` if anything in it is wrong (reported).
+fn read_instance(mut map: Section, report: &Report) -> Option<Instance> {
+    let errors_before = report.error_count();
+    #[rustfmt::skip]
+    let instance = Instance {
+        namespace: map.string("namespace").filter(|ns| !ns.is_empty())
+            .check(|ns| check_segment("namespace", ns)).or(DEFAULT_NAMESPACE.into()),
+        name: map.string("name").check(|name| check_segment("name", name))
+            .required("missing: every instance needs the service name").unwrap_or_default(),
+        version: map.string("version").check(|v| printable(v)).or_default(),
+        region: map.string("region").check(|v| printable(v)).or_default(),
+        zone: map.string("zone").check(|v| printable(v)).or_default(),
+        campus: map.string("campus").check(|v| printable(v)).or_default(),
+        metadata: map.string_map("metadata").check_entry(INSTANCE_ID_KEY, check_instance_id).or_default(),
+        endpoints: map.list("endpoints").required("at least one endpoint").map(read_endpoints).unwrap_or_default(),
+    };
+    map.finish(Unknown::Error);
+    (report.error_count() == errors_before).then_some(instance)
+}
+
+fn read_endpoints(list: List) -> Vec<Endpoint> {
+    if list.is_empty() {
+        list.error("at least one endpoint");
+    }
+    let mut endpoints: Vec<Endpoint> = Vec::new();
+    // Where each of `endpoints` is in the list (entries in error are not).
+    let mut indices: Vec<usize> = Vec::new();
+    for (i, item) in list.items().enumerate() {
+        let Some(mut map) = item.section().value() else {
+            continue;
+        };
+        #[rustfmt::skip]
+        let (scheme, address, metadata) = (
+            map.string("scheme").check(|s| check_scheme(s)).required("missing (e.g. grpc, http)"),
+            map.string("address").check(|a| check_address(a)).required("missing (e.g. 10.0.0.1:8080)"),
+            map.string_map("metadata").or_default(),
+        );
+        map.finish(Unknown::Error);
+        let (Some(scheme), Some(address)) = (scheme, address) else {
+            continue;
+        };
+        let same = |e: &Endpoint| e.scheme == scheme && e.address == address;
+        if let Some(first) = endpoints.iter().position(same) {
+            item.error(format!(
+                "{scheme}://{address} is listed twice (also at {})",
+                list.yaml_path().index(indices[first])
+            ));
+        }
+        indices.push(i);
+        endpoints.push(Endpoint {
+            scheme,
+            address,
+            metadata,
+        });
+    }
+    endpoints
+}
+
+fn read_plugins(mut map: Section, base: &Path) -> PluginsConfig {
+    #[rustfmt::skip]
+    let config = PluginsConfig {
+        dir: map.path("dir", base).default(base.join(DEFAULT_PLUGINS_DIR)).check(|d| folder(d)).or_default(),
+        interval: map.duration("interval").min(MIN_PLUGIN_INTERVAL).or(DEFAULT_PLUGIN_INTERVAL),
+        timeout: map.duration("timeout").min(MIN_PLUGIN_TIMEOUT).or(DEFAULT_PLUGIN_TIMEOUT),
+        memory_limit: map.size("memoryLimit")
+            .within(MIN_PLUGIN_MEMORY..=MAX_PLUGIN_MEMORY, "must be between 2MiB and 4GiB").or(DEFAULT_PLUGIN_MEMORY),
+        settings: map.section("settings").value().map(read_settings).unwrap_or_default(),
+        cache_dir: map.path("cacheDir", base).value(),
+    };
+    map.finish(Unknown::Error);
+    config
+}
+
+/// `settings.<plugin>`: a mapping of plain values (or null) per plugin.
+fn read_settings(settings: Section) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for (name, values) in settings.entries() {
+        if let Some(name) = name.check(|name| plugin_name(name)).valid()
+            && let Some(values) = values.string_map().value()
+        {
+            out.insert(name, values);
+        }
+    }
     out
 }
 
-fn read_registry_config(
-    node: &Node,
-    path: YamlPath,
-    base: &Path,
-    out: &mut RegistryConfig,
-    report: &mut Report,
-) {
-    let Some(mut cfg) = yaml::mapping(node, path, report) else {
-        return;
-    };
-    if let Some((node, path)) = cfg.get("client") {
-        read_client(node, path, base, &mut out.client, report);
+// The rules: pure checks and conversions of one value, with the message.
+
+fn etcd_only(kind: &str) -> Result<(), String> {
+    match kind {
+        "etcd" => Ok(()),
+        _ => Err(format!(
+            "`{kind}` is not supported: the agent registers in etcd only (type: etcd)"
+        )),
     }
-    if let Some((node, path)) = cfg.get("prefix")
-        && let Some(prefix) = yaml::string(node, &path, report)
-    {
-        match normalise_prefix(&prefix) {
-            Ok(prefix) => out.prefix = prefix,
-            Err(message) => report.error(&path, Some(node.span()), message),
-        }
-    }
-    if let Some((node, path)) = cfg.get("ttl")
-        && let Some(ttl) = yaml::duration(node, &path, report)
-    {
-        if ttl < MIN_TTL {
-            report.error(
-                &path,
-                Some(node.span()),
-                format!("{ttl:?} is below the minimum of {MIN_TTL:?}"),
-            );
-        } else if ttl.subsec_nanos() != 0 {
-            report.error(
-                &path,
-                Some(node.span()),
-                format!("{ttl:?} is not a whole number of seconds (etcd leases count in seconds)"),
-            );
-        } else {
-            out.ttl = ttl;
-        }
-    }
-    if let Some((node, path)) = cfg.get("keepAlive")
-        && let Some(keep_alive) = yaml::boolean(node, &path, report)
-    {
-        out.keep_alive = keep_alive;
-    }
-    if let Some((node, path)) = cfg.get("retryInterval")
-        && let Some(interval) = yaml::duration(node, &path, report)
-    {
-        if interval < MIN_RETRY_INTERVAL {
-            report.error(
-                &path,
-                Some(node.span()),
-                format!("{interval:?} is below the minimum of {MIN_RETRY_INTERVAL:?}"),
-            );
-        } else {
-            out.retry_interval = interval;
-        }
-    }
-    cfg.finish(report, Unknown::Warn);
 }
 
-fn normalise_prefix(prefix: &str) -> Result<String, String> {
+fn normalise_prefix(prefix: String) -> Result<String, String> {
     let trimmed = prefix.trim_end_matches('/');
     if !trimmed.starts_with('/') {
         return Err(format!(
@@ -446,98 +581,14 @@ fn normalise_prefix(prefix: &str) -> Result<String, String> {
     Ok(trimmed.to_string())
 }
 
-fn read_client(
-    node: &Node,
-    path: YamlPath,
-    base: &Path,
-    out: &mut ClientConfig,
-    report: &mut Report,
-) {
-    let Some(mut client) = yaml::mapping(node, path.clone(), report) else {
-        return;
-    };
-    if let Some((node, path)) = client.get("endpoints")
-        && let Some(items) = yaml::sequence(node, &path, report)
-    {
-        let mut endpoints = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            let item_path = path.index(i);
-            if let Some(endpoint) = yaml::string(item, &item_path, report) {
-                match check_etcd_endpoint(&endpoint) {
-                    Ok(()) => endpoints.push(endpoint),
-                    Err(message) => report.error(&item_path, Some(item.span()), message),
-                }
-            }
-        }
-        if items.is_empty() {
-            report.error(
-                &path,
-                Some(node.span()),
-                "at least one etcd endpoint is needed",
-            );
-        } else {
-            out.endpoints = endpoints;
-        }
+fn whole_seconds(ttl: &Duration) -> Result<(), String> {
+    if ttl.subsec_nanos() == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{ttl:?} is not a whole number of seconds (etcd leases count in seconds)"
+        ))
     }
-    if let Some((node, path)) = client.get("dialTimeout")
-        && let Some(timeout) = yaml::duration(node, &path, report)
-    {
-        if timeout.is_zero() {
-            report.error(&path, Some(node.span()), "must be longer than 0");
-        } else {
-            out.dial_timeout = timeout;
-        }
-    }
-    let username = client
-        .get("username")
-        .and_then(|(node, path)| yaml::string(node, &path, report).map(|s| (s, path, node)));
-    let password = client
-        .get("password")
-        .and_then(|(node, path)| yaml::string(node, &path, report).map(|s| (s, path, node)));
-    match (username, password) {
-        (Some((user, _, _)), Some((password, _, _))) if !user.is_empty() => {
-            out.credentials = Some(Credentials {
-                username: user,
-                password: Secret::new(password),
-            });
-        }
-        (Some((user, path, node)), None) if !user.is_empty() => {
-            report.error(
-                &path,
-                Some(node.span()),
-                "a username needs a password beside it",
-            );
-        }
-        (_, Some((password, path, node))) if !password.is_empty() => {
-            // Never echo the password itself.
-            report.error(
-                &path,
-                Some(node.span()),
-                "a password needs a username beside it",
-            );
-        }
-        _ => {}
-    }
-    if let Some((node, path)) = client.get("tls") {
-        out.tls = read_tls(node, path, base, report);
-    }
-    let tls_path = path.key("tls");
-    for (i, endpoint) in out.endpoints.iter().enumerate() {
-        let at = path.key("endpoints").index(i);
-        if out.tls.is_some() && endpoint.starts_with("http://") {
-            report.error(
-                &at,
-                None,
-                format!(
-                    "`{endpoint}` is plain http but {tls_path} is set: write host:port or https://"
-                ),
-            );
-        }
-        if out.tls.is_none() && endpoint.starts_with("https://") {
-            report.error(&at, None, format!("`{endpoint}` is https: set {tls_path}.caFile to the CA that signed etcd's certificate"));
-        }
-    }
-    client.finish(report, Unknown::Warn);
 }
 
 /// `host:port`, `http://host:port` or `https://host:port`.
@@ -577,125 +628,25 @@ fn check_etcd_endpoint(endpoint: &str) -> Result<(), String> {
     }
 }
 
-fn read_tls(node: &Node, path: YamlPath, base: &Path, report: &mut Report) -> Option<TlsConfig> {
-    let mut tls = yaml::mapping(node, path.clone(), report)?;
-    let span = tls.span();
-    let file = |tls: &mut Mapping, key: &'static str, report: &mut Report| -> Option<PathBuf> {
-        let (node, path) = tls.get(key)?;
-        let text = yaml::string(node, &path, report)?;
-        let resolved = base.join(&text);
-        if !resolved.is_file() {
-            report.error(
-                &path,
-                Some(node.span()),
-                format!("{} is not a readable file", resolved.display()),
-            );
-        }
-        Some(resolved)
-    };
-    let cert = file(&mut tls, "certFile", report);
-    let key = file(&mut tls, "keyFile", report);
-    let ca = file(&mut tls, "caFile", report);
-    tls.finish(report, Unknown::Warn);
-    let identity = match (cert, key) {
-        (Some(cert), Some(key)) => Some((cert, key)),
-        (None, None) => None,
-        (Some(_), None) => {
-            report.error(
-                &path.key("keyFile"),
-                Some(span),
-                "certFile is set but keyFile is missing",
-            );
-            None
-        }
-        (None, Some(_)) => {
-            report.error(
-                &path.key("certFile"),
-                Some(span),
-                "keyFile is set but certFile is missing",
-            );
-            None
-        }
-    };
-    match ca {
-        Some(ca_file) => Some(TlsConfig { ca_file, identity }),
-        None => {
-            report.error(
-                &path.key("caFile"),
-                Some(span),
-                "TLS needs caFile (all three paths, or caFile only)",
-            );
-            None
-        }
+fn readable_file(path: &Path) -> Result<(), String> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(format!("{} is not a readable file", path.display()))
     }
 }
 
-fn read_agent(node: &Node, path: YamlPath, base: &Path, report: &mut Report) -> AgentConfig {
-    let mut out = empty_agent();
-    let Some(mut agent) = yaml::mapping(node, path, report) else {
-        return out;
-    };
-    if let Some((node, path)) = agent.get("instances")
-        && let Some(items) = yaml::sequence(node, &path, report)
-    {
-        let mut keys: HashMap<String, usize> = HashMap::new();
-        for (i, item) in items.iter().enumerate() {
-            let item_path = path.index(i);
-            if let Some(instance) = read_instance(item, item_path.clone(), report) {
-                let key = (
-                    instance.namespace.clone(),
-                    instance.name.clone(),
-                    record::instance_key(&instance),
-                );
-                let label = format!("{}/{}/{}", key.0, key.1, key.2);
-                if let Some(first) = keys.insert(label.clone(), i) {
-                    report.error(&item_path, Some(item.span()), format!(
-                        "same instance key as {}[{first}] ({label}): change its version, endpoints or metadata.instance_id",
-                        path
-                    ));
-                }
-                out.instances.push(instance);
-            }
-        }
+fn folder(path: &Path) -> Result<(), String> {
+    if path.is_dir() {
+        Ok(())
+    } else {
+        Err(format!("{} is not a folder", path.display()))
     }
-    if let Some((node, path)) = agent.get("plugins") {
-        out.plugins = read_plugins(node, path, base, report);
-    }
-    if let Some((node, path)) = agent.get("admin")
-        && let Some(mut admin) = yaml::mapping(node, path.clone(), report)
-    {
-        match admin.get("listen") {
-            Some((node, path)) => {
-                if let Some(text) = yaml::string(node, &path, report) {
-                    match text.parse::<SocketAddr>() {
-                        Ok(listen) => out.admin = Some(AdminConfig { listen }),
-                        Err(_) => report.error(
-                            &path,
-                            Some(node.span()),
-                            format!("`{text}` is not an IP address and port (e.g. 127.0.0.1:9901)"),
-                        ),
-                    }
-                }
-            }
-            None => report.error(
-                &path.key("listen"),
-                Some(admin.span()),
-                "missing (remove `admin` to turn the admin server off)",
-            ),
-        }
-        admin.finish(report, Unknown::Error);
-    }
-    if let Some((node, path)) = agent.get("shutdownTimeout")
-        && let Some(timeout) = yaml::duration(node, &path, report)
-    {
-        if timeout.is_zero() {
-            report.error(&path, Some(node.span()), "must be longer than 0");
-        } else {
-            out.shutdown_timeout = timeout;
-        }
-    }
-    agent.finish(report, Unknown::Error);
-    out
+}
+
+fn socket_address(text: String) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|_| format!("`{text}` is not an IP address and port (e.g. 127.0.0.1:9901)"))
 }
 
 /// A namespace or service name becomes one segment of an etcd key.
@@ -717,294 +668,63 @@ fn check_segment(what: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A plain value with its path and node, or `None` when absent.
-fn text_field<'a>(
-    map: &mut Mapping<'a>,
-    key: &'a str,
-    report: &mut Report,
-) -> Option<(String, YamlPath, &'a Node)> {
-    let (node, path) = map.get(key)?;
-    yaml::string(node, &path, report).map(|s| (s, path, node))
+fn printable(value: &str) -> Result<(), String> {
+    if value.chars().any(char::is_control) {
+        Err("contains control characters".into())
+    } else {
+        Ok(())
+    }
 }
 
-fn read_instance(node: &Node, path: YamlPath, report: &mut Report) -> Option<Instance> {
-    let mut map = yaml::mapping(node, path.clone(), report)?;
-    let span = map.span();
-    let errors_before = report.errors.len();
-    let namespace = match text_field(&mut map, "namespace", report) {
-        Some((ns, _, _)) if ns.is_empty() => DEFAULT_NAMESPACE.to_string(),
-        Some((ns, path, node)) => {
-            if let Err(message) = check_segment("namespace", &ns) {
-                report.error(&path, Some(node.span()), message);
-            }
-            ns
-        }
-        None => DEFAULT_NAMESPACE.to_string(),
-    };
-    let name = match text_field(&mut map, "name", report) {
-        Some((name, path, node)) => {
-            if let Err(message) = check_segment("name", &name) {
-                report.error(&path, Some(node.span()), message);
-            }
-            name
-        }
-        None => {
-            report.error(
-                &path.key("name"),
-                Some(span),
-                "missing: every instance needs the service name",
-            );
-            String::new()
-        }
-    };
-    let mut plain = |key: &'static str, report: &mut Report| -> String {
-        match text_field(&mut map, key, report) {
-            Some((value, path, node)) => {
-                if value.chars().any(char::is_control) {
-                    report.error(&path, Some(node.span()), "contains control characters");
-                }
-                value
-            }
-            None => String::new(),
-        }
-    };
-    let version = plain("version", report);
-    let region = plain("region", report);
-    let zone = plain("zone", report);
-    let campus = plain("campus", report);
-    let metadata = match map.get("metadata") {
-        Some((node, path)) => {
-            let metadata = yaml::string_map(node, &path, report).unwrap_or_default();
-            if let Some(id) = metadata.get(INSTANCE_ID_KEY) {
-                let id_path = path.key(INSTANCE_ID_KEY);
-                if id.is_empty() || id.chars().count() > INSTANCE_ID_MAX_LEN {
-                    report.error(
-                        &id_path,
-                        Some(node.span()),
-                        format!("must be 1 to {INSTANCE_ID_MAX_LEN} characters"),
-                    );
-                } else if id.contains('/')
-                    || id == "."
-                    || id == ".."
-                    || id.chars().any(|c| c.is_whitespace() || c.is_control())
-                {
-                    report.error(&id_path, Some(node.span()), format!("`{}` cannot contain `/` or white space, or be `.` or `..` (it becomes the etcd key's last segment)", id.escape_debug()));
-                }
-            }
-            metadata
-        }
-        None => BTreeMap::new(),
-    };
-    let endpoints = match map.get("endpoints") {
-        Some((node, path)) => read_endpoints(node, &path, report),
-        None => {
-            report.error(&path.key("endpoints"), Some(span), "at least one endpoint");
-            Vec::new()
-        }
-    };
-    map.finish(report, Unknown::Error);
-    (report.errors.len() == errors_before).then_some(Instance {
-        namespace,
-        name,
-        version,
-        region,
-        zone,
-        campus,
-        metadata,
-        endpoints,
-    })
+/// `metadata.instance_id` becomes the etcd key's last segment.
+fn check_instance_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.chars().count() > INSTANCE_ID_MAX_LEN {
+        Err(format!("must be 1 to {INSTANCE_ID_MAX_LEN} characters"))
+    } else if id.contains('/')
+        || id == "."
+        || id == ".."
+        || id.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        Err(format!(
+            "`{}` cannot contain `/` or white space, or be `.` or `..` (it becomes the etcd key's last segment)",
+            id.escape_debug()
+        ))
+    } else {
+        Ok(())
+    }
 }
 
-fn read_endpoints(node: &Node, path: &YamlPath, report: &mut Report) -> Vec<Endpoint> {
-    let Some(items) = yaml::sequence(node, path, report) else {
-        return Vec::new();
-    };
-    if items.is_empty() {
-        report.error(path, Some(node.span()), "at least one endpoint");
+fn check_scheme(scheme: &str) -> Result<(), String> {
+    let valid = scheme
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("`{scheme}` is not a scheme (e.g. grpc, http, tcp)"))
     }
-    let mut out: Vec<Endpoint> = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let item_path = path.index(i);
-        let Some(mut map) = yaml::mapping(item, item_path.clone(), report) else {
-            continue;
-        };
-        let span = map.span();
-        let scheme = match map.get("scheme") {
-            Some((node, path)) => yaml::string(node, &path, report).inspect(|scheme| {
-                let valid = scheme
-                    .chars()
-                    .next()
-                    .is_some_and(|c| c.is_ascii_alphabetic())
-                    && scheme
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c));
-                if !valid {
-                    report.error(
-                        &path,
-                        Some(node.span()),
-                        format!("`{scheme}` is not a scheme (e.g. grpc, http, tcp)"),
-                    );
-                }
-            }),
-            None => {
-                report.error(
-                    &item_path.key("scheme"),
-                    Some(span),
-                    "missing (e.g. grpc, http)",
-                );
-                None
-            }
-        };
-        let address = match map.get("address") {
-            Some((node, path)) => yaml::string(node, &path, report).inspect(|address| {
-                if address.is_empty()
-                    || address.chars().any(|c| c.is_whitespace() || c.is_control())
-                {
-                    report.error(
-                        &path,
-                        Some(node.span()),
-                        format!("`{address}` is not an address (e.g. 10.0.0.1:8080)"),
-                    );
-                }
-            }),
-            None => {
-                report.error(
-                    &item_path.key("address"),
-                    Some(span),
-                    "missing (e.g. 10.0.0.1:8080)",
-                );
-                None
-            }
-        };
-        let metadata = map
-            .get("metadata")
-            .and_then(|(node, path)| yaml::string_map(node, &path, report))
-            .unwrap_or_default();
-        map.finish(report, Unknown::Error);
-        if let (Some(scheme), Some(address)) = (scheme, address) {
-            if let Some(first) = out
-                .iter()
-                .position(|e| e.scheme == scheme && e.address == address)
-            {
-                report.error(
-                    &item_path,
-                    Some(span),
-                    format!(
-                        "{scheme}://{address} is listed twice (also at {})",
-                        path.index(first)
-                    ),
-                );
-            }
-            out.push(Endpoint {
-                scheme,
-                address,
-                metadata,
-            });
-        }
-    }
-    out
 }
 
-fn read_plugins(
-    node: &Node,
-    path: YamlPath,
-    base: &Path,
-    report: &mut Report,
-) -> Option<PluginsConfig> {
-    let mut map = yaml::mapping(node, path, report)?;
-    let mut out = PluginsConfig {
-        dir: base.join(DEFAULT_PLUGINS_DIR),
-        interval: DEFAULT_PLUGIN_INTERVAL,
-        timeout: DEFAULT_PLUGIN_TIMEOUT,
-        memory_limit: DEFAULT_PLUGIN_MEMORY,
-        settings: BTreeMap::new(),
-        cache_dir: None,
-    };
-    let dir_span;
-    let dir_path;
-    match map.get("dir") {
-        Some((node, path)) => {
-            dir_span = Some(node.span());
-            dir_path = path.clone();
-            if let Some(dir) = yaml::string(node, &path, report) {
-                out.dir = base.join(dir);
-            }
-        }
-        None => {
-            dir_span = Some(map.span());
-            dir_path = map.path.key("dir");
-        }
+fn check_address(address: &str) -> Result<(), String> {
+    if address.is_empty() || address.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Err(format!(
+            "`{address}` is not an address (e.g. 10.0.0.1:8080)"
+        ))
+    } else {
+        Ok(())
     }
-    if !out.dir.is_dir() {
-        report.error(
-            &dir_path,
-            dir_span,
-            format!("{} is not a folder", out.dir.display()),
-        );
+}
+
+fn plugin_name(name: &str) -> Result<(), String> {
+    if is_plugin_name(name) {
+        Ok(())
+    } else {
+        Err("not a plugin name (letters, digits, `_`, `-`, `.`)".into())
     }
-    if let Some((node, path)) = map.get("interval")
-        && let Some(interval) = yaml::duration(node, &path, report)
-    {
-        if interval < MIN_PLUGIN_INTERVAL {
-            report.error(
-                &path,
-                Some(node.span()),
-                format!("{interval:?} is below the minimum of {MIN_PLUGIN_INTERVAL:?}"),
-            );
-        } else {
-            out.interval = interval;
-        }
-    }
-    if let Some((node, path)) = map.get("timeout")
-        && let Some(timeout) = yaml::duration(node, &path, report)
-    {
-        if timeout < MIN_PLUGIN_TIMEOUT {
-            report.error(
-                &path,
-                Some(node.span()),
-                format!("{timeout:?} is below the minimum of {MIN_PLUGIN_TIMEOUT:?}"),
-            );
-        } else {
-            out.timeout = timeout;
-        }
-    }
-    if let Some((node, path)) = map.get("memoryLimit")
-        && let Some(limit) = yaml::size(node, &path, report)
-    {
-        if !(MIN_PLUGIN_MEMORY..=MAX_PLUGIN_MEMORY).contains(&limit) {
-            report.error(&path, Some(node.span()), "must be between 2MiB and 4GiB");
-        } else {
-            out.memory_limit = limit;
-        }
-    }
-    if let Some((node, path)) = map.get("settings")
-        && let Some(settings) = yaml::mapping(node, path.clone(), report)
-    {
-        for (name, value) in settings.entries() {
-            let plugin_path = path.key(name.as_str());
-            if !is_plugin_name(name.as_str()) {
-                report.error(
-                    &plugin_path,
-                    Some(name.span()),
-                    "not a plugin name (letters, digits, `_`, `-`, `.`)",
-                );
-                continue;
-            }
-            if yaml::is_null(value) {
-                out.settings
-                    .insert(name.as_str().to_string(), BTreeMap::new());
-            } else if let Some(values) = yaml::string_map(value, &plugin_path, report) {
-                out.settings.insert(name.as_str().to_string(), values);
-            }
-        }
-    }
-    if let Some((node, path)) = map.get("cacheDir")
-        && let Some(dir) = yaml::string(node, &path, report)
-    {
-        out.cache_dir = Some(base.join(dir));
-    }
-    map.finish(report, Unknown::Error);
-    Some(out)
 }
 
 /// Plugin names are file stems: `load` for `load.wasm`.

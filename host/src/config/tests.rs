@@ -408,3 +408,65 @@ fn quoted_values_stay_strings() {
     assert_eq!(instance.metadata["flag"], "true");
     assert_eq!(instance.metadata["n"], "007");
 }
+
+#[test]
+fn endpoint_scheme_errors_name_the_endpoint_after_an_invalid_one() {
+    // Found while refactoring: the index counted only the valid endpoints,
+    // so these pointed at `endpoints[0]` (the invalid one), without a line.
+    let dir = dir();
+    std::fs::write(dir.path().join("ca.pem"), "x").unwrap();
+    let with_tls = "yggdrasil:\n  registry:\n    config:\n      client:\n        endpoints:\n          - bad\n          - http://h:1\n        tls: {caFile: ca.pem}\n";
+    let without = "yggdrasil:\n  registry:\n    config:\n      client:\n        endpoints: [bad, 'https://h:1']\n";
+    let base = "yggdrasil.registry.config.client";
+    for (text, expected) in [
+        (
+            with_tls,
+            format!(
+                "{base}.endpoints[1]: `http://h:1` is plain http but {base}.tls is set: write host:port or https:// (line 7)"
+            ),
+        ),
+        (
+            without,
+            format!(
+                "{base}.endpoints[1]: `https://h:1` is https: set {base}.tls.caFile to the CA that signed etcd's certificate (line 5)"
+            ),
+        ),
+    ] {
+        let errors: Vec<String> = parse(text, dir.path())
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert!(errors[0].starts_with(&format!(
+            "{base}.endpoints[0]: `bad` is not an etcd address"
+        )));
+        assert_eq!(errors[1], expected);
+    }
+}
+
+#[test]
+fn a_repeated_endpoint_names_the_first_one_after_an_entry_in_error() {
+    // Found while refactoring: "also at" counted only the readable entries.
+    let errors = errors(
+        "agent:\n  instances:\n    - name: a\n      endpoints:\n        - x\n        - {scheme: grpc, address: 'x:1'}\n        - {scheme: grpc, address: 'x:1'}\n",
+    );
+    assert_eq!(
+        errors,
+        [
+            "agent.instances[0].endpoints[0]: expected a mapping (key: value lines), found a single value (line 5)",
+            "agent.instances[0].endpoints[2]: grpc://x:1 is listed twice (also at agent.instances[0].endpoints[1]) (line 7)",
+        ]
+    );
+}
+
+#[test]
+fn a_name_that_is_not_a_single_value_is_not_also_called_missing() {
+    let errors = errors(
+        "agent:\n  instances:\n    - name: [a]\n      endpoints: [{scheme: grpc, address: 'x:1'}]\n",
+    );
+    assert_eq!(
+        errors,
+        ["agent.instances[0].name: expected a single value, found a list (line 3)"]
+    );
+}

@@ -1,16 +1,22 @@
-//! A cursor over the parsed YAML tree that remembers where it is (`agent.
-//! instances[1].endpoints`, line 23) and collects problems instead of stopping
-//! at the first, so one run of `check` names every mistake in the file.
+//! The only code that walks YAML: a cursor over the parsed tree that
+//! remembers where it is (`agent.instances[1].endpoints`, line 23) and
+//! collects problems instead of stopping at the first, so one run of `check`
+//! names every mistake in the file. Readers ([`Section::duration`] and the
+//! like) hand back a [`Field`]: the value with its path and line, so the
+//! rules in `config.rs` never touch a YAML type.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
+use marked_yaml::types::MarkedMappingNode;
 use marked_yaml::{Node, Span};
 
-use super::ConfigIssue;
+use super::field::Field;
 use super::units::{parse_duration, parse_size};
+use super::{ConfigIssue, Secret};
 
 /// A dotted YAML path: `agent.instances[1].endpoints`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -40,11 +46,12 @@ impl fmt::Display for YamlPath {
     }
 }
 
-/// Errors and warnings found so far.
+/// Errors and warnings found so far. Shared by every [`Section`], [`Value`]
+/// and [`Field`] of one parse, which is why it fills through `&self`.
 #[derive(Debug, Default)]
 pub struct Report {
-    pub errors: Vec<ConfigIssue>,
-    pub warnings: Vec<ConfigIssue>,
+    errors: RefCell<Vec<ConfigIssue>>,
+    warnings: RefCell<Vec<ConfigIssue>>,
 }
 
 fn line_of(span: &Span) -> Option<usize> {
@@ -52,20 +59,29 @@ fn line_of(span: &Span) -> Option<usize> {
 }
 
 impl Report {
-    pub fn error(&mut self, path: &YamlPath, span: Option<&Span>, message: impl Into<String>) {
-        self.errors.push(ConfigIssue {
+    pub fn error(&self, path: &YamlPath, line: Option<usize>, message: impl Into<String>) {
+        self.errors.borrow_mut().push(ConfigIssue {
             path: path.to_string(),
-            line: span.and_then(line_of),
+            line,
             message: message.into(),
         });
     }
 
-    pub fn warning(&mut self, path: &YamlPath, span: Option<&Span>, message: impl Into<String>) {
-        self.warnings.push(ConfigIssue {
+    pub fn warning(&self, path: &YamlPath, line: Option<usize>, message: impl Into<String>) {
+        self.warnings.borrow_mut().push(ConfigIssue {
             path: path.to_string(),
-            line: span.and_then(line_of),
+            line,
             message: message.into(),
         });
+    }
+
+    pub fn error_count(&self) -> usize {
+        self.errors.borrow().len()
+    }
+
+    /// The errors and the warnings, each in the order they were found.
+    pub fn into_issues(self) -> (Vec<ConfigIssue>, Vec<ConfigIssue>) {
+        (self.errors.into_inner(), self.warnings.into_inner())
     }
 }
 
@@ -77,47 +93,174 @@ pub enum Unknown {
     Ignore,
 }
 
-/// A mapping being read; keys read through [`Mapping::get`] are marked, and
-/// [`Mapping::finish`] reports the rest.
-pub struct Mapping<'a> {
-    node: &'a MarkedMappingNode,
-    pub path: YamlPath,
-    used: HashSet<&'a str>,
-    paths: Vec<YamlPath>,
-}
+/// A parsed file whose top level is a mapping (the parser refuses anything
+/// else).
+pub struct Document(Node);
 
-impl<'a> Mapping<'a> {
-    pub fn new(node: &'a MarkedMappingNode, path: YamlPath) -> Self {
-        Mapping {
-            node,
-            path,
-            used: HashSet::new(),
-            paths: Vec::new(),
+impl Document {
+    /// Parses `text`; a syntax error becomes the one issue of the file.
+    pub fn parse(text: &str) -> Result<Document, ConfigIssue> {
+        let options = marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true);
+        marked_yaml::parse_yaml_with_options(0, text, options)
+            .map(Document)
+            .map_err(|e| syntax_issue(&e))
+    }
+
+    pub fn root<'a>(&'a self, report: &'a Report) -> Value<'a> {
+        Value {
+            node: &self.0,
+            path: YamlPath::default(),
+            report,
         }
     }
+}
 
-    pub fn span(&self) -> &'a Span {
-        self.node.span()
+fn syntax_issue(error: &marked_yaml::LoadError) -> ConfigIssue {
+    use marked_yaml::LoadError as E;
+    let (line, message) = match error {
+        E::TopLevelMustBeMapping(m) => (
+            Some(m.line()),
+            "the file must be a mapping with `yggdrasil:` and `agent:` sections".to_string(),
+        ),
+        E::UnexpectedAnchor(m) => (
+            Some(m.line()),
+            "YAML anchors and aliases are not supported".into(),
+        ),
+        E::UnexpectedTag(m) => (
+            Some(m.line()),
+            "YAML tags (`!foo`) are not supported".into(),
+        ),
+        E::MappingKeyMustBeScalar(m) => {
+            (Some(m.line()), "mapping keys must be plain values".into())
+        }
+        E::DuplicateKey(inner) => (
+            inner.key.span().start().map(|m| m.line()),
+            format!(
+                "duplicate key `{}` (first seen on line {})",
+                inner.key.as_str(),
+                inner.prev_key.span().start().map(|m| m.line()).unwrap_or(0)
+            ),
+        ),
+        E::ScanError(m, e) => (Some(m.line()), format!("YAML syntax error: {e}")),
+        other => (None, format!("YAML error: {other}")),
+    };
+    ConfigIssue {
+        path: "(syntax)".into(),
+        line,
+        message,
+    }
+}
+
+/// A mapping being read. Keys asked for are remembered (present or not),
+/// and [`Section::finish`] deals with the rest under an [`Unknown`] policy.
+/// Every reader returns a [`Field`]: an absent key's errors point at the
+/// mapping's line.
+pub struct Section<'a> {
+    node: &'a MarkedMappingNode,
+    path: YamlPath,
+    used: HashSet<&'a str>,
+    report: &'a Report,
+}
+
+impl<'a> Section<'a> {
+    /// `path.key`, for messages that name a neighbouring setting.
+    pub fn key_path(&self, key: &str) -> YamlPath {
+        self.path.key(key)
     }
 
-    /// The value under `key` with its path, or `None` when absent or null.
-    pub fn get(&mut self, key: &'a str) -> Option<(&'a Node, YamlPath)> {
+    /// The value under `key`, or `None` when absent or null.
+    fn get(&mut self, key: &'a str) -> Option<Value<'a>> {
         self.used.insert(key);
         let node = self.node.get_node(key)?;
         if is_null(node) {
             return None;
         }
-        let path = self.path.key(key);
-        self.paths.push(path.clone());
-        Some((node, path))
+        Some(Value {
+            node,
+            path: self.path.key(key),
+            report: self.report,
+        })
     }
 
-    /// Every entry, for mappings whose keys are data (metadata, settings).
-    pub fn entries(&self) -> impl Iterator<Item = (&'a MarkedScalarNode, &'a Node)> {
-        self.node.iter()
+    fn field<T>(
+        &mut self,
+        key: &'a str,
+        read: impl FnOnce(Value<'a>) -> Field<'a, T>,
+    ) -> Field<'a, T> {
+        match self.get(key) {
+            Some(value) => read(value),
+            None => Field::absent(self.path.key(key), line_of(self.node.span()), self.report),
+        }
     }
 
-    pub fn finish(self, report: &mut Report, unknown: Unknown) {
+    pub fn string(&mut self, key: &'a str) -> Field<'a, String> {
+        self.field(key, |v| v.string())
+    }
+
+    /// A credential: nothing that reports on it can print it.
+    pub fn secret(&mut self, key: &'a str) -> Field<'a, Secret> {
+        self.string(key).map(Secret::new)
+    }
+
+    /// A file system path, resolved against `base` (the config file's folder).
+    pub fn path(&mut self, key: &'a str, base: &Path) -> Field<'a, PathBuf> {
+        self.string(key).map(|text| base.join(text))
+    }
+
+    pub fn boolean(&mut self, key: &'a str) -> Field<'a, bool> {
+        self.field(key, |v| v.boolean())
+    }
+
+    pub fn duration(&mut self, key: &'a str) -> Field<'a, Duration> {
+        self.field(key, |v| v.duration())
+    }
+
+    pub fn size(&mut self, key: &'a str) -> Field<'a, u64> {
+        self.field(key, |v| v.size())
+    }
+
+    pub fn string_map(&mut self, key: &'a str) -> Field<'a, BTreeMap<String, String>> {
+        self.field(key, |v| v.string_map())
+    }
+
+    pub fn section(&mut self, key: &'a str) -> Field<'a, Section<'a>> {
+        self.field(key, |v| v.section())
+    }
+
+    pub fn list(&mut self, key: &'a str) -> Field<'a, List<'a>> {
+        self.field(key, |v| v.list())
+    }
+
+    /// Reports `key` as missing from this mapping (for rules across keys,
+    /// such as "certFile is set but keyFile is missing").
+    pub fn missing(&self, key: &str, message: impl Into<String>) {
+        self.report
+            .error(&self.path.key(key), line_of(self.node.span()), message);
+    }
+
+    /// Every entry, for mappings whose keys are data (plugin settings): the
+    /// key as a field at its own line, and its value.
+    pub fn entries(&self) -> impl Iterator<Item = (Field<'a, String>, Value<'a>)> + '_ {
+        self.node.iter().map(|(key, node)| {
+            let path = self.path.key(key.as_str());
+            let name = Field::read(
+                Some(key.as_str().to_string()),
+                path.clone(),
+                line_of(key.span()),
+                self.report,
+            );
+            (
+                name,
+                Value {
+                    node,
+                    path,
+                    report: self.report,
+                },
+            )
+        })
+    }
+
+    pub fn finish(self, unknown: Unknown) {
         for key in self.node.keys() {
             if self.used.contains(key.as_str()) {
                 continue;
@@ -127,23 +270,161 @@ impl<'a> Mapping<'a> {
             let hint = closest(key.as_str(), &known)
                 .map(|k| format!(" (did you mean `{k}`?)"))
                 .unwrap_or_default();
+            let line = line_of(key.span());
             match unknown {
-                Unknown::Error => {
-                    report.error(&path, Some(key.span()), format!("unknown key{hint}"))
+                Unknown::Error => self.report.error(&path, line, format!("unknown key{hint}")),
+                Unknown::Warn => {
+                    self.report
+                        .warning(&path, line, format!("unknown key, ignored{hint}"))
                 }
-                Unknown::Warn => report.warning(
-                    &path,
-                    Some(key.span()),
-                    format!("unknown key, ignored{hint}"),
-                ),
                 Unknown::Ignore => {}
             }
         }
     }
 }
 
+/// A list being read; its items are [`Value`]s at `path[i]`.
+pub struct List<'a> {
+    items: &'a [Node],
+    at: Value<'a>,
+}
+
+impl<'a> List<'a> {
+    pub fn yaml_path(&self) -> &YamlPath {
+        &self.at.path
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Reports a problem with the list as a whole.
+    pub fn error(&self, message: impl Into<String>) {
+        self.at.error(message);
+    }
+
+    pub fn items(&self) -> impl Iterator<Item = Value<'a>> + '_ {
+        self.items.iter().enumerate().map(|(i, node)| Value {
+            node,
+            path: self.at.path.index(i),
+            report: self.at.report,
+        })
+    }
+}
+
+/// One written value (under a key or in a list) and where it is.
+#[derive(Clone)]
+pub struct Value<'a> {
+    node: &'a Node,
+    path: YamlPath,
+    report: &'a Report,
+}
+
+impl<'a> Value<'a> {
+    fn line(&self) -> Option<usize> {
+        line_of(self.node.span())
+    }
+
+    /// Reports a problem with this value (a rule across values).
+    pub fn error(&self, message: impl Into<String>) {
+        self.report.error(&self.path, self.line(), message);
+    }
+
+    fn field<T>(&self, value: Option<T>) -> Field<'a, T> {
+        Field::read(value, self.path.clone(), self.line(), self.report)
+    }
+
+    fn wrong_kind<T>(&self, expected: &str) -> Field<'a, T> {
+        self.error(format!("expected {expected}, found {}", kind(self.node)));
+        self.field(None)
+    }
+
+    pub fn section(&self) -> Field<'a, Section<'a>> {
+        match self.node {
+            Node::Mapping(node) => self.field(Some(Section {
+                node,
+                path: self.path.clone(),
+                used: HashSet::new(),
+                report: self.report,
+            })),
+            _ => self.wrong_kind("a mapping (key: value lines)"),
+        }
+    }
+
+    pub fn list(&self) -> Field<'a, List<'a>> {
+        match self.node {
+            Node::Sequence(items) => self.field(Some(List {
+                items: items.as_slice(),
+                at: self.clone(),
+            })),
+            _ => self.wrong_kind("a list"),
+        }
+    }
+
+    pub fn string(&self) -> Field<'a, String> {
+        match self.node {
+            Node::Scalar(s) => self.field(Some(s.as_str().to_string())),
+            _ => self.wrong_kind("a single value"),
+        }
+    }
+
+    pub fn boolean(&self) -> Field<'a, bool> {
+        self.string().parse(|text| match text.as_str() {
+            "true" | "True" | "TRUE" => Ok(true),
+            "false" | "False" | "FALSE" => Ok(false),
+            other => Err(format!("expected true or false, found `{other}`")),
+        })
+    }
+
+    pub fn duration(&self) -> Field<'a, Duration> {
+        self.string().parse(|text| parse_duration(&text))
+    }
+
+    pub fn size(&self) -> Field<'a, u64> {
+        self.string().parse(|text| parse_size(&text))
+    }
+
+    /// A mapping of plain values, such as `metadata: {env: dev}`; null is
+    /// an empty one.
+    pub fn string_map(&self) -> Field<'a, BTreeMap<String, String>> {
+        if is_null(self.node) {
+            return self.field(Some(BTreeMap::new()));
+        }
+        let Some(map) = self.section().value() else {
+            return self.field(None);
+        };
+        let mut out = BTreeMap::new();
+        for (key, value) in map.entries() {
+            let Some(key) = key
+                .check(|k| {
+                    if k.is_empty() {
+                        Err("empty key".into())
+                    } else {
+                        Ok(())
+                    }
+                })
+                .valid()
+            else {
+                continue;
+            };
+            if let Some(text) = value.string_or_empty().value() {
+                out.insert(key, text);
+            }
+        }
+        self.field(Some(out))
+    }
+
+    fn string_or_empty(&self) -> Field<'a, String> {
+        if is_null(self.node) {
+            self.field(Some(String::new()))
+        } else {
+            self.string()
+        }
+    }
+}
+
 /// An unquoted empty scalar, `~` or `null`: YAML's way of saying "absent".
-pub fn is_null(node: &Node) -> bool {
+fn is_null(node: &Node) -> bool {
     match node {
         Node::Scalar(s) => {
             s.may_coerce() && matches!(s.as_str(), "" | "~" | "null" | "Null" | "NULL")
@@ -158,116 +439,6 @@ fn kind(node: &Node) -> &'static str {
         Node::Mapping(_) => "a mapping",
         Node::Sequence(_) => "a list",
     }
-}
-
-pub fn mapping<'a>(node: &'a Node, path: YamlPath, report: &mut Report) -> Option<Mapping<'a>> {
-    match node {
-        Node::Mapping(m) => Some(Mapping::new(m, path)),
-        other => {
-            report.error(
-                &path,
-                Some(other.span()),
-                format!(
-                    "expected a mapping (key: value lines), found {}",
-                    kind(other)
-                ),
-            );
-            None
-        }
-    }
-}
-
-pub fn sequence<'a>(node: &'a Node, path: &YamlPath, report: &mut Report) -> Option<&'a [Node]> {
-    match node {
-        Node::Sequence(s) => Some(s.as_slice()),
-        other => {
-            report.error(
-                path,
-                Some(other.span()),
-                format!("expected a list, found {}", kind(other)),
-            );
-            None
-        }
-    }
-}
-
-pub fn string(node: &Node, path: &YamlPath, report: &mut Report) -> Option<String> {
-    match node {
-        Node::Scalar(s) => Some(s.as_str().to_string()),
-        other => {
-            report.error(
-                path,
-                Some(other.span()),
-                format!("expected a single value, found {}", kind(other)),
-            );
-            None
-        }
-    }
-}
-
-pub fn boolean(node: &Node, path: &YamlPath, report: &mut Report) -> Option<bool> {
-    let text = string(node, path, report)?;
-    match text.as_str() {
-        "true" | "True" | "TRUE" => Some(true),
-        "false" | "False" | "FALSE" => Some(false),
-        other => {
-            report.error(
-                path,
-                Some(node.span()),
-                format!("expected true or false, found `{other}`"),
-            );
-            None
-        }
-    }
-}
-
-pub fn duration(node: &Node, path: &YamlPath, report: &mut Report) -> Option<Duration> {
-    let text = string(node, path, report)?;
-    match parse_duration(&text) {
-        Ok(d) => Some(d),
-        Err(message) => {
-            report.error(path, Some(node.span()), message);
-            None
-        }
-    }
-}
-
-pub fn size(node: &Node, path: &YamlPath, report: &mut Report) -> Option<u64> {
-    let text = string(node, path, report)?;
-    match parse_size(&text) {
-        Ok(n) => Some(n),
-        Err(message) => {
-            report.error(path, Some(node.span()), message);
-            None
-        }
-    }
-}
-
-/// A mapping of plain values, such as `metadata: {env: dev}`.
-pub fn string_map(
-    node: &Node,
-    path: &YamlPath,
-    report: &mut Report,
-) -> Option<BTreeMap<String, String>> {
-    let map = mapping(node, path.clone(), report)?;
-    let mut out = BTreeMap::new();
-    for (key, value) in map.entries() {
-        let value_path = path.key(key.as_str());
-        if key.as_str().is_empty() {
-            report.error(&value_path, Some(key.span()), "empty key");
-            continue;
-        }
-        let text = if is_null(value) {
-            String::new()
-        } else {
-            match string(value, &value_path, report) {
-                Some(text) => text,
-                None => continue,
-            }
-        };
-        out.insert(key.as_str().to_string(), text);
-    }
-    Some(out)
 }
 
 /// The known key nearest to a misspelt one, for "did you mean".
@@ -307,6 +478,102 @@ mod tests {
             .index(1)
             .key("endpoints");
         assert_eq!(p.to_string(), "agent.instances[1].endpoints");
+    }
+
+    /// Reads `text` with `read` on its top-level section; the errors and
+    /// warnings as `check` prints them.
+    fn read(text: &str, read: impl FnOnce(&mut Section)) -> (Vec<String>, Vec<String>) {
+        let document = Document::parse(text).unwrap();
+        let report = Report::default();
+        let mut top = document.root(&report).section().value().unwrap();
+        read(&mut top);
+        top.finish(Unknown::Warn);
+        let (errors, warnings) = report.into_issues();
+        let show = |issues: Vec<ConfigIssue>| issues.iter().map(ToString::to_string).collect();
+        (show(errors), show(warnings))
+    }
+
+    #[test]
+    fn a_missing_key_is_reported_at_its_path_on_the_mapping_line() {
+        let (errors, _) = read("a: 1\nb:\n  c: ~\n  d: 2\n", |top| {
+            let mut b = top.section("b").value().unwrap();
+            // Null is absent, like a missing key.
+            assert_eq!(b.string("c").required("missing (c)"), None);
+            assert_eq!(b.string("e").required("missing (e)"), None);
+            assert_eq!(b.string("d").required("missing (d)").as_deref(), Some("2"));
+            b.finish(Unknown::Error);
+        });
+        assert_eq!(
+            errors,
+            ["b.c: missing (c) (line 3)", "b.e: missing (e) (line 3)"]
+        );
+    }
+
+    #[test]
+    fn values_of_the_wrong_kind_are_reported_where_written() {
+        let text = "list: [1]\nmap: {k: v}\nflag: maybe\nwait: 5\nsize: lots\n";
+        let (errors, _) = read(text, |top| {
+            assert!(top.string("list").value().is_none());
+            assert!(top.list("map").value().is_none());
+            assert!(top.boolean("flag").value().is_none());
+            assert!(top.duration("wait").value().is_none());
+            assert!(top.size("size").value().is_none());
+        });
+        assert_eq!(
+            errors,
+            [
+                "list: expected a single value, found a list (line 1)",
+                "map: expected a list, found a mapping (line 2)",
+                "flag: expected true or false, found `maybe` (line 3)",
+                "wait: `5` has no unit (write e.g. `5s` or `5ms`) (line 4)",
+                "size: `lots` is not a size (expected e.g. 32MiB) (line 5)",
+            ]
+        );
+    }
+
+    #[test]
+    fn keys_nobody_asked_for_follow_the_policy() {
+        for (unknown, errors, warnings) in [
+            (Unknown::Error, 1, 0),
+            (Unknown::Warn, 0, 1),
+            (Unknown::Ignore, 0, 0),
+        ] {
+            let (e, w) = read("s: {interval: 1s, intervall: 2s}\n", |top| {
+                let mut s = top.section("s").value().unwrap();
+                assert!(s.duration("interval").value().is_some());
+                s.finish(unknown);
+            });
+            assert_eq!((e.len(), w.len()), (errors, warnings), "{e:?} {w:?}");
+            let expected = "s.intervall: unknown key";
+            assert!(
+                e.iter().chain(&w).all(|i| i.starts_with(expected)
+                    && i.ends_with("(did you mean `interval`?) (line 1)"))
+            );
+        }
+    }
+
+    #[test]
+    fn string_maps_and_data_keys() {
+        let text = "m: {a: x, b: ~, '': y, c: [1]}\nn: ~\nsettings: {p: {k: v}, q: ~}\n";
+        let (errors, _) = read(text, |top| {
+            let m = top.string_map("m").value().unwrap();
+            let expected = BTreeMap::from([("a".into(), "x".into()), ("b".into(), String::new())]);
+            assert_eq!(m, expected);
+            assert!(top.string_map("n").is_absent());
+            let settings = top.section("settings").value().unwrap();
+            let read: Vec<(String, BTreeMap<String, String>)> = (settings.entries())
+                .map(|(name, value)| (name.or_default(), value.string_map().or_default()))
+                .collect();
+            assert_eq!(read[0].1["k"], "v");
+            assert_eq!((read[1].0.as_str(), read[1].1.len()), ("q", 0));
+        });
+        assert_eq!(
+            errors,
+            [
+                "m.: empty key (line 1)",
+                "m.c: expected a single value, found a list (line 1)"
+            ]
+        );
     }
 
     #[test]
