@@ -3,6 +3,7 @@
 //! wrong in words an operator can act on.
 
 use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
@@ -136,16 +137,11 @@ pub async fn connect(config: &ClientConfig) -> Result<Client, EtcdError> {
             .with_auto_token_refresh(true);
     }
     if let Some(tls) = &config.tls {
-        let read = |path: &std::path::Path| {
-            std::fs::read(path).map_err(|source| EtcdError::TlsFile {
-                path: path.display().to_string(),
-                source,
-            })
-        };
-        let mut tls_options =
-            TlsOptions::new().ca_certificate(Certificate::from_pem(read(&tls.ca_file)?));
+        let mut tls_options = TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(read_tls_file(&tls.ca_file).await?));
         if let Some((cert, key)) = &tls.identity {
-            tls_options = tls_options.identity(Identity::from_pem(read(cert)?, read(key)?));
+            let (cert, key) = tokio::try_join!(read_tls_file(cert), read_tls_file(key))?;
+            tls_options = tls_options.identity(Identity::from_pem(cert, key));
         }
         options = options.with_tls(tls_options);
     }
@@ -154,4 +150,17 @@ pub async fn connect(config: &ClientConfig) -> Result<Client, EtcdError> {
         Client::connect(&config.endpoints, Some(options)),
     )
     .await
+}
+
+/// Reads a TLS file on tokio's blocking pool, not on an async worker. The
+/// files are read each time a client is built (a new registry session, each
+/// keepalive reopen, `list`), so a certificate replaced on disk is used by
+/// the next client built; a client keeps the bytes it was built with.
+async fn read_tls_file(path: &Path) -> Result<Vec<u8>, EtcdError> {
+    tokio::fs::read(path)
+        .await
+        .map_err(|source| EtcdError::TlsFile {
+            path: path.display().to_string(),
+            source,
+        })
 }
