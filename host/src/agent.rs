@@ -21,11 +21,11 @@ use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminServer};
 use crate::config::{self, AdminConfig, Config, PluginsConfig};
-use crate::desired::{self, Clash, PluginMetadata};
+use crate::desired::{self, Clash, PluginMetadata, Target};
 use crate::metrics::{self, Metrics};
 use crate::plugins::{self, PluginHost, PluginInstance, Round, RoundResult};
 use crate::record;
-use crate::registry::{RegistryHandle, RegistryStatus, Target};
+use crate::registry::{RegistryHandle, RegistryStatus};
 use crate::systemd::Notifier;
 use crate::watch::FolderWatch;
 
