@@ -164,3 +164,57 @@ async fn read_tls_file(path: &Path) -> Result<Vec<u8>, EtcdError> {
             source,
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TlsConfig;
+
+    fn config(tls: TlsConfig) -> ClientConfig {
+        ClientConfig {
+            endpoints: vec!["127.0.0.1:1".into()],
+            dial_timeout: Duration::from_secs(1),
+            credentials: None,
+            tls: Some(tls),
+        }
+    }
+
+    /// Each TLS file, missing or a folder: the error names it and says why,
+    /// before any connection is tried.
+    #[tokio::test]
+    async fn an_unreadable_tls_file_is_named_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let present = dir.path().join("present.pem");
+        std::fs::write(&present, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let missing = dir.path().join("missing.pem");
+        let folder = dir.path().to_path_buf();
+        let tls = |ca: &Path, identity: Option<(&Path, &Path)>| TlsConfig {
+            ca_file: ca.to_path_buf(),
+            identity: identity.map(|(c, k)| (c.to_path_buf(), k.to_path_buf())),
+        };
+        for (tls, culprit, reason) in [
+            (tls(&missing, None), &missing, "No such file"),
+            (tls(&folder, None), &folder, "directory"),
+            (
+                tls(&present, Some((&missing, &present))),
+                &missing,
+                "No such file",
+            ),
+            (
+                tls(&present, Some((&present, &missing))),
+                &missing,
+                "No such file",
+            ),
+        ] {
+            let Err(error) = connect(&config(tls)).await else {
+                panic!("connected without reading {}", culprit.display());
+            };
+            let text = error.to_string();
+            assert!(
+                text.starts_with(&format!("cannot read {}: ", culprit.display()))
+                    && text.contains(reason),
+                "{text}"
+            );
+        }
+    }
+}
