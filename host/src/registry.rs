@@ -232,7 +232,7 @@ impl Actor {
                     self.target = self.target_rx.borrow_and_update().clone();
                     return Wake::Work;
                 }
-                                changed = async { health.expect("guarded").changed().await }, if has_lease => {
+                changed = async { health.expect("guarded").changed().await }, if has_lease => {
                     if changed.is_err() {
                         // The keeper ended without a word: nobody renews.
                         let id = self.session.as_ref().map_or(0, Session::lease_id);
