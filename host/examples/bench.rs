@@ -24,8 +24,9 @@ use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
 use support::{Agent, ConfigFile, Etcd};
 use tokio_util::task::TaskTracker;
 use ygg_agent::config::RegistryConfig;
+use ygg_agent::desired::{DesiredRecord, Target};
 use ygg_agent::metrics::Metrics;
-use ygg_agent::registry::{DesiredRecord, RegistryHandle, Target};
+use ygg_agent::registry::RegistryHandle;
 
 const FIRST_TRIALS: usize = 30;
 const MANY: usize = 10_000;

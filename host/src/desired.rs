@@ -1,13 +1,31 @@
 //! Desired state, as a pure function: the configured instances with the
-//! plugins' metadata merged in, turned into the records the registry must
-//! hold (SPEC §5 merge rules: configured keys win; between plugins, the one
-//! whose name sorts first wins, and the clash is reported).
+//! plugins' metadata merged in, turned into the [`Target`] the registry
+//! actor must make true (SPEC §5 merge rules: configured keys win; between
+//! plugins, the one whose name sorts first wins, and the clash is reported).
 
 use std::collections::BTreeMap;
 
-use crate::config::Config;
+use crate::config::{Config, RegistryConfig};
 use crate::record::{self, Instance};
-use crate::registry::{DesiredRecord, Target};
+
+/// One instance as it should appear in etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredRecord {
+    /// The JSON value.
+    pub value: String,
+    /// `namespace/name/version`, for log lines.
+    pub service: String,
+    /// `scheme://address` of each endpoint, for log lines.
+    pub endpoints: Vec<String>,
+}
+
+/// Everything the registry actor should make true: how to reach etcd and
+/// hold keys, and the records by full etcd key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub config: RegistryConfig,
+    pub records: BTreeMap<String, DesiredRecord>,
+}
 
 /// Plugin output: plugin name → registry key → that plugin's key/values.
 pub type PluginMetadata = BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>>;
@@ -84,7 +102,7 @@ fn merged_metadata(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AgentConfig, RegistryConfig};
+    use crate::config::AgentConfig;
     use crate::record::Endpoint;
 
     fn config() -> Config {

@@ -3,6 +3,7 @@
 //! wrong in words an operator can act on.
 
 use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
@@ -136,16 +137,11 @@ pub async fn connect(config: &ClientConfig) -> Result<Client, EtcdError> {
             .with_auto_token_refresh(true);
     }
     if let Some(tls) = &config.tls {
-        let read = |path: &std::path::Path| {
-            std::fs::read(path).map_err(|source| EtcdError::TlsFile {
-                path: path.display().to_string(),
-                source,
-            })
-        };
-        let mut tls_options =
-            TlsOptions::new().ca_certificate(Certificate::from_pem(read(&tls.ca_file)?));
+        let mut tls_options = TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(read_tls_file(&tls.ca_file).await?));
         if let Some((cert, key)) = &tls.identity {
-            tls_options = tls_options.identity(Identity::from_pem(read(cert)?, read(key)?));
+            let (cert, key) = tokio::try_join!(read_tls_file(cert), read_tls_file(key))?;
+            tls_options = tls_options.identity(Identity::from_pem(cert, key));
         }
         options = options.with_tls(tls_options);
     }
@@ -154,4 +150,71 @@ pub async fn connect(config: &ClientConfig) -> Result<Client, EtcdError> {
         Client::connect(&config.endpoints, Some(options)),
     )
     .await
+}
+
+/// Reads a TLS file on tokio's blocking pool, not on an async worker. The
+/// files are read each time a client is built (a new registry session, each
+/// keepalive reopen, `list`), so a certificate replaced on disk is used by
+/// the next client built; a client keeps the bytes it was built with.
+async fn read_tls_file(path: &Path) -> Result<Vec<u8>, EtcdError> {
+    tokio::fs::read(path)
+        .await
+        .map_err(|source| EtcdError::TlsFile {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TlsConfig;
+
+    fn config(tls: TlsConfig) -> ClientConfig {
+        ClientConfig {
+            endpoints: vec!["127.0.0.1:1".into()],
+            dial_timeout: Duration::from_secs(1),
+            credentials: None,
+            tls: Some(tls),
+        }
+    }
+
+    /// Each TLS file, missing or a folder: the error names it and says why,
+    /// before any connection is tried.
+    #[tokio::test]
+    async fn an_unreadable_tls_file_is_named_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let present = dir.path().join("present.pem");
+        std::fs::write(&present, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let missing = dir.path().join("missing.pem");
+        let folder = dir.path().to_path_buf();
+        let tls = |ca: &Path, identity: Option<(&Path, &Path)>| TlsConfig {
+            ca_file: ca.to_path_buf(),
+            identity: identity.map(|(c, k)| (c.to_path_buf(), k.to_path_buf())),
+        };
+        for (tls, culprit, reason) in [
+            (tls(&missing, None), &missing, "No such file"),
+            (tls(&folder, None), &folder, "directory"),
+            (
+                tls(&present, Some((&missing, &present))),
+                &missing,
+                "No such file",
+            ),
+            (
+                tls(&present, Some((&present, &missing))),
+                &missing,
+                "No such file",
+            ),
+        ] {
+            let Err(error) = connect(&config(tls)).await else {
+                panic!("connected without reading {}", culprit.display());
+            };
+            let text = error.to_string();
+            assert!(
+                text.starts_with(&format!("cannot read {}: ", culprit.display()))
+                    && text.contains(reason),
+                "{text}"
+            );
+        }
+    }
 }

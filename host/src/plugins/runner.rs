@@ -21,6 +21,7 @@ use super::state::PluginState;
 use super::system::SystemSnapshot;
 use super::ticker::EPOCH_TICK;
 use super::{output, v0_1_0};
+use crate::backoff::Backoff;
 use crate::metrics::{Metrics, PluginLabel, PluginResultLabel};
 
 /// First delay before rebuilding a failed plugin; it doubles up to the cap.
@@ -246,7 +247,7 @@ pub fn spawn(
             engine,
             spec,
             live: Some(live),
-            failures: 0,
+            retry: Backoff::new(FIRST_BACKOFF, MAX_BACKOFF),
             retry_at: Instant::now(),
             recycling: false,
             metrics,
@@ -266,7 +267,7 @@ struct Runner {
     engine: Arc<PluginEngine>,
     spec: Spec,
     live: Option<Live>,
-    failures: u32,
+    retry: Backoff,
     retry_at: Instant,
     /// The instance was dropped on purpose (worn out), not after a failure.
     recycling: bool,
@@ -283,11 +284,7 @@ impl Runner {
     }
 
     fn backoff(&mut self) {
-        self.failures += 1;
-        let delay = FIRST_BACKOFF
-            .saturating_mul(1 << (self.failures - 1).min(16))
-            .min(MAX_BACKOFF);
-        self.retry_at = Instant::now() + delay;
+        self.retry_at = Instant::now() + self.retry.fail();
         self.live = None;
     }
 
@@ -377,7 +374,7 @@ impl Runner {
                 warn!(plugin = %self.spec.name, instance = %key, %error, "plugin call failed; keeping its last good output");
             }
             if result.errors.is_empty() {
-                self.failures = 0;
+                self.retry.reset();
             }
             if self
                 .live

@@ -18,9 +18,16 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::backoff::Backoff;
 use crate::config::ClientConfig;
 use crate::etcd::{self, EtcdError, within};
 use crate::metrics::{self, Metrics};
+
+/// Quick retries of a failed reopen, doubling from the first delay to the
+/// cap (and at most half a renewal interval): the lease only has what is
+/// left of its TTL.
+const FIRST_REOPEN_RETRY: Duration = Duration::from_millis(100);
+const MAX_REOPEN_RETRY: Duration = Duration::from_millis(800);
 
 /// What the keeper knows about its lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,12 +145,15 @@ impl Keeper {
     /// Renews at TTL/3 until the lease is lost (or the task is stopped).
     async fn run(self) {
         let mut stream: Option<Stream> = None;
-        let mut failures: u32 = 0;
+        let mut retry = Backoff::new(
+            FIRST_REOPEN_RETRY,
+            MAX_REOPEN_RETRY.min(self.interval() / 2),
+        );
         loop {
             if stream.is_none() {
                 match self.open().await {
                     Ok(opened) => {
-                        failures = 0;
+                        retry.reset();
                         // Opening the stream renewed the lease.
                         self.renewed(self.ttl);
                         stream = Some(opened);
@@ -152,12 +162,8 @@ impl Keeper {
                         return self.lost(format!("etcd no longer knows it ({error})"));
                     }
                     Err(error) => {
-                        failures += 1;
                         self.interrupted(error.to_string());
-                        // Quick retries: the lease only has what is left of its TTL.
-                        let delay =
-                            Duration::from_millis(50 << failures.min(4)).min(self.interval() / 2);
-                        sleep(delay).await;
+                        sleep(retry.fail()).await;
                         continue;
                     }
                 }
