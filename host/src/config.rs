@@ -7,6 +7,8 @@
 //! becomes a [`Config`].
 
 mod field;
+mod report;
+mod secret;
 mod units;
 mod yaml;
 
@@ -21,8 +23,11 @@ use sha2::Digest;
 use crate::record::{
     self, DEFAULT_NAMESPACE, Endpoint, INSTANCE_ID_KEY, INSTANCE_ID_MAX_LEN, Instance,
 };
-use yaml::{Document, List, Report, Section, Unknown, Value, YamlPath};
+use report::{Report, YamlPath};
+use yaml::{Document, List, Section, Unknown, Value};
 
+pub use report::ConfigIssue;
+pub use secret::Secret;
 pub use units::{parse_duration, parse_size};
 
 /// etcd address used when `client.endpoints` is absent (the seed's default).
@@ -93,32 +98,6 @@ impl fmt::Debug for Credentials {
     }
 }
 
-/// A string that must never reach a log: Debug and Display print `<redacted>`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Self {
-        Secret(value)
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
 /// TLS to etcd: a CA to trust, and optionally a client certificate.
 /// Paths are absolute (resolved against the config file's folder).
 #[derive(Debug, Clone, PartialEq)]
@@ -176,25 +155,6 @@ impl Default for ClientConfig {
             credentials: None,
             tls: None,
         }
-    }
-}
-
-/// One problem in the file: where, and what.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigIssue {
-    /// YAML path such as `agent.instances[1].endpoints`.
-    pub path: String,
-    pub line: Option<usize>,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigIssue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)?;
-        if let Some(line) = self.line {
-            write!(f, " (line {line})")?;
-        }
-        Ok(())
     }
 }
 

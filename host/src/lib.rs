@@ -19,3 +19,6 @@ pub mod record;
 pub mod registry;
 pub mod systemd;
 pub mod watch;
+
+#[cfg(test)]
+mod import_circles;

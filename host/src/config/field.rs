@@ -14,7 +14,7 @@ use std::fmt::Debug;
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
-use super::yaml::{Report, YamlPath};
+use super::report::{Report, YamlPath};
 
 /// A value read from the config file (or not), with its path and line.
 pub struct Field<'a, T> {

@@ -5,9 +5,7 @@
 //! like) hand back a [`Field`]: the value with its path and line, so the
 //! rules in `config.rs` never touch a YAML type.
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,74 +13,12 @@ use marked_yaml::types::MarkedMappingNode;
 use marked_yaml::{Node, Span};
 
 use super::field::Field;
+use super::report::{ConfigIssue, Report, YamlPath};
+use super::secret::Secret;
 use super::units::{parse_duration, parse_size};
-use super::{ConfigIssue, Secret};
-
-/// A dotted YAML path: `agent.instances[1].endpoints`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct YamlPath(String);
-
-impl YamlPath {
-    pub fn key(&self, key: &str) -> YamlPath {
-        if self.0.is_empty() {
-            YamlPath(key.to_string())
-        } else {
-            YamlPath(format!("{}.{}", self.0, key))
-        }
-    }
-
-    pub fn index(&self, index: usize) -> YamlPath {
-        YamlPath(format!("{}[{}]", self.0, index))
-    }
-}
-
-impl fmt::Display for YamlPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
-            f.write_str("(top level)")
-        } else {
-            f.write_str(&self.0)
-        }
-    }
-}
-
-/// Errors and warnings found so far. Shared by every [`Section`], [`Value`]
-/// and [`Field`] of one parse, which is why it fills through `&self`.
-#[derive(Debug, Default)]
-pub struct Report {
-    errors: RefCell<Vec<ConfigIssue>>,
-    warnings: RefCell<Vec<ConfigIssue>>,
-}
 
 fn line_of(span: &Span) -> Option<usize> {
     span.start().map(|m| m.line())
-}
-
-impl Report {
-    pub fn error(&self, path: &YamlPath, line: Option<usize>, message: impl Into<String>) {
-        self.errors.borrow_mut().push(ConfigIssue {
-            path: path.to_string(),
-            line,
-            message: message.into(),
-        });
-    }
-
-    pub fn warning(&self, path: &YamlPath, line: Option<usize>, message: impl Into<String>) {
-        self.warnings.borrow_mut().push(ConfigIssue {
-            path: path.to_string(),
-            line,
-            message: message.into(),
-        });
-    }
-
-    pub fn error_count(&self) -> usize {
-        self.errors.borrow().len()
-    }
-
-    /// The errors and the warnings, each in the order they were found.
-    pub fn into_issues(self) -> (Vec<ConfigIssue>, Vec<ConfigIssue>) {
-        (self.errors.into_inner(), self.warnings.into_inner())
-    }
 }
 
 /// What to do with keys nobody asked for.
