@@ -342,3 +342,53 @@ async fn a_symlinked_plugins_folder_follows_its_link_and_its_content() {
     .await;
     agent.wait_for_log("plugin unloaded", PATIENCE).await;
 }
+
+#[tokio::test]
+async fn the_admin_listener_moves_to_an_overlapping_address_and_survives_a_failed_move() {
+    let etcd = Etcd::start().await;
+    let port = free_port();
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.agent_extra = format!("  admin:\n    listen: 127.0.0.1:{port}\n");
+    let agent = Agent::start(&config);
+    let loopback = format!("127.0.0.1:{port}");
+    wait_for(PATIENCE, "the admin server", || {
+        let loopback = loopback.clone();
+        async move { http_get(&loopback, "/healthz").await }
+    })
+    .await;
+
+    // The same port on every address overlaps the old listener: it must
+    // close first, then the new one binds.
+    config.agent_extra = format!("  admin:\n    listen: 0.0.0.0:{port}\n");
+    agent.rewrite_config(&config);
+    agent
+        .wait_for_log(&format!("listen=0.0.0.0:{port}"), PATIENCE)
+        .await;
+    assert!(http_get(&loopback, "/healthz").await.is_some());
+    assert!(
+        !agent.log().contains("cannot move the admin server"),
+        "{}",
+        agent.log()
+    );
+
+    // A port someone else holds: the reason is logged, the old one serves.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap();
+    config.agent_extra = format!("  admin:\n    listen: {taken_addr}\n");
+    agent.rewrite_config(&config);
+    agent
+        .wait_for_log(
+            "cannot move the admin server; it keeps serving on the old address",
+            PATIENCE,
+        )
+        .await;
+    assert!(
+        agent.log().contains("Address already in use"),
+        "{}",
+        agent.log()
+    );
+    let (status, _) = http_get(&loopback, "/healthz")
+        .await
+        .expect("the old address serves");
+    assert_eq!(status, 200);
+}
