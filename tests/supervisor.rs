@@ -25,8 +25,13 @@ fn plugins_section(settings: &str) -> String {
 /// A copy of the echo test plugin that takes seconds to compile (about
 /// 4 s on the reference machine; more on a busy one).
 fn install_slow_plugin(dir: &Path, name: &str) {
-    let echo = std::fs::read(plugin_file("echo")).unwrap();
-    let big = big_component::padded_component(&echo, 4000, 200);
+    install_slow(dir, "echo", name);
+}
+
+/// Test plugin `plugin`, padded to take seconds to compile, as `name`.
+fn install_slow(dir: &Path, plugin: &str, name: &str) {
+    let base = std::fs::read(plugin_file(plugin)).unwrap();
+    let big = big_component::padded_component(&base, 4000, 200);
     let tmp = dir.join(format!(".{name}.wasm.tmp"));
     std::fs::write(&tmp, big).unwrap();
     std::fs::rename(&tmp, dir.join(format!("{name}.wasm"))).unwrap();
@@ -162,6 +167,50 @@ async fn registration_does_not_wait_for_a_slow_compile_at_start() {
         m.get("value").and_then(|v| v.as_str()) == Some("compiled")
     })
     .await;
+}
+
+/// The seed record's `flap` (the flappy plugin's call count), if any.
+async fn flap(etcd: &Etcd) -> Option<u64> {
+    let entries = try_entries(&etcd.endpoints(), PREFIX).await?;
+    let value: serde_json::Value = serde_json::from_str(&entries.get(SEED_KEY)?.value).ok()?;
+    value["metadata"]["flap"].as_str()?.parse().ok()
+}
+
+#[tokio::test]
+async fn a_replaced_plugin_serves_until_its_new_version_is_ready() {
+    let etcd = Etcd::start().await;
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.agent_extra = plugins_section("");
+    let mut agent = Agent::prepare(&config);
+    // flappy answers with its call count: a new number every round (1 s).
+    install_plugin(&agent.plugins_dir(), "flappy", "flappy");
+    agent.spawn(&[]);
+    let (first, _) = wait_for(PATIENCE, "flappy's first answers", || async {
+        flap(&etcd).await.filter(|n| *n >= 1)
+    })
+    .await;
+
+    // Replaced by a plugin with other keys that takes seconds to compile.
+    install_slow(&agent.plugins_dir(), "hostinfo", "flappy");
+    agent.wait_for_log("loading plugin", PATIENCE).await;
+    // While it compiles, the old version keeps answering rounds.
+    let (during, _) = wait_for(PATIENCE, "the old version answering on", || async {
+        flap(&etcd).await.filter(|n| *n > first)
+    })
+    .await;
+    assert!(
+        !agent.log().contains("plugin reloaded"),
+        "the swap came before the old version answered again:\n{}",
+        agent.log()
+    );
+    assert!(during > first);
+    // Then the new version takes over: its keys, and the old output is
+    // replaced by the new version's first answer.
+    wait_metadata(&etcd, "the new version's output", |m| {
+        m.contains_key("hostname") && !m.contains_key("flap")
+    })
+    .await;
+    agent.wait_for_log("plugin reloaded", PATIENCE).await;
 }
 
 #[tokio::test]
@@ -316,7 +365,11 @@ async fn a_configmap_data_swap_reloads() {
 async fn a_symlinked_plugins_folder_follows_its_link_and_its_content() {
     let etcd = Etcd::start().await;
     let mut config = ConfigFile::new(etcd.endpoints());
-    config.agent_extra = plugins_section("      echo: {value: v1}\n      other: {value: v2}\n");
+    let admin = format!("127.0.0.1:{}", free_port());
+    config.agent_extra = format!(
+        "  admin:\n    listen: {admin}\n{}",
+        plugins_section("      echo: {value: v1}\n      other: {value: v2}\n")
+    );
     let mut agent = Agent::prepare(&config);
     let root = agent.dir.path().to_path_buf();
     std::fs::remove_dir(root.join("plugins")).unwrap();
@@ -341,6 +394,11 @@ async fn a_symlinked_plugins_folder_follows_its_link_and_its_content() {
     })
     .await;
     agent.wait_for_log("plugin unloaded", PATIENCE).await;
+
+    // The unloaded plugin leaves no metric series behind.
+    let (_, metrics) = http_get(&admin, "/metrics").await.expect("metrics");
+    assert!(metrics.contains("plugin=\"other\""), "{metrics}");
+    assert!(!metrics.contains("plugin=\"echo\""), "{metrics}");
 }
 
 #[tokio::test]
