@@ -110,10 +110,64 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
     pub instances: Vec<Instance>,
+    /// `checks[i]` are the health checks of `instances[i]` (empty: none),
+    /// with `agent.checks`' defaults applied and their targets resolved.
+    pub checks: Vec<Vec<CheckConfig>>,
     pub plugins: Option<PluginsConfig>,
     pub admin: Option<AdminConfig>,
     pub shutdown_timeout: Duration,
 }
+
+/// One health check of an instance (`agent.instances[].checks[]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckConfig {
+    pub probe: Probe,
+    pub interval: Duration,
+    /// Below `interval`.
+    pub timeout: Duration,
+    /// Consecutive passes that make a critical check passing (≥ 1).
+    pub success_before_passing: u32,
+    /// Consecutive failures that make a passing check critical (≥ 1).
+    pub failures_before_critical: u32,
+    /// The status before the first result.
+    pub initial_status: CheckStatus,
+}
+
+/// What a check does, with its target resolved (an address left out in
+/// the file is the instance's own endpoint of the matching scheme).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// Passes when a TCP connection to `address` (`host:port`) opens.
+    Tcp { address: String },
+    /// Passes on a 2xx answer; redirects are not followed.
+    Http {
+        /// `http://…` or `https://…`.
+        url: String,
+        method: String,
+        headers: BTreeMap<String, String>,
+        tls_skip_verify: bool,
+    },
+    /// `grpc.health.v1.Health/Check` on `address`; passes on `SERVING`.
+    Grpc {
+        address: String,
+        /// The service name asked about; empty = the server as a whole.
+        service: String,
+        tls: bool,
+    },
+}
+
+/// A check's (and an instance's) health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CheckStatus {
+    Passing,
+    Critical,
+}
+
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_SUCCESS_BEFORE_PASSING: u32 = 1;
+pub const DEFAULT_FAILURES_BEFORE_CRITICAL: u32 = 3;
+pub const DEFAULT_INITIAL_STATUS: CheckStatus = CheckStatus::Critical;
 
 /// `agent.plugins`.
 #[derive(Debug, Clone, PartialEq)]
@@ -259,6 +313,7 @@ fn read_root(root: Value, base: &Path, report: &Report) -> Option<Config> {
 fn empty_agent() -> AgentConfig {
     AgentConfig {
         instances: Vec::new(),
+        checks: Vec::new(),
         plugins: None,
         admin: None,
         shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
@@ -387,6 +442,7 @@ fn read_agent(mut agent: Section, base: &Path, report: &Report) -> AgentConfig {
     #[rustfmt::skip]
     let config = AgentConfig {
         instances: agent.list("instances").value().map(|l| read_instances(&l, report)).unwrap_or_default(),
+        checks: Vec::new(),
         plugins: agent.section("plugins").value().map(|plugins| read_plugins(plugins, base)),
         admin: agent.section("admin").value().and_then(read_admin),
         shutdown_timeout: agent.duration("shutdownTimeout").nonzero().or(DEFAULT_SHUTDOWN_TIMEOUT),
