@@ -123,6 +123,7 @@ mod tests {
                         metadata: BTreeMap::new(),
                     }],
                 }],
+                checks: vec![Vec::new()],
                 plugins: None,
                 admin: None,
                 shutdown_timeout: crate::config::DEFAULT_SHUTDOWN_TIMEOUT,
