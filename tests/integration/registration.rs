@@ -1,11 +1,9 @@
 //! Registration core against a real etcd: what lands, how it is held, how it
 //! comes back after etcd failures, and how it goes away on stop.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const PREFIX: &str = "/yggdrasil/registry/";
 
