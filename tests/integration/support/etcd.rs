@@ -222,7 +222,15 @@ impl Etcd {
             match etcd.healthy_within(PATIENCE).await {
                 Ok(()) => return etcd,
                 // The logs are read here, before the temp dir goes.
-                Err(why) => failures.push(format!("attempt {attempt}: {why}")),
+                Err(why) => {
+                    if attempt < START_ATTEMPTS {
+                        let first_line = why.lines().next().unwrap_or_default();
+                        eprintln!(
+                            "etcd start attempt {attempt} failed ({first_line}); again on new ports"
+                        );
+                    }
+                    failures.push(format!("attempt {attempt}: {why}"));
+                }
             }
         }
         panic!(
