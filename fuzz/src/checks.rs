@@ -2,7 +2,7 @@
 //! of each target's inputs.
 //!
 //! Shared by the fuzz targets (nightly, `fuzz/fuzz_targets/`) and by the
-//! stable regression test `tests/fuzz_regressions.rs`, which includes this
+//! stable regression test `tests/integration/fuzz_regressions.rs`, which includes this
 //! file with `#[path]`. It may therefore use only std, `ygg_agent` and
 //! `serde_json`: no `arbitrary`, no `libfuzzer-sys`.
 //!

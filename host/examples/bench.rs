@@ -10,9 +10,11 @@
 //! etcd-client code doing the same writes; the other rows run the real
 //! binary and watch etcd from outside.
 
-#[path = "../../tests/big_component.rs"]
+#[path = "../../tests/integration/big_component.rs"]
 mod big_component;
-#[path = "../../tests/support.rs"]
+// The benchmark uses only part of the test support.
+#[allow(dead_code)]
+#[path = "../../tests/integration/support.rs"]
 mod support;
 
 use std::collections::BTreeMap;

@@ -2,12 +2,10 @@
 //! plugins; the folder is live; hostile plugins are isolated while the
 //! instances stay registered.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const PREFIX: &str = "/yggdrasil/registry/";
 

@@ -1,11 +1,9 @@
 //! Registration core against a real etcd: what lands, how it is held, how it
 //! comes back after etcd failures, and how it goes away on stop.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const PREFIX: &str = "/yggdrasil/registry/";
 
@@ -100,20 +98,27 @@ async fn survives_etcd_kill9_and_restart() {
     .await;
     println!("registration present {took:?} after etcd came back");
     assert_eq!(after[SEED_KEY].value, SEED_VALUE);
-    // The agent renews through the restart: still there after two more TTLs.
+    // etcd keeps leases across a restart (and extends them), so the agent
+    // just renews the one it has: two more TTLs later the key is the very
+    // one written before the crash (same revisions, same lease), and that
+    // lease is the only one and alive.
     tokio::time::sleep(Duration::from_secs(8)).await;
     let mut client = etcd.client().await;
     let later = entries(&mut client, PREFIX).await;
-    assert_eq!(later.len(), 1, "registration lost after the restart");
-    assert!(
-        client
-            .lease_time_to_live(later[SEED_KEY].lease, None)
-            .await
-            .unwrap()
-            .ttl()
-            > 0
+    assert_eq!(
+        later, before,
+        "the key was rewritten or moved to another lease across the restart"
     );
-    let _ = before;
+    let lease = before[SEED_KEY].lease;
+    assert_eq!(
+        leases(&mut client).await,
+        vec![lease],
+        "the agent granted a new lease instead of renewing its own"
+    );
+    assert!(
+        client.lease_time_to_live(lease, None).await.unwrap().ttl() > 0,
+        "the lease is no longer renewed"
+    );
 }
 
 #[tokio::test]
@@ -310,7 +315,11 @@ async fn sigterm_with_etcd_paused_exits_within_shutdown_timeout_and_a_second_sig
         .await;
     etcd.pause();
     agent.signal(libc::SIGTERM);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The second signal must arrive once the agent is stopping, not before
+    // it took the first one: wait for this run's "stopping" line.
+    agent
+        .wait_for_log_count("stopping (send the signal again", 2, PATIENCE)
+        .await;
     agent.signal(libc::SIGINT);
     let (status, took) = agent.wait_exit(Duration::from_secs(10));
     etcd.resume();

@@ -1,14 +1,13 @@
 //! Hot reload against a real etcd: every kind of change, every way of
 //! saving, bursts of edits, and bad files that must change nothing.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use etcd_client::{EventType, WatchOptions};
-use support::*;
+
+use crate::support::*;
 
 const PREFIX: &str = "/yggdrasil/registry/";
 /// Edits are applied within a second; tests allow more on a loaded machine.

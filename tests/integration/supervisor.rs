@@ -3,14 +3,12 @@
 //! watchdog are handled at once. And a config file or plugins folder reached
 //! through symlinks reloads whichever link or file changes.
 
-mod big_component;
-mod support;
-
 use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::time::Duration;
 
-use support::*;
+use crate::big_component;
+use crate::support::*;
 
 const PREFIX: &str = "/yggdrasil/registry/";
 

@@ -1,13 +1,12 @@
 //! Operations against a real etcd: the admin endpoints and metrics, `list`,
 //! TLS and authentication, systemd notifications, JSON logs.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, Permission};
-use support::*;
+
+use crate::support::*;
 
 const PREFIX: &str = "/yggdrasil/registry/";
 

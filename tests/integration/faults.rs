@@ -2,8 +2,8 @@
 //!
 //! Every test injects a real fault (kill -9, SIGSTOP/SIGCONT, a wiped data
 //! dir, another client deleting or overwriting our key, the agent killed or
-//! stopped) and a separate watch client, the gap observer
-//! (`tests/observer.rs`), measures the window in which our keys were missing
+//! stopped) and a separate watch client, the gap observer (`observer.rs`
+//! beside this file), measures the window in which our keys were missing
 //! or stale. Each test prints one line
 //! `FAULT <scenario>: window <measured> (bound <bound>)` and asserts the
 //! bound. Waits use generous limits; only the measured window is asserted
@@ -17,16 +17,17 @@
 //!
 //! The agent runs with `ttl: 4s` and `retryInterval: 1s` (ConfigFile's
 //! defaults) unless a test says otherwise.
-
-mod observer;
-mod support;
+//!
+//! The 3-member cluster tests and the thousand-instance tests hold
+//! `heavy_test()` for their whole run, so no two of them share the machine.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use observer::{Observer, Status, Window, utc_now};
 use sha1::{Digest, Sha1};
-use support::*;
+
+use crate::observer::{Observer, Status, Window, utc_now};
+use crate::support::*;
 
 const PREFIX: &str = "/yggdrasil/registry/";
 const TTL: Duration = Duration::from_secs(4);
@@ -194,6 +195,7 @@ fn assert_window(observer: &Observer, w: &Window, bound: Duration, what: &str) {
 /// and its value never differs.
 #[tokio::test]
 async fn cluster_leader_kill9_leaves_no_gap() {
+    let _heavy = heavy_test().await;
     let mut etcd = Etcd::start_cluster(3).await;
     let expected = seed_expected();
     let (_agent, observer) = start(&etcd, &ConfigFile::new(etcd.endpoints()), &expected).await;
@@ -228,6 +230,7 @@ async fn cluster_leader_kill9_leaves_no_gap() {
 /// keepalive stream that lived on that member.
 #[tokio::test]
 async fn cluster_follower_kill9_leaves_no_gap() {
+    let _heavy = heavy_test().await;
     let mut etcd = Etcd::start_cluster(3).await;
     let expected = seed_expected();
     let (_agent, observer) = start(&etcd, &ConfigFile::new(etcd.endpoints()), &expected).await;
@@ -271,6 +274,7 @@ async fn cluster_follower_kill9_leaves_no_gap() {
 /// lease's TTL + 0.5 s after a leader was back.
 #[tokio::test]
 async fn cluster_quorum_lost_then_back_recovers_within_retry_interval() {
+    let _heavy = heavy_test().await;
     let mut etcd = Etcd::start_cluster(3).await;
     let expected = seed_expected();
     let (agent, observer) = start(&etcd, &ConfigFile::new(etcd.endpoints()), &expected).await;
@@ -316,7 +320,8 @@ async fn cluster_quorum_lost_then_back_recovers_within_retry_interval() {
 /// every endpoint at once.
 #[tokio::test]
 async fn cluster_member_paused_half_open_leaves_no_gap() {
-    let etcd = Etcd::start_cluster(3).await;
+    let _heavy = heavy_test().await;
+    let mut etcd = Etcd::start_cluster(3).await;
     let expected = seed_expected();
     let (agent, observer) = start(&etcd, &ConfigFile::new(etcd.endpoints()), &expected).await;
     let puts_before = observer.puts();
@@ -855,6 +860,7 @@ async fn a_stop_racing_keepalive_and_repair_never_writes_after_deregistering() {
 
 async fn thousand_instances_through(wipe: bool) {
     const N: usize = 1000;
+    let _heavy = heavy_test().await;
     let mut etcd = Etcd::start().await;
     let mut config = ConfigFile::new(etcd.endpoints());
     config.instances = instances("bulk", N);

@@ -1,9 +1,7 @@
 //! Bad config files at start: `check` and `run` exit 2 and name every
 //! problem with its YAML path; a good file passes `check`.
 
-mod support;
-
-use support::{MALFORMED_CONFIGS, run_cli};
+use crate::support::{MALFORMED_CONFIGS, run_cli};
 
 fn write(dir: &tempfile::TempDir, text: &str) -> String {
     let path = dir.path().join("agent.yaml");

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 #[allow(dead_code)]
-#[path = "../fuzz/src/checks.rs"]
+#[path = "../../fuzz/src/checks.rs"]
 mod checks;
 
 fn fuzz_dir() -> PathBuf {
