@@ -513,37 +513,67 @@ async fn poll_admin(admin: String, stop: tokio::sync::watch::Receiver<bool>) -> 
     latencies
 }
 
-/// Config edits until `until` says stop (at least `min`); their latencies
-/// from the write to etcd.
-async fn timed_edits(
+/// Seconds since midnight of a log line's RFC 3339 timestamp
+/// (`2026-12-01T19:03:50.852756Z …`).
+fn log_time(line: &str) -> Option<f64> {
+    let time = line.split_whitespace().next()?.split('T').nth(1)?;
+    let time = time.trim_end_matches('Z');
+    let mut parts = time.split(':');
+    let hours: f64 = parts.next()?.parse().ok()?;
+    let minutes: f64 = parts.next()?.parse().ok()?;
+    let seconds: f64 = parts.next()?.parse().ok()?;
+    Some(hours * 3600.0 + minutes * 60.0 + seconds)
+}
+
+/// For each SIGHUP the agent logged, the time until the forced reload it
+/// caused was done (the next "config reloaded" line), from the agent's
+/// own timestamps: the supervisor's loop latency plus one read and parse.
+fn sighup_latencies(log: &str) -> Vec<Duration> {
+    let mut latencies = Vec::new();
+    let mut pending: Option<f64> = None;
+    for line in log.lines() {
+        if line.contains("SIGHUP: reloading the config") {
+            pending = log_time(line);
+        } else if line.contains("config reloaded")
+            && let (Some(sent), Some(done)) = (pending.take(), log_time(line))
+        {
+            latencies.push(Duration::from_secs_f64((done - sent).max(0.0)));
+        }
+    }
+    latencies
+}
+
+/// SIGHUPs every 20 ms and admin requests every 10 ms until `until` says
+/// stop (at least `min` SIGHUPs); the SIGHUP → reloaded latencies (from the
+/// log lines after `log_from`) and the admin latencies.
+async fn probe_loop(
     agent: &Agent,
-    config: &mut ConfigFile,
-    watch: &mut etcd_client::WatchStream,
-    key: &str,
-    label: &str,
+    admin: &str,
     min: usize,
-    until: impl Fn() -> bool,
-) -> Vec<Duration> {
-    let mut times = Vec::new();
-    let mut i = 0;
-    while times.len() < min || !until() {
-        let marker = format!("{label}-{i}");
-        i += 1;
-        config.instances = support::SEED_INSTANCE.replace("env: dev", &format!("env: {marker}"));
-        let start = Instant::now();
-        replace_atomically(&agent.config_path, &config.render());
-        wait_put(watch, key, &format!("\"env\":\"{marker}\"")).await;
-        times.push(start.elapsed());
+    until: &dyn Fn() -> bool,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let log_from = agent.log().len();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let poller = tokio::spawn(poll_admin(admin.to_string(), stop_rx));
+    let mut sent = 0;
+    while sent < min || !until() {
+        agent.signal(libc::SIGHUP);
+        sent += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
-        if times.len() >= 100 {
+        if sent >= 500 {
             break;
         }
     }
-    times
+    // Let the last reloads finish before reading the log.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop_tx.send(true).unwrap();
+    let admin_latencies = poller.await.unwrap();
+    (sighup_latencies(&agent.log()[log_from..]), admin_latencies)
 }
 
-/// The supervisor's loop while a large plugin compiles cold: config edits
-/// and admin requests during the compile, beside the same while idle.
+/// The supervisor's loop while a large plugin compiles cold: SIGHUP
+/// reloads and admin requests during the compile, beside the same while
+/// idle.
 async fn stall_during_compile(etcd: &Etcd, rows: &mut Vec<Row>) {
     let admin = format!("127.0.0.1:{}", support::free_port());
     let mut config = ConfigFile::new(etcd.endpoints());
@@ -552,29 +582,13 @@ async fn stall_during_compile(etcd: &Etcd, rows: &mut Vec<Row>) {
         "  admin:\n    listen: {admin}\n  plugins:\n    dir: plugins\n    cacheDir: cache\n    settings:\n      big: {{value: compiled}}\n"
     );
     let agent = Agent::start(&config);
-    let key = support::SEED_KEY.replace("/yggdrasil/registry", "/stall");
     let mut client = etcd.client().await;
     while count_keys(&mut client, "/stall/").await < 1 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut watch = client
-        .watch("/stall/", Some(WatchOptions::new().with_prefix()))
-        .await
-        .unwrap();
 
-    let measure = async |config: &mut ConfigFile,
-                         watch: &mut etcd_client::WatchStream,
-                         label: &str,
-                         until: &dyn Fn() -> bool| {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let poller = tokio::spawn(poll_admin(admin.clone(), stop_rx));
-        let edits = timed_edits(&agent, config, watch, &key, label, 5, until).await;
-        stop_tx.send(true).unwrap();
-        (edits, poller.await.unwrap())
-    };
-
-    // Idle: the same edits and requests with nothing compiling.
-    let (mut idle_edits, idle_admin) = measure(&mut config, &mut watch, "idle", &|| true).await;
+    // Idle: the same signals and requests with nothing compiling.
+    let (mut idle_reload, mut idle_admin) = probe_loop(&agent, &admin, 50, &|| true).await;
 
     let echo = std::fs::read(support::built_plugins().join("echo.wasm")).unwrap();
     let big = big_component::padded_component(&echo, 6000, 200);
@@ -587,39 +601,40 @@ async fn stall_during_compile(etcd: &Etcd, rows: &mut Vec<Row>) {
         .wait_for_log("loading plugin", Duration::from_secs(30))
         .await;
     let loaded = || agent.log().contains("plugin loaded");
-    let (mut busy_edits, busy_admin) = measure(&mut config, &mut watch, "busy", &loaded).await;
+    let (mut busy_reload, mut busy_admin) = probe_loop(&agent, &admin, 1, &loaded).await;
     let compiled = dropped.elapsed();
     assert!(
-        !busy_edits.is_empty(),
-        "the plugin loaded before any edit was timed"
+        !busy_reload.is_empty(),
+        "no reload timed during the compile"
     );
 
-    let idle_edit_p50 = percentile(&mut idle_edits, 50);
-    let busy_edit_max = *busy_edits.iter().max().unwrap();
-    let busy_admin_max = *busy_admin.iter().max().unwrap();
-    let stall = busy_edit_max
-        .saturating_sub(idle_edit_p50)
-        .max(busy_admin_max);
+    let max = |v: &[Duration]| v.iter().copied().max().unwrap_or_default();
+    let stall = max(&busy_reload).max(max(&busy_admin));
     rows.push(
         Row::new(
             format!(
-                "event loop while a {:.1} MB plugin compiles cold ({compiled:.1?} until loaded): {} edits and {} admin requests during the compile",
+                "event loop while a {:.1} MB plugin compiles cold ({compiled:.1?} until loaded): {} SIGHUP reloads and {} admin requests during the compile",
                 size as f64 / 1e6,
-                busy_edits.len(),
+                busy_reload.len(),
                 busy_admin.len()
             ),
             format!(
-                "edit -> etcd p50 {:.1?}, max {busy_edit_max:.1?}; admin request max {busy_admin_max:.1?}",
-                percentile(&mut busy_edits, 50)
+                "SIGHUP -> reloaded p50 {:.2?}, max {:.2?}; admin request p50 {:.2?}, max {:.2?}",
+                percentile(&mut busy_reload, 50),
+                max(&busy_reload),
+                percentile(&mut busy_admin, 50),
+                max(&busy_admin),
             ),
             format!(
-                "idle: edit -> etcd p50 {idle_edit_p50:.1?}, max {:.1?}; admin request max {:.1?}",
-                idle_edits.iter().max().unwrap(),
-                idle_admin.iter().max().unwrap()
+                "idle: SIGHUP -> reloaded p50 {:.2?}, max {:.2?}; admin request p50 {:.2?}, max {:.2?}",
+                percentile(&mut idle_reload, 50),
+                max(&idle_reload),
+                percentile(&mut idle_admin, 50),
+                max(&idle_admin),
             ),
         )
         .budget(
-            format!("stall <= 10 ms (is {stall:.1?})"),
+            format!("stall <= 10 ms (longest: {stall:.1?})"),
             stall <= Duration::from_millis(10),
         ),
     );

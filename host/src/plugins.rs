@@ -7,6 +7,7 @@
 //! Nothing here knows about etcd: plugin output goes to the supervisor,
 //! which merges it into the desired state.
 
+mod background;
 mod cache;
 mod engine;
 mod folder;
@@ -521,16 +522,18 @@ impl Load {
         let file = path.clone();
         let compiler = engine.clone();
         // Reading and compiling block (the compile for seconds, for a large
-        // component): keep them off the async workers. Nobody waits for
-        // this thread at shutdown; its result is dropped.
-        let prepared = tokio::task::spawn_blocking(move || {
+        // component): keep them off the async workers, on a thread of low
+        // priority. Nobody waits for it at shutdown; its result is dropped.
+        let prepared = match background::spawn("ygg-plugin-load", move || {
             let bytes = folder::read_plugin_file(&file)?;
             // The file may have changed since the scan: what loads is what
             // was read now, and the inputs say so.
             let digest: [u8; 32] = sha2::Sha256::digest(&bytes).into();
             compiler.prepare(&bytes, &digest).map(|p| (p, digest))
-        })
-        .await;
+        }) {
+            Ok(answer) => answer.await.map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
         let fail = |inputs: LoadInputs, message: String| LoadOutcome {
             name: name.clone(),
             id,

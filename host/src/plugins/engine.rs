@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
+use super::background;
 use super::cache::CompileCache;
 use super::state::PluginState;
 use super::ticker::EpochTicker;
@@ -79,6 +80,7 @@ impl PluginEngine {
     /// ends when the engine is dropped). `cache_dir` is used only if the
     /// agent's user alone can write it (see [`CompileCache::open`]).
     pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        background::init_compile_pool();
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
