@@ -979,6 +979,8 @@ fn report_clashes(reported: &mut Vec<Clash>, clashes: Vec<Clash>) {
         for clash in clashes.iter().filter(|c| !reported.contains(c)) {
             warn!(
                 key = %clash.key,
+                service = %clash.service,
+                metadata_key = %clash.metadata_key,
                 winner = %clash.winner,
                 loser = %clash.loser,
                 "two plugins set the same metadata key; the one whose name sorts first wins"
