@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -300,7 +300,10 @@ mod tests {
             result: "ok",
         };
         metrics.plugin_calls.get_or_create(&ok).inc();
-        metrics.plugin_call_seconds.get_or_create(&plugin).observe(0.001);
+        metrics
+            .plugin_call_seconds
+            .get_or_create(&plugin)
+            .observe(0.001);
         metrics.plugin_restarts.get_or_create(&plugin).inc();
         let used = families(&metrics.render());
         assert_eq!(
