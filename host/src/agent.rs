@@ -631,7 +631,7 @@ impl Supervisor {
         info!(
             instances = self.config.agent.instances.len(),
             plugins = self.plugins.as_ref().map_or(0, |p| p.host.loaded().len()),
-            endpoints = ?self.config.registry.client.endpoints,
+            endpoints = %self.config.registry.client.endpoints.join(","),
             prefix = %self.config.registry.prefix,
             "agent started"
         );
