@@ -631,7 +631,7 @@ impl Supervisor {
         info!(
             instances = self.config.agent.instances.len(),
             plugins = self.plugins.as_ref().map_or(0, |p| p.host.loaded().len()),
-            endpoints = ?self.config.registry.client.endpoints,
+            endpoints = %self.config.registry.client.endpoints.join(","),
             prefix = %self.config.registry.prefix,
             "agent started"
         );
@@ -979,6 +979,8 @@ fn report_clashes(reported: &mut Vec<Clash>, clashes: Vec<Clash>) {
         for clash in clashes.iter().filter(|c| !reported.contains(c)) {
             warn!(
                 key = %clash.key,
+                service = %clash.service,
+                metadata_key = %clash.metadata_key,
                 winner = %clash.winner,
                 loser = %clash.loser,
                 "two plugins set the same metadata key; the one whose name sorts first wins"

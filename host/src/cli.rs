@@ -178,10 +178,23 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            print_config_error(&error);
+            eprintln!("{}", problems(&error));
             ExitCode::from(EXIT_USAGE)
         }
     }
+}
+
+/// What `check` prints for a file it cannot use: the error (every problem,
+/// each with its path and line), then the warnings found beside them, so
+/// they are fixed in one pass rather than met after the errors.
+fn problems(error: &ConfigError) -> String {
+    let mut text = format!("error: {error}");
+    if let ConfigError::Invalid { warnings, .. } = error {
+        for warning in warnings {
+            text.push_str(&format!("\nwarning: {warning}"));
+        }
+    }
+    text
 }
 
 fn run(path: &Path) -> ExitCode {
@@ -401,5 +414,45 @@ async fn forward_signals(
             "stopping (send the signal again to exit at once)"
         );
         let _ = control.send(Control::Shutdown).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_lists_the_warnings_after_the_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        let text = "\
+yggdrasil:
+  registry:
+    config:
+      ttl: 10
+      colour: blue
+agent:
+  instances:
+    - {namespace: default, name: svc, version: 1.0.0, endpoints: [{scheme: grpc, address: \"127.0.0.1:1\"}]}
+";
+        std::fs::write(&path, text).unwrap();
+        let error = config::load(&path).unwrap_err();
+        let printed = problems(&error);
+        let lines: Vec<&str> = printed.lines().collect();
+        assert!(
+            lines[0].starts_with("error: ") && lines[0].ends_with("(1 error):"),
+            "{printed}"
+        );
+        assert!(
+            lines[1].starts_with("  yggdrasil.registry.config.ttl: ")
+                && lines[1].ends_with("(line 4)"),
+            "{printed}"
+        );
+        assert_eq!(lines.len(), 3, "{printed}");
+        assert!(
+            lines[2].starts_with("warning: yggdrasil.registry.config.colour: ")
+                && lines[2].ends_with("(line 5)"),
+            "{printed}"
+        );
     }
 }

@@ -226,6 +226,9 @@ pub enum ConfigError {
     Invalid {
         path: PathBuf,
         issues: Vec<ConfigIssue>,
+        /// Found beside the errors; not part of the message, so `check`
+        /// can list them after it.
+        warnings: Vec<ConfigIssue>,
     },
 }
 
@@ -252,9 +255,10 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text, &base_dir(path)).map_err(|issues| ConfigError::Invalid {
+    validate(&text, &base_dir(path)).map_err(|(issues, warnings)| ConfigError::Invalid {
         path: path.to_path_buf(),
         issues,
+        warnings,
     })
 }
 
@@ -270,14 +274,21 @@ pub fn base_dir(path: &Path) -> PathBuf {
 
 /// Validates config text; relative paths in it are resolved against `base`.
 pub fn parse(text: &str, base: &Path) -> Result<Loaded, Vec<ConfigIssue>> {
+    validate(text, base).map_err(|(errors, _)| errors)
+}
+
+/// [`parse`], keeping the warnings when there are errors: `Err((errors,
+/// warnings))`.
+fn validate(text: &str, base: &Path) -> Result<Loaded, (Vec<ConfigIssue>, Vec<ConfigIssue>)> {
     if text.trim().is_empty() {
-        return Err(vec![ConfigIssue {
+        let empty = ConfigIssue {
             path: YamlPath::default().to_string(),
             line: None,
             message: "the file is empty".into(),
-        }]);
+        };
+        return Err((vec![empty], Vec::new()));
     }
-    let document = Document::parse(text).map_err(|issue| vec![issue])?;
+    let document = Document::parse(text).map_err(|issue| (vec![issue], Vec::new()))?;
     let report = Report::default();
     let config = read_root(document.root(&report), base, &report);
     let (errors, warnings) = report.into_issues();
@@ -287,7 +298,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Loaded, Vec<ConfigIssue>> {
             warnings,
             digest: sha2::Sha256::digest(text.as_bytes()).into(),
         }),
-        _ => Err(errors),
+        _ => Err((errors, warnings)),
     }
 }
 

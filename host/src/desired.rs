@@ -30,10 +30,15 @@ pub struct Target {
 /// Plugin output: plugin name → registry key → that plugin's key/values.
 pub type PluginMetadata = BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>>;
 
-/// Two plugins set the same key on an instance; `winner` sorts first.
+/// Two plugins set the same metadata key on an instance; `winner` sorts first.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Clash {
+    /// The instance's etcd key.
     pub key: String,
+    /// The instance's `namespace/name/version`, for log lines.
+    pub service: String,
+    /// The metadata key both plugins set.
+    pub metadata_key: String,
     pub winner: String,
     pub loser: String,
 }
@@ -85,7 +90,9 @@ fn merged_metadata(
             }
             match owner.get(key.as_str()) {
                 Some(winner) => clashes.push(Clash {
-                    key: key.clone(),
+                    key: registry_key.to_string(),
+                    service: instance.service_label(),
+                    metadata_key: key.clone(),
                     winner: winner.to_string(),
                     loser: plugin.clone(),
                 }),
@@ -160,7 +167,9 @@ mod tests {
         assert_eq!(
             clashes,
             vec![Clash {
-                key: "load".into(),
+                key: key.clone(),
+                service: "default/svc/1".into(),
+                metadata_key: "load".into(),
                 winner: "a-plugin".into(),
                 loser: "b-plugin".into()
             }]

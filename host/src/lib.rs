@@ -21,4 +21,6 @@ pub mod systemd;
 pub mod watch;
 
 #[cfg(test)]
+mod doc_links;
+#[cfg(test)]
 mod import_circles;

@@ -184,7 +184,7 @@ pub fn render_table(listed: &[Listed]) -> String {
                     .collect::<Vec<_>>()
                     .join(","),
                 location.join("/"),
-                instance_key.chars().take(12).collect(),
+                instance_key.to_string(),
             ])
         })
         .collect();
@@ -276,7 +276,18 @@ mod tests {
         .unwrap();
         let listed = vec![
             Listed {
-                key: "/p/default/svc/0123456789abcdef".into(),
+                key: "/p/default/svc/5b51df33a06ef6bde3a81b1ad8d1792ed24de006".into(),
+                instance: Some(record.clone()),
+                error: None,
+            },
+            // Configured ids that share their first 12 characters.
+            Listed {
+                key: "/p/default/svc/payments-worker-1".into(),
+                instance: Some(record.clone()),
+                error: None,
+            },
+            Listed {
+                key: "/p/default/svc/payments-worker-2".into(),
                 instance: Some(record),
                 error: None,
             },
@@ -291,12 +302,22 @@ mod tests {
             table.starts_with("NAMESPACE  SERVICE  VERSION  ENDPOINTS   LOCATION  INSTANCE\n"),
             "{table}"
         );
+        // The whole id, as in the key: it can be pasted into etcdctl, and
+        // instances whose ids start alike stay apart.
+        for id in [
+            "5b51df33a06ef6bde3a81b1ad8d1792ed24de006",
+            "payments-worker-1",
+            "payments-worker-2",
+        ] {
+            assert!(
+                table.contains(&format!(
+                    "default    svc      1        grpc://a:1  r/z       {id}\n"
+                )),
+                "{table}"
+            );
+        }
         assert!(
-            table.contains("default    svc      1        grpc://a:1  r/z       0123456789ab"),
-            "{table}"
-        );
-        assert!(
-            table.ends_with("1 instance of 1 service; 1 invalid record\n"),
+            table.ends_with("3 instances of 1 service; 1 invalid record\n"),
             "{table}"
         );
     }

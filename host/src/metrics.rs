@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -133,17 +134,17 @@ impl Metrics {
         registry.register(
             "plugin_calls",
             "Plugin calls, by plugin and result",
-            plugin_calls.clone(),
+            Listed(plugin_calls.clone()),
         );
         registry.register(
             "plugin_call_duration_seconds",
             "Wall-clock time of plugin calls",
-            plugin_call_seconds.clone(),
+            Listed(plugin_call_seconds.clone()),
         );
         registry.register(
             "plugin_restarts",
             "Plugin instances rebuilt after a failure",
-            plugin_restarts.clone(),
+            Listed(plugin_restarts.clone()),
         );
         registry.register(
             "plugins_loaded",
@@ -178,6 +179,28 @@ impl Metrics {
     }
 }
 
+/// A family whose `# HELP` and `# TYPE` lines are written even while it has
+/// no series. prometheus-client leaves an empty family out entirely, so the
+/// plugin families (whose series appear on a plugin's first call and go on
+/// unload) would vanish from `/metrics`, and dashboards and alerts could not
+/// tell "no plugin called yet" from "this agent has no such metric".
+#[derive(Debug)]
+struct Listed<M>(M);
+
+impl<M: EncodeMetric> EncodeMetric for Listed<M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+
+    fn is_empty(&self) -> bool {
+        false
+    }
+}
+
 fn plugin_latency_histogram() -> Histogram {
     // 5 µs .. ~2.6 s: warm calls take microseconds, timeouts take the budget.
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -208,5 +231,90 @@ mod tests {
             text.contains("# TYPE ygg_agent_etcd_connected gauge"),
             "{text}"
         );
+    }
+
+    /// Prometheus text parsed as a checker would: family name → (type,
+    /// sample lines). Panics on anything that is not valid exposition:
+    /// a sample outside a declared family, a TYPE without HELP before it,
+    /// a family declared twice, a value that is not a number.
+    fn families(text: &str) -> std::collections::BTreeMap<String, (String, Vec<String>)> {
+        let mut families = std::collections::BTreeMap::new();
+        let mut current: Option<String> = None;
+        let mut helped: Option<String> = None;
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            if let Some(help) = line.strip_prefix("# HELP ") {
+                let (name, _) = help.split_once(' ').expect("HELP name text");
+                helped = Some(name.to_string());
+            } else if let Some(declared) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = declared.split_once(' ').expect("TYPE name type");
+                assert_eq!(helped.as_deref(), Some(name), "TYPE without HELP: {line}");
+                assert!(
+                    ["counter", "gauge", "histogram"].contains(&kind),
+                    "type: {line}"
+                );
+                let previous = families.insert(name.to_string(), (kind.to_string(), Vec::new()));
+                assert!(previous.is_none(), "{name} declared twice");
+                current = Some(name.to_string());
+            } else {
+                assert!(!line.starts_with('#'), "unknown comment: {line}");
+                let family = current.as_ref().expect("a sample before any TYPE");
+                let (kind, samples) = families.get_mut(family).unwrap();
+                let (series, value) = line.rsplit_once(' ').expect("series value");
+                let name = series.split('{').next().unwrap();
+                let suffixes: &[&str] = if kind == "histogram" {
+                    &["_bucket", "_sum", "_count"]
+                } else {
+                    &[""]
+                };
+                assert!(
+                    suffixes.iter().any(|s| name == format!("{family}{s}")),
+                    "{name} outside its family {family}"
+                );
+                value.parse::<f64>().expect("a number");
+                samples.push(line.to_string());
+            }
+        }
+        families
+    }
+
+    #[test]
+    fn plugin_families_are_declared_before_any_plugin_and_after_unload() {
+        let metrics = Metrics::new();
+        let expected = [
+            ("ygg_agent_plugin_calls_total", "counter"),
+            ("ygg_agent_plugin_call_duration_seconds", "histogram"),
+            ("ygg_agent_plugin_restarts_total", "counter"),
+        ];
+        let fresh = families(&metrics.render());
+        for (name, kind) in expected {
+            let (declared, samples) = fresh.get(name).unwrap_or_else(|| panic!("{name} absent"));
+            assert_eq!(declared, kind);
+            assert!(samples.is_empty(), "{samples:?}");
+        }
+        // A plugin's series appear with its first call...
+        let plugin = PluginLabel {
+            plugin: "load".into(),
+        };
+        let ok = PluginResultLabel {
+            plugin: "load".into(),
+            result: "ok",
+        };
+        metrics.plugin_calls.get_or_create(&ok).inc();
+        metrics
+            .plugin_call_seconds
+            .get_or_create(&plugin)
+            .observe(0.001);
+        metrics.plugin_restarts.get_or_create(&plugin).inc();
+        let used = families(&metrics.render());
+        assert_eq!(
+            used["ygg_agent_plugin_calls_total"].1,
+            vec![r#"ygg_agent_plugin_calls_total{plugin="load",result="ok"} 1"#]
+        );
+        assert_eq!(used["ygg_agent_plugin_call_duration_seconds"].1.len(), 13);
+        // ...and go with its unload, leaving the declarations.
+        metrics.plugin_calls.remove(&ok);
+        metrics.plugin_call_seconds.remove(&plugin);
+        metrics.plugin_restarts.remove(&plugin);
+        assert_eq!(families(&metrics.render()), fresh);
     }
 }

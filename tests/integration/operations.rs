@@ -563,6 +563,7 @@ async fn json_logs_are_one_object_per_line_naming_service_key_and_plugin() {
         .await;
     agent.wait_for_log("echo initialised", PATIENCE).await;
     let mut registered = None;
+    let mut started = None;
     let mut plugin_line = None;
     for line in agent.log().lines() {
         let object: serde_json::Value =
@@ -573,6 +574,9 @@ async fn json_logs_are_one_object_per_line_naming_service_key_and_plugin() {
         );
         if object["message"] == "instance registered successfully" {
             registered = Some(object.clone());
+        }
+        if object["message"] == "agent started" {
+            started = Some(object.clone());
         }
         if object["message"] == "echo initialised" {
             plugin_line = Some(object);
@@ -586,4 +590,7 @@ async fn json_logs_are_one_object_per_line_naming_service_key_and_plugin() {
     );
     assert_eq!(registered["level"], "INFO");
     assert_eq!(plugin_line.expect("plugin line")["plugin"], "echo");
+    // A list of plain endpoints, comma-separated, not JSON text in a string.
+    let started = started.expect("start line");
+    assert_eq!(started["endpoints"], etcd.endpoints().join(","));
 }

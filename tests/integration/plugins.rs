@@ -285,6 +285,17 @@ async fn a_failing_plugin_keeps_its_last_good_output() {
     agent
         .wait_for_log_count("boom in collect", 2, PATIENCE)
         .await;
+    // The failure line names the instance as registry lines do.
+    let log = agent.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("plugin failed; keeping its last good output"))
+        .unwrap();
+    assert!(
+        line.contains(&format!("key={SEED_KEY}"))
+            && line.contains("service=default/example-registry-server/1.0.0"),
+        "{line}"
+    );
     let mut client = etcd.client().await;
     let kept = metadata_of(&entries(&mut client, PREFIX).await, SEED_KEY).unwrap();
     assert_eq!(

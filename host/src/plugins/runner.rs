@@ -364,14 +364,16 @@ impl Runner {
             let (key, error) = result.errors.last().expect("poisoned implies an error");
             error!(
                 plugin = %self.spec.name,
-                instance = %key,
+                key = %key,
+                service = %service_of(&round.instances, key),
                 %error,
                 retry_in = ?(self.retry_at - Instant::now()),
                 "plugin failed; keeping its last good output and rebuilding it"
             );
         } else {
             for (key, error) in &result.errors {
-                warn!(plugin = %self.spec.name, instance = %key, %error, "plugin call failed; keeping its last good output");
+                let service = service_of(&round.instances, key);
+                warn!(plugin = %self.spec.name, key = %key, %service, %error, "plugin call failed; keeping its last good output");
             }
             if result.errors.is_empty() {
                 self.retry.reset();
@@ -388,4 +390,13 @@ impl Runner {
         }
         result
     }
+}
+
+/// The `namespace/name/version` of the round's instance with etcd key `key`,
+/// so a line about a call names the instance as registry lines do.
+fn service_of(instances: &[PluginInstance], key: &str) -> String {
+    instances
+        .iter()
+        .find(|i| i.key == key)
+        .map_or_else(String::new, |i| i.instance.service_label())
 }
