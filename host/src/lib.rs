@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod plugins;
 pub mod record;
 pub mod registry;
+pub mod status;
 pub mod systemd;
 pub mod watch;
 

@@ -1,0 +1,186 @@
+//! What `ygg-agent status` shows: every configured instance, whether it is
+//! registered or withheld by its health checks, and each check's last
+//! result. The supervisor publishes an [`AgentStatus`] on a `watch`
+//! channel; the admin server serves it as JSON at `/status`; the command
+//! line fetches it from there and prints a table (or the JSON).
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+/// The agent's view of its instances, newest first published.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub instances: Vec<InstanceStatus>,
+}
+
+/// One configured instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    /// Its etcd key.
+    pub key: String,
+    /// `namespace/name/version`.
+    pub service: String,
+    pub state: InstanceState,
+    pub checks: Vec<CheckStatusView>,
+}
+
+/// Whether an instance is meant to be in etcd now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceState {
+    /// In the registry's target (see `/readyz` for whether etcd has it).
+    Registered,
+    /// Held out of etcd: a check is critical.
+    Withheld,
+}
+
+/// One check of an instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckStatusView {
+    /// `tcp 127.0.0.1:8080`, `http http://…/health`, `grpc 127.0.0.1:9090`.
+    pub check: String,
+    /// `passing` or `critical`.
+    pub status: String,
+    /// The last run's output (`HTTP 200`) or why it failed; empty before
+    /// the first run.
+    pub output: String,
+    /// How long the last run took, in milliseconds.
+    pub duration_ms: Option<f64>,
+}
+
+impl AgentStatus {
+    pub fn withheld(&self) -> usize {
+        self.instances
+            .iter()
+            .filter(|i| i.state == InstanceState::Withheld)
+            .count()
+    }
+
+    /// The table `ygg-agent status` prints: one line per instance, then one
+    /// indented line per check. Data from the config and from checks is
+    /// printed with control characters escaped.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        if self.instances.is_empty() {
+            out.push_str("no instances configured\n");
+            return out;
+        }
+        let width = self
+            .instances
+            .iter()
+            .map(|i| escape(&i.service).chars().count())
+            .max()
+            .unwrap_or(0)
+            .max("SERVICE".len());
+        let _ = writeln!(out, "{:<width$}  {:<10}  KEY", "SERVICE", "STATE");
+        for instance in &self.instances {
+            let state = match instance.state {
+                InstanceState::Registered => "registered",
+                InstanceState::Withheld => "withheld",
+            };
+            let _ = writeln!(
+                out,
+                "{:<width$}  {state:<10}  {}",
+                escape(&instance.service),
+                escape(&instance.key)
+            );
+            for check in &instance.checks {
+                let took = check
+                    .duration_ms
+                    .map(|ms| format!(" ({ms:.1} ms)"))
+                    .unwrap_or_default();
+                let output = if check.output.is_empty() {
+                    "not run yet".to_string()
+                } else {
+                    escape(&check.output)
+                };
+                let _ = writeln!(
+                    out,
+                    "  - {}: {} — {output}{took}",
+                    escape(&check.check),
+                    check.status
+                );
+            }
+        }
+        out
+    }
+}
+
+/// `text` with control characters shown as `\u{1b}` escapes, so data from
+/// a config, a server or etcd cannot drive the operator's terminal.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> AgentStatus {
+        AgentStatus {
+            instances: vec![
+                InstanceStatus {
+                    key: "/r/default/api/abc".into(),
+                    service: "default/api/1.0.0".into(),
+                    state: InstanceState::Registered,
+                    checks: vec![CheckStatusView {
+                        check: "tcp 127.0.0.1:8080".into(),
+                        status: "passing".into(),
+                        output: "connected".into(),
+                        duration_ms: Some(0.25),
+                    }],
+                },
+                InstanceStatus {
+                    key: "/r/default/db/def".into(),
+                    service: "default/db/2\u{1b}]0;pwned\u{7}".into(),
+                    state: InstanceState::Withheld,
+                    checks: vec![CheckStatusView {
+                        check: "http http://127.0.0.1:9/".into(),
+                        status: "critical".into(),
+                        output: String::new(),
+                        duration_ms: None,
+                    }],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn the_table_names_every_instance_and_check() {
+        let table = status().table();
+        assert!(table.contains("default/api/1.0.0"), "{table}");
+        assert!(table.contains("registered"), "{table}");
+        assert!(table.contains("withheld"), "{table}");
+        assert!(
+            table.contains("  - tcp 127.0.0.1:8080: passing — connected (0.2 ms)")
+                || table.contains("  - tcp 127.0.0.1:8080: passing — connected (0.3 ms)"),
+            "{table}"
+        );
+        assert!(table.contains("critical — not run yet"), "{table}");
+        assert_eq!(status().withheld(), 1);
+    }
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        let table = status().table();
+        assert!(!table.chars().any(|c| c.is_control() && c != '\n'), "{table:?}");
+        assert!(table.contains("default/db/2\\u{1b}]0;pwned\\u{7}"), "{table}");
+    }
+
+    #[test]
+    fn the_json_round_trips() {
+        let json = serde_json::to_string(&status()).unwrap();
+        assert!(json.contains("\"state\":\"withheld\""), "{json}");
+        let back: AgentStatus = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, status());
+    }
+}
