@@ -113,6 +113,7 @@ pub struct AgentConfig {
     pub instances: Vec<Instance>,
     /// `checks[i]` are the health checks of `instances[i]` (empty: none),
     /// with `agent.checks`' defaults applied and their targets resolved.
+    /// Always as long as `instances`.
     pub checks: Vec<Vec<CheckConfig>>,
     pub plugins: Option<PluginsConfig>,
     pub admin: Option<AdminConfig>,
@@ -1100,8 +1101,8 @@ fn http_method(method: &str) -> Result<(), String> {
     }
 }
 
-/// Header names are tokens; values hold no control characters (a line
-/// break would smuggle in another header).
+/// Header names are tokens; values are printable ASCII (a line break would
+/// smuggle in another header; other bytes are refused by HTTP libraries).
 fn http_headers(headers: &BTreeMap<String, String>) -> Result<(), String> {
     for (name, value) in headers {
         if !name.chars().all(is_token_char) {
@@ -1110,8 +1111,13 @@ fn http_headers(headers: &BTreeMap<String, String>) -> Result<(), String> {
                 name.escape_debug()
             ));
         }
-        if value.chars().any(|c| c.is_control() && c != '\t') {
-            return Err(format!("the value of `{name}` holds control characters"));
+        if value
+            .chars()
+            .any(|c| !c.is_ascii() || (c.is_control() && c != '\t'))
+        {
+            return Err(format!(
+                "the value of `{name}` holds control or non-ASCII characters"
+            ));
         }
     }
     Ok(())
