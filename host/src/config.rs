@@ -785,7 +785,7 @@ fn read_probe(
             && let Some(value) = map.get(key)
         {
             value.error(format!(
-                "`{key}` is an option of {owner} checks, and this is a {kind} check"
+                "`{key}` is for {owner} checks only, and this check is {kind}"
             ));
         }
     }
