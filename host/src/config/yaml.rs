@@ -105,7 +105,7 @@ impl<'a> Section<'a> {
     }
 
     /// The value under `key`, or `None` when absent or null.
-    fn get(&mut self, key: &'a str) -> Option<Value<'a>> {
+    pub fn get(&mut self, key: &'a str) -> Option<Value<'a>> {
         self.used.insert(key);
         let node = self.node.get_node(key)?;
         if is_null(node) {
@@ -131,6 +131,31 @@ impl<'a> Section<'a> {
 
     pub fn string(&mut self, key: &'a str) -> Field<'a, String> {
         self.field(key, |v| v.string())
+    }
+
+    /// A value where null is written but empty (`tcp: ~` reads as `""`):
+    /// absent only when the key is missing. A null is placed on its key's
+    /// line (a bare `tcp:` has its empty value on the next line).
+    pub fn string_or_empty(&mut self, key: &'a str) -> Field<'a, String> {
+        self.used.insert(key);
+        let path = self.path.key(key);
+        match self.node.iter().find(|(k, _)| k.as_str() == key) {
+            Some((k, node)) if is_null(node) => {
+                Field::read(Some(String::new()), path, line_of(k.span()), self.report)
+            }
+            Some((_, node)) => Value {
+                node,
+                path,
+                report: self.report,
+            }
+            .string(),
+            None => Field::absent(path, line_of(self.node.span()), self.report),
+        }
+    }
+
+    /// A whole number (`3`), such as a count of attempts.
+    pub fn count(&mut self, key: &'a str) -> Field<'a, u32> {
+        self.field(key, |v| v.count())
     }
 
     /// A credential: nothing that reports on it can print it.
@@ -196,7 +221,18 @@ impl<'a> Section<'a> {
         })
     }
 
+    /// Whether the mapping holds a key no reader has asked for.
+    pub fn has_unread(&self) -> bool {
+        (self.node.keys()).any(|key| !self.used.contains(key.as_str()))
+    }
+
     pub fn finish(self, unknown: Unknown) {
+        self.finish_as(unknown, "unknown key");
+    }
+
+    /// [`Section::finish`], saying `what` each unknown key is (where the
+    /// mapping's keys are data, such as a check's kind).
+    pub fn finish_as(self, unknown: Unknown, what: &str) {
         for key in self.node.keys() {
             if self.used.contains(key.as_str()) {
                 continue;
@@ -208,11 +244,10 @@ impl<'a> Section<'a> {
                 .unwrap_or_default();
             let line = line_of(key.span());
             match unknown {
-                Unknown::Error => self.report.error(&path, line, format!("unknown key{hint}")),
-                Unknown::Warn => {
-                    self.report
-                        .warning(&path, line, format!("unknown key, ignored{hint}"))
-                }
+                Unknown::Error => self.report.error(&path, line, format!("{what}{hint}")),
+                Unknown::Warn => self
+                    .report
+                    .warning(&path, line, format!("{what}, ignored{hint}")),
                 Unknown::Ignore => {}
             }
         }
@@ -318,6 +353,12 @@ impl<'a> Value<'a> {
 
     pub fn size(&self) -> Field<'a, u64> {
         self.string().parse(|text| parse_size(&text))
+    }
+
+    pub fn count(&self) -> Field<'a, u32> {
+        self.string().parse(|text| {
+            (text.parse::<u32>()).map_err(|_| format!("expected a whole number, found `{text}`"))
+        })
     }
 
     /// A mapping of plain values, such as `metadata: {env: dev}`; null is
