@@ -406,3 +406,332 @@ impl Threshold {
         self.passes.max(self.failures)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    /// A check whose fake probe is told by its address: `pass`, `fail`, or
+    /// `switch` (the shared switch says).
+    fn config(address: &str, interval: u64, initial_status: CheckStatus) -> CheckConfig {
+        CheckConfig {
+            probe: Probe::Tcp {
+                address: address.to_string(),
+            },
+            interval: secs(interval),
+            timeout: Duration::from_millis(900),
+            success_before_passing: 2,
+            failures_before_critical: 3,
+            initial_status,
+        }
+    }
+
+    fn id(key: &str, index: usize) -> CheckId {
+        CheckId {
+            instance_key: key.to_string(),
+            index,
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct Fake {
+        switch: Arc<AtomicBool>,
+        delay: Duration,
+        in_flight: Arc<AtomicUsize>,
+        most_in_flight: Arc<AtomicUsize>,
+    }
+
+    impl Fake {
+        fn host(&self, tracker: &TaskTracker) -> (CheckHost, mpsc::Receiver<CheckReport>) {
+            let fake = self.clone();
+            let probe: ProbeFn = Arc::new(move |probe, _timeout| {
+                let fake = fake.clone();
+                Box::pin(async move {
+                    let now = fake.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    fake.most_in_flight.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(fake.delay).await;
+                    fake.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    let Probe::Tcp { address } = probe else {
+                        unreachable!()
+                    };
+                    let pass = match address.as_str() {
+                        "pass" => true,
+                        "switch" => fake.switch.load(Ordering::SeqCst),
+                        _ => false,
+                    };
+                    if pass {
+                        Ok("up".to_string())
+                    } else {
+                        Err("down".to_string())
+                    }
+                })
+            });
+            CheckHost::with_probe(tracker.clone(), probe, MAX_PROBES_IN_FLIGHT)
+        }
+    }
+
+    #[test]
+    fn thresholds_change_the_status_only_after_enough_equal_outcomes() {
+        let config = config("pass", 10, CheckStatus::Passing);
+        let mut threshold = Threshold::new(CheckStatus::Passing);
+        let mut run = |passed| {
+            let changed = threshold.record(passed, &config);
+            (threshold.status, threshold.consecutive(), changed)
+        };
+        use CheckStatus::{Critical, Passing};
+        // failuresBeforeCritical = 3: two failures and a pass change nothing.
+        assert_eq!(run(false), (Passing, 1, false));
+        assert_eq!(run(false), (Passing, 2, false));
+        assert_eq!(run(true), (Passing, 1, false));
+        assert_eq!(run(false), (Passing, 1, false));
+        assert_eq!(run(false), (Passing, 2, false));
+        assert_eq!(run(false), (Critical, 3, true));
+        assert_eq!(run(false), (Critical, 4, false));
+        // successBeforePassing = 2.
+        assert_eq!(run(true), (Critical, 1, false));
+        assert_eq!(run(false), (Critical, 1, false));
+        assert_eq!(run(true), (Critical, 1, false));
+        assert_eq!(run(true), (Passing, 2, true));
+        assert_eq!(run(true), (Passing, 3, false));
+    }
+
+    #[test]
+    fn an_instance_is_withheld_while_any_of_its_checks_is_critical() {
+        let (a0, a1, b0) = (id("a", 0), id("a", 1), id("b", 0));
+        let statuses = [
+            (&a0, CheckStatus::Passing),
+            (&a1, CheckStatus::Critical),
+            (&b0, CheckStatus::Passing),
+        ];
+        assert_eq!(withheld(statuses), BTreeSet::from(["a".to_string()]));
+        assert!(withheld([(&b0, CheckStatus::Passing)]).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_runs_spread_over_the_interval_then_one_run_every_interval() {
+        let tracker = TaskTracker::new();
+        let (mut host, mut reports) = Fake::default().host(&tracker);
+        let start = Instant::now();
+        let checks: BTreeMap<_, _> = (0..200)
+            .map(|i| {
+                (
+                    id(&format!("i{i}"), 0),
+                    config("pass", 10, CheckStatus::Critical),
+                )
+            })
+            .collect();
+        host.set(checks);
+
+        let mut times: BTreeMap<CheckId, Vec<Duration>> = BTreeMap::new();
+        while let Ok(Some(report)) = tokio::time::timeout_at(start + secs(35), reports.recv()).await
+        {
+            times
+                .entry(report.id.clone())
+                .or_default()
+                .push(start.elapsed());
+            assert!(host.record(report));
+        }
+        assert_eq!(times.len(), 200);
+        let firsts: Vec<Duration> = times.values().map(|t| t[0]).collect();
+        assert!(firsts.iter().all(|first| *first < secs(10)), "{firsts:?}");
+        // Uniform over 10 s: 200 first runs fill both ends of it.
+        assert!(firsts.iter().any(|first| *first < secs(2)), "{firsts:?}");
+        assert!(firsts.iter().any(|first| *first > secs(8)), "{firsts:?}");
+        for runs in times.values() {
+            assert!(runs.len() >= 3, "{runs:?}");
+            for pair in runs.windows(2) {
+                assert_eq!(pair[1] - pair[0], secs(10), "{runs:?}");
+            }
+        }
+    }
+
+    /// The next report of `id` (recording every report on the way).
+    async fn next_of(
+        host: &mut CheckHost,
+        reports: &mut mpsc::Receiver<CheckReport>,
+        id: &CheckId,
+    ) -> CheckReport {
+        loop {
+            let report = reports.recv().await.expect("the host holds a sender");
+            if &report.id == id {
+                return report;
+            }
+            host.record(report);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn set_keeps_an_unchanged_check_running_and_restarts_a_changed_one() {
+        let tracker = TaskTracker::new();
+        let (mut host, mut reports) = Fake::default().host(&tracker);
+        let (a, b) = (id("a", 0), id("b", 0));
+        let mut checks = BTreeMap::from([
+            (a.clone(), config("fail", 10, CheckStatus::Passing)),
+            (b.clone(), config("fail", 10, CheckStatus::Passing)),
+        ]);
+        host.set(checks.clone());
+        assert!(host.withheld().is_empty());
+
+        let first_a = next_of(&mut host, &mut reports, &a).await;
+        assert_eq!(
+            (first_a.consecutive, first_a.status),
+            (1, CheckStatus::Passing)
+        );
+        assert!(host.record(first_a));
+        let second_a = next_of(&mut host, &mut reports, &a).await;
+        let second_a_at = Instant::now();
+        assert_eq!(second_a.consecutive, 2);
+        assert!(host.record(second_a));
+        let stale_b = next_of(&mut host, &mut reports, &b).await;
+
+        // The same a, a changed b (10 s → 20 s).
+        checks.insert(b.clone(), config("fail", 20, CheckStatus::Passing));
+        let set_at = Instant::now();
+        host.set(checks.clone());
+        assert!(
+            !host.record(stale_b),
+            "a report of b's old version counts no more"
+        );
+        assert_eq!(
+            host.last(&a).map(|r| r.consecutive),
+            Some(2),
+            "a keeps its state"
+        );
+
+        // a: on its old schedule, its count going on: the third failure.
+        let third_a = next_of(&mut host, &mut reports, &a).await;
+        assert_eq!(Instant::now() - second_a_at, secs(10));
+        assert_eq!(
+            (third_a.consecutive, third_a.status, third_a.changed),
+            (3, CheckStatus::Critical, true)
+        );
+        assert!(host.record(third_a));
+        assert_eq!(host.withheld(), BTreeSet::from(["a".to_string()]));
+
+        // b: from the start, its first run within its new interval.
+        let fresh_b = next_of(&mut host, &mut reports, &b).await;
+        assert!(Instant::now() - set_at < secs(20));
+        assert_eq!(
+            (fresh_b.consecutive, fresh_b.status),
+            (1, CheckStatus::Passing)
+        );
+        assert!(host.record(fresh_b));
+        assert_eq!(tracker.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_removed_check_stops_and_a_dropped_host_stops_them_all() {
+        let tracker = TaskTracker::new();
+        let (mut host, mut reports) = Fake::default().host(&tracker);
+        let (a, b) = (id("a", 0), id("b", 0));
+        host.set(BTreeMap::from([
+            (a.clone(), config("pass", 1, CheckStatus::Critical)),
+            (b.clone(), config("pass", 1, CheckStatus::Critical)),
+        ]));
+        assert_eq!(
+            host.withheld(),
+            BTreeSet::from(["a".to_string(), "b".to_string()])
+        );
+        next_of(&mut host, &mut reports, &a).await;
+
+        host.set(BTreeMap::from([(
+            b.clone(),
+            config("pass", 1, CheckStatus::Critical),
+        )]));
+        assert_eq!(host.withheld(), BTreeSet::from(["b".to_string()]));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(tracker.len(), 1, "a's task has ended");
+        while let Ok(report) = reports.try_recv() {
+            host.record(report);
+        }
+        let until = Instant::now() + secs(5);
+        while let Ok(Some(report)) = tokio::time::timeout_at(until, reports.recv()).await {
+            assert_eq!(report.id, b, "no report from a removed check");
+            host.record(report);
+        }
+        assert!(host.withheld().is_empty(), "b passed twice");
+        assert!(host.last(&a).is_none());
+
+        drop(host);
+        tracker.close();
+        tokio::time::timeout(secs(1), tracker.wait())
+            .await
+            .expect("every check task ends with the host");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probes_in_flight_are_bounded() {
+        let tracker = TaskTracker::new();
+        let fake = Fake {
+            delay: Duration::from_millis(900),
+            ..Fake::default()
+        };
+        let (mut host, mut reports) = fake.host(&tracker);
+        // 300 checks each busy 0.9 s of every 1 s: ~270 would run at once.
+        host.set(
+            (0..300)
+                .map(|i| {
+                    (
+                        id(&format!("i{i}"), 0),
+                        config("pass", 1, CheckStatus::Critical),
+                    )
+                })
+                .collect(),
+        );
+        let until = Instant::now() + secs(5);
+        let mut count = 0;
+        while let Ok(Some(report)) = tokio::time::timeout_at(until, reports.recv()).await {
+            assert!(report.duration >= Duration::from_millis(900));
+            host.record(report);
+            count += 1;
+        }
+        assert_eq!(
+            fake.most_in_flight.load(Ordering::SeqCst),
+            MAX_PROBES_IN_FLIGHT
+        );
+        assert!(count > 4 * MAX_PROBES_IN_FLIGHT, "{count} runs in 5 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flapping_check_changes_status_only_at_its_thresholds() {
+        let tracker = TaskTracker::new();
+        let fake = Fake::default();
+        let (mut host, mut reports) = fake.host(&tracker);
+        let a = id("a", 0);
+        host.set(BTreeMap::from([(
+            a.clone(),
+            config("switch", 1, CheckStatus::Critical),
+        )]));
+        let mut seen = Vec::new();
+        for passing in [
+            true, false, true, true, false, false, true, false, false, false,
+        ] {
+            fake.switch.store(passing, Ordering::SeqCst);
+            let report = next_of(&mut host, &mut reports, &a).await;
+            seen.push((report.status, report.changed));
+            host.record(report);
+        }
+        use CheckStatus::{Critical, Passing};
+        assert_eq!(
+            seen,
+            [
+                (Critical, false),
+                (Critical, false),
+                (Critical, false),
+                (Passing, true),
+                (Passing, false),
+                (Passing, false),
+                (Passing, false),
+                (Passing, false),
+                (Passing, false),
+                (Critical, true),
+            ]
+        );
+    }
+}
