@@ -408,6 +408,17 @@ impl Threshold {
 }
 
 #[cfg(test)]
+impl Prober {
+    /// A prober trusting `roots` instead of the system's.
+    fn with_roots(tracker: TaskTracker, roots: rustls::RootCertStore) -> Prober {
+        Prober {
+            roots: TlsRoots::preloaded(tracker.clone(), roots),
+            tracker,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -539,7 +550,8 @@ mod tests {
         }
         assert_eq!(times.len(), 200);
         let firsts: Vec<Duration> = times.values().map(|t| t[0]).collect();
-        assert!(firsts.iter().all(|first| *first < secs(10)), "{firsts:?}");
+        // (At most 10 s: timers round up to the millisecond.)
+        assert!(firsts.iter().all(|first| *first <= secs(10)), "{firsts:?}");
         // Uniform over 10 s: 200 first runs fill both ends of it.
         assert!(firsts.iter().any(|first| *first < secs(2)), "{firsts:?}");
         assert!(firsts.iter().any(|first| *first > secs(8)), "{firsts:?}");
@@ -604,9 +616,23 @@ mod tests {
             "a keeps its state"
         );
 
+        // Each check's next report, in whichever order they come.
+        let (mut third_a, mut fresh_b) = (None, None);
+        while third_a.is_none() || fresh_b.is_none() {
+            let report = reports.recv().await.unwrap();
+            let slot = if report.id == a {
+                &mut third_a
+            } else {
+                &mut fresh_b
+            };
+            if slot.is_none() {
+                *slot = Some((Instant::now(), report));
+            }
+        }
+        let ((third_a_at, third_a), (fresh_b_at, fresh_b)) = (third_a.unwrap(), fresh_b.unwrap());
+
         // a: on its old schedule, its count going on: the third failure.
-        let third_a = next_of(&mut host, &mut reports, &a).await;
-        assert_eq!(Instant::now() - second_a_at, secs(10));
+        assert_eq!(third_a_at - second_a_at, secs(10));
         assert_eq!(
             (third_a.consecutive, third_a.status, third_a.changed),
             (3, CheckStatus::Critical, true)
@@ -615,8 +641,7 @@ mod tests {
         assert_eq!(host.withheld(), BTreeSet::from(["a".to_string()]));
 
         // b: from the start, its first run within its new interval.
-        let fresh_b = next_of(&mut host, &mut reports, &b).await;
-        assert!(Instant::now() - set_at < secs(20));
+        assert!(fresh_b_at - set_at < secs(20));
         assert_eq!(
             (fresh_b.consecutive, fresh_b.status),
             (1, CheckStatus::Passing)
@@ -733,5 +758,439 @@ mod tests {
                 (Critical, true),
             ]
         );
+    }
+
+    /// Probes against real servers on loopback, in real time.
+    mod probes {
+        use std::future::Future;
+        use std::net::SocketAddr;
+
+        use axum::Router;
+        use axum::http::{HeaderMap, StatusCode, header::LOCATION};
+        use axum::routing::{get, post};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::{TcpListener, TcpStream};
+
+        use super::super::*;
+
+        const TIMEOUT: Duration = Duration::from_millis(500);
+        /// How late past its timeout a probe may return.
+        const MARGIN: Duration = Duration::from_millis(400);
+
+        fn http(url: String) -> Probe {
+            Probe::Http {
+                url,
+                method: "GET".to_string(),
+                headers: BTreeMap::new(),
+                tls_skip_verify: false,
+            }
+        }
+
+        fn grpc(address: SocketAddr, service: &str) -> Probe {
+            Probe::Grpc {
+                address: address.to_string(),
+                service: service.to_string(),
+                tls: false,
+            }
+        }
+
+        /// Runs `probe` with a fresh prober: its outcome, and how long it took.
+        async fn run(probe: &Probe, timeout: Duration) -> (Result<String, String>, Duration) {
+            let prober = Prober::new(TaskTracker::new());
+            let began = Instant::now();
+            let outcome = prober.probe(probe, timeout).await;
+            (outcome, began.elapsed())
+        }
+
+        async fn closed_port() -> SocketAddr {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            listener.local_addr().unwrap()
+        }
+
+        /// A server that hands each connection to `serve`.
+        async fn raw_server<F, Fut>(serve: F) -> SocketAddr
+        where
+            F: Fn(TcpStream) -> Fut + Send + 'static,
+            Fut: Future<Output = ()> + Send + 'static,
+        {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    tokio::spawn(serve(stream));
+                }
+            });
+            address
+        }
+
+        /// Reads the request's head, then writes `head` and `chunk` until
+        /// the client goes away.
+        async fn endless(mut stream: TcpStream, head: &'static [u8], chunk: u8) {
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request).await;
+            if stream.write_all(head).await.is_err() {
+                return;
+            }
+            let chunk = vec![chunk; 64 * 1024];
+            while stream.write_all(&chunk).await.is_ok() {}
+        }
+
+        /// Accepts, reads, and never answers.
+        async fn silent(mut stream: TcpStream) {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buffer).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+
+        #[tokio::test]
+        async fn tcp_passes_when_a_connection_opens_and_fails_on_a_closed_port() {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let open = listener.local_addr().unwrap();
+            let (outcome, _) = run(
+                &Probe::Tcp {
+                    address: open.to_string(),
+                },
+                TIMEOUT,
+            )
+            .await;
+            assert_eq!(outcome, Ok(format!("connected to {open}")));
+
+            let closed = closed_port().await;
+            let (outcome, _) = run(
+                &Probe::Tcp {
+                    address: closed.to_string(),
+                },
+                TIMEOUT,
+            )
+            .await;
+            assert_eq!(outcome, Err("connection refused".to_string()));
+        }
+
+        #[tokio::test]
+        async fn http_passes_on_2xx_only_and_follows_no_redirect() {
+            let app = Router::new()
+                .route("/ok", get(|| async { "ok" }))
+                .route(
+                    "/down",
+                    get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "maintenance") }),
+                )
+                .route(
+                    "/moved",
+                    get(|| async { (StatusCode::FOUND, [(LOCATION, "/moved")]) }),
+                )
+                .route(
+                    "/echo",
+                    post(|headers: HeaderMap| async move {
+                        let value = headers.get("x-probe").and_then(|v| v.to_str().ok());
+                        value.unwrap_or("no header").to_string()
+                    }),
+                )
+                .route("/long", get(|| async { "x".repeat(10_000) }));
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            let url = |path: &str| format!("http://{address}{path}");
+
+            assert_eq!(
+                run(&http(url("/ok")), TIMEOUT).await.0,
+                Ok("HTTP 200: ok".to_string())
+            );
+            assert_eq!(
+                run(&http(url("/down")), TIMEOUT).await.0,
+                Err("HTTP 503: maintenance".to_string())
+            );
+            assert_eq!(
+                run(&http(url("/moved")), TIMEOUT).await.0,
+                Err("redirect (302) not followed".to_string())
+            );
+            assert_eq!(
+                run(&http(url("/nowhere")), TIMEOUT).await.0,
+                Err("HTTP 404".to_string())
+            );
+            let post_with_header = Probe::Http {
+                url: url("/echo"),
+                method: "POST".to_string(),
+                headers: BTreeMap::from([("X-Probe".to_string(), "yes".to_string())]),
+                tls_skip_verify: false,
+            };
+            assert_eq!(
+                run(&post_with_header, TIMEOUT).await.0,
+                Ok("HTTP 200: yes".to_string())
+            );
+            // Only the first 4 KiB of a body become the output.
+            let long = run(&http(url("/long")), TIMEOUT).await.0.unwrap();
+            assert_eq!(long, format!("HTTP 200: {}…", "x".repeat(4096)));
+
+            let closed = closed_port().await;
+            let (outcome, _) = run(&http(format!("http://{closed}/")), TIMEOUT).await;
+            assert_eq!(outcome, Err("connection refused".to_string()));
+        }
+
+        #[tokio::test]
+        async fn http_against_hostile_servers_is_bounded_by_its_limits_and_deadline() {
+            let body = raw_server(|s| {
+                endless(
+                    s,
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n",
+                    b'x',
+                )
+            })
+            .await;
+            let (outcome, took) =
+                run(&http(format!("http://{body}/")), Duration::from_secs(5)).await;
+            assert_eq!(
+                outcome,
+                Err("HTTP 200: body longer than 1024 KiB".to_string())
+            );
+            assert!(took < Duration::from_secs(5), "{took:?}");
+
+            let header = raw_server(|s| endless(s, b"HTTP/1.1 200 OK\r\nx-big: ", b'a')).await;
+            let (outcome, took) =
+                run(&http(format!("http://{header}/")), Duration::from_secs(5)).await;
+            assert_eq!(outcome, Err("answer head larger than 16 KiB".to_string()));
+            assert!(took < Duration::from_secs(5), "{took:?}");
+
+            let mute = raw_server(silent).await;
+            let (outcome, took) = run(&http(format!("http://{mute}/")), TIMEOUT).await;
+            assert_eq!(
+                outcome,
+                Err("timed out after 500ms waiting for the answer".to_string())
+            );
+            assert!(took >= TIMEOUT && took < TIMEOUT + MARGIN, "{took:?}");
+
+            // The same server as an https endpoint: a handshake that never ends.
+            let tls = Probe::Http {
+                url: format!("https://{mute}/"),
+                method: "GET".to_string(),
+                headers: BTreeMap::new(),
+                tls_skip_verify: true,
+            };
+            let (outcome, took) = run(&tls, TIMEOUT).await;
+            assert_eq!(
+                outcome,
+                Err("timed out after 500ms in the TLS handshake".to_string())
+            );
+            assert!(took >= TIMEOUT && took < TIMEOUT + MARGIN, "{took:?}");
+        }
+
+        #[tokio::test]
+        async fn grpc_passes_on_serving_only() {
+            use tonic_health::ServingStatus;
+            let (reporter, service) = tonic_health::server::health_reporter();
+            reporter
+                .set_service_status("up", ServingStatus::Serving)
+                .await;
+            reporter
+                .set_service_status("down", ServingStatus::NotServing)
+                .await;
+            let incoming =
+                tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap())
+                    .unwrap();
+            let address = incoming.local_addr().unwrap();
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming(incoming),
+            );
+
+            assert_eq!(
+                run(&grpc(address, ""), TIMEOUT).await.0,
+                Ok("SERVING".to_string())
+            );
+            assert_eq!(
+                run(&grpc(address, "up"), TIMEOUT).await.0,
+                Ok("SERVING".to_string())
+            );
+            assert_eq!(
+                run(&grpc(address, "down"), TIMEOUT).await.0,
+                Err("NOT_SERVING".to_string())
+            );
+            let unknown = run(&grpc(address, "nope"), TIMEOUT).await.0.unwrap_err();
+            assert!(
+                unknown.starts_with("SERVICE_UNKNOWN: the server does not know service \"nope\""),
+                "{unknown}"
+            );
+
+            let closed = closed_port().await;
+            let refused = run(&grpc(closed, ""), TIMEOUT).await.0.unwrap_err();
+            assert!(refused.contains("connection refused"), "{refused}");
+            drop(reporter);
+        }
+
+        #[tokio::test]
+        async fn grpc_against_a_silent_server_times_out_and_leaves_no_task_behind() {
+            let mute = raw_server(silent).await;
+            let tracker = TaskTracker::new();
+            let prober = Prober::new(tracker.clone());
+            let began = Instant::now();
+            let outcome = prober.probe(&grpc(mute, ""), TIMEOUT).await;
+            let took = began.elapsed();
+            let reason = outcome.unwrap_err();
+            assert!(reason.starts_with("timed out after 500ms"), "{reason}");
+            assert!(took >= TIMEOUT && took < TIMEOUT + MARGIN, "{took:?}");
+            // tonic's connection tasks ran on the tracker; they end with their socket.
+            tracker.close();
+            tokio::time::timeout(MARGIN, tracker.wait())
+                .await
+                .expect("no connection task outlives its probe by more than the grace");
+        }
+    }
+
+    /// https and gRPC over TLS against a self-signed certificate for
+    /// `localhost` and 127.0.0.1.
+    mod tls {
+        use std::net::SocketAddr;
+        use std::sync::Arc;
+
+        use rustls::RootCertStore;
+        use rustls::pki_types::PrivateKeyDer;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::TcpListener;
+
+        use super::super::*;
+
+        const TIMEOUT: Duration = Duration::from_secs(2);
+
+        struct TestCert {
+            cert: rcgen::Certificate,
+            key: rcgen::KeyPair,
+        }
+
+        fn cert() -> TestCert {
+            let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+            let certified = rcgen::generate_simple_self_signed(names).unwrap();
+            TestCert {
+                cert: certified.cert,
+                key: certified.signing_key,
+            }
+        }
+
+        fn trusting(cert: &TestCert) -> Prober {
+            let mut roots = RootCertStore::empty();
+            roots.add(cert.cert.der().clone()).unwrap();
+            Prober::with_roots(TaskTracker::new(), roots)
+        }
+
+        /// An https server answering every request with 200 `secure`.
+        async fn https_server(cert: &TestCert) -> SocketAddr {
+            let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.cert.der().clone()],
+                PrivateKeyDer::Pkcs8(cert.key.serialize_der().into()),
+            )
+            .unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut stream) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        let mut request = [0u8; 4096];
+                        let _ = stream.read(&mut request).await;
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\nconnection: close\r\n\r\nsecure";
+                        let _ = stream.write_all(answer).await;
+                        let _ = stream.shutdown().await;
+                    });
+                }
+            });
+            address
+        }
+
+        fn https(url: String, tls_skip_verify: bool) -> Probe {
+            Probe::Http {
+                url,
+                method: "GET".to_string(),
+                headers: BTreeMap::new(),
+                tls_skip_verify,
+            }
+        }
+
+        #[tokio::test]
+        async fn https_verifies_the_certificate_unless_told_not_to() {
+            let cert = cert();
+            let address = https_server(&cert).await;
+            let by_name = format!("https://localhost:{}/", address.port());
+            let by_ip = format!("https://{address}/");
+            let trusting = trusting(&cert);
+            assert_eq!(
+                trusting
+                    .probe(&https(by_name.clone(), false), TIMEOUT)
+                    .await,
+                Ok("HTTP 200: secure".to_string())
+            );
+            assert_eq!(
+                trusting.probe(&https(by_ip.clone(), false), TIMEOUT).await,
+                Ok("HTTP 200: secure".to_string())
+            );
+
+            // The system's roots do not hold the test's certificate.
+            let system = Prober::new(TaskTracker::new());
+            let refused = system
+                .probe(&https(by_ip.clone(), false), TIMEOUT)
+                .await
+                .unwrap_err();
+            assert!(
+                refused.starts_with("TLS handshake: invalid peer certificate"),
+                "{refused}"
+            );
+            assert_eq!(
+                system.probe(&https(by_ip, true), TIMEOUT).await,
+                Ok("HTTP 200: secure".to_string())
+            );
+        }
+
+        #[tokio::test]
+        async fn grpc_over_tls_verifies_the_certificate() {
+            use tonic::transport::{Identity, ServerTlsConfig};
+            let cert = cert();
+            let (_reporter, service) = tonic_health::server::health_reporter();
+            let identity = Identity::from_pem(cert.cert.pem(), cert.key.serialize_pem());
+            let incoming =
+                tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap())
+                    .unwrap();
+            let address = incoming.local_addr().unwrap();
+            let server = tonic::transport::Server::builder()
+                .tls_config(ServerTlsConfig::new().identity(identity))
+                .unwrap()
+                .add_service(service)
+                .serve_with_incoming(incoming);
+            tokio::spawn(server);
+            let probe = |address: String, tls| Probe::Grpc {
+                address,
+                service: String::new(),
+                tls,
+            };
+            let by_name = format!("localhost:{}", address.port());
+
+            assert_eq!(
+                trusting(&cert)
+                    .probe(&probe(by_name.clone(), true), TIMEOUT)
+                    .await,
+                Ok("SERVING".to_string())
+            );
+            let system = Prober::new(TaskTracker::new());
+            let refused = system
+                .probe(&probe(by_name.clone(), true), TIMEOUT)
+                .await
+                .unwrap_err();
+            assert!(refused.contains("invalid peer certificate"), "{refused}");
+            let plain = system
+                .probe(&probe(by_name, false), TIMEOUT)
+                .await
+                .unwrap_err();
+            assert!(!plain.is_empty());
+        }
     }
 }

@@ -120,3 +120,14 @@ impl ServerCertVerifier for SkipVerify {
         self.0.supported_schemes()
     }
 }
+
+#[cfg(test)]
+impl TlsRoots {
+    /// Roots given by a test instead of the system's.
+    pub fn preloaded(tracker: TaskTracker, roots: RootCertStore) -> Self {
+        TlsRoots {
+            tracker,
+            roots: Arc::new(OnceCell::new_with(Some(Arc::new(roots)))),
+        }
+    }
+}
