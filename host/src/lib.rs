@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod agent;
 pub mod backoff;
+pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod desired;

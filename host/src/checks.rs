@@ -1,0 +1,1196 @@
+//! Health checks: the probes and the tasks that run them beside the
+//! supervisor.
+//!
+//! Contract:
+//! - The supervisor owns one [`CheckHost`] (made by [`CheckHost::new`] with
+//!   its `TaskTracker`) and holds the `Receiver<CheckReport>` it returns;
+//!   the host keeps the `Sender` and gives a clone to each check's task.
+//!   The channel is bounded ([`REPORTS_CAPACITY`]): a supervisor that falls
+//!   behind slows the checks, never the other way round.
+//! - [`CheckHost::set`] takes every check the config defines, by
+//!   [`CheckId`] (the instance's registry key and the check's position).
+//!   An identical (id, config) keeps running with its state and schedule;
+//!   a removed or changed one stops (a changed one starts again from its
+//!   `initial_status`). `set` never awaits.
+//! - Each check is one task on the tracker: its first run at a uniformly
+//!   random point of its first interval (a thousand checks never fire at
+//!   once), then one run every `interval`. At most [`MAX_PROBES_IN_FLIGHT`]
+//!   probes run at a time; each is bounded by its `timeout` (connect, TLS,
+//!   request and body alike) and by size limits, so a hostile server costs
+//!   one check its deadline and nothing else.
+//! - After every run the task sends a [`CheckReport`]. The supervisor passes
+//!   each to [`CheckHost::record`], which drops reports from a check since
+//!   removed or changed, then asks [`CheckHost::withheld`] (or the pure
+//!   [`withheld`]) which instances are out of the target.
+//! - Dropping the host, or a check through `set`, stops its task (and the
+//!   probe in flight) at its next await.
+
+mod grpc;
+mod http;
+mod tcp;
+mod tls;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use rand::Rng;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
+
+use crate::config::{CheckConfig, CheckStatus, Probe};
+use grpc::GrpcProbe;
+use http::HttpProbe;
+use tcp::Stage;
+use tls::TlsRoots;
+
+/// Probes running at once, across every check (the rest wait their turn).
+pub const MAX_PROBES_IN_FLIGHT: usize = 64;
+/// Reports queued for the supervisor before the checks wait for it.
+pub const REPORTS_CAPACITY: usize = 256;
+/// The shortest period a check runs at (a guard: the config asks more).
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// One check: the registry key of its instance and its position in that
+/// instance's `checks`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CheckId {
+    pub instance_key: String,
+    pub index: usize,
+}
+
+/// The outcome of one run of a check, sent by its task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    pub id: CheckId,
+    /// The check's status after this run.
+    pub status: CheckStatus,
+    /// This run: the probe's short output, or why it failed.
+    pub last: Result<String, String>,
+    /// How long the probe took (not counting the wait for a slot).
+    pub duration: Duration,
+    /// Consecutive runs, this one included, with this run's outcome
+    /// (passes if `last` is `Ok`, failures if `Err`).
+    pub consecutive: u32,
+    /// This run changed `status`.
+    pub changed: bool,
+    /// Which start of the check sent it; `record` drops older ones.
+    generation: u64,
+}
+
+/// A check as the host knows it (for `status` and metrics).
+#[derive(Debug, Clone, Copy)]
+pub struct CheckView<'a> {
+    pub id: &'a CheckId,
+    pub config: &'a CheckConfig,
+    /// The last report's status, or `initial_status` before the first.
+    pub status: CheckStatus,
+    pub last: Option<&'a CheckReport>,
+}
+
+/// Runs one probe; a probe never outlives its `timeout`.
+///
+/// Cheap to clone: clones share the system's TLS roots, read once (on a
+/// blocking thread of the tracker) when a check first needs them.
+#[derive(Clone)]
+pub struct Prober {
+    tracker: TaskTracker,
+    roots: TlsRoots,
+}
+
+impl Prober {
+    pub fn new(tracker: TaskTracker) -> Prober {
+        Prober {
+            roots: TlsRoots::new(tracker.clone()),
+            tracker,
+        }
+    }
+
+    /// `Ok(short output)` on a pass (`connected to 127.0.0.1:80`,
+    /// `HTTP 200: ok`, `SERVING`), `Err(reason)` otherwise
+    /// (`connection refused`, `timed out after 2s waiting for the answer`,
+    /// `redirect (302) not followed`, `NOT_SERVING`).
+    pub async fn probe(&self, probe: &Probe, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        let mut stage = Stage::Connecting;
+        let run = async {
+            match probe {
+                Probe::Tcp { address } => tcp::probe(address).await,
+                Probe::Http {
+                    url,
+                    method,
+                    headers,
+                    tls_skip_verify,
+                } => {
+                    let check = HttpProbe {
+                        url,
+                        method,
+                        headers,
+                        tls_skip_verify: *tls_skip_verify,
+                    };
+                    http::probe(&check, &self.roots, &mut stage).await
+                }
+                Probe::Grpc {
+                    address,
+                    service,
+                    tls,
+                } => {
+                    let check = GrpcProbe {
+                        address,
+                        service,
+                        tls: *tls,
+                    };
+                    grpc::probe(&check, &self.roots, &self.tracker, deadline, &mut stage).await
+                }
+            }
+        };
+        match tokio::time::timeout_at(deadline, run).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(format!("timed out after {timeout:?} {stage}")),
+        }
+    }
+}
+
+/// A probe for log lines and `status`: `tcp 127.0.0.1:5432`,
+/// `http GET https://…/healthz`, `grpc 127.0.0.1:50051 service "db"`.
+/// Headers are left out (they may hold credentials).
+pub fn describe(probe: &Probe) -> String {
+    match probe {
+        Probe::Tcp { address } => format!("tcp {address}"),
+        Probe::Http { url, method, .. } => format!("http {method} {url}"),
+        Probe::Grpc {
+            address,
+            service,
+            tls,
+        } => {
+            let scheme = if *tls { "grpc+tls" } else { "grpc" };
+            if service.is_empty() {
+                format!("{scheme} {address}")
+            } else {
+                format!("{scheme} {address} service {service:?}")
+            }
+        }
+    }
+}
+
+/// The instance keys with at least one critical check.
+pub fn withheld<'a>(
+    statuses: impl IntoIterator<Item = (&'a CheckId, CheckStatus)>,
+) -> BTreeSet<String> {
+    statuses
+        .into_iter()
+        .filter(|(_, status)| *status == CheckStatus::Critical)
+        .map(|(id, _)| id.instance_key.clone())
+        .collect()
+}
+
+type ProbeFn =
+    Arc<dyn Fn(Probe, Duration) -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
+
+/// The running checks. Owned by the supervisor; see the module's contract.
+pub struct CheckHost {
+    tracker: TaskTracker,
+    probe: ProbeFn,
+    slots: Arc<Semaphore>,
+    reports: mpsc::Sender<CheckReport>,
+    checks: BTreeMap<CheckId, Running>,
+    next_generation: u64,
+}
+
+struct Running {
+    config: CheckConfig,
+    generation: u64,
+    status: CheckStatus,
+    last: Option<CheckReport>,
+    /// Dropping it stops the task.
+    _stop: DropGuard,
+}
+
+impl CheckHost {
+    /// A host with no checks, and the receiving end of its reports (for
+    /// the supervisor's event loop).
+    pub fn new(tracker: TaskTracker) -> (CheckHost, mpsc::Receiver<CheckReport>) {
+        let prober = Prober::new(tracker.clone());
+        let probe: ProbeFn = Arc::new(move |probe, timeout| {
+            let prober = prober.clone();
+            Box::pin(async move { prober.probe(&probe, timeout).await })
+        });
+        CheckHost::with_probe(tracker, probe, MAX_PROBES_IN_FLIGHT)
+    }
+
+    fn with_probe(
+        tracker: TaskTracker,
+        probe: ProbeFn,
+        slots: usize,
+    ) -> (CheckHost, mpsc::Receiver<CheckReport>) {
+        let (reports, receiver) = mpsc::channel(REPORTS_CAPACITY);
+        let host = CheckHost {
+            tracker,
+            probe,
+            slots: Arc::new(Semaphore::new(slots)),
+            reports,
+            checks: BTreeMap::new(),
+            next_generation: 0,
+        };
+        (host, receiver)
+    }
+
+    /// Makes the running checks exactly `checks` (see the contract).
+    /// Afterwards a changed or new check has its `initial_status` and no
+    /// last report, so [`CheckHost::withheld`] may change here too.
+    pub fn set(&mut self, checks: BTreeMap<CheckId, CheckConfig>) {
+        self.checks
+            .retain(|id, running| checks.get(id) == Some(&running.config));
+        for (id, config) in checks {
+            if !self.checks.contains_key(&id) {
+                let running = self.start(id.clone(), config);
+                self.checks.insert(id, running);
+            }
+        }
+    }
+
+    fn start(&mut self, id: CheckId, config: CheckConfig) -> Running {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let stop = CancellationToken::new();
+        let interval = config.interval.max(MIN_INTERVAL);
+        let first = interval.mul_f64(rand::rng().random::<f64>());
+        let task = CheckTask {
+            id,
+            config: config.clone(),
+            generation,
+            probe: self.probe.clone(),
+            slots: self.slots.clone(),
+            reports: self.reports.clone(),
+        };
+        let stopped = stop.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = stopped.cancelled() => {}
+                _ = task.run(first, interval) => {}
+            }
+        });
+        Running {
+            status: config.initial_status,
+            config,
+            generation,
+            last: None,
+            _stop: stop.drop_guard(),
+        }
+    }
+
+    /// Takes a report from the channel into the host's view. `false`: the
+    /// check was removed or changed since it ran; ignore the report.
+    pub fn record(&mut self, report: CheckReport) -> bool {
+        match self.checks.get_mut(&report.id) {
+            Some(running) if running.generation == report.generation => {
+                running.status = report.status;
+                running.last = Some(report);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The last recorded report of a check.
+    pub fn last(&self, id: &CheckId) -> Option<&CheckReport> {
+        self.checks
+            .get(id)
+            .and_then(|running| running.last.as_ref())
+    }
+
+    /// Every check, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = CheckView<'_>> {
+        self.checks.iter().map(|(id, running)| CheckView {
+            id,
+            config: &running.config,
+            status: running.status,
+            last: running.last.as_ref(),
+        })
+    }
+
+    /// The instance keys with at least one critical check.
+    pub fn withheld(&self) -> BTreeSet<String> {
+        withheld(self.checks.iter().map(|(id, running)| (id, running.status)))
+    }
+}
+
+/// What a check's task owns.
+struct CheckTask {
+    id: CheckId,
+    config: CheckConfig,
+    generation: u64,
+    probe: ProbeFn,
+    slots: Arc<Semaphore>,
+    reports: mpsc::Sender<CheckReport>,
+}
+
+impl CheckTask {
+    /// Runs until the supervisor stops reading reports (or the task is
+    /// stopped from outside).
+    async fn run(self, first: Duration, interval: Duration) {
+        let mut threshold = Threshold::new(self.config.initial_status);
+        let mut ticks = tokio::time::interval_at(Instant::now() + first, interval);
+        // A run delayed (waiting for a slot) shifts the later ones: no burst.
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Ok(slot) = self.slots.acquire().await else {
+                return;
+            };
+            let began = Instant::now();
+            let last = (self.probe)(self.config.probe.clone(), self.config.timeout).await;
+            let duration = began.elapsed();
+            drop(slot);
+            let changed = threshold.record(last.is_ok(), &self.config);
+            let report = CheckReport {
+                id: self.id.clone(),
+                status: threshold.status,
+                last,
+                duration,
+                consecutive: threshold.consecutive(),
+                changed,
+                generation: self.generation,
+            };
+            if self.reports.send(report).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A check's status and its current run of equal outcomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Threshold {
+    status: CheckStatus,
+    passes: u32,
+    failures: u32,
+}
+
+impl Threshold {
+    fn new(initial: CheckStatus) -> Threshold {
+        Threshold {
+            status: initial,
+            passes: 0,
+            failures: 0,
+        }
+    }
+
+    /// Counts one outcome; `true` if it changed the status.
+    fn record(&mut self, passed: bool, config: &CheckConfig) -> bool {
+        if passed {
+            self.passes = self.passes.saturating_add(1);
+            self.failures = 0;
+            if self.status == CheckStatus::Critical && self.passes >= config.success_before_passing
+            {
+                self.status = CheckStatus::Passing;
+                return true;
+            }
+        } else {
+            self.failures = self.failures.saturating_add(1);
+            self.passes = 0;
+            if self.status == CheckStatus::Passing
+                && self.failures >= config.failures_before_critical
+            {
+                self.status = CheckStatus::Critical;
+                return true;
+            }
+        }
+        false
+    }
+
+    fn consecutive(&self) -> u32 {
+        self.passes.max(self.failures)
+    }
+}
+
+#[cfg(test)]
+impl Prober {
+    /// A prober trusting `roots` instead of the system's.
+    fn with_roots(tracker: TaskTracker, roots: rustls::RootCertStore) -> Prober {
+        Prober {
+            roots: TlsRoots::preloaded(tracker.clone(), roots),
+            tracker,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    /// A check whose fake probe is told by its address: `pass`, `fail`, or
+    /// `switch` (the shared switch says).
+    fn config(address: &str, interval: u64, initial_status: CheckStatus) -> CheckConfig {
+        CheckConfig {
+            probe: Probe::Tcp {
+                address: address.to_string(),
+            },
+            interval: secs(interval),
+            timeout: Duration::from_millis(900),
+            success_before_passing: 2,
+            failures_before_critical: 3,
+            initial_status,
+        }
+    }
+
+    fn id(key: &str, index: usize) -> CheckId {
+        CheckId {
+            instance_key: key.to_string(),
+            index,
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct Fake {
+        switch: Arc<AtomicBool>,
+        delay: Duration,
+        in_flight: Arc<AtomicUsize>,
+        most_in_flight: Arc<AtomicUsize>,
+    }
+
+    impl Fake {
+        fn host(&self, tracker: &TaskTracker) -> (CheckHost, mpsc::Receiver<CheckReport>) {
+            let fake = self.clone();
+            let probe: ProbeFn = Arc::new(move |probe, _timeout| {
+                let fake = fake.clone();
+                Box::pin(async move {
+                    let now = fake.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    fake.most_in_flight.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(fake.delay).await;
+                    fake.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    let Probe::Tcp { address } = probe else {
+                        unreachable!()
+                    };
+                    let pass = match address.as_str() {
+                        "pass" => true,
+                        "switch" => fake.switch.load(Ordering::SeqCst),
+                        _ => false,
+                    };
+                    if pass {
+                        Ok("up".to_string())
+                    } else {
+                        Err("down".to_string())
+                    }
+                })
+            });
+            CheckHost::with_probe(tracker.clone(), probe, MAX_PROBES_IN_FLIGHT)
+        }
+    }
+
+    #[test]
+    fn thresholds_change_the_status_only_after_enough_equal_outcomes() {
+        let config = config("pass", 10, CheckStatus::Passing);
+        let mut threshold = Threshold::new(CheckStatus::Passing);
+        let mut run = |passed| {
+            let changed = threshold.record(passed, &config);
+            (threshold.status, threshold.consecutive(), changed)
+        };
+        use CheckStatus::{Critical, Passing};
+        // failuresBeforeCritical = 3: two failures and a pass change nothing.
+        assert_eq!(run(false), (Passing, 1, false));
+        assert_eq!(run(false), (Passing, 2, false));
+        assert_eq!(run(true), (Passing, 1, false));
+        assert_eq!(run(false), (Passing, 1, false));
+        assert_eq!(run(false), (Passing, 2, false));
+        assert_eq!(run(false), (Critical, 3, true));
+        assert_eq!(run(false), (Critical, 4, false));
+        // successBeforePassing = 2.
+        assert_eq!(run(true), (Critical, 1, false));
+        assert_eq!(run(false), (Critical, 1, false));
+        assert_eq!(run(true), (Critical, 1, false));
+        assert_eq!(run(true), (Passing, 2, true));
+        assert_eq!(run(true), (Passing, 3, false));
+    }
+
+    #[test]
+    fn an_instance_is_withheld_while_any_of_its_checks_is_critical() {
+        let (a0, a1, b0) = (id("a", 0), id("a", 1), id("b", 0));
+        let statuses = [
+            (&a0, CheckStatus::Passing),
+            (&a1, CheckStatus::Critical),
+            (&b0, CheckStatus::Passing),
+        ];
+        assert_eq!(withheld(statuses), BTreeSet::from(["a".to_string()]));
+        assert!(withheld([(&b0, CheckStatus::Passing)]).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_runs_spread_over_the_interval_then_one_run_every_interval() {
+        let tracker = TaskTracker::new();
+        let (mut host, mut reports) = Fake::default().host(&tracker);
+        let start = Instant::now();
+        let checks: BTreeMap<_, _> = (0..200)
+            .map(|i| {
+                (
+                    id(&format!("i{i}"), 0),
+                    config("pass", 10, CheckStatus::Critical),
+                )
+            })
+            .collect();
+        host.set(checks);
+
+        let mut times: BTreeMap<CheckId, Vec<Duration>> = BTreeMap::new();
+        while let Ok(Some(report)) = tokio::time::timeout_at(start + secs(35), reports.recv()).await
+        {
+            times
+                .entry(report.id.clone())
+                .or_default()
+                .push(start.elapsed());
+            assert!(host.record(report));
+        }
+        assert_eq!(times.len(), 200);
+        let firsts: Vec<Duration> = times.values().map(|t| t[0]).collect();
+        // (At most 10 s: timers round up to the millisecond.)
+        assert!(firsts.iter().all(|first| *first <= secs(10)), "{firsts:?}");
+        // Uniform over 10 s: 200 first runs fill both ends of it.
+        assert!(firsts.iter().any(|first| *first < secs(2)), "{firsts:?}");
+        assert!(firsts.iter().any(|first| *first > secs(8)), "{firsts:?}");
+        for runs in times.values() {
+            assert!(runs.len() >= 3, "{runs:?}");
+            for pair in runs.windows(2) {
+                assert_eq!(pair[1] - pair[0], secs(10), "{runs:?}");
+            }
+        }
+    }
+
+    /// The next report of `id` (recording every report on the way).
+    async fn next_of(
+        host: &mut CheckHost,
+        reports: &mut mpsc::Receiver<CheckReport>,
+        id: &CheckId,
+    ) -> CheckReport {
+        loop {
+            let report = reports.recv().await.expect("the host holds a sender");
+            if &report.id == id {
+                return report;
+            }
+            host.record(report);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn set_keeps_an_unchanged_check_running_and_restarts_a_changed_one() {
+        let tracker = TaskTracker::new();
+        let (mut host, mut reports) = Fake::default().host(&tracker);
+        let (a, b) = (id("a", 0), id("b", 0));
+        let mut checks = BTreeMap::from([
+            (a.clone(), config("fail", 10, CheckStatus::Passing)),
+            (b.clone(), config("fail", 10, CheckStatus::Passing)),
+        ]);
+        host.set(checks.clone());
+        assert!(host.withheld().is_empty());
+
+        let first_a = next_of(&mut host, &mut reports, &a).await;
+        assert_eq!(
+            (first_a.consecutive, first_a.status),
+            (1, CheckStatus::Passing)
+        );
+        assert!(host.record(first_a));
+        let second_a = next_of(&mut host, &mut reports, &a).await;
+        let second_a_at = Instant::now();
+        assert_eq!(second_a.consecutive, 2);
+        assert!(host.record(second_a));
+        let stale_b = next_of(&mut host, &mut reports, &b).await;
+
+        // The same a, a changed b (10 s → 20 s).
+        checks.insert(b.clone(), config("fail", 20, CheckStatus::Passing));
+        let set_at = Instant::now();
+        host.set(checks.clone());
+        assert!(
+            !host.record(stale_b),
+            "a report of b's old version counts no more"
+        );
+        assert_eq!(
+            host.last(&a).map(|r| r.consecutive),
+            Some(2),
+            "a keeps its state"
+        );
+
+        // Each check's next report, in whichever order they come.
+        let (mut third_a, mut fresh_b) = (None, None);
+        while third_a.is_none() || fresh_b.is_none() {
+            let report = reports.recv().await.unwrap();
+            let slot = if report.id == a {
+                &mut third_a
+            } else {
+                &mut fresh_b
+            };
+            if slot.is_none() {
+                *slot = Some((Instant::now(), report));
+            }
+        }
+        let ((third_a_at, third_a), (fresh_b_at, fresh_b)) = (third_a.unwrap(), fresh_b.unwrap());
+
+        // a: on its old schedule, its count going on: the third failure.
+        assert_eq!(third_a_at - second_a_at, secs(10));
+        assert_eq!(
+            (third_a.consecutive, third_a.status, third_a.changed),
+            (3, CheckStatus::Critical, true)
+        );
+        assert!(host.record(third_a));
+        assert_eq!(host.withheld(), BTreeSet::from(["a".to_string()]));
+
+        // b: from the start, its first run within its new interval.
+        assert!(fresh_b_at - set_at < secs(20));
+        assert_eq!(
+            (fresh_b.consecutive, fresh_b.status),
+            (1, CheckStatus::Passing)
+        );
+        assert!(host.record(fresh_b));
+        assert_eq!(tracker.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_removed_check_stops_and_a_dropped_host_stops_them_all() {
+        let tracker = TaskTracker::new();
+        let (mut host, mut reports) = Fake::default().host(&tracker);
+        let (a, b) = (id("a", 0), id("b", 0));
+        host.set(BTreeMap::from([
+            (a.clone(), config("pass", 1, CheckStatus::Critical)),
+            (b.clone(), config("pass", 1, CheckStatus::Critical)),
+        ]));
+        assert_eq!(
+            host.withheld(),
+            BTreeSet::from(["a".to_string(), "b".to_string()])
+        );
+        next_of(&mut host, &mut reports, &a).await;
+
+        host.set(BTreeMap::from([(
+            b.clone(),
+            config("pass", 1, CheckStatus::Critical),
+        )]));
+        assert_eq!(host.withheld(), BTreeSet::from(["b".to_string()]));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(tracker.len(), 1, "a's task has ended");
+        while let Ok(report) = reports.try_recv() {
+            host.record(report);
+        }
+        let until = Instant::now() + secs(5);
+        while let Ok(Some(report)) = tokio::time::timeout_at(until, reports.recv()).await {
+            assert_eq!(report.id, b, "no report from a removed check");
+            host.record(report);
+        }
+        assert!(host.withheld().is_empty(), "b passed twice");
+        assert!(host.last(&a).is_none());
+
+        drop(host);
+        tracker.close();
+        tokio::time::timeout(secs(1), tracker.wait())
+            .await
+            .expect("every check task ends with the host");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probes_in_flight_are_bounded() {
+        let tracker = TaskTracker::new();
+        let fake = Fake {
+            delay: Duration::from_millis(900),
+            ..Fake::default()
+        };
+        let (mut host, mut reports) = fake.host(&tracker);
+        // 300 checks each busy 0.9 s of every 1 s: ~270 would run at once.
+        host.set(
+            (0..300)
+                .map(|i| {
+                    (
+                        id(&format!("i{i}"), 0),
+                        config("pass", 1, CheckStatus::Critical),
+                    )
+                })
+                .collect(),
+        );
+        let until = Instant::now() + secs(5);
+        let mut count = 0;
+        while let Ok(Some(report)) = tokio::time::timeout_at(until, reports.recv()).await {
+            assert!(report.duration >= Duration::from_millis(900));
+            host.record(report);
+            count += 1;
+        }
+        assert_eq!(
+            fake.most_in_flight.load(Ordering::SeqCst),
+            MAX_PROBES_IN_FLIGHT
+        );
+        assert!(count > 4 * MAX_PROBES_IN_FLIGHT, "{count} runs in 5 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flapping_check_changes_status_only_at_its_thresholds() {
+        let tracker = TaskTracker::new();
+        let fake = Fake::default();
+        let (mut host, mut reports) = fake.host(&tracker);
+        let a = id("a", 0);
+        host.set(BTreeMap::from([(
+            a.clone(),
+            config("switch", 1, CheckStatus::Critical),
+        )]));
+        let mut seen = Vec::new();
+        for passing in [
+            true, false, true, true, false, false, true, false, false, false,
+        ] {
+            fake.switch.store(passing, Ordering::SeqCst);
+            let report = next_of(&mut host, &mut reports, &a).await;
+            seen.push((report.status, report.changed));
+            host.record(report);
+        }
+        use CheckStatus::{Critical, Passing};
+        assert_eq!(
+            seen,
+            [
+                (Critical, false),
+                (Critical, false),
+                (Critical, false),
+                (Passing, true),
+                (Passing, false),
+                (Passing, false),
+                (Passing, false),
+                (Passing, false),
+                (Passing, false),
+                (Critical, true),
+            ]
+        );
+    }
+
+    /// Probes against real servers on loopback, in real time.
+    mod probes {
+        use std::future::Future;
+        use std::net::SocketAddr;
+
+        use axum::Router;
+        use axum::http::{HeaderMap, StatusCode, header::LOCATION};
+        use axum::routing::{get, post};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::{TcpListener, TcpStream};
+
+        use super::super::*;
+
+        const TIMEOUT: Duration = Duration::from_millis(500);
+        /// How late past its timeout a probe may return.
+        const MARGIN: Duration = Duration::from_millis(400);
+
+        fn http(url: String) -> Probe {
+            Probe::Http {
+                url,
+                method: "GET".to_string(),
+                headers: BTreeMap::new(),
+                tls_skip_verify: false,
+            }
+        }
+
+        fn grpc(address: SocketAddr, service: &str) -> Probe {
+            Probe::Grpc {
+                address: address.to_string(),
+                service: service.to_string(),
+                tls: false,
+            }
+        }
+
+        /// Runs `probe` with a fresh prober: its outcome, and how long it took.
+        async fn run(probe: &Probe, timeout: Duration) -> (Result<String, String>, Duration) {
+            let prober = Prober::new(TaskTracker::new());
+            let began = Instant::now();
+            let outcome = prober.probe(probe, timeout).await;
+            (outcome, began.elapsed())
+        }
+
+        async fn closed_port() -> SocketAddr {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            listener.local_addr().unwrap()
+        }
+
+        /// A server that hands each connection to `serve`.
+        async fn raw_server<F, Fut>(serve: F) -> SocketAddr
+        where
+            F: Fn(TcpStream) -> Fut + Send + 'static,
+            Fut: Future<Output = ()> + Send + 'static,
+        {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    tokio::spawn(serve(stream));
+                }
+            });
+            address
+        }
+
+        /// Reads the request's head, then writes `head` and `chunk` until
+        /// the client goes away.
+        async fn endless(mut stream: TcpStream, head: &'static [u8], chunk: u8) {
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request).await;
+            if stream.write_all(head).await.is_err() {
+                return;
+            }
+            let chunk = vec![chunk; 64 * 1024];
+            while stream.write_all(&chunk).await.is_ok() {}
+        }
+
+        /// Accepts, reads, and never answers.
+        async fn silent(mut stream: TcpStream) {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buffer).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+
+        #[tokio::test]
+        async fn tcp_passes_when_a_connection_opens_and_fails_on_a_closed_port() {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let open = listener.local_addr().unwrap();
+            let (outcome, _) = run(
+                &Probe::Tcp {
+                    address: open.to_string(),
+                },
+                TIMEOUT,
+            )
+            .await;
+            assert_eq!(outcome, Ok(format!("connected to {open}")));
+
+            let closed = closed_port().await;
+            let (outcome, _) = run(
+                &Probe::Tcp {
+                    address: closed.to_string(),
+                },
+                TIMEOUT,
+            )
+            .await;
+            assert_eq!(outcome, Err("connection refused".to_string()));
+        }
+
+        #[tokio::test]
+        async fn http_passes_on_2xx_only_and_follows_no_redirect() {
+            let app = Router::new()
+                .route("/ok", get(|| async { "ok" }))
+                .route(
+                    "/down",
+                    get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "maintenance") }),
+                )
+                .route(
+                    "/moved",
+                    get(|| async { (StatusCode::FOUND, [(LOCATION, "/moved")]) }),
+                )
+                .route(
+                    "/echo",
+                    post(|headers: HeaderMap| async move {
+                        let value = headers.get("x-probe").and_then(|v| v.to_str().ok());
+                        value.unwrap_or("no header").to_string()
+                    }),
+                )
+                .route("/long", get(|| async { "x".repeat(10_000) }));
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            let url = |path: &str| format!("http://{address}{path}");
+
+            assert_eq!(
+                run(&http(url("/ok")), TIMEOUT).await.0,
+                Ok("HTTP 200: ok".to_string())
+            );
+            assert_eq!(
+                run(&http(url("/down")), TIMEOUT).await.0,
+                Err("HTTP 503: maintenance".to_string())
+            );
+            assert_eq!(
+                run(&http(url("/moved")), TIMEOUT).await.0,
+                Err("redirect (302) not followed".to_string())
+            );
+            assert_eq!(
+                run(&http(url("/nowhere")), TIMEOUT).await.0,
+                Err("HTTP 404".to_string())
+            );
+            let post_with_header = Probe::Http {
+                url: url("/echo"),
+                method: "POST".to_string(),
+                headers: BTreeMap::from([("X-Probe".to_string(), "yes".to_string())]),
+                tls_skip_verify: false,
+            };
+            assert_eq!(
+                run(&post_with_header, TIMEOUT).await.0,
+                Ok("HTTP 200: yes".to_string())
+            );
+            // Only the first 4 KiB of a body become the output.
+            let long = run(&http(url("/long")), TIMEOUT).await.0.unwrap();
+            assert_eq!(long, format!("HTTP 200: {}…", "x".repeat(4096)));
+
+            let closed = closed_port().await;
+            let (outcome, _) = run(&http(format!("http://{closed}/")), TIMEOUT).await;
+            assert_eq!(outcome, Err("connection refused".to_string()));
+        }
+
+        #[tokio::test]
+        async fn http_against_hostile_servers_is_bounded_by_its_limits_and_deadline() {
+            let body = raw_server(|s| {
+                endless(
+                    s,
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n",
+                    b'x',
+                )
+            })
+            .await;
+            let (outcome, took) =
+                run(&http(format!("http://{body}/")), Duration::from_secs(5)).await;
+            assert_eq!(
+                outcome,
+                Err("HTTP 200: body longer than 1024 KiB".to_string())
+            );
+            assert!(took < Duration::from_secs(5), "{took:?}");
+
+            let header = raw_server(|s| endless(s, b"HTTP/1.1 200 OK\r\nx-big: ", b'a')).await;
+            let (outcome, took) =
+                run(&http(format!("http://{header}/")), Duration::from_secs(5)).await;
+            assert_eq!(outcome, Err("answer head larger than 16 KiB".to_string()));
+            assert!(took < Duration::from_secs(5), "{took:?}");
+
+            let mute = raw_server(silent).await;
+            let (outcome, took) = run(&http(format!("http://{mute}/")), TIMEOUT).await;
+            assert_eq!(
+                outcome,
+                Err("timed out after 500ms waiting for the answer".to_string())
+            );
+            assert!(took >= TIMEOUT && took < TIMEOUT + MARGIN, "{took:?}");
+
+            // The same server as an https endpoint: a handshake that never ends.
+            let tls = Probe::Http {
+                url: format!("https://{mute}/"),
+                method: "GET".to_string(),
+                headers: BTreeMap::new(),
+                tls_skip_verify: true,
+            };
+            let (outcome, took) = run(&tls, TIMEOUT).await;
+            assert_eq!(
+                outcome,
+                Err("timed out after 500ms in the TLS handshake".to_string())
+            );
+            assert!(took >= TIMEOUT && took < TIMEOUT + MARGIN, "{took:?}");
+        }
+
+        #[tokio::test]
+        async fn grpc_passes_on_serving_only() {
+            use tonic_health::ServingStatus;
+            let (reporter, service) = tonic_health::server::health_reporter();
+            reporter
+                .set_service_status("up", ServingStatus::Serving)
+                .await;
+            reporter
+                .set_service_status("down", ServingStatus::NotServing)
+                .await;
+            let incoming =
+                tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap())
+                    .unwrap();
+            let address = incoming.local_addr().unwrap();
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming(incoming),
+            );
+
+            assert_eq!(
+                run(&grpc(address, ""), TIMEOUT).await.0,
+                Ok("SERVING".to_string())
+            );
+            assert_eq!(
+                run(&grpc(address, "up"), TIMEOUT).await.0,
+                Ok("SERVING".to_string())
+            );
+            assert_eq!(
+                run(&grpc(address, "down"), TIMEOUT).await.0,
+                Err("NOT_SERVING".to_string())
+            );
+            let unknown = run(&grpc(address, "nope"), TIMEOUT).await.0.unwrap_err();
+            assert!(
+                unknown.starts_with("SERVICE_UNKNOWN: the server does not know service \"nope\""),
+                "{unknown}"
+            );
+
+            let closed = closed_port().await;
+            let refused = run(&grpc(closed, ""), TIMEOUT).await.0.unwrap_err();
+            assert!(refused.contains("connection refused"), "{refused}");
+            drop(reporter);
+        }
+
+        #[tokio::test]
+        async fn grpc_against_a_silent_server_times_out_and_leaves_no_task_behind() {
+            let mute = raw_server(silent).await;
+            let tracker = TaskTracker::new();
+            let prober = Prober::new(tracker.clone());
+            let began = Instant::now();
+            let outcome = prober.probe(&grpc(mute, ""), TIMEOUT).await;
+            let took = began.elapsed();
+            let reason = outcome.unwrap_err();
+            assert!(reason.starts_with("timed out after 500ms"), "{reason}");
+            assert!(took >= TIMEOUT && took < TIMEOUT + MARGIN, "{took:?}");
+            // tonic's connection tasks ran on the tracker; they end with their socket.
+            tracker.close();
+            tokio::time::timeout(MARGIN, tracker.wait())
+                .await
+                .expect("no connection task outlives its probe by more than the grace");
+        }
+    }
+
+    /// https and gRPC over TLS against a self-signed certificate for
+    /// `localhost` and 127.0.0.1.
+    mod tls {
+        use std::net::SocketAddr;
+        use std::sync::Arc;
+
+        use rustls::RootCertStore;
+        use rustls::pki_types::PrivateKeyDer;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::TcpListener;
+
+        use super::super::*;
+
+        const TIMEOUT: Duration = Duration::from_secs(2);
+
+        struct TestCert {
+            cert: rcgen::Certificate,
+            key: rcgen::KeyPair,
+        }
+
+        fn cert() -> TestCert {
+            let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+            let certified = rcgen::generate_simple_self_signed(names).unwrap();
+            TestCert {
+                cert: certified.cert,
+                key: certified.signing_key,
+            }
+        }
+
+        fn trusting(cert: &TestCert) -> Prober {
+            let mut roots = RootCertStore::empty();
+            roots.add(cert.cert.der().clone()).unwrap();
+            Prober::with_roots(TaskTracker::new(), roots)
+        }
+
+        /// An https server answering every request with 200 `secure`.
+        async fn https_server(cert: &TestCert) -> SocketAddr {
+            let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.cert.der().clone()],
+                PrivateKeyDer::Pkcs8(cert.key.serialize_der().into()),
+            )
+            .unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut stream) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        let mut request = [0u8; 4096];
+                        let _ = stream.read(&mut request).await;
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\nconnection: close\r\n\r\nsecure";
+                        let _ = stream.write_all(answer).await;
+                        let _ = stream.shutdown().await;
+                    });
+                }
+            });
+            address
+        }
+
+        fn https(url: String, tls_skip_verify: bool) -> Probe {
+            Probe::Http {
+                url,
+                method: "GET".to_string(),
+                headers: BTreeMap::new(),
+                tls_skip_verify,
+            }
+        }
+
+        #[tokio::test]
+        async fn https_verifies_the_certificate_unless_told_not_to() {
+            let cert = cert();
+            let address = https_server(&cert).await;
+            let by_name = format!("https://localhost:{}/", address.port());
+            let by_ip = format!("https://{address}/");
+            let trusting = trusting(&cert);
+            assert_eq!(
+                trusting
+                    .probe(&https(by_name.clone(), false), TIMEOUT)
+                    .await,
+                Ok("HTTP 200: secure".to_string())
+            );
+            assert_eq!(
+                trusting.probe(&https(by_ip.clone(), false), TIMEOUT).await,
+                Ok("HTTP 200: secure".to_string())
+            );
+
+            // The system's roots do not hold the test's certificate.
+            let system = Prober::new(TaskTracker::new());
+            let refused = system
+                .probe(&https(by_ip.clone(), false), TIMEOUT)
+                .await
+                .unwrap_err();
+            assert!(
+                refused.starts_with("TLS handshake: invalid peer certificate"),
+                "{refused}"
+            );
+            assert_eq!(
+                system.probe(&https(by_ip, true), TIMEOUT).await,
+                Ok("HTTP 200: secure".to_string())
+            );
+        }
+
+        #[tokio::test]
+        async fn grpc_over_tls_verifies_the_certificate() {
+            use tonic::transport::{Identity, ServerTlsConfig};
+            let cert = cert();
+            let (_reporter, service) = tonic_health::server::health_reporter();
+            let identity = Identity::from_pem(cert.cert.pem(), cert.key.serialize_pem());
+            let incoming =
+                tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap())
+                    .unwrap();
+            let address = incoming.local_addr().unwrap();
+            let server = tonic::transport::Server::builder()
+                .tls_config(ServerTlsConfig::new().identity(identity))
+                .unwrap()
+                .add_service(service)
+                .serve_with_incoming(incoming);
+            tokio::spawn(server);
+            let probe = |address: String, tls| Probe::Grpc {
+                address,
+                service: String::new(),
+                tls,
+            };
+            let by_name = format!("localhost:{}", address.port());
+
+            assert_eq!(
+                trusting(&cert)
+                    .probe(&probe(by_name.clone(), true), TIMEOUT)
+                    .await,
+                Ok("SERVING".to_string())
+            );
+            let system = Prober::new(TaskTracker::new());
+            let refused = system
+                .probe(&probe(by_name.clone(), true), TIMEOUT)
+                .await
+                .unwrap_err();
+            assert!(refused.contains("invalid peer certificate"), "{refused}");
+            let plain = system
+                .probe(&probe(by_name, false), TIMEOUT)
+                .await
+                .unwrap_err();
+            assert!(!plain.is_empty());
+        }
+    }
+}
