@@ -1,7 +1,9 @@
 //! The admin HTTP server on `agent.admin.listen`: `/metrics` (Prometheus
-//! text), `/healthz` (the process is up) and `/readyz` (every instance is
-//! registered under a live lease). It only reads: the shared metrics and
-//! the registry's status channel.
+//! text), `/healthz` (the process is up), `/readyz` (every instance meant
+//! to be in etcd is registered under a live lease) and `/status` (each
+//! instance and its health checks, as JSON, for `ygg-agent status`). It
+//! only reads: the shared metrics, the registry's status channel, and the
+//! supervisor's answer to a status request.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -11,19 +13,30 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
 use crate::metrics::Metrics;
 use crate::registry::RegistryStatus;
+use crate::status::AgentStatus;
 
+/// What the admin server reads: the shared metrics, the registry's status,
+/// and the supervisor (asked for `/status` over a channel).
 #[derive(Clone)]
-struct AdminState {
-    metrics: Metrics,
-    status: watch::Receiver<RegistryStatus>,
+pub struct Sources {
+    pub metrics: Metrics,
+    pub registry: watch::Receiver<RegistryStatus>,
+    /// The supervisor's end answers each request with a fresh snapshot.
+    pub agent: mpsc::Sender<StatusRequest>,
 }
+
+/// A `/status` request to the supervisor: it answers on the oneshot.
+pub type StatusRequest = oneshot::Sender<AgentStatus>;
+
+/// How long `/status` waits for the supervisor's answer.
+const STATUS_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a rebind waits for the old listener to let go of its port.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -66,8 +79,7 @@ impl Drop for AdminServer {
 /// Binds `listen` and serves on `tracker` until the returned handle drops.
 pub async fn start(
     listen: SocketAddr,
-    metrics: Metrics,
-    status: watch::Receiver<RegistryStatus>,
+    sources: Sources,
     tracker: &TaskTracker,
 ) -> std::io::Result<AdminServer> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -76,7 +88,8 @@ pub async fn start(
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(AdminState { metrics, status });
+        .route("/status", get(status_page))
+        .with_state(sources);
     let stop = CancellationToken::new();
     let closed = CancellationToken::new();
     let stopped = stop.clone().cancelled_owned();
@@ -108,11 +121,10 @@ pub async fn start(
 pub async fn rebind(
     old: Option<AdminServer>,
     listen: SocketAddr,
-    metrics: Metrics,
-    status: watch::Receiver<RegistryStatus>,
+    sources: Sources,
     tracker: &TaskTracker,
 ) -> Option<AdminServer> {
-    let error = match start(listen, metrics.clone(), status.clone(), tracker).await {
+    let error = match start(listen, sources.clone(), tracker).await {
         Ok(server) => return Some(server),
         Err(error) => error,
     };
@@ -126,11 +138,11 @@ pub async fn rebind(
     }
     let previous = old.listen;
     old.close().await;
-    match start(listen, metrics.clone(), status.clone(), tracker).await {
+    match start(listen, sources.clone(), tracker).await {
         Ok(server) => Some(server),
         Err(error) => {
             error!(%listen, %error, old = %previous, "cannot move the admin server; it keeps serving on the old address");
-            match start(previous, metrics, status, tracker).await {
+            match start(previous, sources, tracker).await {
                 Ok(server) => Some(server),
                 Err(error) => {
                     error!(listen = %previous, %error, "cannot bind the old admin address again; running without the admin server");
@@ -146,7 +158,7 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
-async fn metrics_page(State(state): State<AdminState>) -> impl IntoResponse {
+async fn metrics_page(State(state): State<Sources>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
@@ -156,16 +168,39 @@ async fn metrics_page(State(state): State<AdminState>) -> impl IntoResponse {
     )
 }
 
+/// What `ygg-agent status` shows, as JSON, fresh from the supervisor.
+async fn status_page(
+    State(state): State<Sources>,
+) -> Result<axum::Json<AgentStatus>, (StatusCode, String)> {
+    let (reply, answer) = oneshot::channel();
+    let unavailable = |why: &str| (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"));
+    state
+        .agent
+        .send_timeout(reply, STATUS_WAIT)
+        .await
+        .map_err(|_| unavailable("the agent is stopping or busy"))?;
+    match tokio::time::timeout(STATUS_WAIT, answer).await {
+        Ok(Ok(status)) => Ok(axum::Json(status)),
+        _ => Err(unavailable("the agent did not answer")),
+    }
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(state): State<AdminState>) -> (StatusCode, String) {
-    let status = state.status.borrow().clone();
+/// Ready when every instance that should be in etcd is: an instance held
+/// out by a critical health check is intended, and counted on the line.
+async fn readyz(State(state): State<Sources>) -> (StatusCode, String) {
+    let status = state.registry.borrow().clone();
     let lease = status
         .lease
         .map_or_else(|| "none".to_string(), |id| format!("{id:x}"));
-    let summary = format!("{}; lease {lease}\n", status.summary());
+    let withheld = state.metrics.instances_withheld.get();
+    let summary = format!(
+        "{}; {withheld} withheld by health checks; lease {lease}\n",
+        status.summary()
+    );
     if status.ready {
         (StatusCode::OK, format!("ready: {summary}"))
     } else {

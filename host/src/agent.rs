@@ -18,19 +18,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::CheckStatus;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Interval, MissedTickBehavior, sleep_until};
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::admin::{self, AdminServer};
+use crate::admin::{self, AdminServer, StatusRequest};
+use crate::checks::{self, CheckHost, CheckId, CheckReport};
 use crate::config::{self, Config, PluginsConfig};
 use crate::desired::{self, Clash, PluginMetadata};
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, CheckLabel, Metrics};
 use crate::plugins::{self, LoadOutcome, PluginHost, PluginInstance, Round, RoundResult, Scan};
 use crate::record;
 use crate::registry::{RegistryHandle, RegistryStatus};
+use crate::status::{AgentStatus, CheckStatusView, InstanceState, InstanceStatus};
 use crate::systemd::Notifier;
 use crate::watch::{self as folder_watch, FolderWatch, Watched};
 
@@ -57,6 +60,8 @@ const STARTUP_LOAD_WAIT: Duration = Duration::from_secs(2);
 /// Then it waits at most one call's `timeout` plus this for their first
 /// round, so the first record already carries their metadata.
 const FIRST_ROUND_SLACK: Duration = Duration::from_millis(100);
+/// `/status` requests waiting for the supervisor (each is answered at once).
+const STATUS_REQUESTS_CAPACITY: usize = 8;
 
 /// Requests from outside the agent: signals in production, the test in tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +98,10 @@ enum Event {
     StartupDeadline,
     /// A new admin listener is serving (or the old one still is).
     AdminRebound(Option<AdminServer>),
+    /// A health check ran.
+    CheckReport(CheckReport),
+    /// The admin server asks what `ygg-agent status` shows.
+    StatusRequest(StatusRequest),
     /// The registry's status changed (readiness, counts, connection).
     RegistryStatus(RegistryStatus),
     WatchdogTick,
@@ -332,6 +341,7 @@ struct Wiring {
     plugins_signals: mpsc::Sender<()>,
     config_reads: mpsc::Sender<ConfigRead>,
     admin: mpsc::Sender<Option<AdminServer>>,
+    status_requests: mpsc::Sender<StatusRequest>,
 }
 
 /// What the supervisor listens to.
@@ -344,6 +354,8 @@ struct Inbox {
     scans: mpsc::Receiver<Scan>,
     loads: mpsc::Receiver<LoadOutcome>,
     admin: mpsc::Receiver<Option<AdminServer>>,
+    check_reports: mpsc::Receiver<CheckReport>,
+    status_requests: mpsc::Receiver<StatusRequest>,
     registry_status: watch::Receiver<RegistryStatus>,
     watchdog: Option<Interval>,
 }
@@ -376,6 +388,11 @@ struct Supervisor {
     config_watch: Option<FolderWatch>,
     config_debounce: Debounce,
     plugins: Option<PluginsRuntime>,
+    checks: CheckHost,
+    /// Instances held out of the target: a health check is critical.
+    withheld: BTreeSet<String>,
+    /// Each configured instance's service label, by registry key.
+    services: std::collections::BTreeMap<String, String>,
     startup: Option<Startup>,
     registry: RegistryHandle,
     admin: Admin,
@@ -404,6 +421,7 @@ impl Supervisor {
         let (loads_tx, loads_rx) = mpsc::channel(BESIDE_CAPACITY);
         let (reads_tx, reads_rx) = mpsc::channel(BESIDE_CAPACITY);
         let (admin_tx, admin_rx) = mpsc::channel(1);
+        let (status_tx, status_rx) = mpsc::channel(STATUS_REQUESTS_CAPACITY);
         let (config_signals_tx, config_signals_rx) = mpsc::channel(1);
         let (plugins_signals_tx, plugins_signals_rx) = mpsc::channel(1);
 
@@ -442,9 +460,17 @@ impl Supervisor {
             plugins_signals: plugins_signals_tx,
             config_reads: reads_tx,
             admin: admin_tx,
+            status_requests: status_tx,
         };
         let admin_server = match config.agent.admin.as_ref() {
-            Some(admin) => serve_admin(admin.listen, &wiring, &registry_status).await,
+            Some(admin) => {
+                serve_admin(
+                    admin.listen,
+                    admin_sources(&wiring, &registry_status),
+                    &wiring.tracker,
+                )
+                .await
+            }
             None => None,
         };
         let plugins = config
@@ -452,6 +478,7 @@ impl Supervisor {
             .plugins
             .as_ref()
             .and_then(|p| PluginsRuntime::start(p, &wiring));
+        let (checks, check_reports) = CheckHost::new(wiring.tracker.clone());
         let mut supervisor = Supervisor {
             config_path: options.config_path,
             last_read: Ok(options.config_digest),
@@ -459,6 +486,9 @@ impl Supervisor {
             config_watch,
             config_debounce: Debounce::default(),
             plugins,
+            checks,
+            withheld: BTreeSet::new(),
+            services: std::collections::BTreeMap::new(),
             startup: Some(Startup::new(Instant::now())),
             registry,
             admin: Admin {
@@ -478,10 +508,13 @@ impl Supervisor {
                 scans: scans_rx,
                 loads: loads_rx,
                 admin: admin_rx,
+                check_reports,
+                status_requests: status_rx,
                 registry_status,
                 watchdog,
             },
         };
+        supervisor.set_checks();
         supervisor.advance_startup();
         supervisor
     }
@@ -508,6 +541,8 @@ impl Supervisor {
             Some(outcome) = inbox.loads.recv() => Event::PluginLoaded(outcome),
             Some(result) = inbox.results.recv() => Event::PluginResult(result),
             Some(server) = inbox.admin.recv() => Event::AdminRebound(server),
+            Some(report) = inbox.check_reports.recv() => Event::CheckReport(report),
+            Some(request) = inbox.status_requests.recv() => Event::StatusRequest(request),
             () = until(self.config_debounce.due) => Event::ConfigSettled,
             () = until(plugins_due) => Event::PluginsSettled,
             () = until(publish_due) => Event::ResultsSettled,
@@ -592,6 +627,10 @@ impl Supervisor {
                     self.rebind_admin();
                 }
             }
+            Event::CheckReport(report) => self.take_check_report(report),
+            Event::StatusRequest(reply) => {
+                let _ = reply.send(self.status());
+            }
             Event::RegistryStatus(status) => self.systemd.registry(&status),
             Event::WatchdogTick => self.systemd.watchdog(),
         }
@@ -644,7 +683,7 @@ impl Supervisor {
         }
         let empty = PluginMetadata::new();
         let metadata = self.plugins.as_ref().map_or(&empty, |p| &p.metadata);
-        let (target, clashes) = desired::build(&self.config, metadata);
+        let (target, clashes) = desired::build(&self.config, metadata, &self.withheld);
         self.registry.set_target(target);
         if let Some(plugins) = self.plugins.as_mut() {
             report_clashes(&mut plugins.clashes, clashes);
@@ -696,6 +735,167 @@ impl Supervisor {
             // Old output of a replaced plugin stays until the new one answers.
             self.start_round(Some(&changes.started));
         }
+    }
+
+    /// Makes the running health checks those of the current config (an
+    /// unchanged check keeps its state and schedule), forgets the metric
+    /// series of checks that are gone, and updates what is withheld.
+    fn set_checks(&mut self) {
+        let prefix = &self.config.registry.prefix;
+        let mut wanted = std::collections::BTreeMap::new();
+        let mut services = std::collections::BTreeMap::new();
+        for (index, instance) in self.config.agent.instances.iter().enumerate() {
+            let key = record::registry_key(prefix, instance);
+            services.insert(key.clone(), instance.service_label());
+            for (position, check) in self
+                .config
+                .agent
+                .checks
+                .get(index)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let id = CheckId {
+                    instance_key: key.clone(),
+                    index: position,
+                };
+                wanted.insert(id, check.clone());
+            }
+        }
+        let labels = |host: &CheckHost,
+                      services: &std::collections::BTreeMap<String, String>|
+         -> BTreeSet<CheckLabel> {
+            host.iter()
+                .map(|view| check_label(services, view.id, view.config))
+                .collect()
+        };
+        let before = labels(&self.checks, &self.services);
+        self.checks.set(wanted);
+        self.services = services;
+        let after = labels(&self.checks, &self.services);
+        for gone in before.difference(&after) {
+            self.wiring.metrics.check_status.remove(gone);
+            self.wiring.metrics.check_seconds.remove(gone);
+        }
+        for view in self.checks.iter() {
+            let label = check_label(&self.services, view.id, view.config);
+            self.wiring
+                .metrics
+                .check_status
+                .get_or_create(&label)
+                .set(i64::from(view.status == CheckStatus::Passing));
+        }
+        self.update_withheld(None);
+    }
+
+    /// A health check ran: count it, and if its instance's health changed,
+    /// publish the new target.
+    fn take_check_report(&mut self, report: CheckReport) {
+        if !self.checks.record(report.clone()) {
+            return; // from a check since removed or changed
+        }
+        if let Some(view) = self.checks.iter().find(|v| *v.id == report.id) {
+            let label = check_label(&self.services, view.id, view.config);
+            let metrics = &self.wiring.metrics;
+            metrics
+                .check_status
+                .get_or_create(&label)
+                .set(i64::from(report.status == CheckStatus::Passing));
+            metrics
+                .check_seconds
+                .get_or_create(&label)
+                .observe(report.duration.as_secs_f64());
+        }
+        if self.update_withheld(Some(&report)) {
+            self.publish();
+        }
+    }
+
+    /// Recomputes which instances are withheld; logs each instance whose
+    /// health changed, with the reason. True when the set changed.
+    fn update_withheld(&mut self, cause: Option<&CheckReport>) -> bool {
+        let withheld = self.checks.withheld();
+        if withheld == self.withheld {
+            return false;
+        }
+        for key in withheld.difference(&self.withheld) {
+            let service = self.services.get(key).map_or("", String::as_str);
+            let failed = cause.filter(|r| &r.id.instance_key == key);
+            match failed.and_then(|r| Some((r, self.checks.iter().find(|v| *v.id == r.id)?))) {
+                Some((report, view)) => warn!(
+                    %service, %key,
+                    "instance unhealthy: check {} failed {} time{} in a row: {}",
+                    checks::describe(&view.config.probe),
+                    report.consecutive,
+                    if report.consecutive == 1 { "" } else { "s" },
+                    report.last.as_ref().err().map_or("", String::as_str),
+                ),
+                None => info!(%service, %key, "instance withheld until its health checks pass"),
+            }
+        }
+        for key in self.withheld.difference(&withheld) {
+            if let Some(service) = self.services.get(key) {
+                info!(%service, %key, "instance healthy again");
+            }
+        }
+        self.wiring
+            .metrics
+            .instances_withheld
+            .set(withheld.len() as i64);
+        self.withheld = withheld;
+        true
+    }
+
+    /// What `ygg-agent status` shows.
+    fn status(&self) -> AgentStatus {
+        let views: std::collections::BTreeMap<&CheckId, checks::CheckView<'_>> =
+            self.checks.iter().map(|view| (view.id, view)).collect();
+        let prefix = &self.config.registry.prefix;
+        let instances = self
+            .config
+            .agent
+            .instances
+            .iter()
+            .enumerate()
+            .map(|(index, instance)| {
+                let key = record::registry_key(prefix, instance);
+                let count = self.config.agent.checks.get(index).map_or(0, Vec::len);
+                let checks = (0..count)
+                    .filter_map(|position| {
+                        let id = CheckId {
+                            instance_key: key.clone(),
+                            index: position,
+                        };
+                        let view = views.get(&id)?;
+                        Some(CheckStatusView {
+                            check: checks::describe(&view.config.probe),
+                            status: match view.status {
+                                CheckStatus::Passing => "passing",
+                                CheckStatus::Critical => "critical",
+                            }
+                            .to_string(),
+                            output: view.last.map_or_else(String::new, |last| match &last.last {
+                                Ok(output) => output.clone(),
+                                Err(reason) => reason.clone(),
+                            }),
+                            duration_ms: view.last.map(|last| last.duration.as_secs_f64() * 1000.0),
+                        })
+                    })
+                    .collect();
+                InstanceStatus {
+                    state: if self.withheld.contains(&key) {
+                        InstanceState::Withheld
+                    } else {
+                        InstanceState::Registered
+                    },
+                    service: instance.service_label(),
+                    key,
+                    checks,
+                }
+            })
+            .collect();
+        AgentStatus { instances }
     }
 
     /// Starts a read of the config file beside the loop (one at a time; a
@@ -800,7 +1000,7 @@ impl Supervisor {
     fn apply(&mut self, new: Config) {
         let empty = PluginMetadata::new();
         let metadata = self.plugins.as_ref().map_or(&empty, |p| &p.metadata);
-        let old_target = desired::build(&self.config, metadata).0;
+        let old_target = desired::build(&self.config, metadata, &self.withheld).0;
         let plugins_changed = new.agent.plugins != self.config.agent.plugins;
         let admin_changed = new.agent.admin != self.config.agent.admin;
         let registry_changed = new.registry != self.config.registry;
@@ -821,16 +1021,18 @@ impl Supervisor {
                 per_instance.retain(|key, _| keys.contains(key));
             }
         }
+        self.set_checks();
         let metadata = self.plugins.as_ref().map_or(&empty, |p| &p.metadata);
-        let new_target = desired::build(&self.config, metadata).0;
-        let added = keys
-            .iter()
+        let new_target = desired::build(&self.config, metadata, &self.withheld).0;
+        let added = new_target
+            .records
+            .keys()
             .filter(|k| !old_target.records.contains_key(*k))
             .count();
         let removed = old_target
             .records
             .keys()
-            .filter(|k| !keys.contains(*k))
+            .filter(|k| !new_target.records.contains_key(*k))
             .count();
         let changed = new_target
             .records
@@ -910,12 +1112,11 @@ impl Supervisor {
         }
         self.admin.rebinding = true;
         let old = self.admin.server.take();
-        let metrics = self.wiring.metrics.clone();
-        let status = self.registry.status();
+        let sources = admin_sources(&self.wiring, &self.registry.status());
         let tracker = self.wiring.tracker.clone();
         let reply = self.wiring.admin.clone();
         self.wiring.tracker.spawn(async move {
-            let server = admin::rebind(old, listen, metrics, status, &tracker).await;
+            let server = admin::rebind(old, listen, sources, &tracker).await;
             let _ = reply.send(server).await;
         });
     }
@@ -954,22 +1155,35 @@ impl Supervisor {
 /// agent runs without it (registration matters more).
 async fn serve_admin(
     listen: SocketAddr,
-    wiring: &Wiring,
-    status: &watch::Receiver<RegistryStatus>,
+    sources: admin::Sources,
+    tracker: &TaskTracker,
 ) -> Option<AdminServer> {
-    match admin::start(
-        listen,
-        wiring.metrics.clone(),
-        status.clone(),
-        &wiring.tracker,
-    )
-    .await
-    {
+    match admin::start(listen, sources, tracker).await {
         Ok(server) => Some(server),
         Err(error) => {
             error!(%listen, %error, "cannot start the admin server; running without it (fix agent.admin.listen and reload)");
             None
         }
+    }
+}
+
+fn admin_sources(wiring: &Wiring, registry: &watch::Receiver<RegistryStatus>) -> admin::Sources {
+    admin::Sources {
+        metrics: wiring.metrics.clone(),
+        registry: registry.clone(),
+        agent: wiring.status_requests.clone(),
+    }
+}
+
+/// The metric labels of a check: its instance's service and the check.
+fn check_label(
+    services: &std::collections::BTreeMap<String, String>,
+    id: &CheckId,
+    config: &config::CheckConfig,
+) -> CheckLabel {
+    CheckLabel {
+        service: services.get(&id.instance_key).cloned().unwrap_or_default(),
+        check: checks::describe(&config.probe),
     }
 }
 

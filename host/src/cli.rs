@@ -75,6 +75,20 @@ enum Command {
         /// Only this service.
         service: Option<String>,
     },
+    /// Ask a running agent (through its admin listener) which instances
+    /// are registered or withheld by their health checks, and each check's
+    /// last result (exit 0, 1 if the agent does not answer, 2 usage).
+    Status {
+        /// Find the admin listener in this config file (`agent.admin.listen`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The admin listener's address (overrides the config's).
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        /// Print the JSON the agent serves at /status.
+        #[arg(long)]
+        json: bool,
+    },
     /// Work with plugins.
     Plugin {
         #[command(subcommand)]
@@ -132,6 +146,11 @@ pub fn main() -> ExitCode {
             scheme,
             json,
         ),
+        Command::Status {
+            config,
+            admin,
+            json,
+        } => status(config.as_deref(), admin, json),
         Command::Plugin {
             command:
                 PluginCommand::Check {
@@ -238,6 +257,66 @@ fn run(path: &Path) -> ExitCode {
     // not wanted any more.
     runtime.shutdown_background();
     code
+}
+
+fn status(config_path: Option<&Path>, admin: Option<std::net::SocketAddr>, json: bool) -> ExitCode {
+    let listen = match admin {
+        Some(admin) => admin,
+        None => {
+            let Some(path) = config_path else {
+                eprintln!("error: give --config FILE (its agent.admin.listen) or --admin ADDRESS");
+                return ExitCode::from(EXIT_USAGE);
+            };
+            let loaded = match config::load(path) {
+                Ok(loaded) => loaded,
+                Err(error) => {
+                    print_config_error(&error);
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            match loaded.config.agent.admin {
+                Some(admin) => admin.listen,
+                None => {
+                    eprintln!(
+                        "error: {} has no agent.admin.listen: `status` asks the agent through its admin listener",
+                        path.display()
+                    );
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            }
+        }
+    };
+    let address = crate::status::reachable(listen);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match runtime.block_on(crate::status::fetch(address)) {
+        Ok(status) => {
+            if json {
+                match serde_json::to_string_pretty(&status) {
+                    Ok(text) => println!("{text}"),
+                    Err(error) => {
+                        eprintln!("error: {error}");
+                        return ExitCode::from(EXIT_RUNTIME);
+                    }
+                }
+            } else {
+                print!("{}", status.table());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: cannot get the status from the agent at {address}: {error}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
 }
 
 fn list(

@@ -3,7 +3,7 @@
 //! actor must make true (SPEC §5 merge rules: configured keys win; between
 //! plugins, the one whose name sorts first wins, and the clash is reported).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::{Config, RegistryConfig};
 use crate::record::{self, Instance};
@@ -45,11 +45,21 @@ pub struct Clash {
 
 /// The registry target for `config` with `plugins`' metadata, plus the
 /// plugin clashes found on the way (for the caller to warn about).
-pub fn build(config: &Config, plugins: &PluginMetadata) -> (Target, Vec<Clash>) {
+///
+/// Instances whose registry key is in `withheld` (a health check is
+/// critical) are left out: the registry deletes their keys.
+pub fn build(
+    config: &Config,
+    plugins: &PluginMetadata,
+    withheld: &BTreeSet<String>,
+) -> (Target, Vec<Clash>) {
     let mut records = BTreeMap::new();
     let mut clashes = Vec::new();
     for instance in &config.agent.instances {
         let key = record::registry_key(&config.registry.prefix, instance);
+        if withheld.contains(&key) {
+            continue;
+        }
         let metadata = merged_metadata(instance, &key, plugins, &mut clashes);
         records.insert(
             key,
@@ -158,7 +168,7 @@ mod tests {
             "a-plugin".into(),
             [(key.clone(), output(&[("load", "1"), ("extra", "x")]))].into(),
         );
-        let (target, clashes) = build(&config, &plugins);
+        let (target, clashes) = build(&config, &plugins, &BTreeSet::new());
         let value = &target.records[&key].value;
         assert!(
             value.contains(r#""metadata":{"env":"dev","extra":"x","load":"1"}"#),
@@ -177,16 +187,29 @@ mod tests {
     }
 
     #[test]
+    fn a_withheld_instance_is_left_out_and_comes_back() {
+        let config = config();
+        let key = record::registry_key("/yggdrasil/registry", &config.agent.instances[0]);
+        let (all, _) = build(&config, &PluginMetadata::new(), &BTreeSet::new());
+        assert!(all.records.contains_key(&key));
+        let withheld = BTreeSet::from([key.clone()]);
+        let (held, _) = build(&config, &PluginMetadata::new(), &withheld);
+        assert!(held.records.is_empty());
+        let other = BTreeSet::from(["/yggdrasil/registry/default/other/x".to_string()]);
+        assert_eq!(build(&config, &PluginMetadata::new(), &other).0, all);
+    }
+
+    #[test]
     fn plugin_output_never_changes_the_key() {
         let config = config();
-        let (before, _) = build(&config, &PluginMetadata::new());
+        let (before, _) = build(&config, &PluginMetadata::new(), &BTreeSet::new());
         let key = before.records.keys().next().unwrap().clone();
         let mut plugins = PluginMetadata::new();
         plugins.insert(
             "load".into(),
             [(key.clone(), output(&[("load", "0.42")]))].into(),
         );
-        let (after, _) = build(&config, &plugins);
+        let (after, _) = build(&config, &plugins, &BTreeSet::new());
         assert_eq!(after.records.keys().collect::<Vec<_>>(), vec![&key]);
         assert_ne!(before.records[&key].value, after.records[&key].value);
         assert_eq!(after.records[&key].service, "default/svc/1");

@@ -20,6 +20,14 @@ pub struct ResultLabel {
 pub const OK: ResultLabel = ResultLabel { result: "ok" };
 pub const ERROR: ResultLabel = ResultLabel { result: "error" };
 
+/// A health check: its instance's service and the check
+/// (`tcp 127.0.0.1:8080`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct CheckLabel {
+    pub service: String,
+    pub check: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginLabel {
     pub plugin: String,
@@ -48,6 +56,10 @@ pub struct Metrics {
     pub plugin_call_seconds: Family<PluginLabel, Histogram>,
     pub plugin_restarts: Family<PluginLabel, Counter>,
     pub plugins_loaded: Gauge,
+    /// 1 passing, 0 critical.
+    pub check_status: Family<CheckLabel, Gauge>,
+    pub check_seconds: Family<CheckLabel, Histogram>,
+    pub instances_withheld: Gauge,
     registry: Arc<Registry>,
 }
 
@@ -74,6 +86,10 @@ impl Metrics {
             Family::<PluginLabel, Histogram>::new_with_constructor(plugin_latency_histogram);
         let plugin_restarts = Family::<PluginLabel, Counter>::default();
         let plugins_loaded = Gauge::default();
+        let check_status = Family::<CheckLabel, Gauge>::default();
+        let check_seconds =
+            Family::<CheckLabel, Histogram>::new_with_constructor(check_latency_histogram);
+        let instances_withheld = Gauge::default();
 
         // Zero-valued series exist from the start, so dashboards and alerts
         // see `0` rather than "no data" before the first event.
@@ -147,6 +163,21 @@ impl Metrics {
             Listed(plugin_restarts.clone()),
         );
         registry.register(
+            "check_status",
+            "Health check status: 1 passing, 0 critical",
+            Listed(check_status.clone()),
+        );
+        registry.register(
+            "check_duration_seconds",
+            "Wall-clock time of health check runs",
+            Listed(check_seconds.clone()),
+        );
+        registry.register(
+            "instances_withheld",
+            "Instances held out of etcd because a health check is critical",
+            instances_withheld.clone(),
+        );
+        registry.register(
             "plugins_loaded",
             "Plugins currently loaded",
             plugins_loaded.clone(),
@@ -166,6 +197,9 @@ impl Metrics {
             plugin_call_seconds,
             plugin_restarts,
             plugins_loaded,
+            check_status,
+            check_seconds,
+            instances_withheld,
             registry: Arc::new(registry),
         }
     }
@@ -199,6 +233,13 @@ impl<M: EncodeMetric> EncodeMetric for Listed<M> {
     fn is_empty(&self) -> bool {
         false
     }
+}
+
+fn check_latency_histogram() -> Histogram {
+    // 100 µs .. ~6.5 s: a local connect takes microseconds, a timeout seconds.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        1e-4, 4.0, 9,
+    ))
 }
 
 fn plugin_latency_histogram() -> Histogram {

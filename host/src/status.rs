@@ -5,8 +5,12 @@
 //! line fetches it from there and prints a table (or the JSON).
 
 use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// The agent's view of its instances, newest first published.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -107,6 +111,56 @@ impl AgentStatus {
     }
 }
 
+/// Where to reach a listener bound to `listen`: an unspecified address
+/// (`0.0.0.0`, `::`) is reached on loopback.
+pub fn reachable(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, listen.port()))
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv6Addr::LOCALHOST, listen.port()))
+        }
+        _ => listen,
+    }
+}
+
+/// Longest `/status` answer read (a thousand instances with a few checks
+/// each fit well within it).
+const MAX_STATUS_BYTES: u64 = 64 << 20;
+/// How long `fetch` waits for the whole answer.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `GET /status` from the admin listener at `address`.
+pub async fn fetch(address: SocketAddr) -> Result<AgentStatus, String> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(address)
+            .await
+            .map_err(|e| e.to_string())?;
+        stream
+            .write_all(format!("GET /status HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut response = Vec::new();
+        stream
+            .take(MAX_STATUS_BYTES)
+            .read_to_end(&mut response)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(response)
+    };
+    let response = tokio::time::timeout(FETCH_TIMEOUT, exchange)
+        .await
+        .map_err(|_| format!("no answer within {FETCH_TIMEOUT:?}"))??;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("not an HTTP answer")?;
+    let status_line = head.lines().next().unwrap_or_default();
+    if status_line.split_whitespace().nth(1) != Some("200") {
+        return Err(format!("{}: {}", escape(status_line), escape(body.trim())));
+    }
+    serde_json::from_str(body).map_err(|e| format!("not a status answer: {e}"))
+}
+
 /// `text` with control characters shown as `\u{1b}` escapes, so data from
 /// a config, a server or etcd cannot drive the operator's terminal.
 pub fn escape(text: &str) -> String {
@@ -172,8 +226,14 @@ mod tests {
     #[test]
     fn control_characters_never_reach_the_terminal() {
         let table = status().table();
-        assert!(!table.chars().any(|c| c.is_control() && c != '\n'), "{table:?}");
-        assert!(table.contains("default/db/2\\u{1b}]0;pwned\\u{7}"), "{table}");
+        assert!(
+            !table.chars().any(|c| c.is_control() && c != '\n'),
+            "{table:?}"
+        );
+        assert!(
+            table.contains("default/db/2\\u{1b}]0;pwned\\u{7}"),
+            "{table}"
+        );
     }
 
     #[test]
