@@ -8,7 +8,8 @@
 //!   The channel is bounded ([`REPORTS_CAPACITY`]): a supervisor that falls
 //!   behind slows the checks, never the other way round.
 //! - [`CheckHost::set`] takes every check the config defines, by
-//!   [`CheckId`] (the instance's registry key and the check's position).
+//!   [`CheckId`] (the instance's registry key and the check's position;
+//!   [`from_config`] builds that map).
 //!   An identical (id, config) keeps running with its state and schedule;
 //!   a removed or changed one stops (a changed one starts again from its
 //!   `initial_status`). `set` never awaits.
@@ -41,7 +42,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
-use crate::config::{CheckConfig, CheckStatus, Probe};
+use crate::config::{AgentConfig, CheckConfig, CheckStatus, Probe};
+use crate::record::Instance;
 use grpc::GrpcProbe;
 use http::HttpProbe;
 use tcp::Stage;
@@ -174,6 +176,27 @@ pub fn describe(probe: &Probe) -> String {
             }
         }
     }
+}
+
+/// Every check `agent` defines, by id: `agent.checks[i]` belongs to
+/// `agent.instances[i]`, whose key `key` gives (the registry key, as in
+/// the target). The map to give [`CheckHost::set`].
+pub fn from_config(
+    agent: &AgentConfig,
+    key: impl Fn(&Instance) -> String,
+) -> BTreeMap<CheckId, CheckConfig> {
+    let mut checks = BTreeMap::new();
+    for (instance, configs) in agent.instances.iter().zip(&agent.checks) {
+        let instance_key = key(instance);
+        for (index, config) in configs.iter().enumerate() {
+            let id = CheckId {
+                instance_key: instance_key.clone(),
+                index,
+            };
+            checks.insert(id, config.clone());
+        }
+    }
+    checks
 }
 
 /// The instance keys with at least one critical check.
@@ -524,6 +547,41 @@ mod tests {
         assert!(withheld([(&b0, CheckStatus::Passing)]).is_empty());
     }
 
+    #[test]
+    fn from_config_names_each_check_by_its_instance_key_and_position() {
+        let example = Instance::seed_example();
+        let other = Instance {
+            name: "other".into(),
+            ..example.clone()
+        };
+        let agent = AgentConfig {
+            instances: vec![example, other],
+            checks: vec![
+                vec![
+                    config("pass", 10, CheckStatus::Passing),
+                    config("fail", 10, CheckStatus::Passing),
+                ],
+                Vec::new(),
+            ],
+            plugins: None,
+            admin: None,
+            shutdown_timeout: crate::config::DEFAULT_SHUTDOWN_TIMEOUT,
+        };
+        let checks = from_config(&agent, |instance| format!("key-{}", instance.name));
+        let ids: Vec<&CheckId> = checks.keys().collect();
+        assert_eq!(
+            ids,
+            [
+                &id("key-example-registry-server", 0),
+                &id("key-example-registry-server", 1)
+            ]
+        );
+        assert_eq!(
+            checks[&id("key-example-registry-server", 1)],
+            config("fail", 10, CheckStatus::Passing)
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn first_runs_spread_over_the_interval_then_one_run_every_interval() {
         let tracker = TaskTracker::new();
@@ -775,7 +833,7 @@ mod tests {
 
         const TIMEOUT: Duration = Duration::from_millis(500);
         /// How late past its timeout a probe may return.
-        const MARGIN: Duration = Duration::from_millis(400);
+        const MARGIN: Duration = Duration::from_secs(1);
 
         fn http(url: String) -> Probe {
             Probe::Http {
@@ -953,6 +1011,27 @@ mod tests {
             assert_eq!(outcome, Err("answer head larger than 16 KiB".to_string()));
             assert!(took < Duration::from_secs(5), "{took:?}");
 
+            let trickle = raw_server(|mut stream: TcpStream| async move {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n")
+                    .await;
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if stream.write_all(b"x").await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await;
+            let (outcome, took) = run(&http(format!("http://{trickle}/")), TIMEOUT).await;
+            assert_eq!(
+                outcome,
+                Err("timed out after 500ms reading the body (HTTP 200)".to_string())
+            );
+            assert!(took >= TIMEOUT && took < TIMEOUT + MARGIN, "{took:?}");
+
             let mute = raw_server(silent).await;
             let (outcome, took) = run(&http(format!("http://{mute}/")), TIMEOUT).await;
             assert_eq!(
@@ -1028,8 +1107,10 @@ mod tests {
             let began = Instant::now();
             let outcome = prober.probe(&grpc(mute, ""), TIMEOUT).await;
             let took = began.elapsed();
-            let reason = outcome.unwrap_err();
-            assert!(reason.starts_with("timed out after 500ms"), "{reason}");
+            assert_eq!(
+                outcome,
+                Err("timed out after 500ms waiting for the answer".to_string())
+            );
             assert!(took >= TIMEOUT && took < TIMEOUT + MARGIN, "{took:?}");
             // tonic's connection tasks ran on the tracker; they end with their socket.
             tracker.close();
