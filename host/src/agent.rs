@@ -742,27 +742,14 @@ impl Supervisor {
     /// series of checks that are gone, and updates what is withheld.
     fn set_checks(&mut self) {
         let prefix = &self.config.registry.prefix;
-        let mut wanted = std::collections::BTreeMap::new();
-        let mut services = std::collections::BTreeMap::new();
-        for (index, instance) in self.config.agent.instances.iter().enumerate() {
-            let key = record::registry_key(prefix, instance);
-            services.insert(key.clone(), instance.service_label());
-            for (position, check) in self
-                .config
-                .agent
-                .checks
-                .get(index)
-                .into_iter()
-                .flatten()
-                .enumerate()
-            {
-                let id = CheckId {
-                    instance_key: key.clone(),
-                    index: position,
-                };
-                wanted.insert(id, check.clone());
-            }
-        }
+        let wanted = checks::from_config(&self.config.agent, |i| record::registry_key(prefix, i));
+        let services = self
+            .config
+            .agent
+            .instances
+            .iter()
+            .map(|i| (record::registry_key(prefix, i), i.service_label()))
+            .collect();
         let labels = |host: &CheckHost,
                       services: &std::collections::BTreeMap<String, String>|
          -> BTreeSet<CheckLabel> {

@@ -978,9 +978,9 @@ mod tests {
                 run(&post_with_header, TIMEOUT).await.0,
                 Ok("HTTP 200: yes".to_string())
             );
-            // Only the first 4 KiB of a body become the output.
+            // Only the first BODY_KEPT bytes of a body become the output.
             let long = run(&http(url("/long")), TIMEOUT).await.0.unwrap();
-            assert_eq!(long, format!("HTTP 200: {}…", "x".repeat(4096)));
+            assert_eq!(long, format!("HTTP 200: {}…", "x".repeat(http::BODY_KEPT)));
 
             let closed = closed_port().await;
             let (outcome, _) = run(&http(format!("http://{closed}/")), TIMEOUT).await;

@@ -21,7 +21,7 @@ use super::tls::{self, TlsRoots};
 /// The largest answer head (status line and headers) accepted.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// How much of the body is kept as the check's output.
-pub const BODY_KEPT: usize = 4 * 1024;
+pub const BODY_KEPT: usize = 256;
 /// A body longer than this fails the check (it is read only to its end).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
