@@ -5,6 +5,7 @@
 mod support;
 
 mod big_component;
+mod checks;
 mod config_errors;
 mod faults;
 mod fuzz_regressions;
