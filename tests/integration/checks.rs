@@ -145,7 +145,7 @@ async fn flapping_server() -> (u16, Arc<AtomicUsize>) {
         axum::routing::get(move || {
             let n = counter.fetch_add(1, Ordering::SeqCst);
             async move {
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     StatusCode::SERVICE_UNAVAILABLE
                 } else {
                     StatusCode::OK
