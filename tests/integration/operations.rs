@@ -51,7 +51,9 @@ async fn admin_endpoints_and_metrics_follow_what_happens() {
 
     let ready = wait_readyz(&admin, 200).await;
     assert!(
-        ready.starts_with("ready: 1/1 instances registered; etcd connected; lease "),
+        ready.starts_with(
+            "ready: 1/1 instances registered; etcd connected; 0 withheld by health checks; lease "
+        ),
         "{ready}"
     );
     assert_eq!(
