@@ -103,10 +103,15 @@ async fn only_instances_whose_service_answers_are_registered() {
         )
         .await;
 
-    // Back, and the other one comes up too.
+    // Back, and the other one comes up too: within
+    // interval × successBeforePassing + 1 s.
     let _server = listen(up).await;
     let _other = listen(down).await;
-    wait_registered(&etcd, &["down", "up"]).await;
+    let (_, took) = wait_for(PATIENCE, "both keys back", || async {
+        registered(&etcd).await.filter(|r| r.len() == 2)
+    })
+    .await;
+    assert!(took < Duration::from_millis(300 + 1000 + 500), "{took:?}");
     agent.wait_for_log("instance healthy again", PATIENCE).await;
 }
 
