@@ -138,6 +138,7 @@ async fn signals_edits_and_the_watchdog_do_not_wait_for_a_slow_compile() {
         !log.contains("plugin loaded"),
         "the agent finished the compile before stopping:\n{log}"
     );
+    eprintln!("SIGTERM during a cold compile: deregistered and exited in {took:?}");
     assert!(
         took < Duration::from_secs(2),
         "took {took:?} to stop:\n{log}"
@@ -230,6 +231,7 @@ async fn sigterm_does_not_wait_for_an_init_that_spins() {
     agent.signal(libc::SIGTERM);
     let (status, took) = agent.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "{status:?}");
+    eprintln!("SIGTERM during a spinning init: deregistered and exited in {took:?}");
     assert!(took < Duration::from_secs(2), "took {took:?} to stop");
     let mut client = etcd.client().await;
     assert!(entries(&mut client, PREFIX).await.is_empty());
