@@ -393,6 +393,14 @@ struct Supervisor {
     withheld: BTreeSet<String>,
     /// Each configured instance's service label, by registry key.
     services: std::collections::BTreeMap<String, String>,
+    /// Each check's metric series (status gauge, run-time histogram).
+    check_series: std::collections::BTreeMap<
+        CheckId,
+        (
+            prometheus_client::metrics::gauge::Gauge,
+            prometheus_client::metrics::histogram::Histogram,
+        ),
+    >,
     startup: Option<Startup>,
     registry: RegistryHandle,
     admin: Admin,
@@ -489,6 +497,7 @@ impl Supervisor {
             checks,
             withheld: BTreeSet::new(),
             services: std::collections::BTreeMap::new(),
+            check_series: std::collections::BTreeMap::new(),
             startup: Some(Startup::new(Instant::now())),
             registry,
             admin: Admin {
@@ -765,36 +774,43 @@ impl Supervisor {
             self.wiring.metrics.check_status.remove(gone);
             self.wiring.metrics.check_seconds.remove(gone);
         }
-        for view in self.checks.iter() {
-            let label = check_label(&self.services, view.id, view.config);
-            self.wiring
-                .metrics
-                .check_status
-                .get_or_create(&label)
-                .set(i64::from(view.status == CheckStatus::Passing));
-        }
+        // Each check's series, looked up once here rather than per run.
+        let metrics = &self.wiring.metrics;
+        self.check_series = self
+            .checks
+            .iter()
+            .map(|view| {
+                let label = check_label(&self.services, view.id, view.config);
+                let status = metrics.check_status.get_or_create_owned(&label);
+                status.set(i64::from(view.status == CheckStatus::Passing));
+                let seconds = metrics.check_seconds.get_or_create_owned(&label);
+                (view.id.clone(), (status, seconds))
+            })
+            .collect();
         self.update_withheld(None);
     }
 
     /// A health check ran: count it, and if its instance's health changed,
     /// publish the new target.
     fn take_check_report(&mut self, report: CheckReport) {
-        if !self.checks.record(report.clone()) {
+        let (id, passing, took) = (
+            report.id.clone(),
+            report.status == CheckStatus::Passing,
+            report.duration,
+        );
+        let cause = report.changed.then(|| report.clone());
+        if !self.checks.record(report) {
             return; // from a check since removed or changed
         }
-        if let Some(view) = self.checks.iter().find(|v| *v.id == report.id) {
-            let label = check_label(&self.services, view.id, view.config);
-            let metrics = &self.wiring.metrics;
-            metrics
-                .check_status
-                .get_or_create(&label)
-                .set(i64::from(report.status == CheckStatus::Passing));
-            metrics
-                .check_seconds
-                .get_or_create(&label)
-                .observe(report.duration.as_secs_f64());
+        if let Some((status, seconds)) = self.check_series.get(&id) {
+            status.set(i64::from(passing));
+            seconds.observe(took.as_secs_f64());
         }
-        if self.update_withheld(Some(&report)) {
+        // Only a run that changed its check's status can change what is
+        // withheld: a thousand steady checks cost no more than this.
+        if let Some(cause) = cause
+            && self.update_withheld(Some(&cause))
+        {
             self.publish();
         }
     }
