@@ -513,18 +513,6 @@ async fn poll_admin(admin: String, stop: tokio::sync::watch::Receiver<bool>) -> 
     latencies
 }
 
-/// Seconds since midnight of a log line's RFC 3339 timestamp
-/// (`2026-12-01T19:03:50.852756Z …`).
-fn log_time(line: &str) -> Option<f64> {
-    let time = line.split_whitespace().next()?.split('T').nth(1)?;
-    let time = time.trim_end_matches('Z');
-    let mut parts = time.split(':');
-    let hours: f64 = parts.next()?.parse().ok()?;
-    let minutes: f64 = parts.next()?.parse().ok()?;
-    let seconds: f64 = parts.next()?.parse().ok()?;
-    Some(hours * 3600.0 + minutes * 60.0 + seconds)
-}
-
 /// For each SIGHUP the agent logged, the time until the forced reload it
 /// caused was done (the next "config reloaded" line), from the agent's
 /// own timestamps: the supervisor's loop latency plus one read and parse.
@@ -533,9 +521,9 @@ fn sighup_latencies(log: &str) -> Vec<Duration> {
     let mut pending: Option<f64> = None;
     for line in log.lines() {
         if line.contains("SIGHUP: reloading the config") {
-            pending = log_time(line);
+            pending = support::log_time(line);
         } else if line.contains("config reloaded")
-            && let (Some(sent), Some(done)) = (pending.take(), log_time(line))
+            && let (Some(sent), Some(done)) = (pending.take(), support::log_time(line))
         {
             latencies.push(Duration::from_secs_f64((done - sent).max(0.0)));
         }

@@ -209,6 +209,17 @@ impl Drop for Agent {
 }
 
 /// Runs `ygg-agent ARGS` to completion and returns (exit code, stdout, stderr).
+/// Seconds since midnight (UTC) of an agent log line's timestamp
+/// (`2026-12-01T19:03:50.852756Z  INFO …`).
+pub fn log_time(line: &str) -> Option<f64> {
+    let time = line.split_whitespace().next()?.split('T').nth(1)?;
+    let mut parts = time.trim_end_matches('Z').split(':');
+    let hours: f64 = parts.next()?.parse().ok()?;
+    let minutes: f64 = parts.next()?.parse().ok()?;
+    let seconds: f64 = parts.next()?.parse().ok()?;
+    Some(hours * 3600.0 + minutes * 60.0 + seconds)
+}
+
 pub fn run_cli(args: &[&str]) -> (i32, String, String) {
     let output = Command::new(agent_binary())
         .args(args)
