@@ -55,6 +55,22 @@ pub const MAX_PROBES_IN_FLIGHT: usize = 64;
 pub const REPORTS_CAPACITY: usize = 256;
 /// The shortest period a check runs at (a guard: the config asks more).
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
+/// First runs are spread over the interval in steps of this: checks that
+/// fall in one step run together, so a thousand checks a second wake the
+/// agent at most 100 times a second instead of a thousand (each wake-up
+/// costs the kernel more than a loopback connect does).
+const SPREAD_STEP: Duration = Duration::from_millis(10);
+
+/// Where in its first `interval` a check first runs, for a uniform `draw`
+/// in [0, 1): a whole number of [`SPREAD_STEP`]s (any point, for an
+/// interval that is not a multiple of the step).
+fn spread(interval: Duration, draw: f64) -> Duration {
+    let steps = (interval.as_nanos() / SPREAD_STEP.as_nanos()) as u32;
+    if steps == 0 || interval.as_nanos() % SPREAD_STEP.as_nanos() != 0 {
+        return interval.mul_f64(draw);
+    }
+    SPREAD_STEP * ((f64::from(steps) * draw) as u32).min(steps - 1)
+}
 
 /// One check: the registry key of its instance and its position in that
 /// instance's `checks`.
@@ -280,7 +296,7 @@ impl CheckHost {
         self.next_generation += 1;
         let stop = CancellationToken::new();
         let interval = config.interval.max(MIN_INTERVAL);
-        let first = interval.mul_f64(rand::rng().random::<f64>());
+        let first = spread(interval, rand::rng().random::<f64>());
         let task = CheckTask {
             id,
             config: config.clone(),
@@ -449,6 +465,27 @@ mod tests {
 
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
+    }
+
+    #[test]
+    fn first_runs_fall_on_steps_across_the_whole_interval() {
+        let interval = secs(1);
+        assert_eq!(spread(interval, 0.0), Duration::ZERO);
+        assert_eq!(spread(interval, 0.5), Duration::from_millis(500));
+        assert_eq!(spread(interval, 0.999_999), Duration::from_millis(990));
+        let slots: std::collections::BTreeSet<Duration> = (0..1000)
+            .map(|i| spread(interval, f64::from(i) / 1000.0))
+            .collect();
+        // 100 steps of 10 ms, every one used, none past the interval.
+        assert_eq!(slots.len(), 100);
+        assert!(
+            slots
+                .iter()
+                .all(|s| s.as_nanos() % SPREAD_STEP.as_nanos() == 0 && *s < interval)
+        );
+        // An interval that is not a multiple of the step: any point.
+        let odd = Duration::from_millis(105);
+        assert_eq!(spread(odd, 0.5), odd / 2);
     }
 
     /// A check whose fake probe is told by its address: `pass`, `fail`, or
