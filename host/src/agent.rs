@@ -393,14 +393,6 @@ struct Supervisor {
     withheld: BTreeSet<String>,
     /// Each configured instance's service label, by registry key.
     services: std::collections::BTreeMap<String, String>,
-    /// Each check's metric series (status gauge, run-time histogram).
-    check_series: std::collections::BTreeMap<
-        CheckId,
-        (
-            prometheus_client::metrics::gauge::Gauge,
-            prometheus_client::metrics::histogram::Histogram,
-        ),
-    >,
     startup: Option<Startup>,
     registry: RegistryHandle,
     admin: Admin,
@@ -497,7 +489,6 @@ impl Supervisor {
             checks,
             withheld: BTreeSet::new(),
             services: std::collections::BTreeMap::new(),
-            check_series: std::collections::BTreeMap::new(),
             startup: Some(Startup::new(Instant::now())),
             registry,
             admin: Admin {
@@ -767,44 +758,32 @@ impl Supervisor {
                 .collect()
         };
         let before = labels(&self.checks, &self.services);
-        self.checks.set(wanted);
         self.services = services;
+        // Each new check gets its metric series; its task updates them
+        // after every run.
+        let metrics = &self.wiring.metrics;
+        let names = &self.services;
+        self.checks.set_with_series(wanted, |id, config| {
+            let label = check_label(names, id, config);
+            Some(checks::CheckSeries {
+                status: metrics.check_status.get_or_create_owned(&label),
+                seconds: metrics.check_seconds.get_or_create_owned(&label),
+            })
+        });
         let after = labels(&self.checks, &self.services);
         for gone in before.difference(&after) {
             self.wiring.metrics.check_status.remove(gone);
             self.wiring.metrics.check_seconds.remove(gone);
         }
-        // Each check's series, looked up once here rather than per run.
-        let metrics = &self.wiring.metrics;
-        self.check_series = self
-            .checks
-            .iter()
-            .map(|view| {
-                let label = check_label(&self.services, view.id, view.config);
-                let status = metrics.check_status.get_or_create_owned(&label);
-                status.set(i64::from(view.status == CheckStatus::Passing));
-                let seconds = metrics.check_seconds.get_or_create_owned(&label);
-                (view.id.clone(), (status, seconds))
-            })
-            .collect();
         self.update_withheld(None);
     }
 
     /// A health check ran: count it, and if its instance's health changed,
     /// publish the new target.
     fn take_check_report(&mut self, report: CheckReport) {
-        let (id, passing, took) = (
-            report.id.clone(),
-            report.status == CheckStatus::Passing,
-            report.duration,
-        );
         let cause = report.changed.then(|| report.clone());
         if !self.checks.record(report) {
             return; // from a check since removed or changed
-        }
-        if let Some((status, seconds)) = self.check_series.get(&id) {
-            status.set(i64::from(passing));
-            seconds.observe(took.as_secs_f64());
         }
         // Only a run that changed its check's status can change what is
         // withheld: a thousand steady checks cost no more than this.
@@ -871,6 +850,7 @@ impl Supervisor {
                             index: position,
                         };
                         let view = views.get(&id)?;
+                        let latest = self.checks.latest(&id);
                         Some(CheckStatusView {
                             check: checks::describe(&view.config.probe),
                             status: match view.status {
@@ -878,11 +858,15 @@ impl Supervisor {
                                 CheckStatus::Critical => "critical",
                             }
                             .to_string(),
-                            output: view.last.map_or_else(String::new, |last| match &last.last {
-                                Ok(output) => output.clone(),
-                                Err(reason) => reason.clone(),
+                            output: latest.as_ref().map_or_else(String::new, |last| {
+                                match &last.last {
+                                    Ok(output) => output.clone(),
+                                    Err(reason) => reason.clone(),
+                                }
                             }),
-                            duration_ms: view.last.map(|last| last.duration.as_secs_f64() * 1000.0),
+                            duration_ms: latest
+                                .as_ref()
+                                .map(|last| last.duration.as_secs_f64() * 1000.0),
                         })
                     })
                     .collect();

@@ -19,10 +19,13 @@
 //!   probes run at a time; each is bounded by its `timeout` (connect, TLS,
 //!   request and body alike) and by size limits, so a hostile server costs
 //!   one check its deadline and nothing else.
-//! - After every run the task sends a [`CheckReport`]. The supervisor passes
-//!   each to [`CheckHost::record`], which drops reports from a check since
-//!   removed or changed, then asks [`CheckHost::withheld`] (or the pure
-//!   [`withheld`]) which instances are out of the target.
+//! - After a run that changed the check's status the task sends a
+//!   [`CheckReport`] (every run, in the schedule's tests). The supervisor
+//!   passes each to [`CheckHost::record`], which drops reports from a check
+//!   since removed or changed, then asks [`CheckHost::withheld`] (or the
+//!   pure [`withheld`]) which instances are out of the target. Every run
+//!   updates the check's metric series ([`CheckHost::set_with_series`]) and
+//!   its newest result ([`CheckHost::latest`]) without waking anyone.
 //! - Dropping the host, or a check through `set`, stops its task (and the
 //!   probe in flight) at its next await.
 
@@ -37,7 +40,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use rand::Rng;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
@@ -66,7 +69,7 @@ const SPREAD_STEP: Duration = Duration::from_millis(10);
 /// interval that is not a multiple of the step).
 fn spread(interval: Duration, draw: f64) -> Duration {
     let steps = (interval.as_nanos() / SPREAD_STEP.as_nanos()) as u32;
-    if steps == 0 || interval.as_nanos() % SPREAD_STEP.as_nanos() != 0 {
+    if steps == 0 || !interval.as_nanos().is_multiple_of(SPREAD_STEP.as_nanos()) {
         return interval.mul_f64(draw);
     }
     SPREAD_STEP * ((f64::from(steps) * draw) as u32).min(steps - 1)
@@ -237,6 +240,46 @@ pub struct CheckHost {
     reports: mpsc::Sender<CheckReport>,
     checks: BTreeMap<CheckId, Running>,
     next_generation: u64,
+    /// Where check tasks run; `None`: the caller's runtime.
+    runtime: Option<OwnRuntime>,
+    reporting: Reporting,
+}
+
+impl Drop for CheckHost {
+    fn drop(&mut self) {
+        // Stop every task before the runtime they run on goes.
+        self.checks.clear();
+    }
+}
+
+/// A current-thread runtime on a thread of its own, for the check tasks.
+/// Dropping it ends the thread, and with it every task still there.
+struct OwnRuntime {
+    handle: tokio::runtime::Handle,
+    _stop: DropGuard,
+}
+
+impl OwnRuntime {
+    fn start() -> std::io::Result<OwnRuntime> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("ygg-checks")
+            .build()?;
+        let handle = runtime.handle().clone();
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        std::thread::Builder::new()
+            .name("ygg-checks".into())
+            .spawn(move || {
+                runtime.block_on(stopped.cancelled());
+                // Tasks still there are dropped, not waited for.
+                runtime.shutdown_background();
+            })?;
+        Ok(OwnRuntime {
+            handle,
+            _stop: stop.drop_guard(),
+        })
+    }
 }
 
 struct Running {
@@ -244,6 +287,8 @@ struct Running {
     generation: u64,
     status: CheckStatus,
     last: Option<CheckReport>,
+    /// The task's newest run, reported or not.
+    latest: watch::Receiver<Option<CheckReport>>,
     /// Dropping it stops the task.
     _stop: DropGuard,
 }
@@ -251,13 +296,27 @@ struct Running {
 impl CheckHost {
     /// A host with no checks, and the receiving end of its reports (for
     /// the supervisor's event loop).
+    ///
+    /// The checks run on a runtime of their own, one thread: a thousand
+    /// checks a second then wake that one thread rather than handing work
+    /// back and forth between the agent's workers (measured: most of the
+    /// CPU that many checks cost was those hand-overs). If that thread
+    /// cannot start, they run on the caller's runtime.
     pub fn new(tracker: TaskTracker) -> (CheckHost, mpsc::Receiver<CheckReport>) {
         let prober = Prober::new(tracker.clone());
         let probe: ProbeFn = Arc::new(move |probe, timeout| {
             let prober = prober.clone();
             Box::pin(async move { prober.probe(&probe, timeout).await })
         });
-        CheckHost::with_probe(tracker, probe, MAX_PROBES_IN_FLIGHT)
+        let (mut host, reports) = CheckHost::with_probe(tracker, probe, MAX_PROBES_IN_FLIGHT);
+        host.reporting = Reporting::Changes;
+        match OwnRuntime::start() {
+            Ok(runtime) => host.runtime = Some(runtime),
+            Err(error) => {
+                tracing::warn!(%error, "cannot start the health checks' thread; they run on the agent's runtime")
+            }
+        }
+        (host, reports)
     }
 
     fn with_probe(
@@ -273,6 +332,8 @@ impl CheckHost {
             reports,
             checks: BTreeMap::new(),
             next_generation: 0,
+            runtime: None,
+            reporting: Reporting::EveryRun,
         };
         (host, receiver)
     }
@@ -281,22 +342,39 @@ impl CheckHost {
     /// Afterwards a changed or new check has its `initial_status` and no
     /// last report, so [`CheckHost::withheld`] may change here too.
     pub fn set(&mut self, checks: BTreeMap<CheckId, CheckConfig>) {
+        self.set_with_series(checks, |_, _| None);
+    }
+
+    /// [`CheckHost::set`], with each new check's metric series (which its
+    /// task updates after every run) from `series`.
+    pub fn set_with_series(
+        &mut self,
+        checks: BTreeMap<CheckId, CheckConfig>,
+        series: impl Fn(&CheckId, &CheckConfig) -> Option<CheckSeries>,
+    ) {
         self.checks
             .retain(|id, running| checks.get(id) == Some(&running.config));
         for (id, config) in checks {
             if !self.checks.contains_key(&id) {
-                let running = self.start(id.clone(), config);
+                let series = series(&id, &config);
+                let running = self.start(id.clone(), config, series);
                 self.checks.insert(id, running);
             }
         }
     }
 
-    fn start(&mut self, id: CheckId, config: CheckConfig) -> Running {
+    fn start(&mut self, id: CheckId, config: CheckConfig, series: Option<CheckSeries>) -> Running {
         let generation = self.next_generation;
         self.next_generation += 1;
         let stop = CancellationToken::new();
         let interval = config.interval.max(MIN_INTERVAL);
         let first = spread(interval, rand::rng().random::<f64>());
+        if let Some(series) = &series {
+            series
+                .status
+                .set(i64::from(config.initial_status == CheckStatus::Passing));
+        }
+        let (latest_tx, latest) = watch::channel(None);
         let task = CheckTask {
             id,
             config: config.clone(),
@@ -304,19 +382,27 @@ impl CheckHost {
             probe: self.probe.clone(),
             slots: self.slots.clone(),
             reports: self.reports.clone(),
+            reporting: self.reporting,
+            latest: latest_tx,
+            series,
         };
         let stopped = stop.clone();
-        self.tracker.spawn(async move {
+        let run = async move {
             tokio::select! {
                 _ = stopped.cancelled() => {}
                 _ = task.run(first, interval) => {}
             }
-        });
+        };
+        match &self.runtime {
+            Some(runtime) => self.tracker.spawn_on(run, &runtime.handle),
+            None => self.tracker.spawn(run),
+        };
         Running {
             status: config.initial_status,
             config,
             generation,
             last: None,
+            latest,
             _stop: stop.drop_guard(),
         }
     }
@@ -332,6 +418,13 @@ impl CheckHost {
             }
             _ => false,
         }
+    }
+
+    /// A check's newest run, whether or not its report was sent.
+    pub fn latest(&self, id: &CheckId) -> Option<CheckReport> {
+        self.checks
+            .get(id)
+            .and_then(|running| running.latest.borrow().clone())
     }
 
     /// The last recorded report of a check.
@@ -365,6 +458,28 @@ struct CheckTask {
     probe: ProbeFn,
     slots: Arc<Semaphore>,
     reports: mpsc::Sender<CheckReport>,
+    reporting: Reporting,
+    latest: watch::Sender<Option<CheckReport>>,
+    series: Option<CheckSeries>,
+}
+
+/// Which runs a check's task sends to the supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reporting {
+    /// Only runs that change the check's status (the agent: a thousand
+    /// steady checks a second then never wake the supervisor; each run
+    /// still updates the check's metric series and its newest result).
+    Changes,
+    /// Every run (tests of the schedule watch the runs this way).
+    EveryRun,
+}
+
+/// A check's metric series, updated by its task after every run.
+#[derive(Debug, Clone)]
+pub struct CheckSeries {
+    /// 1 passing, 0 critical.
+    pub status: prometheus_client::metrics::gauge::Gauge,
+    pub seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl CheckTask {
@@ -394,8 +509,20 @@ impl CheckTask {
                 changed,
                 generation: self.generation,
             };
-            if self.reports.send(report).await.is_err() {
-                return;
+            if let Some(series) = &self.series {
+                series
+                    .status
+                    .set(i64::from(report.status == CheckStatus::Passing));
+                series.seconds.observe(duration.as_secs_f64());
+            }
+            let send = changed || self.reporting == Reporting::EveryRun;
+            if send {
+                self.latest.send_replace(Some(report.clone()));
+                if self.reports.send(report).await.is_err() {
+                    return;
+                }
+            } else {
+                self.latest.send_replace(Some(report));
             }
         }
     }
@@ -783,6 +910,43 @@ mod tests {
         tokio::time::timeout(secs(1), tracker.wait())
             .await
             .expect("every check task ends with the host");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_agent_hears_only_changes_and_every_run_updates_the_series() {
+        let tracker = TaskTracker::new();
+        let fake = Fake::default();
+        let (mut host, mut reports) = fake.host(&tracker);
+        host.reporting = Reporting::Changes;
+        let a = id("a", 0);
+        let series = CheckSeries {
+            status: Default::default(),
+            seconds: prometheus_client::metrics::histogram::Histogram::new([1.0]),
+        };
+        let given = series.clone();
+        host.set_with_series(
+            BTreeMap::from([(a.clone(), config("switch", 1, CheckStatus::Critical))]),
+            move |_, _| Some(given.clone()),
+        );
+        assert_eq!(series.status.get(), 0);
+        // Passing from the first run: one report (the change), then none
+        // for the steady runs that follow.
+        fake.switch.store(true, Ordering::SeqCst);
+        let changed = reports.recv().await.unwrap();
+        assert!(changed.changed && changed.status == CheckStatus::Passing);
+        let at_change = changed.consecutive;
+        assert!(host.record(changed));
+        assert_eq!(series.status.get(), 1);
+        let quiet = tokio::time::timeout(secs(5), reports.recv()).await;
+        assert!(quiet.is_err(), "a steady check reported: {quiet:?}");
+        let latest = host.latest(&a).expect("the newest run");
+        assert!(latest.consecutive >= at_change + 4, "{latest:?}");
+        assert_eq!(host.last(&a).map(|r| r.consecutive), Some(at_change));
+        // Critical again: reported.
+        fake.switch.store(false, Ordering::SeqCst);
+        let changed = reports.recv().await.unwrap();
+        assert!(changed.changed && changed.status == CheckStatus::Critical);
+        assert_eq!(series.status.get(), 0);
     }
 
     #[tokio::test(start_paused = true)]
