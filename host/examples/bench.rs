@@ -819,7 +819,7 @@ async fn health_checks(etcd: &Etcd, rows: &mut Vec<Row>) {
             format!(
                 "service killed -> its key gone, {KILLS} kills (tcp check every {interval:?}, timeout {timeout:?}, {failures} failures)"
             ),
-            format!("p50 {gone_p50:.0?}, p99 {gone_p99:.0?}"),
+            format!("p50 {} ms, p99 {} ms", gone_p50.as_millis(), gone_p99.as_millis()),
             format!("bound interval x failures + timeout + 1 s = {gone_bound:?}"),
         )
         .budget(format!("p99 <= {gone_bound:?}"), gone_p99 <= gone_bound),
@@ -827,7 +827,11 @@ async fn health_checks(etcd: &Etcd, rows: &mut Vec<Row>) {
     rows.push(
         Row::new(
             format!("service back -> its key back, {KILLS} restarts"),
-            format!("p50 {back_p50:.0?}, p99 {back_p99:.0?}"),
+            format!(
+                "p50 {} ms, p99 {} ms",
+                back_p50.as_millis(),
+                back_p99.as_millis()
+            ),
             format!("bound interval x successBeforePassing + 1 s = {back_bound:?}"),
         )
         .budget(format!("p99 <= {back_bound:?}"), back_p99 <= back_bound),
