@@ -2,7 +2,7 @@
 //! to a file inside the repository, so the docs work in a fresh clone (a
 //! link to a sibling folder of the checkout works on one machine only).
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// The targets of the inline links `[text](target)` in `text`.
 fn link_targets(text: &str) -> Vec<String> {
@@ -16,22 +16,6 @@ fn link_targets(text: &str) -> Vec<String> {
         }
     }
     targets
-}
-
-/// `path` with `.` and `..` folded, without touching the file system (so a
-/// symlink cannot hide a link that leaves the repository).
-fn normalise(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 /// The repository's Markdown files outside build output and dependencies.
@@ -52,7 +36,7 @@ fn markdown_files(dir: &Path, found: &mut Vec<PathBuf>) {
 
 #[test]
 fn relative_links_stay_inside_the_repository_and_exist() {
-    let root = normalise(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+    let root = crate::watch::normalize(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
     let mut files = Vec::new();
     markdown_files(&root, &mut files);
     assert!(files.iter().any(|f| f.ends_with("README.md")));
@@ -64,7 +48,7 @@ fn relative_links_stay_inside_the_repository_and_exist() {
             if target.is_empty() || target.contains("://") || target.starts_with("mailto:") {
                 continue;
             }
-            let resolved = normalise(&file.parent().unwrap().join(target));
+            let resolved = crate::watch::normalize(&file.parent().unwrap().join(target));
             if !resolved.starts_with(&root) || !resolved.exists() {
                 broken.push(format!("{}: {target}", file.display()));
             }

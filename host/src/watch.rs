@@ -75,8 +75,9 @@ fn add_symlinked_ancestors(dir: &Path, folders: &mut BTreeSet<PathBuf>) {
 }
 
 /// `a/b/../c` → `a/c` without touching the file system (a link target is
-/// relative to the link's folder as spelled).
-fn normalize(path: &Path) -> PathBuf {
+/// relative to the link's folder as spelled; a symlink cannot hide where a
+/// path leads).
+pub(crate) fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for component in path.components() {
         match component {
