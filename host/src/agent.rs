@@ -12,13 +12,12 @@
 //! loop, then apply the difference or keep the running config
 //! ([`ReloadOutcome`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::CheckStatus;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Interval, MissedTickBehavior, sleep_until};
@@ -27,7 +26,7 @@ use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminServer, StatusRequest};
 use crate::checks::{self, CheckHost, CheckId, CheckReport};
-use crate::config::{self, Config, PluginsConfig};
+use crate::config::{self, CheckStatus, Config, PluginsConfig};
 use crate::desired::{self, Clash, PluginMetadata};
 use crate::metrics::{self, CheckLabel, Metrics};
 use crate::plugins::{self, LoadOutcome, PluginHost, PluginInstance, Round, RoundResult, Scan};
@@ -392,7 +391,7 @@ struct Supervisor {
     /// Instances held out of the target: a health check is critical.
     withheld: BTreeSet<String>,
     /// Each configured instance's service label, by registry key.
-    services: std::collections::BTreeMap<String, String>,
+    services: BTreeMap<String, String>,
     startup: Option<Startup>,
     registry: RegistryHandle,
     admin: Admin,
@@ -488,7 +487,7 @@ impl Supervisor {
             plugins,
             checks,
             withheld: BTreeSet::new(),
-            services: std::collections::BTreeMap::new(),
+            services: BTreeMap::new(),
             startup: Some(Startup::new(Instant::now())),
             registry,
             admin: Admin {
@@ -750,13 +749,12 @@ impl Supervisor {
             .iter()
             .map(|i| (record::registry_key(prefix, i), i.service_label()))
             .collect();
-        let labels = |host: &CheckHost,
-                      services: &std::collections::BTreeMap<String, String>|
-         -> BTreeSet<CheckLabel> {
-            host.iter()
-                .map(|view| check_label(services, view.id, view.config))
-                .collect()
-        };
+        let labels =
+            |host: &CheckHost, services: &BTreeMap<String, String>| -> BTreeSet<CheckLabel> {
+                host.iter()
+                    .map(|view| check_label(services, view.id, view.config))
+                    .collect()
+            };
         let before = labels(&self.checks, &self.services);
         self.services = services;
         // Each new check gets its metric series; its task updates them
@@ -831,7 +829,7 @@ impl Supervisor {
 
     /// What `ygg-agent status` shows.
     fn status(&self) -> AgentStatus {
-        let views: std::collections::BTreeMap<&CheckId, checks::CheckView<'_>> =
+        let views: BTreeMap<&CheckId, checks::CheckView<'_>> =
             self.checks.iter().map(|view| (view.id, view)).collect();
         let prefix = &self.config.registry.prefix;
         let instances = self
@@ -1164,7 +1162,7 @@ fn admin_sources(wiring: &Wiring, registry: &watch::Receiver<RegistryStatus>) ->
 
 /// The metric labels of a check: its instance's service and the check.
 fn check_label(
-    services: &std::collections::BTreeMap<String, String>,
+    services: &BTreeMap<String, String>,
     id: &CheckId,
     config: &config::CheckConfig,
 ) -> CheckLabel {
