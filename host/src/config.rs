@@ -345,8 +345,119 @@ fn read_yggdrasil(mut ygg: Section, base: &Path) -> RegistryConfig {
         }
         registry.finish(Unknown::Warn);
     }
+    if let Some((at, v3)) = read_v3_registry(&mut ygg) {
+        if ygg.get("registry").is_some() {
+            at.error(format!(
+                "both {} (Yggdrasil v2 layout) and {} (v3 layout) are set: keep one",
+                ygg.key_path("registry"),
+                ygg.key_path("discovery").key("registry")
+            ));
+        }
+        config = v3;
+    }
     // The rest of `yggdrasil` configures the application, not us.
     ygg.finish(Unknown::Ignore);
+    config
+}
+
+// Yggdrasil v3's layout, as codesjoy/yggdrasil-ecosystem `modules/etcd`
+// reads it at commit 2159f4b: `discovery.registry` (`type`, `config`) whose
+// `config.client` names an etcd client defined under `etcd.clients`.
+
+/// The etcd client a v3 registry uses when `config.client` is blank.
+const V3_DEFAULT_CLIENT: &str = "default";
+
+/// `yggdrasil.discovery.registry`, with where it is written, or `None` when
+/// the file has none.
+fn read_v3_registry<'a>(ygg: &mut Section<'a>) -> Option<(Value<'a>, RegistryConfig)> {
+    let mut discovery = ygg.section("discovery").value()?;
+    let at = discovery.get("registry")?;
+    // `resolvers` and the rest configure the application's clients.
+    discovery.finish(Unknown::Ignore);
+    let mut registry = at.section().value()?;
+    registry.string("type").check(|kind| etcd_only(kind));
+    let config = read_v3_registry_config(registry.section("config").value(), ygg);
+    registry.finish(Unknown::Warn);
+    Some((at, config))
+}
+
+/// `discovery.registry.config` (discovery/registry.go `RegistryConfig`).
+/// An absent `config` is Go's zero value: every default, client `default`.
+fn read_v3_registry_config<'a>(cfg: Option<Section<'a>>, ygg: &mut Section<'a>) -> RegistryConfig {
+    let Some(mut cfg) = cfg else {
+        return RegistryConfig {
+            client: read_v3_client(None, ygg),
+            ..RegistryConfig::default()
+        };
+    };
+    #[rustfmt::skip]
+    let config = RegistryConfig {
+        client: read_v3_client(Some(cfg.string("client")), ygg),
+        prefix: cfg.string("prefix").parse(normalise_prefix).or(DEFAULT_PREFIX.into()),
+        ttl: cfg.duration("ttl").min(MIN_TTL).check(whole_seconds).or(DEFAULT_TTL),
+        keep_alive: cfg.boolean("keep_alive").or(DEFAULT_KEEP_ALIVE),
+        retry_interval: cfg.duration("retry_interval").min(MIN_RETRY_INTERVAL).or(DEFAULT_RETRY_INTERVAL),
+    };
+    cfg.finish(Unknown::Warn);
+    config
+}
+
+/// The client `config.client` names in `etcd.clients`. Go reads a blank name
+/// as `default` (internal/client/client.go `ResolveName`), and an absent
+/// `default` as every default, which is kept here. A client that is named but
+/// not defined is an error, where Go silently dials 127.0.0.1:2379
+/// (module.go `clientConfig` returns the zero `Config`).
+fn read_v3_client<'a>(named: Option<Field<'a, String>>, ygg: &mut Section<'a>) -> ClientConfig {
+    let name = named.as_ref().and_then(Field::get);
+    let name = name.filter(|name| !name.trim().is_empty()).cloned();
+    let wanted = name.as_deref().unwrap_or(V3_DEFAULT_CLIENT);
+    let clients_path = ygg.key_path("etcd").key("clients");
+    let clients = ygg.section("etcd").value().and_then(|mut etcd| {
+        // Only the registry's client is ours; the rest is the application's.
+        let clients = etcd.section("clients").value();
+        etcd.finish(Unknown::Ignore);
+        clients
+    });
+    let found = clients.as_ref().and_then(|clients| {
+        (clients.entries()).find_map(|(key, value)| (key.get()? == wanted).then_some(value))
+    });
+    match (found, named) {
+        (Some(client), _) => (client.section().value())
+            .map(read_v3_etcd_client)
+            .unwrap_or_default(),
+        (None, Some(named)) if name.is_some() => {
+            named.error(format!(
+                "client `{wanted}` is not defined: add {} (Yggdrasil would dial {DEFAULT_ENDPOINT} instead)",
+                clients_path.key(wanted)
+            ));
+            ClientConfig::default()
+        }
+        (None, _) => ClientConfig::default(),
+    }
+}
+
+/// `etcd.clients.<name>` (internal/client/client.go `Config`): endpoints,
+/// dial timeout and credentials. v3 has no TLS settings.
+fn read_v3_etcd_client(mut client: Section) -> ClientConfig {
+    let listed = client.list("endpoints").value();
+    let listed = listed.and_then(read_etcd_endpoints).unwrap_or_default();
+    let endpoints: Vec<String> = listed.iter().map(|(_, e)| e.clone()).collect();
+    #[rustfmt::skip]
+    let config = ClientConfig {
+        endpoints: if endpoints.is_empty() { ClientConfig::default().endpoints } else { endpoints },
+        dial_timeout: client.duration("dial_timeout").nonzero().or(DEFAULT_DIAL_TIMEOUT),
+        credentials: read_credentials(&mut client),
+        tls: None,
+    };
+    for (item, endpoint) in &listed {
+        if endpoint.starts_with("https://") {
+            item.error(format!(
+                "`{endpoint}` is https, but Yggdrasil v3's etcd client has no TLS settings: \
+                 write host:port, or use the v2 layout (yggdrasil.registry.config.client.tls)"
+            ));
+        }
+    }
+    client.finish(Unknown::Warn);
     config
 }
 

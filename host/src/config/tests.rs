@@ -914,3 +914,194 @@ fn the_shipped_example_is_valid_and_so_is_its_check_example() {
     );
     assert_eq!(checks.len(), 3, "{on}");
 }
+
+// Yggdrasil v3 layout. Keys and defaults are those of
+// codesjoy/yggdrasil-ecosystem `modules/etcd` at commit 2159f4b.
+
+/// [`SEED`] with its `yggdrasil` section in the v3 layout.
+fn seed_v3() -> String {
+    let v3 = r#"
+yggdrasil:
+  etcd:
+    clients:
+      default:
+        endpoints: ["127.0.0.1:2379"]
+        dial_timeout: 5s
+  discovery:
+    registry:
+      type: etcd
+      config:
+        client: default
+        prefix: /yggdrasil/registry
+        ttl: 10s
+        keep_alive: true
+        retry_interval: 3s
+agent:"#;
+    let agent = SEED.split_once("\nagent:").unwrap().1;
+    format!("{v3}{agent}")
+}
+
+fn warnings(text: &str) -> Vec<String> {
+    ok(text).warnings.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn the_seed_in_the_v3_layout_is_the_same_config() {
+    let dir = dir();
+    let v3 = parse(&seed_v3(), dir.path()).unwrap();
+    assert!(v3.warnings.is_empty(), "{:?}", v3.warnings);
+    assert_eq!(v3.config, parse(SEED, dir.path()).unwrap().config);
+}
+
+#[test]
+fn every_v3_key_lands_where_its_v2_twin_does() {
+    let v2 = "yggdrasil:\n  registry:\n    type: etcd\n    config:\n      client:\n        endpoints: ['10.0.0.1:2379', 'http://10.0.0.2:2379']\n        dialTimeout: 1500ms\n        username: root\n        password: pw\n      prefix: /apps/reg\n      ttl: 4s\n      keepAlive: false\n      retryInterval: 250ms\nagent: {instances: []}\n";
+    let v3 = "yggdrasil:\n  etcd:\n    clients:\n      other: {endpoints: ['10.9.9.9:2379']}\n      blue:\n        endpoints: ['10.0.0.1:2379', 'http://10.0.0.2:2379']\n        dial_timeout: 1500ms\n        username: root\n        password: pw\n  discovery:\n    resolvers: {default: {type: etcd}}\n    registry:\n      type: etcd\n      config:\n        client: blue\n        prefix: /apps/reg\n        ttl: 4s\n        keep_alive: false\n        retry_interval: 250ms\nagent: {instances: []}\n";
+    let (v2, v3) = (ok(v2), ok(v3));
+    assert!(v3.warnings.is_empty(), "{:?}", v3.warnings);
+    assert_eq!(v3.config, v2.config);
+    let registry = v3.config.registry;
+    assert_eq!(
+        registry.client.endpoints,
+        ["10.0.0.1:2379", "http://10.0.0.2:2379"]
+    );
+    assert_eq!(registry.client.dial_timeout, Duration::from_millis(1500));
+    assert_eq!(registry.client.credentials.unwrap().username, "root");
+    assert!(!registry.keep_alive);
+    assert_eq!(registry.retry_interval, Duration::from_millis(250));
+}
+
+#[test]
+fn v3_defaults_are_the_go_defaults() {
+    // discovery/registry.go at 2159f4b: prefix "/yggdrasil/registry" (line 63),
+    // ttl 10s (line 66), retry_interval 3s (line 69), keep_alive nil means
+    // true (line 112). internal/client/client.go: a blank client name is
+    // "default" (lines 28, 82-87); endpoints ["127.0.0.1:2379"] (line 101),
+    // dial_timeout 5s (line 104).
+    let go_defaults = RegistryConfig {
+        client: ClientConfig {
+            endpoints: vec!["127.0.0.1:2379".into()],
+            dial_timeout: Duration::from_secs(5),
+            credentials: None,
+            tls: None,
+        },
+        prefix: "/yggdrasil/registry".into(),
+        ttl: Duration::from_secs(10),
+        keep_alive: true,
+        retry_interval: Duration::from_secs(3),
+    };
+    let agent = "agent: {instances: []}\n";
+    for registry in [
+        "yggdrasil: {discovery: {registry: {type: etcd}}}",
+        "yggdrasil: {discovery: {registry: {type: etcd, config: {}}}}",
+        "yggdrasil: {discovery: {registry: {config: {client: ''}}}}",
+        "yggdrasil: {etcd: {clients: {default: {}}}, discovery: {registry: {config: {client: ' '}}}}",
+        "yggdrasil: {etcd: {clients: {default: {}}}, discovery: {registry: {config: {client: default}}}}",
+    ] {
+        let loaded = ok(&format!("{registry}\n{agent}"));
+        assert!(
+            loaded.warnings.is_empty(),
+            "{registry}: {:?}",
+            loaded.warnings
+        );
+        assert_eq!(loaded.config.registry, go_defaults, "{registry}");
+    }
+    // A blank name reads the `default` client, whatever else is defined.
+    let config = ok("yggdrasil:\n  etcd: {clients: {default: {endpoints: ['e:1']}, b: {endpoints: ['b:1']}}}\n  discovery: {registry: {type: etcd}}\nagent: {instances: []}\n").config;
+    assert_eq!(config.registry.client.endpoints, ["e:1"]);
+    assert_eq!(config.registry.client.dial_timeout, Duration::from_secs(5));
+}
+
+#[test]
+fn a_v3_client_that_is_not_defined_is_an_error_at_its_name() {
+    let found = errors(
+        "yggdrasil:\n  etcd:\n    clients:\n      default: {endpoints: ['e:1']}\n  discovery:\n    registry:\n      type: etcd\n      config:\n        client: blue\n",
+    );
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_has(
+        &found,
+        "yggdrasil.discovery.registry.config.client: client `blue` is not defined: add yggdrasil.etcd.clients.blue (Yggdrasil would dial 127.0.0.1:2379 instead) (line 9)",
+    );
+    let found = errors("yggdrasil: {discovery: {registry: {config: {client: default}}}}\n");
+    assert_has(&found, "add yggdrasil.etcd.clients.default");
+}
+
+#[test]
+fn both_layouts_at_once_is_an_error_naming_both() {
+    let found = errors(
+        "yggdrasil:\n  registry:\n    type: etcd\n  discovery:\n    registry:\n      type: etcd\nagent: {instances: []}\n",
+    );
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_has(
+        &found,
+        "yggdrasil.discovery.registry: both yggdrasil.registry (Yggdrasil v2 layout) and yggdrasil.discovery.registry (v3 layout) are set: keep one (line 6)",
+    );
+    // The v3 client list alone, or resolvers alone, is the application's.
+    let config = ok("yggdrasil:\n  registry: {config: {ttl: 4s}}\n  etcd: {clients: {default: {endpoints: ['e:1']}}}\n  discovery: {resolvers: {}}\nagent: {instances: []}\n").config;
+    assert_eq!(config.registry.ttl, Duration::from_secs(4));
+    assert_eq!(config.registry.client.endpoints, ["127.0.0.1:2379"]);
+}
+
+#[test]
+fn v3_errors_carry_paths_and_lines_and_unknown_keys_warn() {
+    let found = errors(
+        "yggdrasil:\n  etcd:\n    clients:\n      default:\n        endpoints: ['https://e:1', 'nope']\n        dial_timeout: soon\n  discovery:\n    registry:\n      type: consul\n      config: {ttl: 1500ms, prefix: x}\n",
+    );
+    assert_eq!(found.len(), 6, "{found:#?}");
+    assert_has(
+        &found,
+        "yggdrasil.etcd.clients.default.endpoints[0]: `https://e:1` is https, but Yggdrasil v3's etcd client has no TLS settings",
+    );
+    assert_has(
+        &found,
+        "yggdrasil.etcd.clients.default.endpoints[1]: `nope` is not an etcd address",
+    );
+    assert_has(
+        &found,
+        "yggdrasil.etcd.clients.default.dial_timeout: `soon` is not a duration",
+    );
+    assert_has(
+        &found,
+        "yggdrasil.discovery.registry.type: `consul` is not supported",
+    );
+    assert_has(&found, "yggdrasil.discovery.registry.config.ttl:");
+    assert_has(
+        &found,
+        "yggdrasil.discovery.registry.config.prefix: `x` must start with `/`",
+    );
+
+    let found = warnings(
+        "yggdrasil:\n  etcd:\n    clients:\n      default: {endpoints: ['e:1'], tls: {caFile: ca.pem}}\n      other: {whatever: 1}\n    other: 1\n  discovery:\n    resolvers: {x: 1}\n    registry:\n      kind: etcd\n      config: {keepAlive: false}\nagent: {instances: []}\n",
+    );
+    assert_eq!(found.len(), 3, "{found:#?}");
+    assert_has(
+        &found,
+        "yggdrasil.etcd.clients.default.tls: unknown key, ignored (line 4)",
+    );
+    assert_has(
+        &found,
+        "yggdrasil.discovery.registry.kind: unknown key, ignored",
+    );
+    assert_has(
+        &found,
+        "yggdrasil.discovery.registry.config.keepAlive: unknown key, ignored (did you mean `keep_alive`?)",
+    );
+}
+
+#[test]
+fn v3_passwords_never_appear_in_errors_or_debug_output() {
+    let found = errors(
+        "yggdrasil:\n  etcd: {clients: {default: {password: hunter2-secret, dial_timeout: x}}}\n  discovery: {registry: {type: etcd}}\n",
+    );
+    assert_has(&found, "a password needs a username beside it");
+    assert!(found.iter().all(|e| !e.contains("hunter2")), "{found:?}");
+    let found = errors(
+        "yggdrasil:\n  etcd: {clients: {default: {username: root, password: [hunter2-secret]}}}\n  discovery: {registry: {type: etcd}}\n",
+    );
+    assert!(found.iter().all(|e| !e.contains("hunter2")), "{found:?}");
+    let config = ok("yggdrasil:\n  etcd: {clients: {default: {username: root, password: hunter2-secret}}}\n  discovery: {registry: {type: etcd}}\nagent: {instances: []}\n").config;
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("hunter2"), "{debug}");
+    let credentials = config.registry.client.credentials.unwrap();
+    assert_eq!(credentials.password.expose(), "hunter2-secret");
+}
