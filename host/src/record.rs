@@ -2,8 +2,10 @@
 //! registry key and its JSON record (SPEC §3). Nothing here does I/O.
 
 use std::collections::BTreeMap;
+use std::io;
 
 use serde::Serialize;
+use serde_json::ser::{CharEscape, Formatter};
 use sha1::{Digest, Sha1};
 
 /// Metadata key that replaces the hashed identity with an operator-chosen one.
@@ -114,7 +116,7 @@ pub fn identity_json(instance: &Instance) -> String {
         version: &instance.version,
         endpoints,
     };
-    serde_json::to_string(&identity).expect("identity JSON is always serialisable")
+    go_json(&identity)
 }
 
 /// `<prefix>/<namespace>/<name>/<instanceKey>`; `prefix` has no trailing `/`.
@@ -170,7 +172,84 @@ pub fn record_value(instance: &Instance, metadata: &BTreeMap<String, String>) ->
             })
             .collect(),
     };
-    serde_json::to_string(&record).expect("record JSON is always serialisable")
+    go_json(&record)
+}
+
+/// Compact JSON with exactly the bytes Go's `encoding/json` (`json.Marshal`)
+/// writes for the same value, so a record is byte-identical to the one a Go
+/// app registers. The difference from `serde_json` is string escaping only;
+/// see `GoFormatter`.
+pub fn go_json<T: Serialize + ?Sized>(value: &T) -> String {
+    let mut out = Vec::new();
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, GoFormatter);
+    value
+        .serialize(&mut serializer)
+        .expect("maps with string keys and plain structs always serialise");
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
+/// `serde_json`'s compact formatter with Go's string escaping (`appendString`
+/// in Go's `src/encoding/json/encode.go`, with HTML escaping on, as
+/// `json.Marshal` does): `&`, `<`, `>` as `\u0026`, `\u003c`, `\u003e`;
+/// U+2028 and U+2029 as `\u2028`, `\u2029`; `"` and `\` backslashed;
+/// `\b \f \n \r \t` as short escapes; every other byte below 0x20 as
+/// `\u00xx` in lowercase hex. 0x7f and all other characters are written raw.
+/// (Go also writes invalid UTF-8 as `\ufffd`; a Rust string has none.)
+struct GoFormatter;
+
+impl Formatter for GoFormatter {
+    /// A run of characters `serde_json` does not escape: escape the ones Go
+    /// does on top.
+    fn write_string_fragment<W>(&mut self, writer: &mut W, fragment: &str) -> io::Result<()>
+    where
+        W: ?Sized + io::Write,
+    {
+        let mut start = 0;
+        for (at, c) in fragment.char_indices() {
+            let escaped: &[u8] = match c {
+                '&' => b"\\u0026",
+                '<' => b"\\u003c",
+                '>' => b"\\u003e",
+                '\u{2028}' => b"\\u2028",
+                '\u{2029}' => b"\\u2029",
+                _ => continue,
+            };
+            writer.write_all(&fragment.as_bytes()[start..at])?;
+            writer.write_all(escaped)?;
+            start = at + c.len_utf8();
+        }
+        writer.write_all(&fragment.as_bytes()[start..])
+    }
+
+    /// What `serde_json` escapes (`"`, `\`, bytes below 0x20), spelled
+    /// the way Go spells it, written out here so the contract does not rest
+    /// on `serde_json`'s defaults.
+    fn write_char_escape<W>(&mut self, writer: &mut W, char_escape: CharEscape) -> io::Result<()>
+    where
+        W: ?Sized + io::Write,
+    {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let short = |c: u8| [b'\\', c];
+        match char_escape {
+            CharEscape::Quote => writer.write_all(&short(b'"')),
+            CharEscape::ReverseSolidus => writer.write_all(&short(b'\\')),
+            // serde_json never asks for `\/`; Go writes `/` raw.
+            CharEscape::Solidus => writer.write_all(b"/"),
+            CharEscape::Backspace => writer.write_all(&short(b'b')),
+            CharEscape::FormFeed => writer.write_all(&short(b'f')),
+            CharEscape::LineFeed => writer.write_all(&short(b'n')),
+            CharEscape::CarriageReturn => writer.write_all(&short(b'r')),
+            CharEscape::Tab => writer.write_all(&short(b't')),
+            CharEscape::AsciiControl(byte) => writer.write_all(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(byte >> 4)],
+                HEX[usize::from(byte & 0xf)],
+            ]),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -265,6 +344,85 @@ mod tests {
         assert_eq!(
             registry_key("/p", &instance),
             "/p/default/example-registry-server/my-custom-instance-id"
+        );
+    }
+
+    /// Go's `encoding/json` string escaping, as `json.Marshal` writes it.
+    /// Every expectation follows `appendString` in `src/encoding/json/encode.go`
+    /// of golang/go at commit 956bcd2963222dd5b981090f4cb66b547bad9c31 (Go
+    /// 1.24 or later: it has `omitzero`). `\b` and `\f` are short escapes
+    /// since Go 1.22 (before, `\u0008` and `\u000c`). The comment on each
+    /// row names the branch of `appendString` that produces it.
+    #[test]
+    fn strings_are_escaped_exactly_like_go() {
+        let table: &[(&str, &str)] = &[
+            // `htmlSafeSet` excludes `&`, `<`, `>`: the `default:` branch
+            // writes `\u00` + lowercase `hex` digits.
+            ("&<>", r#""\u0026\u003c\u003e""#),
+            ("/api?a=1&b=<2>", r#""/api?a=1\u0026b=\u003c2\u003e""#),
+            // `if c == '\u2028' || c == '\u2029'`: `\u202` + hex[c&0xF].
+            ("\u{2028}\u{2029}", r#""\u2028\u2029""#),
+            // `case '\b'` and `case '\f'` short escapes; other bytes below
+            // 0x20 via `default:` (lowercase hex); 0x7f is in `htmlSafeSet`,
+            // so it is written raw.
+            (
+                "\u{8} \u{c} \u{1} \u{1f} \u{7f}",
+                "\"\\b \\f \\u0001 \\u001f \u{7f}\"",
+            ),
+            ("\u{0}\u{1b}", r#""\u0000\u001b""#),
+            // `case '\n'`, `case '\r'`, `case '\t'`.
+            ("\n\r\t", r#""\n\r\t""#),
+            // `case '\\', '"'`: a backslash before the byte itself.
+            (r#"say "hi""#, r#""say \"hi\"""#),
+            (r"back\slash", r#""back\\slash""#),
+            // Multi-byte runes other than U+2028/U+2029 are copied as is
+            // (`i += size`), and `/` is in `htmlSafeSet`.
+            ("é 日本 😀 a/b", "\"é 日本 😀 a/b\""),
+        ];
+        for (input, go) in table {
+            assert_eq!(go_json(input), *go, "escaping {input:?}");
+        }
+        // Map keys go through the same `appendString` (`mapEncoder.encode`).
+        assert_eq!(
+            go_json(&map(&[("a&b", "<c>")])),
+            r#"{"a\u0026b":"\u003cc\u003e"}"#
+        );
+    }
+
+    #[test]
+    fn record_holds_go_bytes_for_metadata_with_html_characters() {
+        let instance = seed_instance();
+        let mut metadata = instance.metadata.clone();
+        metadata.insert("path".into(), "/api?a=1&b=<2>".into());
+        let value = record_value(&instance, &metadata);
+        assert_eq!(
+            value,
+            r#"{"namespace":"default","name":"example-registry-server","version":"1.0.0","region":"us-west","zone":"us-west-1","campus":"campus-a","metadata":{"env":"dev","path":"/api?a=1\u0026b=\u003c2\u003e","pod":"pod-1234567890"},"endpoints":[{"scheme":"grpc","address":"127.0.0.1:54321","metadata":null},{"scheme":"http","address":"127.0.0.1:54321","metadata":null}]}"#
+        );
+        // Still the same JSON to any reader.
+        let parsed: serde_json::Value = serde_json::from_str(&value).unwrap();
+        assert_eq!(parsed["metadata"]["path"], "/api?a=1&b=<2>");
+        // Metadata is not part of the identity: the seed key.
+        assert_eq!(
+            instance_key(&instance),
+            "5b51df33a06ef6bde3a81b1ad8d1792ed24de006"
+        );
+    }
+
+    #[test]
+    fn identity_hash_is_over_go_bytes() {
+        let mut instance = seed_instance();
+        instance.version = "1.0.0-rc&<2>".into();
+        let identity = identity_json(&instance);
+        assert_eq!(
+            identity,
+            r#"{"namespace":"default","name":"example-registry-server","version":"1.0.0-rc\u0026\u003c2\u003e","endpoints":[{"scheme":"grpc","address":"127.0.0.1:54321"},{"scheme":"http","address":"127.0.0.1:54321"}]}"#
+        );
+        // printf '%s' '<the JSON above>' | sha1sum; over serde_json's raw
+        // `&<>` it would be 279e12d7e5943a46f74543e4cad321ba1b2bebd6.
+        assert_eq!(
+            instance_key(&instance),
+            "a8678daefbf7a4f917bdc188b3b8d1e37ebf06cb"
         );
     }
 
