@@ -106,11 +106,15 @@ fn check_warns_about_a_double_slash_prefix_and_endpoints_yggdrasil_drops() {
     assert_eq!(code, 0, "{stderr}");
     // The prefix as written: the keys Go writes with it.
     assert!(stdout.contains("prefix /yggdrasil/registry/)"), "{stdout}");
-    let warnings: Vec<&str> = stderr.lines().filter(|l| l.starts_with("warning: ")).collect();
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
     assert_eq!(warnings.len(), 2, "{stderr}");
     assert!(
-        warnings[0].starts_with("warning: yggdrasil.registry.config.prefix: `/yggdrasil/registry/` ends with `/`")
-            && warnings[0].contains("keys are `/yggdrasil/registry//<namespace>/<name>/<id>`")
+        warnings[0].starts_with(
+            "warning: yggdrasil.registry.config.prefix: `/yggdrasil/registry/` ends with `/`"
+        ) && warnings[0].contains("keys are `/yggdrasil/registry//<namespace>/<name>/<id>`")
             && warnings[0].ends_with("(line 4)"),
         "{stderr}"
     );

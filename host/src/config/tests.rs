@@ -174,7 +174,10 @@ fn a_prefix_still_needs_a_leading_slash_and_no_inner_empty_segment() {
     ] {
         let errors = errors(&with_prefix(prefix));
         assert_eq!(errors.len(), 1, "{errors:?}");
-        assert_has(&errors, &format!("yggdrasil.registry.config.prefix: {expected}"));
+        assert_has(
+            &errors,
+            &format!("yggdrasil.registry.config.prefix: {expected}"),
+        );
     }
 }
 
@@ -205,8 +208,14 @@ fn a_slash_in_a_namespace_or_service_name_is_already_an_error() {
     let errors = errors(
         "agent:\n  instances:\n    - {namespace: a/b, name: s, endpoints: [{scheme: grpc, address: 'a:1'}]}\n    - {name: s/t, endpoints: [{scheme: grpc, address: 'a:1'}]}\n",
     );
-    assert_has(&errors, "agent.instances[0].namespace: namespace `a/b` cannot contain `/`");
-    assert_has(&errors, "agent.instances[1].name: name `s/t` cannot contain `/`");
+    assert_has(
+        &errors,
+        "agent.instances[0].namespace: namespace `a/b` cannot contain `/`",
+    );
+    assert_has(
+        &errors,
+        "agent.instances[1].name: name `s/t` cannot contain `/`",
+    );
 }
 
 #[test]
