@@ -226,9 +226,9 @@ pub fn check_config(config: &Config) {
         prefix.starts_with('/'),
         "prefix {prefix:?} must start with /"
     );
-    assert!(!prefix.ends_with('/'), "prefix {prefix:?} ends with /");
+    // Used as written, like Yggdrasil's Go registry: trailing `/`s stay.
     assert!(
-        !prefix.split('/').skip(1).any(str::is_empty),
+        !(prefix.trim_end_matches('/').split('/').skip(1)).any(str::is_empty),
         "prefix {prefix:?} has an empty segment"
     );
     assert!(

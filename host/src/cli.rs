@@ -60,7 +60,8 @@ enum Command {
         /// etcd endpoints, comma-separated (overrides the config's).
         #[arg(long, value_delimiter = ',')]
         endpoints: Option<Vec<String>>,
-        /// Key prefix (overrides the config's).
+        /// Key prefix (overrides the config's), used as written like the
+        /// config's: `/yggdrasil/registry/` reads `/yggdrasil/registry//…`.
         #[arg(long)]
         prefix: Option<String>,
         /// Only this namespace.
@@ -340,7 +341,7 @@ fn list(
         client.endpoints = endpoints;
     }
     let query = crate::list::Query {
-        prefix: prefix.map_or(registry.prefix, |p| p.trim_end_matches('/').to_string()),
+        prefix: prefix.unwrap_or(registry.prefix),
         namespace,
         service,
         scheme,

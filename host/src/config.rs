@@ -54,6 +54,9 @@ pub const MIN_PLUGIN_MEMORY: u64 = 2 << 20;
 pub const MAX_PLUGIN_MEMORY: u64 = 4 << 30;
 /// Longest namespace or service name: it becomes one segment of an etcd key.
 pub const MAX_NAME_LEN: usize = 128;
+/// The endpoint schemes Yggdrasil's Go resolver keeps when its `protocols`
+/// list is not set (compared case-sensitively, as Go does).
+pub const YGGDRASIL_DEFAULT_PROTOCOLS: [&str; 2] = ["grpc", "http"];
 
 /// A validated configuration file.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,7 +69,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RegistryConfig {
     pub client: ClientConfig,
-    /// Starts with `/`, never ends with one.
+    /// Starts with `/`; used as written, like Yggdrasil's Go registry: keys
+    /// are `prefix + "/" + namespace + …`, so a trailing `/` is kept (and
+    /// makes a double slash, which `check` warns about).
     pub prefix: String,
     /// Whole seconds, at least [`MIN_TTL`].
     pub ttl: Duration,
@@ -465,13 +470,22 @@ fn read_registry_config(mut cfg: Section, base: &Path) -> RegistryConfig {
     #[rustfmt::skip]
     let config = RegistryConfig {
         client: cfg.section("client").value().map(|c| read_client(c, base)).unwrap_or_default(),
-        prefix: cfg.string("prefix").parse(normalise_prefix).or(DEFAULT_PREFIX.into()),
+        prefix: read_prefix(cfg.string("prefix")),
         ttl: cfg.duration("ttl").min(MIN_TTL).check(whole_seconds).or(DEFAULT_TTL),
         keep_alive: cfg.boolean("keepAlive").or(DEFAULT_KEEP_ALIVE),
         retry_interval: cfg.duration("retryInterval").min(MIN_RETRY_INTERVAL).or(DEFAULT_RETRY_INTERVAL),
     };
     cfg.finish(Unknown::Warn);
     config
+}
+
+/// A registry `prefix`, used as written (as Yggdrasil's Go registry does);
+/// empty or absent is the default, as in Go's `NewRegistry`.
+fn read_prefix(prefix: Field<String>) -> String {
+    (prefix.filter(|p| !p.is_empty()))
+        .check(|p| check_prefix(p))
+        .warn(|p| trailing_slash(p))
+        .or(DEFAULT_PREFIX.into())
 }
 
 fn read_client(mut client: Section, base: &Path) -> ClientConfig {
@@ -623,6 +637,9 @@ fn read_instances(
                 "same instance key as {}[{first}] ({label}): change its version, endpoints or metadata.instance_id",
                 list.yaml_path()
             ));
+        }
+        if let Some(warning) = invisible_endpoints(&instance) {
+            item.warning(warning);
         }
         instances.push(instance);
         all_checks.push(checks);
@@ -1062,20 +1079,71 @@ fn etcd_only(kind: &str) -> Result<(), String> {
     }
 }
 
-fn normalise_prefix(prefix: String) -> Result<String, String> {
-    let trimmed = prefix.trim_end_matches('/');
-    if !trimmed.starts_with('/') {
+/// A prefix starts with `/` and has no empty segment before its trailing
+/// `/`s (those are allowed: Go keeps them, see [`trailing_slash`]).
+fn check_prefix(prefix: &str) -> Result<(), String> {
+    if !prefix.starts_with('/') {
         return Err(format!(
             "`{prefix}` must start with `/` (e.g. /yggdrasil/registry)"
         ));
     }
+    let trimmed = prefix.trim_end_matches('/');
     if trimmed.split('/').skip(1).any(str::is_empty) {
         return Err(format!("`{prefix}` has an empty path segment"));
     }
-    if trimmed.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!("`{prefix}` contains white space"));
     }
-    Ok(trimmed.to_string())
+    Ok(())
+}
+
+/// Go joins the prefix and the namespace with a `/` of its own, so a
+/// trailing `/` puts a double slash in every key, and apps sharing the
+/// registry must agree on it byte for byte.
+fn trailing_slash(prefix: &str) -> Option<String> {
+    if !prefix.ends_with('/') {
+        return None;
+    }
+    let trimmed = prefix.trim_end_matches('/');
+    let advice = if trimmed.is_empty() {
+        "use a prefix such as /yggdrasil/registry unless every app sharing the registry uses `/` too".to_string()
+    } else {
+        format!("write `{trimmed}` unless every app sharing the registry writes `{prefix}` too")
+    };
+    Some(format!(
+        "`{prefix}` ends with `/`, and the prefix is used as written (as Yggdrasil's Go registry does): \
+         keys are `{prefix}/<namespace>/<name>/<id>`, with a double slash. A Go app configured with \
+         `{prefix}` sees these instances; one configured without the trailing `/` does not: {advice}"
+    ))
+}
+
+/// The endpoints a Yggdrasil Go client with the default resolver drops
+/// (its `protocols` list keeps only grpc and http), as one warning.
+fn invisible_endpoints(instance: &Instance) -> Option<String> {
+    let invisible: Vec<String> = (instance.endpoints.iter())
+        .filter(|e| !YGGDRASIL_DEFAULT_PROTOCOLS.contains(&e.scheme.as_str()))
+        .map(ToString::to_string)
+        .collect();
+    if invisible.is_empty() {
+        return None;
+    }
+    let (noun, verb) = match invisible.len() {
+        1 => ("endpoint", "is"),
+        _ => ("endpoints", "are"),
+    };
+    let all = if invisible.len() == instance.endpoints.len() {
+        ", so such a client sees none of this instance"
+    } else {
+        ""
+    };
+    Some(format!(
+        "service {}/{}: {noun} {} {verb} invisible to a Yggdrasil client with the default resolver, \
+         which keeps only the schemes grpc and http{all} (add the scheme to the resolver's `protocols` \
+         if a Yggdrasil client should see it)",
+        instance.namespace,
+        instance.name,
+        invisible.join(", ")
+    ))
 }
 
 fn whole_seconds(ttl: &Duration) -> Result<(), String> {

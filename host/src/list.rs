@@ -263,6 +263,24 @@ mod tests {
     }
 
     #[test]
+    fn a_trailing_slash_prefix_is_used_as_written() {
+        // The keys a Go app configured with `/yggdrasil/registry/` writes.
+        let q = Query {
+            prefix: "/yggdrasil/registry/".into(),
+            ..query(Some("prod"), Some("api"))
+        };
+        assert_eq!(q.range_prefix(), "/yggdrasil/registry//prod/api/");
+        assert!(q.wants("/yggdrasil/registry//prod/api/k", None));
+        let every = Query {
+            prefix: "/yggdrasil/registry/".into(),
+            ..query(None, Some("api"))
+        };
+        assert_eq!(every.range_prefix(), "/yggdrasil/registry//");
+        assert!(every.wants("/yggdrasil/registry//dev/api/k", None));
+        assert!(!every.wants("/yggdrasil/registry//dev/apis/k", None));
+    }
+
+    #[test]
     fn prefix_end_is_the_next_key() {
         assert_eq!(prefix_end(b"/a/"), b"/a0".to_vec());
         assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());

@@ -119,7 +119,8 @@ pub fn identity_json(instance: &Instance) -> String {
     go_json(&identity)
 }
 
-/// `<prefix>/<namespace>/<name>/<instanceKey>`; `prefix` has no trailing `/`.
+/// `<prefix>/<namespace>/<name>/<instanceKey>`, the prefix as written (a
+/// trailing `/` makes a double slash, as in Yggdrasil's Go registry).
 pub fn registry_key(prefix: &str, instance: &Instance) -> String {
     format!(
         "{}/{}/{}/{}",

@@ -94,3 +94,33 @@ fn check_never_prints_the_password() {
         "{stdout}{stderr}"
     );
 }
+
+#[test]
+fn check_warns_about_a_double_slash_prefix_and_endpoints_yggdrasil_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        "yggdrasil:\n  registry:\n    config:\n      prefix: /yggdrasil/registry/\nagent:\n  instances:\n    - name: db\n      endpoints: [{scheme: tcp, address: '127.0.0.1:5432'}]\n",
+    );
+    let (code, stdout, stderr) = run_cli(&["check", "--config", &path]);
+    assert_eq!(code, 0, "{stderr}");
+    // The prefix as written: the keys Go writes with it.
+    assert!(stdout.contains("prefix /yggdrasil/registry/)"), "{stdout}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{stderr}");
+    assert!(
+        warnings[0].starts_with(
+            "warning: yggdrasil.registry.config.prefix: `/yggdrasil/registry/` ends with `/`"
+        ) && warnings[0].contains("keys are `/yggdrasil/registry//<namespace>/<name>/<id>`")
+            && warnings[0].ends_with("(line 4)"),
+        "{stderr}"
+    );
+    assert!(
+        warnings[1].starts_with("warning: agent.instances[0]: service default/db: endpoint tcp://127.0.0.1:5432 is invisible")
+            && warnings[1].ends_with("(line 7)"),
+        "{stderr}"
+    );
+}

@@ -51,6 +51,37 @@ async fn registers_the_seed_instance_exactly_as_specified() {
 }
 
 #[tokio::test]
+async fn a_trailing_slash_prefix_registers_where_a_go_app_with_it_looks() {
+    // Yggdrasil's Go registry writes `prefix + "/" + namespace + …` with the
+    // prefix as configured: `/yggdrasil/registry/` gives a double slash.
+    let etcd = Etcd::start().await;
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.prefix = "/yggdrasil/registry/".into();
+    let agent = Agent::start(&config);
+    let entries = wait_registered(&etcd, 1).await;
+    let key = SEED_KEY.replace("/yggdrasil/registry/", "/yggdrasil/registry//");
+    assert_eq!(entries.keys().collect::<Vec<_>>(), [&key]);
+    assert_eq!(entries[&key].value, SEED_VALUE);
+    agent
+        .wait_for_log("`/yggdrasil/registry/` ends with `/`", PATIENCE)
+        .await;
+    // `list --prefix` takes the prefix as written too.
+    let endpoints = etcd.endpoints().join(",");
+    let (code, stdout, stderr) = run_cli(&[
+        "list",
+        "--endpoints",
+        &endpoints,
+        "--prefix",
+        "/yggdrasil/registry/",
+        "--namespace",
+        "default",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(&key), "{stdout}");
+}
+
+#[tokio::test]
 async fn instances_share_one_lease_and_stay_without_rewrites() {
     let etcd = Etcd::start().await;
     let mut config = ConfigFile::new(etcd.endpoints());

@@ -277,6 +277,26 @@ async fn a_prefix_change_moves_the_keys() {
 }
 
 #[tokio::test]
+async fn adding_a_trailing_slash_to_the_prefix_moves_the_keys_and_warns() {
+    let etcd = Etcd::start().await;
+    let mut config = ConfigFile::new(etcd.endpoints());
+    let agent = Agent::start(&config);
+    wait_state(&etcd, "registered", |e| e.contains_key(SEED_KEY)).await;
+    assert!(!agent.log().contains("ends with `/`"), "{}", agent.log());
+    // The prefix a Go app configured with `/yggdrasil/registry/` uses.
+    config.prefix = "/yggdrasil/registry/".into();
+    agent.rewrite_config(&config);
+    let moved = SEED_KEY.replace("/yggdrasil/registry/", "/yggdrasil/registry//");
+    wait_state(&etcd, "keys under the double slash", |e| {
+        e.len() == 1 && e.contains_key(&moved)
+    })
+    .await;
+    agent
+        .wait_for_log("`/yggdrasil/registry/` ends with `/`", APPLIED)
+        .await;
+}
+
+#[tokio::test]
 async fn every_way_of_saving_counts() {
     let etcd = Etcd::start().await;
     let mut config = ConfigFile::new(etcd.endpoints());

@@ -84,6 +84,18 @@ impl<'a, T> Field<'a, T> {
         self
     }
 
+    /// Applies an advisory rule to a valid value: a `Some` is reported here
+    /// as a warning and the value is kept.
+    pub fn warn(self, rule: impl FnOnce(&T) -> Option<String>) -> Self {
+        if let Some(value) = &self.value
+            && !self.invalid
+            && let Some(message) = rule(value)
+        {
+            self.report.warning(&self.path, self.line, message);
+        }
+        self
+    }
+
     /// Converts the value; an `Err` is reported here and leaves no value.
     pub fn parse<U>(self, convert: impl FnOnce(T) -> Result<U, String>) -> Field<'a, U> {
         let value = match self.value {

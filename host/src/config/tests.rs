@@ -107,11 +107,115 @@ fn defaults_are_the_seeds() {
     assert!(config.agent.admin.is_none());
 }
 
+fn warnings(text: &str) -> Vec<String> {
+    ok(text).warnings.iter().map(ToString::to_string).collect()
+}
+
+/// A config with `prefix` (as YAML) and one grpc instance of service `s`.
+fn with_prefix(prefix: &str) -> String {
+    format!(
+        "yggdrasil:\n  registry:\n    config:\n      prefix: {prefix}\nagent:\n  instances:\n    - {{namespace: '', name: s, endpoints: [{{scheme: grpc, address: 'a:1'}}]}}\n"
+    )
+}
+
 #[test]
-fn empty_namespace_means_default_and_prefix_loses_trailing_slash() {
-    let config = ok("yggdrasil: {registry: {config: {prefix: /a/b/}}}\nagent:\n  instances:\n    - {namespace: '', name: s, endpoints: [{scheme: grpc, address: 'a:1'}]}\n").config;
+fn empty_namespace_means_default_and_prefix_keeps_trailing_slash() {
+    // Yggdrasil's Go registry joins `prefix + "/" + namespace + …` with the
+    // prefix as configured, so a Go app sharing this file writes and
+    // watches `/a/b//default/s/…`: the agent must too.
+    let loaded = ok(&with_prefix("/a/b/"));
+    let config = &loaded.config;
     assert_eq!(config.agent.instances[0].namespace, "default");
-    assert_eq!(config.registry.prefix, "/a/b");
+    assert_eq!(config.registry.prefix, "/a/b/");
+    let key = record::registry_key(&config.registry.prefix, &config.agent.instances[0]);
+    assert!(key.starts_with("/a/b//default/s/"), "{key}");
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            "yggdrasil.registry.config.prefix: `/a/b/` ends with `/`, and the prefix is used as written \
+             (as Yggdrasil's Go registry does): keys are `/a/b//<namespace>/<name>/<id>`, with a double \
+             slash. A Go app configured with `/a/b/` sees these instances; one configured without the \
+             trailing `/` does not: write `/a/b` unless every app sharing the registry writes `/a/b/` too \
+             (line 4)"
+        ]
+    );
+}
+
+#[test]
+fn an_empty_prefix_is_the_default_and_a_slash_alone_is_the_root() {
+    // Go's NewRegistry: `if cfg.Prefix == "" { cfg.Prefix = "/yggdrasil/registry" }`.
+    let loaded = ok(&with_prefix("''"));
+    assert_eq!(loaded.config.registry.prefix, DEFAULT_PREFIX);
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    // `/` is used as written too: Go's keys start `//<namespace>/`.
+    let loaded = ok(&with_prefix("/"));
+    let config = &loaded.config;
+    assert_eq!(config.registry.prefix, "/");
+    let key = record::registry_key(&config.registry.prefix, &config.agent.instances[0]);
+    assert!(key.starts_with("//default/s/"), "{key}");
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    let warning = loaded.warnings[0].to_string();
+    assert!(
+        warning.contains("keys are `//<namespace>/<name>/<id>`, with a double slash")
+            && warning.contains("use a prefix such as /yggdrasil/registry unless every app"),
+        "{warning}"
+    );
+    // Without a trailing `/` there is nothing to warn about.
+    assert!(warnings(&with_prefix("/a/b")).is_empty());
+}
+
+#[test]
+fn a_prefix_still_needs_a_leading_slash_and_no_inner_empty_segment() {
+    for (prefix, expected) in [
+        ("registry/", "`registry/` must start with `/`"),
+        ("/a//b/", "`/a//b/` has an empty path segment"),
+        ("'/a b/'", "`/a b/` contains white space"),
+    ] {
+        let errors = errors(&with_prefix(prefix));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_has(
+            &errors,
+            &format!("yggdrasil.registry.config.prefix: {expected}"),
+        );
+    }
+}
+
+#[test]
+fn endpoints_a_default_yggdrasil_client_drops_are_warned_once_per_instance() {
+    let text = "agent:\n  instances:\n    - name: db\n      endpoints:\n        - {scheme: tcp, address: '10.0.0.1:5432'}\n        - {scheme: grpc, address: '10.0.0.1:9000'}\n        - {scheme: https, address: '10.0.0.1:443'}\n    - name: api\n      namespace: prod\n      endpoints: [{scheme: grpc, address: 'a:1'}, {scheme: http, address: 'a:2'}]\n    - name: raw\n      endpoints: [{scheme: GRPC, address: 'b:1'}]\n";
+    let warnings = warnings(text);
+    assert_eq!(
+        warnings,
+        [
+            "agent.instances[0]: service default/db: endpoints tcp://10.0.0.1:5432, https://10.0.0.1:443 \
+             are invisible to a Yggdrasil client with the default resolver, which keeps only the schemes \
+             grpc and http (add the scheme to the resolver's `protocols` if a Yggdrasil client should see \
+             it) (line 3)",
+            // Go compares schemes case-sensitively.
+            "agent.instances[2]: service default/raw: endpoint GRPC://b:1 is invisible to a Yggdrasil \
+             client with the default resolver, which keeps only the schemes grpc and http, so such a \
+             client sees none of this instance (add the scheme to the resolver's `protocols` if a \
+             Yggdrasil client should see it) (line 11)",
+        ]
+    );
+}
+
+#[test]
+fn a_slash_in_a_namespace_or_service_name_is_already_an_error() {
+    // Go would split the key into more segments, and a resolver watching
+    // `<prefix>/<namespace>/<name>` would miss it or see it as another service.
+    let errors = errors(
+        "agent:\n  instances:\n    - {namespace: a/b, name: s, endpoints: [{scheme: grpc, address: 'a:1'}]}\n    - {name: s/t, endpoints: [{scheme: grpc, address: 'a:1'}]}\n",
+    );
+    assert_has(
+        &errors,
+        "agent.instances[0].namespace: namespace `a/b` cannot contain `/`",
+    );
+    assert_has(
+        &errors,
+        "agent.instances[1].name: name `s/t` cannot contain `/`",
+    );
 }
 
 #[test]

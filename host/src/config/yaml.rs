@@ -301,6 +301,11 @@ impl<'a> Value<'a> {
         self.report.error(&self.path, self.line(), message);
     }
 
+    /// Reports something that works but may not do what the user means.
+    pub fn warning(&self, message: impl Into<String>) {
+        self.report.warning(&self.path, self.line(), message);
+    }
+
     fn field<T>(&self, value: Option<T>) -> Field<'a, T> {
         Field::read(value, self.path.clone(), self.line(), self.report)
     }
