@@ -398,7 +398,7 @@ fn read_v3_registry_config<'a>(cfg: Option<Section<'a>>, ygg: &mut Section<'a>) 
     #[rustfmt::skip]
     let config = RegistryConfig {
         client: read_v3_client(Some(cfg.string("client")), ygg),
-        prefix: cfg.string("prefix").parse(normalise_prefix).or(DEFAULT_PREFIX.into()),
+        prefix: read_prefix(cfg.string("prefix")),
         ttl: cfg.duration("ttl").min(MIN_TTL).check(whole_seconds).or(DEFAULT_TTL),
         keep_alive: cfg.boolean("keep_alive").or(DEFAULT_KEEP_ALIVE),
         retry_interval: cfg.duration("retry_interval").min(MIN_RETRY_INTERVAL).or(DEFAULT_RETRY_INTERVAL),

@@ -1045,10 +1045,6 @@ agent:"#;
     format!("{v3}{agent}")
 }
 
-fn warnings(text: &str) -> Vec<String> {
-    ok(text).warnings.iter().map(ToString::to_string).collect()
-}
-
 #[test]
 fn the_seed_in_the_v3_layout_is_the_same_config() {
     let dir = dir();
