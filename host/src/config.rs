@@ -444,12 +444,10 @@ fn read_v3_client<'a>(named: Option<Field<'a, String>>, ygg: &mut Section<'a>) -
 /// `etcd.clients.<name>` (internal/client/client.go `Config`): endpoints,
 /// dial timeout and credentials. v3 has no TLS settings.
 fn read_v3_etcd_client(mut client: Section) -> ClientConfig {
-    let listed = client.list("endpoints").value();
-    let listed = listed.and_then(read_etcd_endpoints).unwrap_or_default();
-    let endpoints: Vec<String> = listed.iter().map(|(_, e)| e.clone()).collect();
+    let (listed, endpoints) = read_client_endpoints(&mut client);
     #[rustfmt::skip]
     let config = ClientConfig {
-        endpoints: if endpoints.is_empty() { ClientConfig::default().endpoints } else { endpoints },
+        endpoints,
         dial_timeout: client.duration("dial_timeout").nonzero().or(DEFAULT_DIAL_TIMEOUT),
         credentials: read_credentials(&mut client),
         tls: None,
@@ -488,13 +486,25 @@ fn read_prefix(prefix: Field<String>) -> String {
         .or(DEFAULT_PREFIX.into())
 }
 
-fn read_client(mut client: Section, base: &Path) -> ClientConfig {
+/// A client's `endpoints`: each valid one with its YAML value (for errors
+/// about that endpoint), and the list to use (the default when none).
+fn read_client_endpoints<'a>(client: &mut Section<'a>) -> (Vec<(Value<'a>, String)>, Vec<String>) {
     let listed = client.list("endpoints").value();
     let listed = listed.and_then(read_etcd_endpoints).unwrap_or_default();
     let endpoints: Vec<String> = listed.iter().map(|(_, e)| e.clone()).collect();
+    let endpoints = if endpoints.is_empty() {
+        ClientConfig::default().endpoints
+    } else {
+        endpoints
+    };
+    (listed, endpoints)
+}
+
+fn read_client(mut client: Section, base: &Path) -> ClientConfig {
+    let (listed, endpoints) = read_client_endpoints(&mut client);
     #[rustfmt::skip]
     let config = ClientConfig {
-        endpoints: if endpoints.is_empty() { ClientConfig::default().endpoints } else { endpoints },
+        endpoints,
         dial_timeout: client.duration("dialTimeout").nonzero().or(DEFAULT_DIAL_TIMEOUT),
         credentials: read_credentials(&mut client),
         tls: client.section("tls").value().and_then(|tls| read_tls(tls, base)),
