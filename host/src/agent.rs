@@ -802,7 +802,7 @@ impl Supervisor {
         for key in withheld.difference(&self.withheld) {
             let service = self.services.get(key).map_or("", String::as_str);
             let failed = cause.filter(|r| &r.id.instance_key == key);
-            match failed.and_then(|r| Some((r, self.checks.iter().find(|v| *v.id == r.id)?))) {
+            match failed.and_then(|r| Some((r, self.checks.get(&r.id)?))) {
                 Some((report, view)) => warn!(
                     %service, %key,
                     "instance unhealthy: check {} failed {} time{} in a row: {}",
@@ -829,8 +829,6 @@ impl Supervisor {
 
     /// What `ygg-agent status` shows.
     fn status(&self) -> AgentStatus {
-        let views: BTreeMap<&CheckId, checks::CheckView<'_>> =
-            self.checks.iter().map(|view| (view.id, view)).collect();
         let prefix = &self.config.registry.prefix;
         let instances = self
             .config
@@ -847,7 +845,7 @@ impl Supervisor {
                             instance_key: key.clone(),
                             index: position,
                         };
-                        let view = views.get(&id)?;
+                        let view = self.checks.get(&id)?;
                         let latest = self.checks.latest(&id);
                         Some(CheckStatusView {
                             check: checks::describe(&view.config.probe),
@@ -993,20 +991,15 @@ impl Supervisor {
         let old_plugins = self.config.agent.plugins.clone();
         self.config = new;
 
-        // Plugin metadata of instances that no longer exist is dropped.
-        let keys: BTreeSet<String> = self
-            .config
-            .agent
-            .instances
-            .iter()
-            .map(|i| record::registry_key(&self.config.registry.prefix, i))
-            .collect();
+        // The checks follow the new instances (and `services` holds their
+        // keys); plugin metadata of instances that no longer exist is
+        // dropped.
+        self.set_checks();
         if let Some(plugins) = self.plugins.as_mut() {
             for per_instance in plugins.metadata.values_mut() {
-                per_instance.retain(|key, _| keys.contains(key));
+                per_instance.retain(|key, _| self.services.contains_key(key));
             }
         }
-        self.set_checks();
         let metadata = self.plugins.as_ref().map_or(&empty, |p| &p.metadata);
         let new_target = desired::build(&self.config, metadata, &self.withheld).0;
         let added = new_target

@@ -245,6 +245,17 @@ pub struct CheckHost {
     reporting: Reporting,
 }
 
+impl Running {
+    fn view<'a>(&'a self, id: &'a CheckId) -> CheckView<'a> {
+        CheckView {
+            id,
+            config: &self.config,
+            status: self.status,
+            last: self.last.as_ref(),
+        }
+    }
+}
+
 impl Drop for CheckHost {
     fn drop(&mut self) {
         // Stop every task before the runtime they run on goes.
@@ -434,14 +445,16 @@ impl CheckHost {
             .and_then(|running| running.last.as_ref())
     }
 
+    /// One check, if it runs.
+    pub fn get(&self, id: &CheckId) -> Option<CheckView<'_>> {
+        self.checks
+            .get_key_value(id)
+            .map(|(id, running)| running.view(id))
+    }
+
     /// Every check, in id order.
     pub fn iter(&self) -> impl Iterator<Item = CheckView<'_>> {
-        self.checks.iter().map(|(id, running)| CheckView {
-            id,
-            config: &running.config,
-            status: running.status,
-            last: running.last.as_ref(),
-        })
+        self.checks.iter().map(|(id, running)| running.view(id))
     }
 
     /// The instance keys with at least one critical check.
