@@ -738,19 +738,6 @@ fn usage(pid: u32) -> (f64, f64) {
     (rss_kib / 1024.0, ticks / hz)
 }
 
-/// A TCP listener on `port` that accepts and drops connections until
-/// aborted.
-async fn accept_on(port: u16) -> tokio::task::JoinHandle<()> {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            drop(socket);
-        }
-    })
-}
-
 /// Waits for a delete (`put == false`) or a put of a key under `prefix`.
 async fn wait_event(stream: &mut etcd_client::WatchStream, put: bool) {
     loop {
@@ -787,7 +774,7 @@ async fn health_checks(etcd: &Etcd, rows: &mut Vec<Row>) {
         interval.as_millis(),
         timeout.as_millis()
     );
-    let mut server = accept_on(port).await;
+    let mut server = support::accept_and_drop(port).await;
     let _agent = Agent::start(&config);
     let mut client = etcd.client().await;
     while count_keys(&mut client, "/checks/one/").await < 1 {
@@ -805,7 +792,7 @@ async fn health_checks(etcd: &Etcd, rows: &mut Vec<Row>) {
         wait_event(&mut watch, false).await;
         gone.push(killed.elapsed());
         let started = Instant::now();
-        server = accept_on(port).await;
+        server = support::accept_and_drop(port).await;
         wait_event(&mut watch, true).await;
         back.push(started.elapsed());
     }
@@ -841,7 +828,7 @@ async fn health_checks(etcd: &Etcd, rows: &mut Vec<Row>) {
     // listener; beside the same instances without checks.
     const N: usize = 1000;
     let target = support::free_port();
-    let _listener = accept_on(target).await;
+    let _listener = support::accept_and_drop(target).await;
     let instances = |checks: bool| -> String {
         (0..N)
             .map(|i| {

@@ -54,21 +54,11 @@ async fn wait_registered(etcd: &Etcd, names: &[&str]) -> BTreeMap<String, Entry>
     .0
 }
 
-/// A TCP listener that accepts (and drops) connections until dropped.
-async fn listen(port: u16) -> tokio::task::JoinHandle<()> {
-    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            drop(socket);
-        }
-    })
-}
-
 #[tokio::test]
 async fn only_instances_whose_service_answers_are_registered() {
     let etcd = Etcd::start().await;
     let (up, down) = (free_port(), free_port());
-    let server = listen(up).await;
+    let server = accept_and_drop(up).await;
     let mut config = ConfigFile::new(etcd.endpoints());
     config.instances = format!(
         "{}{}",
@@ -105,8 +95,8 @@ async fn only_instances_whose_service_answers_are_registered() {
 
     // Back, and the other one comes up too: within
     // interval × successBeforePassing + 1 s.
-    let _server = listen(up).await;
-    let _other = listen(down).await;
+    let _server = accept_and_drop(up).await;
+    let _other = accept_and_drop(down).await;
     let (_, took) = wait_for(PATIENCE, "both keys back", || async {
         registered(&etcd).await.filter(|r| r.len() == 2)
     })
@@ -200,8 +190,8 @@ async fn thresholds_keep_a_flapping_server_from_flapping_etcd() {
 async fn a_check_edited_on_reload_applies_and_an_unchanged_one_keeps_its_state() {
     let etcd = Etcd::start().await;
     let (steady, closed, open) = (free_port(), free_port(), free_port());
-    let _steady = listen(steady).await;
-    let _open = listen(open).await;
+    let _steady = accept_and_drop(steady).await;
+    let _open = accept_and_drop(open).await;
     let mut config = ConfigFile::new(etcd.endpoints());
     let steady_instance = instance("steady", steady, "        - tcp: ~\n");
     config.instances = format!(

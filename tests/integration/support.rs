@@ -63,3 +63,17 @@ pub fn send_signal(pid: u32, signal: libc::c_int) {
     let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
     assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
 }
+
+/// A TCP listener on 127.0.0.1:`port` that accepts connections and drops
+/// them, until the task is aborted: a service a `tcp` health check can see
+/// die (abort) and come back (call again).
+pub async fn accept_and_drop(port: u16) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            drop(socket);
+        }
+    })
+}
