@@ -26,7 +26,7 @@ use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
 use support::{Agent, ConfigFile, Etcd};
 use tokio_util::task::TaskTracker;
 use ygg_agent::config::RegistryConfig;
-use ygg_agent::desired::{DesiredRecord, Target};
+use ygg_agent::desired::{DesiredRecord, RecordKind, Target};
 use ygg_agent::metrics::Metrics;
 use ygg_agent::registry::RegistryHandle;
 
@@ -47,6 +47,8 @@ fn record(i: usize) -> DesiredRecord {
         ),
         service: "bench/svc/1.0.0".into(),
         endpoints: vec![format!("grpc://10.0.0.1:{i}")],
+        kind: RecordKind::Instance,
+        source: i as u64,
     }
 }
 

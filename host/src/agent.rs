@@ -27,7 +27,7 @@ use tracing::{error, info, warn};
 use crate::admin::{self, AdminServer, StatusRequest};
 use crate::checks::{self, CheckHost, CheckId, CheckReport};
 use crate::config::{self, CheckStatus, Config, PluginsConfig};
-use crate::desired::{self, Clash, PluginMetadata};
+use crate::desired::{self, Clash, PluginMetadata, Throttle};
 use crate::metrics::{self, CheckLabel, Metrics};
 use crate::plugins::{self, LoadOutcome, PluginHost, PluginInstance, Round, RoundResult, Scan};
 use crate::record;
@@ -104,6 +104,8 @@ enum Event {
     /// The registry's status changed (readiness, counts, connection).
     RegistryStatus(RegistryStatus),
     WatchdogTick,
+    /// A plugin-only change held back by `minRewriteInterval` may go out.
+    RewriteDue,
 }
 
 /// What `run` needs besides the config it starts with.
@@ -392,6 +394,10 @@ struct Supervisor {
     withheld: BTreeSet<String>,
     /// Each configured instance's service label, by registry key.
     services: BTreeMap<String, String>,
+    /// Holds back plugin-only rewrites (`minRewriteInterval`), and when
+    /// the earliest held one is due.
+    rewrites: Throttle,
+    rewrite_due: Option<Instant>,
     startup: Option<Startup>,
     registry: RegistryHandle,
     admin: Admin,
@@ -487,6 +493,8 @@ impl Supervisor {
             plugins,
             checks,
             withheld: BTreeSet::new(),
+            rewrites: Throttle::new(min_rewrite_interval(&config)),
+            rewrite_due: None,
             services: BTreeMap::new(),
             startup: Some(Startup::new(Instant::now())),
             registry,
@@ -546,6 +554,7 @@ impl Supervisor {
             () = until(plugins_due) => Event::PluginsSettled,
             () = until(publish_due) => Event::ResultsSettled,
             () = until(startup_due) => Event::StartupDeadline,
+            () = until(self.rewrite_due) => Event::RewriteDue,
             _ = async { collect.expect("guarded").tick().await }, if collect.is_some() => Event::CollectTick,
             Ok(()) = inbox.registry_status.changed() => Event::RegistryStatus(inbox.registry_status.borrow_and_update().clone()),
             _ = async { inbox.watchdog.as_mut().expect("guarded").tick().await }, if inbox.watchdog.is_some() => Event::WatchdogTick,
@@ -632,6 +641,10 @@ impl Supervisor {
             }
             Event::RegistryStatus(status) => self.systemd.registry(&status),
             Event::WatchdogTick => self.systemd.watchdog(),
+            Event::RewriteDue => {
+                self.rewrite_due = None;
+                self.publish();
+            }
         }
         true
     }
@@ -683,6 +696,8 @@ impl Supervisor {
         let empty = PluginMetadata::new();
         let metadata = self.plugins.as_ref().map_or(&empty, |p| &p.metadata);
         let (target, clashes) = desired::build(&self.config, metadata, &self.withheld);
+        let (target, due) = self.rewrites.apply(Instant::now(), target);
+        self.rewrite_due = due;
         self.registry.set_target(target);
         if let Some(plugins) = self.plugins.as_mut() {
             report_clashes(&mut plugins.clashes, clashes);
@@ -990,6 +1005,7 @@ impl Supervisor {
         let instances_changed = new.agent.instances != self.config.agent.instances;
         let old_plugins = self.config.agent.plugins.clone();
         self.config = new;
+        self.rewrites.set_min(min_rewrite_interval(&self.config));
 
         // The checks follow the new instances (and `services` holds their
         // keys); plugin metadata of instances that no longer exist is
@@ -1180,6 +1196,10 @@ fn report_clashes(reported: &mut Vec<Clash>, clashes: Vec<Clash>) {
         }
         *reported = clashes;
     }
+}
+
+fn min_rewrite_interval(config: &Config) -> Option<Duration> {
+    config.agent.plugins.as_ref()?.min_rewrite_interval
 }
 
 fn collect_timer(interval: Duration) -> Interval {

@@ -12,9 +12,10 @@ mod secret;
 mod units;
 mod yaml;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::Bound::{Excluded, Unbounded};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -123,6 +124,53 @@ pub struct AgentConfig {
     pub plugins: Option<PluginsConfig>,
     pub admin: Option<AdminConfig>,
     pub shutdown_timeout: Duration,
+    /// `agent.publish` and `agent.etcdNaming`: the formats written.
+    pub publish: Publish,
+}
+
+/// What the agent writes to etcd for each instance (`agent.publish`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// Yggdrasil's record under `<prefix>/<namespace>/<name>/<id>`.
+    pub yggdrasil: bool,
+    /// etcd's gRPC naming format: one key per grpc endpoint.
+    pub etcd_naming: Option<EtcdNaming>,
+}
+
+impl Default for Publish {
+    fn default() -> Self {
+        Publish {
+            yggdrasil: true,
+            etcd_naming: None,
+        }
+    }
+}
+
+/// `agent.etcdNaming`: where the etcd naming keys go
+/// (`go.etcd.io/etcd/client/v3/naming/endpoints`, what gRPC's
+/// `etcd:///<target>` resolver reads).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EtcdNaming {
+    /// Put before every target with a `/` (empty: targets are used as they
+    /// are).
+    pub prefix: String,
+    /// The target of a service by `<namespace>/<name>`; a service not
+    /// listed has the target `<namespace>/<name>`.
+    pub targets: BTreeMap<String, String>,
+}
+
+impl EtcdNaming {
+    /// The full target a gRPC client dials (`etcd:///<target>`) to reach
+    /// `instance`'s service.
+    pub fn target(&self, instance: &Instance) -> String {
+        let service = format!("{}/{}", instance.namespace, instance.name);
+        let target = self.targets.get(&service).cloned().unwrap_or(service);
+        if self.prefix.is_empty() {
+            target
+        } else {
+            format!("{}/{target}", self.prefix)
+        }
+    }
 }
 
 /// One health check of an instance (`agent.instances[].checks[]`).
@@ -191,6 +239,10 @@ pub struct PluginsConfig {
     pub settings: BTreeMap<String, BTreeMap<String, String>>,
     /// Where compiled plugins are cached; `None` = the agent's default.
     pub cache_dir: Option<PathBuf>,
+    /// A record change only plugin output caused is written at most this
+    /// often per instance; `None`: whenever a round changes it (at most
+    /// once per `interval`).
+    pub min_rewrite_interval: Option<Duration>,
 }
 
 /// `agent.admin`.
@@ -338,6 +390,7 @@ fn empty_agent() -> AgentConfig {
         plugins: None,
         admin: None,
         shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        publish: Publish::default(),
     }
 }
 
@@ -607,9 +660,143 @@ fn read_agent(mut agent: Section, base: &Path, report: &Report) -> AgentConfig {
         plugins: agent.section("plugins").value().map(|plugins| read_plugins(plugins, base)),
         admin: agent.section("admin").value().and_then(read_admin),
         shutdown_timeout: agent.duration("shutdownTimeout").nonzero().or(DEFAULT_SHUTDOWN_TIMEOUT),
+        publish: read_publish(&mut agent),
     };
+    if let Some(naming) = &config.publish.etcd_naming {
+        check_naming_targets(
+            naming,
+            &config.instances,
+            &agent.key_path("etcdNaming"),
+            report,
+        );
+    }
     agent.finish(Unknown::Error);
     config
+}
+
+/// `agent.publish` (a list of formats) and `agent.etcdNaming`.
+fn read_publish(agent: &mut Section) -> Publish {
+    let naming = agent.section("etcdNaming");
+    let listed = agent.list("publish").value();
+    let mut publish = Publish {
+        yggdrasil: listed.is_none(),
+        etcd_naming: None,
+    };
+    let mut wants_naming = false;
+    if let Some(list) = &listed {
+        if list.is_empty() {
+            list.error(format!(
+                "lists no format: write one or both of {PUBLISH_FORMATS}"
+            ));
+        }
+        for item in list.items() {
+            let format = item.string().check(|f| match f.as_str() {
+                "yggdrasil" | "etcd-naming" => Ok(()),
+                other => Err(format!(
+                    "unknown format `{other}`: the formats are {PUBLISH_FORMATS}"
+                )),
+            });
+            match format.valid().as_deref() {
+                Some("yggdrasil") => publish.yggdrasil = true,
+                Some("etcd-naming") => wants_naming = true,
+                _ => {}
+            }
+        }
+    }
+    let unused = "set, but `agent.publish` does not list etcd-naming: no naming keys are written";
+    let naming = naming.warn(|_| (!wants_naming).then(|| unused.to_string()));
+    let naming = naming.value().map(read_etcd_naming);
+    if wants_naming {
+        publish.etcd_naming = Some(naming.unwrap_or_default());
+    }
+    publish
+}
+
+const PUBLISH_FORMATS: &str = "`yggdrasil` and `etcd-naming`";
+
+fn read_etcd_naming(mut map: Section) -> EtcdNaming {
+    #[rustfmt::skip]
+    let naming = EtcdNaming {
+        prefix: map.string_or_empty("prefix").check(|p| printable(p)).or_default(),
+        targets: map.string_map("targets").check(|targets| {
+            let problems: Vec<String> = (targets.iter())
+                .filter_map(|(service, target)| {
+                    let problem = naming_service(service).and_then(|()| naming_target(target)).err()?;
+                    Some(format!("`{service}`: {problem}"))
+                })
+                .collect();
+            if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+        }).or_default(),
+    };
+    map.finish(Unknown::Error);
+    naming
+}
+
+/// A key of `etcdNaming.targets`: `<namespace>/<name>`.
+fn naming_service(service: &str) -> Result<(), String> {
+    match service.split_once('/') {
+        Some((namespace, name)) if !name.contains('/') => {
+            check_segment("namespace", namespace).and_then(|()| check_segment("name", name))
+        }
+        _ => Err("name a service as `<namespace>/<name>`".into()),
+    }
+}
+
+/// A naming target: the part of the key before `/<address>`.
+fn naming_target(target: &str) -> Result<(), String> {
+    if target.is_empty() || target.starts_with('/') || target.ends_with('/') {
+        return Err(format!(
+            "target `{target}` must be non-empty and not begin or end with `/`"
+        ));
+    }
+    if target.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "target `{target}` contains whitespace or control characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Warns about targets that are a prefix of another (etcd's resolver reads
+/// every key that starts with the target, without a `/` after it, so a
+/// client of `svc` also gets `svc-canary`'s endpoints) and about naming
+/// keys two instances would both write.
+fn check_naming_targets(
+    naming: &EtcdNaming,
+    instances: &[Instance],
+    at: &YamlPath,
+    report: &Report,
+) {
+    let targets: BTreeSet<String> = instances.iter().map(|i| naming.target(i)).collect();
+    for short in &targets {
+        for long in targets.range::<String, _>((Excluded(short), Unbounded)) {
+            if !long.starts_with(short.as_str()) {
+                break;
+            }
+            report.warning(
+                at,
+                None,
+                format!(
+                    "etcd-naming target `{short}` is a prefix of `{long}`: etcd's resolver reads every key \
+                     that starts with its target, so a client of `{short}` also gets the endpoints of `{long}` \
+                     (choose targets where neither is a prefix of the other, e.g. `{short}/main` and `{long}`)"
+                ),
+            );
+        }
+    }
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for instance in instances {
+        for key in record::naming_keys(&naming.target(instance), instance) {
+            let label = instance.service_label();
+            if let Some(first) = seen.insert(key.clone(), label.clone()) {
+                report.warning(
+                    at,
+                    None,
+                    format!("services {first} and {label} both have the etcd-naming key `{key}`: only {first}'s is written"),
+                );
+            }
+        }
+    }
 }
 
 fn read_admin(mut admin: Section) -> Option<AdminConfig> {
@@ -1060,6 +1247,7 @@ fn read_plugins(mut map: Section, base: &Path) -> PluginsConfig {
             .within(MIN_PLUGIN_MEMORY..=MAX_PLUGIN_MEMORY, "must be between 2MiB and 4GiB").or(DEFAULT_PLUGIN_MEMORY),
         settings: map.section("settings").value().map(read_settings).unwrap_or_default(),
         cache_dir: map.path("cacheDir", base).value(),
+        min_rewrite_interval: map.duration("minRewriteInterval").nonzero().value(),
     };
     map.finish(Unknown::Error);
     config

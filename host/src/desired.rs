@@ -2,13 +2,21 @@
 //! plugins' metadata merged in, turned into the [`Target`] the registry
 //! actor must make true (SPEC §5 merge rules: configured keys win; between
 //! plugins, the one whose name sorts first wins, and the clash is reported).
+//! Each instance gets a Yggdrasil record, etcd naming keys, or both
+//! (`agent.publish`). [`Throttle`] spaces out rewrites only plugin output
+//! caused (`agent.plugins.minRewriteInterval`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::config::{Config, RegistryConfig};
 use crate::record::{self, Instance};
 
-/// One instance as it should appear in etcd.
+/// One key as it should appear in etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredRecord {
     /// The JSON value.
@@ -17,6 +25,19 @@ pub struct DesiredRecord {
     pub service: String,
     /// `scheme://address` of each endpoint, for log lines.
     pub endpoints: Vec<String>,
+    pub kind: RecordKind,
+    /// A digest of the configured instance the record comes from: equal
+    /// digests and different values mean only plugin output changed.
+    pub source: u64,
+}
+
+/// Which format a key is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// Yggdrasil's instance record: counted as an instance.
+    Instance,
+    /// One endpoint in etcd's gRPC naming format.
+    Naming,
 }
 
 /// Everything the registry actor should make true: how to reach etcd and
@@ -25,6 +46,16 @@ pub struct DesiredRecord {
 pub struct Target {
     pub config: RegistryConfig,
     pub records: BTreeMap<String, DesiredRecord>,
+}
+
+impl Target {
+    /// How many instances have a Yggdrasil record here.
+    pub fn instances(&self) -> usize {
+        self.records
+            .values()
+            .filter(|r| r.kind == RecordKind::Instance)
+            .count()
+    }
 }
 
 /// Plugin output: plugin name → registry key → that plugin's key/values.
@@ -53,6 +84,7 @@ pub fn build(
     plugins: &PluginMetadata,
     withheld: &BTreeSet<String>,
 ) -> (Target, Vec<Clash>) {
+    let publish = &config.agent.publish;
     let mut records = BTreeMap::new();
     let mut clashes = Vec::new();
     for instance in &config.agent.instances {
@@ -60,15 +92,37 @@ pub fn build(
         if withheld.contains(&key) {
             continue;
         }
-        let metadata = merged_metadata(instance, &key, plugins, &mut clashes);
-        records.insert(
-            key,
-            DesiredRecord {
+        let source = digest(instance);
+        if let Some(naming) = &publish.etcd_naming {
+            let target = naming.target(instance);
+            let grpc = instance
+                .endpoints
+                .iter()
+                .filter(|e| e.scheme == record::NAMING_SCHEME);
+            for (naming_key, endpoint) in
+                record::naming_keys(&target, instance).into_iter().zip(grpc)
+            {
+                // Two instances with one key: the first keeps it (`check` warns).
+                records.entry(naming_key).or_insert_with(|| DesiredRecord {
+                    value: record::naming_value(&endpoint.address),
+                    service: instance.service_label(),
+                    endpoints: vec![endpoint.to_string()],
+                    kind: RecordKind::Naming,
+                    source,
+                });
+            }
+        }
+        if publish.yggdrasil {
+            let metadata = merged_metadata(instance, &key, plugins, &mut clashes);
+            let record = DesiredRecord {
                 value: record::record_value(instance, &metadata),
                 service: instance.service_label(),
                 endpoints: instance.endpoints.iter().map(ToString::to_string).collect(),
-            },
-        );
+                kind: RecordKind::Instance,
+                source,
+            };
+            records.insert(key, record);
+        }
     }
     clashes.sort();
     clashes.dedup();
@@ -79,6 +133,83 @@ pub fn build(
         },
         clashes,
     )
+}
+
+/// Identifies the configured instance (not its plugin output).
+fn digest(instance: &Instance) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    instance.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Holds back a record change that only plugin output caused until
+/// `minRewriteInterval` has passed since the key was last written; any
+/// other change (config, identity, health: a new key or a different
+/// source) goes out at once. What is finally written is always the newest
+/// value.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    min: Option<Duration>,
+    /// What was last handed to the registry, by key.
+    sent: HashMap<String, Sent>,
+}
+
+#[derive(Debug)]
+struct Sent {
+    at: Instant,
+    value: String,
+    source: u64,
+}
+
+impl Throttle {
+    pub fn new(min: Option<Duration>) -> Throttle {
+        Throttle {
+            min,
+            sent: HashMap::new(),
+        }
+    }
+
+    /// A new interval applies to changes from now on.
+    pub fn set_min(&mut self, min: Option<Duration>) {
+        if min.is_none() {
+            self.sent.clear();
+        }
+        self.min = min;
+    }
+
+    /// `target` with held-back values put back to what was last sent, and
+    /// when the earliest of them may go out (`None`: nothing is held).
+    pub fn apply(&mut self, now: Instant, mut target: Target) -> (Target, Option<Instant>) {
+        let Some(min) = self.min else {
+            return (target, None);
+        };
+        let mut due: Option<Instant> = None;
+        for (key, record) in target.records.iter_mut() {
+            match self.sent.get_mut(key) {
+                Some(sent) if sent.value == record.value => {}
+                Some(sent) if sent.source == record.source && now < sent.at + min => {
+                    record.value.clone_from(&sent.value);
+                    let at = sent.at + min;
+                    due = Some(due.map_or(at, |d| d.min(at)));
+                }
+                Some(sent) => {
+                    sent.value.clone_from(&record.value);
+                    sent.source = record.source;
+                    sent.at = now;
+                }
+                None => {
+                    let sent = Sent {
+                        at: now,
+                        value: record.value.clone(),
+                        source: record.source,
+                    };
+                    self.sent.insert(key.clone(), sent);
+                }
+            }
+        }
+        self.sent.retain(|key, _| target.records.contains_key(key));
+        (target, due)
+    }
 }
 
 fn merged_metadata(
@@ -119,7 +250,7 @@ fn merged_metadata(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::AgentConfig;
+    use crate::config::{AgentConfig, EtcdNaming, Publish};
     use crate::record::Endpoint;
 
     fn config() -> Config {
@@ -144,6 +275,7 @@ mod tests {
                 plugins: None,
                 admin: None,
                 shutdown_timeout: crate::config::DEFAULT_SHUTDOWN_TIMEOUT,
+                publish: Publish::default(),
             },
         }
     }
@@ -214,5 +346,158 @@ mod tests {
         assert_ne!(before.records[&key].value, after.records[&key].value);
         assert_eq!(after.records[&key].service, "default/svc/1");
         assert_eq!(after.records[&key].endpoints, vec!["grpc://127.0.0.1:1"]);
+    }
+
+    fn with_naming(mut config: Config, yggdrasil: bool, naming: EtcdNaming) -> Config {
+        config.agent.instances[0].endpoints.push(Endpoint {
+            scheme: "http".into(),
+            address: "127.0.0.1:2".into(),
+            metadata: BTreeMap::new(),
+        });
+        config.agent.instances[0].endpoints.push(Endpoint {
+            scheme: "grpc".into(),
+            address: "127.0.0.1:3".into(),
+            metadata: BTreeMap::new(),
+        });
+        config.agent.publish = Publish {
+            yggdrasil,
+            etcd_naming: Some(naming),
+        };
+        config
+    }
+
+    #[test]
+    fn etcd_naming_writes_one_key_per_grpc_endpoint_beside_the_record() {
+        let config = with_naming(config(), true, EtcdNaming::default());
+        let (target, _) = build(&config, &PluginMetadata::new(), &BTreeSet::new());
+        let keys: Vec<_> = target.records.keys().map(String::as_str).collect();
+        let instance_key = record::registry_key("/yggdrasil/registry", &config.agent.instances[0]);
+        assert_eq!(
+            keys,
+            vec![
+                instance_key.as_str(),
+                "default/svc/127.0.0.1:1",
+                "default/svc/127.0.0.1:3"
+            ]
+        );
+        assert_eq!(target.instances(), 1);
+        let naming = &target.records["default/svc/127.0.0.1:3"];
+        assert_eq!(naming.kind, RecordKind::Naming);
+        assert_eq!(
+            naming.value,
+            r#"{"Op":0,"Addr":"127.0.0.1:3","Metadata":null}"#
+        );
+        assert_eq!(naming.endpoints, vec!["grpc://127.0.0.1:3"]);
+
+        // A withheld instance loses its naming keys too.
+        let withheld = BTreeSet::from([instance_key]);
+        assert!(
+            build(&config, &PluginMetadata::new(), &withheld)
+                .0
+                .records
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn etcd_naming_alone_with_a_prefix_and_a_target_of_its_own() {
+        let naming = EtcdNaming {
+            prefix: "/services".into(),
+            targets: [("default/svc".to_string(), "greeter".to_string())].into(),
+        };
+        let config = with_naming(config(), false, naming);
+        let (target, _) = build(&config, &PluginMetadata::new(), &BTreeSet::new());
+        let keys: Vec<_> = target.records.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "/services/greeter/127.0.0.1:1",
+                "/services/greeter/127.0.0.1:3"
+            ]
+        );
+        assert_eq!(target.instances(), 0);
+    }
+
+    fn with_load(config: &Config, load: &str) -> Target {
+        let key = record::registry_key("/yggdrasil/registry", &config.agent.instances[0]);
+        let mut plugins = PluginMetadata::new();
+        plugins.insert("load".into(), [(key, output(&[("load", load)]))].into());
+        build(config, &plugins, &BTreeSet::new()).0
+    }
+
+    fn value(target: &Target) -> &str {
+        &target.records.values().next().unwrap().value
+    }
+
+    #[test]
+    fn the_throttle_holds_plugin_only_changes_and_writes_the_newest_when_due() {
+        let config = config();
+        let start = Instant::now();
+        let min = Duration::from_secs(30);
+        let mut throttle = Throttle::new(Some(min));
+
+        let (first, due) = throttle.apply(start, with_load(&config, "1"));
+        assert!(value(&first).contains(r#""load":"1""#));
+        assert_eq!(due, None);
+
+        // Two plugin-only changes within the interval: held, due at +30 s.
+        let (held, due) = throttle.apply(start + Duration::from_secs(5), with_load(&config, "2"));
+        assert_eq!(value(&held), value(&first));
+        assert_eq!(due, Some(start + min));
+        let (held, _) = throttle.apply(start + Duration::from_secs(10), with_load(&config, "3"));
+        assert_eq!(value(&held), value(&first));
+
+        // When due, the newest value goes out, and the clock restarts.
+        let (written, due) = throttle.apply(start + min, with_load(&config, "3"));
+        assert!(value(&written).contains(r#""load":"3""#));
+        assert_eq!(due, None);
+        let (held, due) = throttle.apply(
+            start + min + Duration::from_secs(1),
+            with_load(&config, "4"),
+        );
+        assert!(value(&held).contains(r#""load":"3""#));
+        assert_eq!(due, Some(start + min + min));
+    }
+
+    #[test]
+    fn the_throttle_never_holds_config_identity_or_health_changes() {
+        let config = config();
+        let start = Instant::now();
+        let mut throttle = Throttle::new(Some(Duration::from_secs(300)));
+        throttle.apply(start, with_load(&config, "1"));
+
+        // A config change to the instance (same key): written at once.
+        let mut edited = config.clone();
+        edited.agent.instances[0].region = "eu".into();
+        let (written, due) =
+            throttle.apply(start + Duration::from_secs(1), with_load(&edited, "2"));
+        assert!(
+            value(&written).contains(r#""region":"eu""#),
+            "{}",
+            value(&written)
+        );
+        assert!(value(&written).contains(r#""load":"2""#));
+        assert_eq!(due, None);
+
+        // Withheld (no record), then back: the comeback is immediate.
+        let now = start + Duration::from_secs(2);
+        let (gone, _) = throttle.apply(
+            now,
+            Target {
+                records: BTreeMap::new(),
+                ..written.clone()
+            },
+        );
+        assert!(gone.records.is_empty());
+        let (back, due) = throttle.apply(now, with_load(&edited, "5"));
+        assert!(value(&back).contains(r#""load":"5""#));
+        assert_eq!(due, None);
+
+        // No interval: nothing is ever held.
+        let mut off = Throttle::new(None);
+        off.apply(start, with_load(&config, "1"));
+        let (written, due) = off.apply(start, with_load(&config, "2"));
+        assert!(value(&written).contains(r#""load":"2""#));
+        assert_eq!(due, None);
     }
 }

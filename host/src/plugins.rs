@@ -697,6 +697,7 @@ mod tests {
             memory_limit: 16 << 20,
             settings: BTreeMap::new(),
             cache_dir: Some(cache.to_path_buf()),
+            min_rewrite_interval: None,
         };
         let outbox = Outbox {
             results,

@@ -20,7 +20,7 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 /// A service instance as the operator configured it. Metadata here is the
 /// configured metadata only; plugin output is merged in by [`record_value`]'s
 /// caller, and never changes the instance's identity.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Instance {
     pub namespace: String,
     pub name: String,
@@ -33,7 +33,7 @@ pub struct Instance {
 }
 
 /// One way to reach an instance (`grpc://127.0.0.1:54321`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     pub scheme: String,
     pub address: String,
@@ -129,6 +129,42 @@ pub fn registry_key(prefix: &str, instance: &Instance) -> String {
         instance.name,
         instance_key(instance)
     )
+}
+
+/// The scheme of the endpoints published in etcd's gRPC naming format.
+pub const NAMING_SCHEME: &str = "grpc";
+
+/// The keys of `instance` in etcd's gRPC naming format
+/// (`go.etcd.io/etcd/client/v3/naming/endpoints`): `<target>/<address>`
+/// for each grpc endpoint, which is what `Manager.AddEndpoint` requires
+/// (a key under `<target>/`) and what gRPC's `etcd:///<target>` resolver
+/// lists.
+pub fn naming_keys(target: &str, instance: &Instance) -> Vec<String> {
+    instance
+        .endpoints
+        .iter()
+        .filter(|e| e.scheme == NAMING_SCHEME)
+        .map(|e| format!("{target}/{}", e.address))
+        .collect()
+}
+
+/// The value under a naming key: what `endpoints.Manager.AddEndpoint`
+/// writes for `Endpoint{Addr: address}`, the JSON of etcd's
+/// `internal.Update{Op: Add, Addr, Metadata: nil}` by Go's `json.Marshal`
+/// (etcd-io/etcd `client/v3/naming/endpoints/endpoints_impl.go`).
+pub fn naming_value(address: &str) -> String {
+    #[derive(Serialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Update<'a> {
+        op: u8,
+        addr: &'a str,
+        metadata: Option<()>,
+    }
+    go_json(&Update {
+        op: 0,
+        addr: address,
+        metadata: None,
+    })
 }
 
 /// The record stored under the registry key: compact JSON with the seed's
@@ -294,6 +330,27 @@ mod tests {
         assert_eq!(
             record_value(&instance, &metadata),
             r#"{"namespace":"default","name":"example-registry-server","version":"1.0.0","region":"us-west","zone":"us-west-1","campus":"campus-a","metadata":{"env":"dev","pod":"pod-1234567890","started":"2024-01-26T10:00:00Z"},"endpoints":[{"scheme":"grpc","address":"127.0.0.1:54321","metadata":null},{"scheme":"http","address":"127.0.0.1:54321","metadata":null}]}"#
+        );
+    }
+
+    #[test]
+    fn naming_keys_and_values_are_etcds() {
+        let instance = seed_instance();
+        // Only the grpc endpoint: etcd's naming resolver dials what it lists.
+        assert_eq!(
+            naming_keys("default/example-registry-server", &instance),
+            vec!["default/example-registry-server/127.0.0.1:54321"]
+        );
+        // etcd's `internal.Update` has no JSON tags: Go writes the field
+        // names as declared (Op, Addr, Metadata), `Op` 0 for Add and a nil
+        // `Metadata` as null; strings get Go's escaping.
+        assert_eq!(
+            naming_value("127.0.0.1:54321"),
+            r#"{"Op":0,"Addr":"127.0.0.1:54321","Metadata":null}"#
+        );
+        assert_eq!(
+            naming_value("[::1]:80&<>"),
+            r#"{"Op":0,"Addr":"[::1]:80\u0026\u003c\u003e","Metadata":null}"#
         );
     }
 

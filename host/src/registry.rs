@@ -25,7 +25,7 @@ use tracing::{info, warn};
 
 use crate::backoff::{Backoff, jitter};
 use crate::config::RegistryConfig;
-use crate::desired::Target;
+use crate::desired::{RecordKind, Target};
 use crate::etcd::{self, EtcdError};
 use crate::metrics::Metrics;
 use keepalive::LeaseHealth;
@@ -320,7 +320,7 @@ impl Actor {
         warn!(
             lease = id,
             reason,
-            instances = self.target.records.len(),
+            instances = self.target.instances(),
             "lease lost; granting a new lease and registering every instance again"
         );
         session.lease = None;
@@ -387,13 +387,15 @@ impl Actor {
     fn publish_target_gauges(&self) {
         self.metrics
             .instances_desired
-            .set(self.target.records.len() as i64);
+            .set(self.target.instances() as i64);
     }
 
     fn publish_status(&self) {
         let now = Instant::now();
         let keep_alive = self.target.config.keep_alive;
-        let (lease, registered) = match &self.session {
+        // Instances count Yggdrasil records; ready needs every key (naming
+        // keys too).
+        let (lease, registered, held) = match &self.session {
             Some(session) => {
                 let live_lease = session
                     .lease
@@ -401,26 +403,27 @@ impl Actor {
                     .filter(|l| l.expires_at().is_some_and(|at| at > now))
                     .map(|l| l.id);
                 let expected_lease = if keep_alive { live_lease } else { Some(0) };
-                let registered = match expected_lease {
-                    Some(lease_id) => self
-                        .target
-                        .records
-                        .iter()
-                        .filter(|(key, record)| session.holds(key, record, lease_id))
-                        .count(),
-                    None => 0,
-                };
-                (live_lease, registered)
+                let (mut registered, mut held) = (0, 0);
+                if let Some(lease_id) = expected_lease {
+                    for (key, record) in &self.target.records {
+                        if session.holds(key, record, lease_id) {
+                            held += 1;
+                            registered += usize::from(record.kind == RecordKind::Instance);
+                        }
+                    }
+                }
+                (live_lease, registered, held)
             }
-            None => (None, 0),
+            None => (None, 0, 0),
         };
-        let desired = self.target.records.len();
         let status = RegistryStatus {
             connected: self.connected,
             lease,
-            desired,
+            desired: self.target.instances(),
             registered,
-            ready: self.connected && registered == desired && (lease.is_some() || !keep_alive),
+            ready: self.connected
+                && held == self.target.records.len()
+                && (lease.is_some() || !keep_alive),
         };
         self.metrics.instances_registered.set(registered as i64);
         self.status_tx.send_if_modified(|current| {

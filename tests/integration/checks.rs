@@ -323,3 +323,73 @@ async fn the_status_command_explains_a_missing_admin_listener() {
     assert_eq!(code, 2);
     assert!(stderr.contains("has no agent.admin.listen"), "{stderr}");
 }
+
+#[tokio::test]
+async fn etcd_naming_keys_follow_the_instance_record_through_checks_edits_and_stop() {
+    let etcd = Etcd::start().await;
+    let port = free_port();
+    let server = accept_and_drop(port).await;
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.instances = instance("greeter", port, "        - tcp: ~\n");
+    config.agent_extra = format!(
+        "{FAST_CHECKS}  publish: [yggdrasil, etcd-naming]\n  etcdNaming: {{prefix: /naming}}\n"
+    );
+    let mut agent = Agent::start(&config);
+    let naming = |port: u16| format!("/naming/default/greeter/127.0.0.1:{port}");
+    let endpoints = etcd.endpoints();
+    // Every key of both formats.
+    let keys_now = || {
+        let endpoints = endpoints.clone();
+        async move {
+            let mut all = try_entries(&endpoints, "/naming/").await?;
+            all.extend(try_entries(&endpoints, PREFIX).await?);
+            Some(all)
+        }
+    };
+
+    // Both formats, on one lease; the naming value is etcd's, byte for byte.
+    let (all, _) = wait_for(PATIENCE, "the record and its naming key", || async {
+        keys_now().await.filter(|e| e.len() == 2)
+    })
+    .await;
+    let entry = &all[&naming(port)];
+    assert_eq!(
+        entry.value,
+        format!(r#"{{"Op":0,"Addr":"127.0.0.1:{port}","Metadata":null}}"#)
+    );
+    assert!(entry.lease != 0);
+    assert!(all.values().all(|e| e.lease == entry.lease), "{all:#?}");
+    agent
+        .wait_for_log("etcd-naming endpoint published", PATIENCE)
+        .await;
+
+    // A failing check takes the naming key away with the record.
+    server.abort();
+    let _ = server.await;
+    wait_for(PATIENCE, "both keys gone while unhealthy", || async {
+        keys_now().await.filter(|e| e.is_empty())
+    })
+    .await;
+
+    // An edit that moves the endpoint moves the naming key.
+    let moved = free_port();
+    let _server = accept_and_drop(moved).await;
+    let mut edited = config.clone();
+    edited.instances = instance("greeter", moved, "        - tcp: ~\n");
+    agent.rewrite_config(&edited);
+    let (all, _) = wait_for(PATIENCE, "the moved naming key", || async {
+        keys_now()
+            .await
+            .filter(|e| e.len() == 2 && e.contains_key(&naming(moved)))
+    })
+    .await;
+    assert!(!all.contains_key(&naming(port)), "{all:#?}");
+
+    // Stop: every key goes.
+    agent.signal(libc::SIGTERM);
+    let (status, _) = agent.wait_exit(PATIENCE);
+    assert!(status.success(), "{status:?}");
+    let left = keys_now().await.expect("etcd answers");
+    assert!(left.is_empty(), "{left:#?}");
+    assert!(agent.log().contains("etcd-naming endpoint removed"));
+}

@@ -523,3 +523,67 @@ async fn an_unreadable_plugins_folder_unloads_nothing() {
     let now = metadata_of(&entries(&mut client, PREFIX).await, SEED_KEY).unwrap();
     assert_eq!(now.get("value").map(String::as_str), Some("kept"));
 }
+
+#[tokio::test]
+async fn min_rewrite_interval_spaces_out_plugin_only_rewrites_and_writes_the_newest() {
+    use etcd_client::{EventType, WatchOptions};
+
+    let etcd = Etcd::start().await;
+    let mut config = ConfigFile::new(etcd.endpoints());
+    // A heartbeat in whole seconds changes on every 1 s round; at most one
+    // rewrite per 3 s may reach etcd.
+    config.agent_extra = plugins_section("      heartbeat: {format: unix}\n").replace(
+        "    interval: 1s\n",
+        "    interval: 1s\n    minRewriteInterval: 3s\n",
+    );
+    let mut agent = Agent::prepare(&config);
+    install_plugin(&agent.plugins_dir(), "heartbeat", "heartbeat");
+    agent.spawn(&[]);
+    wait_metadata(&etcd, "the first heartbeat", PATIENCE, |m| {
+        m.contains_key("heartbeat")
+    })
+    .await;
+
+    let mut client = etcd.client().await;
+    let mut stream = client
+        .watch(SEED_KEY, Some(WatchOptions::new()))
+        .await
+        .unwrap();
+    let window = Duration::from_secs(10);
+    let end = tokio::time::Instant::now() + window;
+    let mut puts: Vec<(tokio::time::Instant, u64)> = Vec::new();
+    while let Ok(Ok(Some(response))) = tokio::time::timeout_at(end, stream.message()).await {
+        for event in response.events() {
+            if event.event_type() == EventType::Put {
+                let value: serde_json::Value =
+                    serde_json::from_str(event.kv().unwrap().value_str().unwrap()).unwrap();
+                let beat = value["metadata"]["heartbeat"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                puts.push((tokio::time::Instant::now(), beat));
+            }
+        }
+    }
+    // Unthrottled this would be about ten rewrites; throttled, at most one
+    // per 3 s (plus one at each edge of the window), and they do happen.
+    assert!(
+        (2..=5).contains(&puts.len()),
+        "{} rewrites in {window:?}: {puts:?}",
+        puts.len()
+    );
+    for pair in puts.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        // Seen through a watch on a busy machine: half the interval at least.
+        assert!(
+            gap >= Duration::from_millis(1500),
+            "rewrites {gap:?} apart: {puts:?}"
+        );
+        // What goes out when due is a newer heartbeat (the newest one, as
+        // the unit tests check).
+        assert!(pair[1].1 > pair[0].1, "{puts:?}");
+    }
+    agent.signal(libc::SIGTERM);
+    agent.wait_exit(PATIENCE);
+}

@@ -1205,3 +1205,106 @@ fn v3_passwords_never_appear_in_errors_or_debug_output() {
     let credentials = config.registry.client.credentials.unwrap();
     assert_eq!(credentials.password.expose(), "hunter2-secret");
 }
+
+fn with_publish(publish: &str) -> String {
+    SEED.replace(
+        "  shutdownTimeout: 5s\n",
+        &format!("  shutdownTimeout: 5s\n{publish}"),
+    )
+}
+
+#[test]
+fn yggdrasil_alone_is_the_default_and_etcd_naming_is_added_by_publish() {
+    assert_eq!(ok(SEED).config.agent.publish, Publish::default());
+    let loaded = ok(&with_publish("  publish: [yggdrasil, etcd-naming]\n"));
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let publish = &loaded.config.agent.publish;
+    assert!(publish.yggdrasil);
+    let naming = publish.etcd_naming.as_ref().unwrap();
+    assert_eq!(naming, &EtcdNaming::default());
+    let instance = &loaded.config.agent.instances[0];
+    assert_eq!(naming.target(instance), "default/example-registry-server");
+
+    let text = with_publish(
+        "  publish: [etcd-naming]\n  etcdNaming:\n    prefix: /services\n    targets:\n      default/example-registry-server: example\n",
+    );
+    let loaded = ok(&text);
+    let publish = &loaded.config.agent.publish;
+    assert!(!publish.yggdrasil);
+    let naming = publish.etcd_naming.as_ref().unwrap();
+    assert_eq!(
+        naming.target(&loaded.config.agent.instances[0]),
+        "/services/example"
+    );
+}
+
+#[test]
+fn publish_and_etcd_naming_errors_name_what_and_where() {
+    let errors = errors(&with_publish(
+        "  publish: [yggdrasil, consul]\n  etcdNaming:\n    targets:\n      svc: x\n      default/a: /x/\n    port: 1\n",
+    ));
+    assert_has(
+        &errors,
+        "agent.publish[1]: unknown format `consul`: the formats are `yggdrasil` and `etcd-naming` (line 35)",
+    );
+    assert_has(
+        &errors,
+        "agent.etcdNaming.targets: `default/a`: target `/x/` must be non-empty and not begin or end with `/`; \
+         `svc`: name a service as `<namespace>/<name>` (line 38)",
+    );
+    assert_has(&errors, "agent.etcdNaming.port: unknown key (line 40)");
+    let errors = self::errors(&with_publish("  publish: []\n"));
+    assert_has(
+        &errors,
+        "agent.publish: lists no format: write one or both of `yggdrasil` and `etcd-naming` (line 35)",
+    );
+}
+
+#[test]
+fn etcd_naming_warns_about_targets_that_are_prefixes_and_unused_settings() {
+    let canary = r#"
+    - name: example-registry-server-canary
+      endpoints:
+        - {scheme: grpc, address: "127.0.0.1:54322"}
+"#;
+    let text = with_publish("  publish: [yggdrasil, etcd-naming]\n").replace(
+        "  plugins:\n",
+        &format!("{}\n  plugins:\n", canary.trim_end()),
+    );
+    let warnings = warnings(&text);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains(
+            "etcd-naming target `default/example-registry-server` is a prefix of `default/example-registry-server-canary`"
+        ),
+        "{warnings:?}"
+    );
+    let warnings = self::warnings(&with_publish("  etcdNaming: {prefix: /x}\n"));
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("agent.etcdNaming: set, but `agent.publish` does not list etcd-naming: no naming keys are written (line 35)"),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn min_rewrite_interval_is_read_and_off_by_default() {
+    let plugins = |config: &Config| config.agent.plugins.clone().unwrap();
+    assert_eq!(plugins(&ok(SEED).config).min_rewrite_interval, None);
+    let text = SEED.replace(
+        "    interval: 30s\n",
+        "    interval: 30s\n    minRewriteInterval: 5m\n",
+    );
+    assert_eq!(
+        plugins(&ok(&text).config).min_rewrite_interval,
+        Some(Duration::from_secs(300))
+    );
+    let text = SEED.replace(
+        "    interval: 30s\n",
+        "    interval: 30s\n    minRewriteInterval: 0s\n",
+    );
+    assert_has(
+        &errors(&text),
+        "agent.plugins.minRewriteInterval: must be longer than 0 (line 28)",
+    );
+}

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use super::batch::{self, MAX_TXN_BYTES, MAX_TXN_OPS, Op};
 use super::keepalive::{self, LeaseHealth};
 use crate::config::RegistryConfig;
-use crate::desired::DesiredRecord;
+use crate::desired::{DesiredRecord, RecordKind};
 use crate::etcd::{EtcdError, before, within};
 use crate::metrics::{self, Metrics};
 
@@ -30,6 +30,28 @@ struct Written {
     mod_revision: i64,
     /// 0 when written without a lease.
     lease: i64,
+    kind: RecordKind,
+}
+
+impl Written {
+    /// What a log line calls the key.
+    fn what(&self) -> &'static str {
+        match self.kind {
+            RecordKind::Instance => "instance key",
+            RecordKind::Naming => "etcd-naming key",
+        }
+    }
+
+    fn log_removed(&self, key: &str) {
+        match self.kind {
+            RecordKind::Instance => {
+                info!(key = %key, service = %self.service, "instance deregistered")
+            }
+            RecordKind::Naming => {
+                info!(key = %key, service = %self.service, "etcd-naming endpoint removed")
+            }
+        }
+    }
 }
 
 pub(super) struct Lease {
@@ -182,13 +204,15 @@ impl Session {
                 let written = &self.written[key];
                 match get.kvs().first() {
                     None => {
-                        warn!(key = %key, service = %written.service, "instance key is missing from etcd; putting it back");
+                        let what = written.what();
+                        warn!(key = %key, service = %written.service, "{what} is missing from etcd; putting it back");
                         damaged.push(key.clone());
                     }
                     Some(kv)
                         if kv.value() != written.value.as_bytes() || kv.lease() != lease_id =>
                     {
-                        warn!(key = %key, service = %written.service, "instance key was changed by someone else; putting it back");
+                        let what = written.what();
+                        warn!(key = %key, service = %written.service, "{what} was changed by someone else; putting it back");
                         damaged.push(key.clone());
                     }
                     Some(kv) => {
@@ -267,7 +291,16 @@ impl Session {
                 match op {
                     Op::Put(key) => {
                         let record = &records[&key];
-                        if announced.insert(key.clone()) {
+                        if record.kind == RecordKind::Naming {
+                            let first = announced.insert(key.clone());
+                            let endpoint = record.endpoints.join(",");
+                            let message = if first {
+                                "etcd-naming endpoint published"
+                            } else {
+                                "etcd-naming endpoint re-published"
+                            };
+                            info!(key = %key, service = %record.service, %endpoint, "{message}");
+                        } else if announced.insert(key.clone()) {
                             let service = &record.service;
                             info!(key = %key, %service, "instance registered successfully");
                             info!(key = %key, %service, "service: {service}");
@@ -285,12 +318,13 @@ impl Session {
                                 service: record.service.clone(),
                                 mod_revision: revision,
                                 lease: lease_id,
+                                kind: record.kind,
                             },
                         );
                     }
                     Op::Delete(key) => {
                         if let Some(written) = self.written.remove(&key) {
-                            info!(key = %key, service = %written.service, "instance deregistered");
+                            written.log_removed(&key);
                         }
                         announced.remove(&key);
                         metrics.deregistrations.get_or_create(&metrics::OK).inc();
@@ -360,7 +394,7 @@ impl Session {
                 Ok(_) => {
                     for key in chunk {
                         if let Some(written) = self.written.remove(key) {
-                            info!(key = %key, service = %written.service, "instance deregistered");
+                            written.log_removed(key);
                         }
                         metrics.deregistrations.get_or_create(&metrics::OK).inc();
                     }
