@@ -1111,6 +1111,14 @@ impl Supervisor {
         // plugin task; a compile already running ends on its own thread.
         drop(self.plugins);
         drop(self.inbox);
+        let drain = self.config.agent.local.drain_delay;
+        // Nothing is registered before start-up ends: nothing to drain.
+        let deadline = if drain.is_zero() || self.startup.is_some() {
+            deadline
+        } else {
+            drain_keys(&self.registry, &self.config, deadline, drain).await;
+            Instant::now() + timeout
+        };
         if !self.registry.stop(deadline).await {
             warn!(
                 "deregistration did not finish within shutdownTimeout; the lease will expire on its own"
@@ -1127,6 +1135,33 @@ impl Supervisor {
         }
         info!("agent stopped");
     }
+}
+
+/// Drain (`agent.drainDelay`): deletes every key while the lease stays
+/// alive, waits for etcd to confirm (up to `deadline`), then waits `delay`
+/// so callers' resolvers drop the endpoints before the agent goes. A second
+/// signal still exits at once (`cli.rs` handles it).
+async fn drain_keys(
+    registry: &RegistryHandle,
+    config: &Config,
+    deadline: Instant,
+    delay: Duration,
+) {
+    let mut status = registry.status();
+    registry.set_target(desired::Target {
+        config: config.registry.clone(),
+        records: BTreeMap::new(),
+    });
+    let deleted = status.wait_for(|s| s.desired == 0 && s.connected);
+    match tokio::time::timeout_at(deadline, deleted).await {
+        Ok(Ok(_)) => {
+            info!(drain_delay = ?delay, "drain: every key deleted; waiting drainDelay before revoking the lease")
+        }
+        _ => {
+            warn!(drain_delay = ?delay, "drain: etcd did not confirm the deletes within shutdownTimeout; waiting drainDelay anyway")
+        }
+    }
+    tokio::time::sleep(delay).await;
 }
 
 /// Starts the admin server; a port that cannot be bound is logged and the

@@ -743,6 +743,7 @@ mod tests {
             plugins: None,
             admin: None,
             shutdown_timeout: crate::config::DEFAULT_SHUTDOWN_TIMEOUT,
+            local: Default::default(),
         };
         let checks = from_config(&agent, |instance| format!("key-{}", instance.name));
         let ids: Vec<&CheckId> = checks.keys().collect();

@@ -358,8 +358,8 @@ fn list(
             for invalid in listed.iter().filter(|l| l.error.is_some()) {
                 eprintln!(
                     "warning: {}: {}",
-                    invalid.key,
-                    invalid.error.as_deref().unwrap_or_default()
+                    crate::status::escape(&invalid.key),
+                    crate::status::escape(invalid.error.as_deref().unwrap_or_default())
                 );
             }
             if json {

@@ -42,6 +42,8 @@ pub const DEFAULT_KEEP_ALIVE: bool = true;
 pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(3);
 pub const MIN_RETRY_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// No wait between deleting the keys and revoking the lease.
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::ZERO;
 pub const DEFAULT_PLUGINS_DIR: &str = "plugins";
 pub const DEFAULT_PLUGIN_INTERVAL: Duration = Duration::from_secs(30);
 pub const MIN_PLUGIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -123,6 +125,16 @@ pub struct AgentConfig {
     pub plugins: Option<PluginsConfig>,
     pub admin: Option<AdminConfig>,
     pub shutdown_timeout: Duration,
+    /// Local control: drain, the instances folder, the local API (#12).
+    pub local: LocalConfig,
+}
+
+/// The `agent` keys of local control (`drainDelay`, …).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LocalConfig {
+    /// On SIGTERM: how long to wait between deleting the keys and revoking
+    /// the lease (callers' resolvers drop the endpoints meanwhile).
+    pub drain_delay: Duration,
 }
 
 /// One health check of an instance (`agent.instances[].checks[]`).
@@ -338,6 +350,7 @@ fn empty_agent() -> AgentConfig {
         plugins: None,
         admin: None,
         shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        local: LocalConfig::default(),
     }
 }
 
@@ -607,9 +620,17 @@ fn read_agent(mut agent: Section, base: &Path, report: &Report) -> AgentConfig {
         plugins: agent.section("plugins").value().map(|plugins| read_plugins(plugins, base)),
         admin: agent.section("admin").value().and_then(read_admin),
         shutdown_timeout: agent.duration("shutdownTimeout").nonzero().or(DEFAULT_SHUTDOWN_TIMEOUT),
+        local: read_local(&mut agent),
     };
     agent.finish(Unknown::Error);
     config
+}
+
+/// The local-control keys of `agent`.
+fn read_local(agent: &mut Section) -> LocalConfig {
+    LocalConfig {
+        drain_delay: agent.duration("drainDelay").or(DEFAULT_DRAIN_DELAY),
+    }
 }
 
 fn read_admin(mut admin: Section) -> Option<AdminConfig> {

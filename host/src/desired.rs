@@ -144,6 +144,7 @@ mod tests {
                 plugins: None,
                 admin: None,
                 shutdown_timeout: crate::config::DEFAULT_SHUTDOWN_TIMEOUT,
+                local: Default::default(),
             },
         }
     }
