@@ -28,6 +28,7 @@ use crate::admin::{self, AdminServer, StatusRequest};
 use crate::checks::{self, CheckHost, CheckId, CheckReport};
 use crate::config::{self, CheckStatus, Config, PluginsConfig};
 use crate::desired::{self, Clash, PluginMetadata};
+use crate::instances_dir::{self, DirScan, InstancesDir};
 use crate::metrics::{self, CheckLabel, Metrics};
 use crate::plugins::{self, LoadOutcome, PluginHost, PluginInstance, Round, RoundResult, Scan};
 use crate::record;
@@ -40,6 +41,8 @@ use crate::watch::{self as folder_watch, FolderWatch, Watched};
 const CONFIG_DEBOUNCE: Duration = Duration::from_millis(100);
 /// Quiet time after the last change in the plugins folder before a rescan.
 const PLUGINS_DEBOUNCE: Duration = Duration::from_millis(200);
+/// Quiet time after the last change in the instances folder before a rescan.
+const INSTANCES_DEBOUNCE: Duration = Duration::from_millis(100);
 /// A stream of signals cannot postpone a reload or rescan longer than this.
 const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
 /// Round results in flight from plugin tasks to the supervisor.
@@ -97,6 +100,11 @@ enum Event {
     StartupDeadline,
     /// A new admin listener is serving (or the old one still is).
     AdminRebound(Option<AdminServer>),
+    /// Something changed in the instances folder.
+    InstancesTouched,
+    InstancesSettled,
+    /// A scan of the instances folder finished.
+    InstancesScanned(DirScan),
     /// A health check ran.
     CheckReport(CheckReport),
     /// The admin server asks what `ygg-agent status` shows.
@@ -332,6 +340,62 @@ impl PluginsRuntime {
     }
 }
 
+/// Everything that exists only while `agent.instancesDir` is configured.
+struct InstancesRuntime {
+    dir: PathBuf,
+    /// `agent.checks` when the folder was set up: a change restarts it.
+    defaults: config::CheckTiming,
+    state: InstancesDir,
+    watch: Option<FolderWatch>,
+    debounce: Debounce,
+    /// A scan is under way; `again`: another was asked for meanwhile.
+    scanning: bool,
+    again: bool,
+}
+
+impl InstancesRuntime {
+    fn new(dir: PathBuf, defaults: config::CheckTiming, wiring: &Wiring) -> InstancesRuntime {
+        let watch = match FolderWatch::new(wiring.instances_signals.clone()) {
+            Ok(watch) => Some(watch),
+            Err(error) => {
+                warn!(dir = %dir.display(), %error, "cannot watch the instances folder; changes apply on SIGHUP");
+                None
+            }
+        };
+        let mut runtime = InstancesRuntime {
+            dir,
+            defaults,
+            state: InstancesDir::default(),
+            watch,
+            debounce: Debounce::default(),
+            scanning: false,
+            again: false,
+        };
+        runtime.scan(wiring);
+        runtime
+    }
+
+    /// Starts a scan on a blocking thread (one at a time; one asked for
+    /// meanwhile runs after it).
+    fn scan(&mut self, wiring: &Wiring) {
+        self.debounce.take();
+        if self.scanning {
+            self.again = true;
+            return;
+        }
+        self.scanning = true;
+        let (dir, defaults) = (self.dir.clone(), self.defaults.clone());
+        let scans = wiring.instance_scans.clone();
+        wiring.tracker.spawn(async move {
+            let scanned =
+                tokio::task::spawn_blocking(move || instances_dir::scan(&dir, &defaults)).await;
+            if let Ok(scan) = scanned {
+                let _ = scans.send(scan).await;
+            }
+        });
+    }
+}
+
 /// What the supervisor hands to things it starts beside the loop.
 struct Wiring {
     metrics: Metrics,
@@ -341,6 +405,8 @@ struct Wiring {
     config_reads: mpsc::Sender<ConfigRead>,
     admin: mpsc::Sender<Option<AdminServer>>,
     status_requests: mpsc::Sender<StatusRequest>,
+    instances_signals: mpsc::Sender<()>,
+    instance_scans: mpsc::Sender<DirScan>,
 }
 
 /// What the supervisor listens to.
@@ -355,6 +421,8 @@ struct Inbox {
     admin: mpsc::Receiver<Option<AdminServer>>,
     check_reports: mpsc::Receiver<CheckReport>,
     status_requests: mpsc::Receiver<StatusRequest>,
+    instances_signals: mpsc::Receiver<()>,
+    instance_scans: mpsc::Receiver<DirScan>,
     registry_status: watch::Receiver<RegistryStatus>,
     watchdog: Option<Interval>,
 }
@@ -379,6 +447,11 @@ struct Reading {
 struct Supervisor {
     config_path: PathBuf,
     config: Config,
+    /// The config with the instances of every other source (the instances
+    /// folder) appended, checks beside them: what the target, the checks,
+    /// the plugins' rounds and `/status` are built from.
+    effective: Config,
+    instances: Option<InstancesRuntime>,
     /// What the last read of the config file found: the SHA-256 of its
     /// bytes (good or bad config), or why it could not be read. A watcher
     /// signal that changes neither costs one read and nothing else.
@@ -423,6 +496,8 @@ impl Supervisor {
         let (status_tx, status_rx) = mpsc::channel(STATUS_REQUESTS_CAPACITY);
         let (config_signals_tx, config_signals_rx) = mpsc::channel(1);
         let (plugins_signals_tx, plugins_signals_rx) = mpsc::channel(1);
+        let (instances_signals_tx, instances_signals_rx) = mpsc::channel(1);
+        let (instance_scans_tx, instance_scans_rx) = mpsc::channel(BESIDE_CAPACITY);
 
         let config_watch = match FolderWatch::new(config_signals_tx) {
             Ok(mut watch) => {
@@ -460,6 +535,8 @@ impl Supervisor {
             config_reads: reads_tx,
             admin: admin_tx,
             status_requests: status_tx,
+            instances_signals: instances_signals_tx,
+            instance_scans: instance_scans_tx,
         };
         let admin_server = match config.agent.admin.as_ref() {
             Some(admin) => {
@@ -478,8 +555,13 @@ impl Supervisor {
             .as_ref()
             .and_then(|p| PluginsRuntime::start(p, &wiring));
         let (checks, check_reports) = CheckHost::new(wiring.tracker.clone());
+        let instances = config.agent.local.instances_dir.clone().map(|dir| {
+            InstancesRuntime::new(dir, config.agent.local.check_defaults.clone(), &wiring)
+        });
         let mut supervisor = Supervisor {
             config_path: options.config_path,
+            effective: config.clone(),
+            instances,
             last_read: Ok(options.config_digest),
             reading: Reading::default(),
             config_watch,
@@ -509,6 +591,8 @@ impl Supervisor {
                 admin: admin_rx,
                 check_reports,
                 status_requests: status_rx,
+                instances_signals: instances_signals_rx,
+                instance_scans: instance_scans_rx,
                 registry_status,
                 watchdog,
             },
@@ -528,6 +612,7 @@ impl Supervisor {
             None => (None, None, None),
         };
         let startup_due = self.startup.as_ref().map(Startup::deadline);
+        let instances_due = self.instances.as_ref().and_then(|i| i.debounce.due);
         let event = tokio::select! {
             message = inbox.control.recv() => match message {
                 Some(control) => Event::Control(control),
@@ -542,6 +627,9 @@ impl Supervisor {
             Some(server) = inbox.admin.recv() => Event::AdminRebound(server),
             Some(report) = inbox.check_reports.recv() => Event::CheckReport(report),
             Some(request) = inbox.status_requests.recv() => Event::StatusRequest(request),
+            Some(()) = inbox.instances_signals.recv() => Event::InstancesTouched,
+            Some(scan) = inbox.instance_scans.recv() => Event::InstancesScanned(scan),
+            () = until(instances_due) => Event::InstancesSettled,
             () = until(self.config_debounce.due) => Event::ConfigSettled,
             () = until(plugins_due) => Event::PluginsSettled,
             () = until(publish_due) => Event::ResultsSettled,
@@ -565,6 +653,9 @@ impl Supervisor {
                 if let Some(plugins) = self.plugins.as_mut() {
                     plugins.debounce.take();
                     plugins.host.scan();
+                }
+                if let Some(instances) = self.instances.as_mut() {
+                    instances.scan(&self.wiring);
                 }
             }
             Event::ConfigTouched => self.config_debounce.touch(CONFIG_DEBOUNCE),
@@ -626,6 +717,20 @@ impl Supervisor {
                     self.rebind_admin();
                 }
             }
+            Event::InstancesTouched => {
+                if let Some(instances) = self.instances.as_mut() {
+                    instances.debounce.touch(INSTANCES_DEBOUNCE);
+                }
+            }
+            Event::InstancesSettled => {
+                if let Some(instances) = self.instances.as_mut() {
+                    instances.scan(&self.wiring);
+                }
+            }
+            Event::InstancesScanned(scan) => {
+                self.apply_instances_scan(scan);
+                self.advance_startup();
+            }
             Event::CheckReport(report) => self.take_check_report(report),
             Event::StatusRequest(reply) => {
                 let _ = reply.send(self.status());
@@ -644,13 +749,14 @@ impl Supervisor {
             return;
         };
         let now = Instant::now();
-        let loads_done = self.plugins.as_ref().is_none_or(|p| p.host.is_settled());
+        let loads_done = self.plugins.as_ref().is_none_or(|p| p.host.is_settled())
+            && self.instances.as_ref().is_none_or(|i| i.state.scanned());
         match startup.step(now, loads_done) {
             StartupStep::Wait => return,
             StartupStep::FirstRound => {
                 let offered = match self.plugins.as_mut() {
-                    Some(plugins) if !self.config.agent.instances.is_empty() => {
-                        plugins.host.start_round(&round(&self.config), None)
+                    Some(plugins) if !self.effective.agent.instances.is_empty() => {
+                        plugins.host.start_round(&round(&self.effective), None)
                     }
                     _ => 0,
                 };
@@ -667,7 +773,7 @@ impl Supervisor {
         }
         self.startup = None;
         info!(
-            instances = self.config.agent.instances.len(),
+            instances = self.effective.agent.instances.len(),
             plugins = self.plugins.as_ref().map_or(0, |p| p.host.loaded().len()),
             endpoints = %self.config.registry.client.endpoints.join(","),
             prefix = %self.config.registry.prefix,
@@ -682,7 +788,7 @@ impl Supervisor {
         }
         let empty = PluginMetadata::new();
         let metadata = self.plugins.as_ref().map_or(&empty, |p| &p.metadata);
-        let (target, clashes) = desired::build(&self.config, metadata, &self.withheld);
+        let (target, clashes) = desired::build(&self.effective, metadata, &self.withheld);
         self.registry.set_target(target);
         if let Some(plugins) = self.plugins.as_mut() {
             report_clashes(&mut plugins.clashes, clashes);
@@ -690,11 +796,11 @@ impl Supervisor {
     }
 
     fn start_round(&mut self, only: Option<&[String]>) {
-        if self.config.agent.instances.is_empty() {
+        if self.effective.agent.instances.is_empty() {
             return;
         }
         if let Some(plugins) = self.plugins.as_mut() {
-            plugins.host.start_round(&round(&self.config), only);
+            plugins.host.start_round(&round(&self.effective), only);
         }
     }
 
@@ -740,10 +846,11 @@ impl Supervisor {
     /// unchanged check keeps its state and schedule), forgets the metric
     /// series of checks that are gone, and updates what is withheld.
     fn set_checks(&mut self) {
-        let prefix = &self.config.registry.prefix;
-        let wanted = checks::from_config(&self.config.agent, |i| record::registry_key(prefix, i));
+        let prefix = &self.effective.registry.prefix;
+        let wanted =
+            checks::from_config(&self.effective.agent, |i| record::registry_key(prefix, i));
         let services = self
-            .config
+            .effective
             .agent
             .instances
             .iter()
@@ -829,16 +936,16 @@ impl Supervisor {
 
     /// What `ygg-agent status` shows.
     fn status(&self) -> AgentStatus {
-        let prefix = &self.config.registry.prefix;
+        let prefix = &self.effective.registry.prefix;
         let instances = self
-            .config
+            .effective
             .agent
             .instances
             .iter()
             .enumerate()
             .map(|(index, instance)| {
                 let key = record::registry_key(prefix, instance);
-                let count = self.config.agent.checks.get(index).map_or(0, Vec::len);
+                let count = self.effective.agent.checks.get(index).map_or(0, Vec::len);
                 let checks = (0..count)
                     .filter_map(|position| {
                         let id = CheckId {
@@ -961,8 +1068,36 @@ impl Supervisor {
             info!(path = %path, "config reloaded: no change");
             return ReloadOutcome::Unchanged;
         }
+        let clashes = self.clashes_with_other_sources(&loaded.config);
+        if !clashes.is_empty() {
+            self.reload_failed(&clashes);
+            return ReloadOutcome::Refused(clashes);
+        }
         self.apply(loaded.config);
         ReloadOutcome::Applied
+    }
+
+    /// The instances of `config` that another source (the instances
+    /// folder) already holds: the later source, the config, is refused.
+    fn clashes_with_other_sources(&self, config: &Config) -> Vec<String> {
+        let Some(instances) = self.instances.as_ref() else {
+            return Vec::new();
+        };
+        let ours = self.config_sources(config);
+        instances
+            .state
+            .instances()
+            .filter_map(|(path, i, instance, _)| {
+                let key = record::registry_key(&config.registry.prefix, instance);
+                let here = ours.get(&key)?;
+                Some(format!(
+                    "{here}: the same instance as {} [{i}] ({}/{}, key {key})",
+                    path.display(),
+                    instance.namespace,
+                    instance.name
+                ))
+            })
+            .collect()
     }
 
     /// Logs a failed reload: one line saying so, then one line per problem.
@@ -983,13 +1118,16 @@ impl Supervisor {
     fn apply(&mut self, new: Config) {
         let empty = PluginMetadata::new();
         let metadata = self.plugins.as_ref().map_or(&empty, |p| &p.metadata);
-        let old_target = desired::build(&self.config, metadata, &self.withheld).0;
+        let old_target = desired::build(&self.effective, metadata, &self.withheld).0;
         let plugins_changed = new.agent.plugins != self.config.agent.plugins;
         let admin_changed = new.agent.admin != self.config.agent.admin;
         let registry_changed = new.registry != self.config.registry;
         let instances_changed = new.agent.instances != self.config.agent.instances;
         let old_plugins = self.config.agent.plugins.clone();
+        let old_local = self.config.agent.local.clone();
         self.config = new;
+        self.apply_local_config(&old_local, instances_changed || registry_changed);
+        self.refresh_effective();
 
         // The checks follow the new instances (and `services` holds their
         // keys); plugin metadata of instances that no longer exist is
@@ -1001,7 +1139,7 @@ impl Supervisor {
             }
         }
         let metadata = self.plugins.as_ref().map_or(&empty, |p| &p.metadata);
-        let new_target = desired::build(&self.config, metadata, &self.withheld).0;
+        let new_target = desired::build(&self.effective, metadata, &self.withheld).0;
         let added = new_target
             .records
             .keys()
@@ -1036,6 +1174,103 @@ impl Supervisor {
         if instances_changed || registry_changed {
             // New or moved instances get their plugin metadata right away.
             self.start_round(None);
+        }
+    }
+
+    /// The config with every other source's instances appended.
+    fn refresh_effective(&mut self) {
+        let mut effective = self.config.clone();
+        if let Some(instances) = self.instances.as_ref() {
+            for (_, _, instance, checks) in instances.state.instances() {
+                effective.agent.instances.push(instance.clone());
+                effective.agent.checks.push(checks.to_vec());
+            }
+        }
+        self.effective = effective;
+    }
+
+    /// Where each configured instance's registry key comes from, for the
+    /// message about an instance that another source holds too.
+    fn config_sources(&self, config: &Config) -> BTreeMap<String, String> {
+        let path = self.config_path.display();
+        config
+            .agent
+            .instances
+            .iter()
+            .enumerate()
+            .map(|(i, instance)| {
+                let key = record::registry_key(&config.registry.prefix, instance);
+                (key, format!("{path} agent.instances[{i}]"))
+            })
+            .collect()
+    }
+
+    /// A finished scan of the instances folder: applied file by file; the
+    /// instances in force, their checks and the target follow.
+    fn apply_instances_scan(
+        &mut self,
+        scan: DirScan,
+    ) -> BTreeMap<PathBuf, instances_dir::FileOutcome> {
+        let taken = self.config_sources(&self.config);
+        let Some(instances) = self.instances.as_mut() else {
+            return BTreeMap::new();
+        };
+        if scan.dir != instances.dir {
+            // From before a reload moved the folder: the new folder's own
+            // scan is under way.
+            return BTreeMap::new();
+        }
+        instances.scanning = false;
+        if let Some(watch) = instances.watch.as_mut() {
+            let added = scan.watch.difference(watch.folders()).count() > 0;
+            for (folder, error) in watch.set(&scan.watch) {
+                warn!(dir = %folder.display(), %error, "cannot watch this folder; instance file changes there apply on SIGHUP");
+            }
+            instances.again |= added;
+        }
+        let prefix = self.config.registry.prefix.clone();
+        let outcomes = instances
+            .state
+            .apply(scan, |i| record::registry_key(&prefix, i), &taken);
+        if std::mem::take(&mut instances.again) {
+            instances.scan(&self.wiring);
+        }
+        let changed = outcomes
+            .values()
+            .any(|o| !matches!(o, instances_dir::FileOutcome::Refused(_)));
+        if changed {
+            self.refresh_effective();
+            self.set_checks();
+            if let Some(plugins) = self.plugins.as_mut() {
+                for per_instance in plugins.metadata.values_mut() {
+                    per_instance.retain(|key, _| self.services.contains_key(key));
+                }
+            }
+            self.publish();
+            self.start_round(None);
+        }
+        outcomes
+    }
+
+    /// Follows a reload's `agent.instancesDir` and `agent.checks`: a new
+    /// folder or new check defaults start the folder over; otherwise, if
+    /// the configured instances changed, the folder is scanned again (a
+    /// file refused for an instance the config held may apply now).
+    fn apply_local_config(&mut self, old: &config::LocalConfig, instances_changed: bool) {
+        let local = &self.config.agent.local;
+        if local.instances_dir != old.instances_dir {
+            self.instances = local
+                .instances_dir
+                .clone()
+                .map(|dir| InstancesRuntime::new(dir, local.check_defaults.clone(), &self.wiring));
+        } else if let Some(instances) = self.instances.as_mut() {
+            // New defaults: the files' instances stay until the scan with
+            // them applies (their checks change, not their registration).
+            let defaults_changed = instances.defaults != local.check_defaults;
+            instances.defaults = local.check_defaults.clone();
+            if defaults_changed || instances_changed {
+                instances.scan(&self.wiring);
+            }
         }
     }
 

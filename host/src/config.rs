@@ -129,12 +129,18 @@ pub struct AgentConfig {
     pub local: LocalConfig,
 }
 
-/// The `agent` keys of local control (`drainDelay`, …).
+/// The `agent` keys of local control (`drainDelay`, `instancesDir`, …).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LocalConfig {
     /// On SIGTERM: how long to wait between deleting the keys and revoking
     /// the lease (callers' resolvers drop the endpoints meanwhile).
     pub drain_delay: Duration,
+    /// Absolute path of the instances folder (`*.yaml` files, each a list
+    /// of instances); `None` = no folder.
+    pub instances_dir: Option<PathBuf>,
+    /// `agent.checks` as read: the defaults of the checks of instances that
+    /// come from the folder (and the local API).
+    pub check_defaults: CheckTiming,
 }
 
 /// One health check of an instance (`agent.instances[].checks[]`).
@@ -620,16 +626,62 @@ fn read_agent(mut agent: Section, base: &Path, report: &Report) -> AgentConfig {
         plugins: agent.section("plugins").value().map(|plugins| read_plugins(plugins, base)),
         admin: agent.section("admin").value().and_then(read_admin),
         shutdown_timeout: agent.duration("shutdownTimeout").nonzero().or(DEFAULT_SHUTDOWN_TIMEOUT),
-        local: read_local(&mut agent),
+        local: read_local(&mut agent, base, &defaults),
     };
     agent.finish(Unknown::Error);
     config
 }
 
 /// The local-control keys of `agent`.
-fn read_local(agent: &mut Section) -> LocalConfig {
-    LocalConfig {
+fn read_local(agent: &mut Section, base: &Path, defaults: &CheckTiming) -> LocalConfig {
+    #[rustfmt::skip]
+    let local = LocalConfig {
         drain_delay: agent.duration("drainDelay").or(DEFAULT_DRAIN_DELAY),
+        instances_dir: agent.path("instancesDir", base).check(|d| folder(d)).value(),
+        check_defaults: defaults.clone(),
+    };
+    local
+}
+
+/// The instances of one file of `agent.instancesDir`: what it must hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstancesFile {
+    pub instances: Vec<Instance>,
+    /// `checks[i]` are the health checks of `instances[i]`.
+    pub checks: Vec<Vec<CheckConfig>>,
+    pub warnings: Vec<ConfigIssue>,
+}
+
+/// Validates one file of `agent.instancesDir`: a YAML list of instances in
+/// the `agent.instances[]` schema, read by the same readers (same rules,
+/// same wording; paths like `[0].endpoints`), their checks starting from
+/// `defaults` (`agent.checks` of the config).
+pub fn parse_instances(
+    text: &str,
+    defaults: &CheckTiming,
+) -> Result<InstancesFile, Vec<ConfigIssue>> {
+    if text.trim().is_empty() {
+        return Err(vec![ConfigIssue {
+            path: YamlPath::default().to_string(),
+            line: None,
+            message: "the file is empty (write `[]` for no instances)".into(),
+        }]);
+    }
+    let document = Document::parse_list(text).map_err(|issue| vec![issue])?;
+    let report = Report::default();
+    let list = document.root(&report).list().value();
+    let (instances, checks) = list
+        .map(|l| read_instances(&l, defaults, &report))
+        .unwrap_or_default();
+    let (errors, warnings) = report.into_issues();
+    if errors.is_empty() {
+        Ok(InstancesFile {
+            instances,
+            checks,
+            warnings,
+        })
+    } else {
+        Err(errors)
     }
 }
 
@@ -755,8 +807,8 @@ fn read_endpoints(list: List) -> Vec<Endpoint> {
 
 /// How often and how strictly checks run: `agent.checks`, or one check's
 /// own settings over it.
-#[derive(Debug, Clone)]
-struct CheckTiming {
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckTiming {
     interval: Duration,
     timeout: Duration,
     success_before_passing: u32,

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod desired;
 pub mod etcd;
+pub mod instances_dir;
 pub mod list;
 pub mod metrics;
 pub mod plugins;

@@ -123,3 +123,123 @@ async fn list_escapes_control_characters_from_etcd() {
     assert!(stdout.contains("http://\\u{1b}[2J"), "{stdout}");
     assert!(stderr.contains("bad\\u{7}/def"), "{stderr}");
 }
+
+/// `n` instances of `service` as an instances file (a YAML list).
+fn instances_file(service: &str, ports: std::ops::Range<u16>) -> String {
+    ports
+        .map(|port| {
+            format!("- name: {service}\n  version: \"1\"\n  endpoints: [{{scheme: http, address: \"10.0.0.1:{port}\"}}]\n")
+        })
+        .collect()
+}
+
+/// The registered services and how many instances each has.
+async fn services(endpoints: &[String]) -> Option<std::collections::BTreeMap<String, usize>> {
+    let entries = try_entries(endpoints, PREFIX).await?;
+    let mut counts = std::collections::BTreeMap::new();
+    for key in entries.keys() {
+        let service = key.split('/').nth(4).unwrap_or_default().to_string();
+        *counts.entry(service).or_insert(0) += 1;
+    }
+    Some(counts)
+}
+
+async fn wait_services(endpoints: &[String], want: &[(&str, usize)]) {
+    let want: std::collections::BTreeMap<String, usize> =
+        want.iter().map(|(s, n)| (s.to_string(), *n)).collect();
+    wait_for(PATIENCE, &format!("services {want:?}"), || {
+        let (endpoints, want) = (endpoints.to_vec(), want.clone());
+        async move { services(&endpoints).await.filter(|s| *s == want) }
+    })
+    .await;
+}
+
+/// `agent.instancesDir`: files come, change, break and go while the agent
+/// runs; a broken file or one holding another source's instance is
+/// refused (with its path, YAML path and line, or both sources) and keeps
+/// its last good instances.
+#[tokio::test]
+async fn the_instances_folder_applies_live_and_refuses_bad_files() {
+    let etcd = Etcd::start().await;
+    let endpoints = etcd.endpoints();
+    let mut config = ConfigFile::new(endpoints.clone());
+    config.agent_extra = "  instancesDir: instances.d\n".into();
+    let mut agent = Agent::prepare(&config);
+    let dir = agent.dir.path().join("instances.d");
+    std::fs::create_dir(&dir).unwrap();
+    let (a, b) = (dir.join("a.yaml"), dir.join("b.yaml"));
+    std::fs::write(&a, instances_file("alpha", 1..3)).unwrap();
+    agent.spawn(&[]);
+    // Read before registration starts: one write with all three.
+    wait_services(&endpoints, &[("alpha", 2), ("example-registry-server", 1)]).await;
+
+    std::fs::write(&b, instances_file("beta", 1..2)).unwrap();
+    wait_services(
+        &endpoints,
+        &[("alpha", 2), ("beta", 1), ("example-registry-server", 1)],
+    )
+    .await;
+
+    // Edited: the difference.
+    std::fs::write(&a, instances_file("alpha", 2..3)).unwrap();
+    wait_services(
+        &endpoints,
+        &[("alpha", 1), ("beta", 1), ("example-registry-server", 1)],
+    )
+    .await;
+
+    // Broken: refused with path, YAML path and line; alpha stays.
+    std::fs::write(
+        &a,
+        format!(
+            "{}- name: alpha\n  endpoints: []\n",
+            instances_file("alpha", 5..6)
+        ),
+    )
+    .unwrap();
+    agent
+        .wait_for_log("[1].endpoints: at least one endpoint (line 5)", PATIENCE)
+        .await;
+    let log = agent.log();
+    let refusal = log
+        .lines()
+        .find(|l| l.contains("[1].endpoints: at least one endpoint"))
+        .unwrap();
+    assert!(refusal.contains(&a.display().to_string()), "{refusal}");
+    // The same instance as the config's: refused, naming both.
+    std::fs::write(
+        &b,
+        format!("- {}", &SEED_INSTANCE[6..].replace("\n      ", "\n  ")),
+    )
+    .unwrap();
+    agent.wait_for_log("the same instance as", PATIENCE).await;
+    let log = agent.log();
+    let clash = log
+        .lines()
+        .find(|l| l.contains("the same instance as"))
+        .unwrap();
+    assert!(
+        clash.contains(&b.display().to_string())
+            && clash.contains(&format!(
+                "{} agent.instances[0]",
+                agent.config_path.display()
+            )),
+        "{clash}"
+    );
+    assert_eq!(
+        services(&endpoints).await.unwrap(),
+        [("alpha", 1), ("beta", 1), ("example-registry-server", 1)]
+            .iter()
+            .map(|(s, n)| (s.to_string(), *n))
+            .collect()
+    );
+
+    // Removed: its instances go, the broken one's last good ones too.
+    std::fs::remove_file(&b).unwrap();
+    std::fs::remove_file(&a).unwrap();
+    wait_services(&endpoints, &[("example-registry-server", 1)]).await;
+
+    agent.signal(libc::SIGTERM);
+    let (status, _) = agent.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+}
