@@ -25,14 +25,17 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminServer, StatusRequest};
+use crate::api::{self, ApiCall, ApiReply, ApiRequest, ApiServer};
 use crate::checks::{self, CheckHost, CheckId, CheckReport};
 use crate::config::{self, CheckStatus, Config, PluginsConfig};
 use crate::desired::{self, Clash, PluginMetadata};
 use crate::instances_dir::{self, DirScan, InstancesDir};
+use crate::local::{Held, LocalState, Source};
 use crate::metrics::{self, CheckLabel, Metrics};
 use crate::plugins::{self, LoadOutcome, PluginHost, PluginInstance, Round, RoundResult, Scan};
 use crate::record;
 use crate::registry::{RegistryHandle, RegistryStatus};
+use crate::state_dir::{self, Maintenance};
 use crate::status::{AgentStatus, CheckStatusView, InstanceState, InstanceStatus};
 use crate::systemd::Notifier;
 use crate::watch::{self as folder_watch, FolderWatch, Watched};
@@ -105,6 +108,10 @@ enum Event {
     InstancesSettled,
     /// A scan of the instances folder finished.
     InstancesScanned(DirScan),
+    /// A request to the local API.
+    Api(ApiRequest),
+    /// The TTL of an API registration ran out (unless passed meanwhile).
+    TtlDue,
     /// A health check ran.
     CheckReport(CheckReport),
     /// The admin server asks what `ygg-agent status` shows.
@@ -396,6 +403,18 @@ impl InstancesRuntime {
     }
 }
 
+/// Where one instance of the effective config comes from.
+#[derive(Debug, Clone)]
+struct InstanceSource {
+    /// Its id in the local API: the API registration's id, else the last
+    /// segment of its key.
+    id: String,
+    source: Source,
+    /// `agent.yaml agent.instances[0]`, `…/a.yaml [2]`, `API registration app-1`.
+    origin: String,
+    key: String,
+}
+
 /// What the supervisor hands to things it starts beside the loop.
 struct Wiring {
     metrics: Metrics,
@@ -423,6 +442,7 @@ struct Inbox {
     status_requests: mpsc::Receiver<StatusRequest>,
     instances_signals: mpsc::Receiver<()>,
     instance_scans: mpsc::Receiver<DirScan>,
+    api_requests: mpsc::Receiver<ApiRequest>,
     registry_status: watch::Receiver<RegistryStatus>,
     watchdog: Option<Interval>,
 }
@@ -451,7 +471,16 @@ struct Supervisor {
     /// folder) appended, checks beside them: what the target, the checks,
     /// the plugins' rounds and `/status` are built from.
     effective: Config,
+    /// Where each instance of `effective` comes from, index for index.
+    sources: Vec<InstanceSource>,
     instances: Option<InstancesRuntime>,
+    /// API registrations, maintenance, drains.
+    local: LocalState,
+    api: Option<ApiServer>,
+    /// `agent.checks` for the API server's validation of registrations.
+    check_defaults: watch::Sender<config::CheckTiming>,
+    /// Writes maintenance to the state folder (if there is one).
+    state_writer: Option<watch::Sender<Maintenance>>,
     /// What the last read of the config file found: the SHA-256 of its
     /// bytes (good or bad config), or why it could not be read. A watcher
     /// signal that changes neither costs one read and nothing else.
@@ -558,10 +587,45 @@ impl Supervisor {
         let instances = config.agent.local.instances_dir.clone().map(|dir| {
             InstancesRuntime::new(dir, config.agent.local.check_defaults.clone(), &wiring)
         });
+        let (api_tx, api_rx) = mpsc::channel(api::API_REQUESTS_CAPACITY);
+        let (defaults_tx, defaults_rx) = watch::channel(config.agent.local.check_defaults.clone());
+        let api = match config.agent.local.api.as_ref() {
+            Some(api_config) => {
+                match api::start(api_config, api_tx, defaults_rx, &wiring.tracker).await {
+                    Ok(server) => Some(server),
+                    Err(error) => {
+                        error!(%error, "cannot start the local API; running without it (fix agent.api and restart)");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        // Maintenance outlives restarts: read before the first target.
+        let local = &config.agent.local;
+        let state_dir = (local.api.is_some() || local.state_dir.is_some())
+            .then(|| state_dir::resolve(local.state_dir.as_deref()))
+            .flatten();
+        let maintenance = match state_dir.clone() {
+            Some(dir) => tokio::task::spawn_blocking(move || state_dir::load(&dir))
+                .await
+                .unwrap_or_default(),
+            None => Maintenance::default(),
+        };
+        if maintenance != Maintenance::default() {
+            info!(node = ?maintenance.node, instances = maintenance.instances.len(), "maintenance in force from the state folder");
+        }
+        let state_writer =
+            state_dir.map(|dir| state_dir::writer(dir, maintenance.clone(), &wiring.tracker));
         let mut supervisor = Supervisor {
             config_path: options.config_path,
             effective: config.clone(),
+            sources: Vec::new(),
             instances,
+            local: LocalState::new(maintenance),
+            api,
+            check_defaults: defaults_tx,
+            state_writer,
             last_read: Ok(options.config_digest),
             reading: Reading::default(),
             config_watch,
@@ -593,10 +657,12 @@ impl Supervisor {
                 status_requests: status_rx,
                 instances_signals: instances_signals_rx,
                 instance_scans: instance_scans_rx,
+                api_requests: api_rx,
                 registry_status,
                 watchdog,
             },
         };
+        supervisor.refresh_effective();
         supervisor.set_checks();
         supervisor.advance_startup();
         supervisor
@@ -613,6 +679,7 @@ impl Supervisor {
         };
         let startup_due = self.startup.as_ref().map(Startup::deadline);
         let instances_due = self.instances.as_ref().and_then(|i| i.debounce.due);
+        let ttl_due = self.local.next_due();
         let event = tokio::select! {
             message = inbox.control.recv() => match message {
                 Some(control) => Event::Control(control),
@@ -630,6 +697,8 @@ impl Supervisor {
             Some(()) = inbox.instances_signals.recv() => Event::InstancesTouched,
             Some(scan) = inbox.instance_scans.recv() => Event::InstancesScanned(scan),
             () = until(instances_due) => Event::InstancesSettled,
+            Some(request) = inbox.api_requests.recv() => Event::Api(request),
+            () = until(ttl_due) => Event::TtlDue,
             () = until(self.config_debounce.due) => Event::ConfigSettled,
             () = until(plugins_due) => Event::PluginsSettled,
             () = until(publish_due) => Event::ResultsSettled,
@@ -731,6 +800,19 @@ impl Supervisor {
                 self.apply_instances_scan(scan);
                 self.advance_startup();
             }
+            Event::Api(request) => {
+                let reply = self.api_call(request.call);
+                let _ = request.reply.send(reply);
+            }
+            Event::TtlDue => {
+                let expired = self.local.expire(Instant::now());
+                for id in &expired {
+                    warn!(%id, "TTL missed: instance withheld until its app passes again");
+                }
+                if !expired.is_empty() {
+                    self.publish();
+                }
+            }
             Event::CheckReport(report) => self.take_check_report(report),
             Event::StatusRequest(reply) => {
                 let _ = reply.send(self.status());
@@ -788,7 +870,7 @@ impl Supervisor {
         }
         let empty = PluginMetadata::new();
         let metadata = self.plugins.as_ref().map_or(&empty, |p| &p.metadata);
-        let (target, clashes) = desired::build(&self.effective, metadata, &self.withheld);
+        let (target, clashes) = desired::build(&self.effective, metadata, &self.held_out());
         self.registry.set_target(target);
         if let Some(plugins) = self.plugins.as_mut() {
             report_clashes(&mut plugins.clashes, clashes);
@@ -936,6 +1018,7 @@ impl Supervisor {
 
     /// What `ygg-agent status` shows.
     fn status(&self) -> AgentStatus {
+        let held_out = self.held_out();
         let prefix = &self.effective.registry.prefix;
         let instances = self
             .effective
@@ -974,7 +1057,7 @@ impl Supervisor {
                     })
                     .collect();
                 InstanceStatus {
-                    state: if self.withheld.contains(&key) {
+                    state: if held_out.contains(&key) {
                         InstanceState::Withheld
                     } else {
                         InstanceState::Registered
@@ -1080,21 +1163,19 @@ impl Supervisor {
     /// The instances of `config` that another source (the instances
     /// folder) already holds: the later source, the config, is refused.
     fn clashes_with_other_sources(&self, config: &Config) -> Vec<String> {
-        let Some(instances) = self.instances.as_ref() else {
-            return Vec::new();
-        };
         let ours = self.config_sources(config);
-        instances
-            .state
-            .instances()
-            .filter_map(|(path, i, instance, _)| {
+        self.effective
+            .agent
+            .instances
+            .iter()
+            .zip(&self.sources)
+            .filter(|(_, source)| source.source != Source::Config)
+            .filter_map(|(instance, source)| {
                 let key = record::registry_key(&config.registry.prefix, instance);
                 let here = ours.get(&key)?;
                 Some(format!(
-                    "{here}: the same instance as {} [{i}] ({}/{}, key {key})",
-                    path.display(),
-                    instance.namespace,
-                    instance.name
+                    "{here}: the same instance as {} ({}/{}, key {key})",
+                    source.origin, instance.namespace, instance.name
                 ))
             })
             .collect()
@@ -1118,7 +1199,7 @@ impl Supervisor {
     fn apply(&mut self, new: Config) {
         let empty = PluginMetadata::new();
         let metadata = self.plugins.as_ref().map_or(&empty, |p| &p.metadata);
-        let old_target = desired::build(&self.effective, metadata, &self.withheld).0;
+        let old_target = desired::build(&self.effective, metadata, &self.held_out()).0;
         let plugins_changed = new.agent.plugins != self.config.agent.plugins;
         let admin_changed = new.agent.admin != self.config.agent.admin;
         let registry_changed = new.registry != self.config.registry;
@@ -1139,7 +1220,7 @@ impl Supervisor {
             }
         }
         let metadata = self.plugins.as_ref().map_or(&empty, |p| &p.metadata);
-        let new_target = desired::build(&self.effective, metadata, &self.withheld).0;
+        let new_target = desired::build(&self.effective, metadata, &self.held_out()).0;
         let added = new_target
             .records
             .keys()
@@ -1180,13 +1261,230 @@ impl Supervisor {
     /// The config with every other source's instances appended.
     fn refresh_effective(&mut self) {
         let mut effective = self.config.clone();
+        let prefix = &self.config.registry.prefix;
+        let source = |id: String, source: Source, origin: String, instance: &record::Instance| {
+            InstanceSource {
+                id,
+                source,
+                origin,
+                key: record::registry_key(prefix, instance),
+            }
+        };
+        let path = self.config_path.display();
+        let mut sources: Vec<InstanceSource> = (self.config.agent.instances.iter().enumerate())
+            .map(|(i, instance)| {
+                let origin = format!("{path} agent.instances[{i}]");
+                source(
+                    record::instance_key(instance),
+                    Source::Config,
+                    origin,
+                    instance,
+                )
+            })
+            .collect();
         if let Some(instances) = self.instances.as_ref() {
-            for (_, _, instance, checks) in instances.state.instances() {
+            for (file, i, instance, checks) in instances.state.instances() {
                 effective.agent.instances.push(instance.clone());
                 effective.agent.checks.push(checks.to_vec());
+                let origin = format!("{} [{i}]", file.display());
+                sources.push(source(
+                    record::instance_key(instance),
+                    Source::File,
+                    origin,
+                    instance,
+                ));
             }
         }
+        for (id, entry) in &self.local.api {
+            let registration = &entry.registration;
+            effective
+                .agent
+                .instances
+                .push(registration.instance.clone());
+            effective.agent.checks.push(registration.checks.clone());
+            let origin = format!("API registration {id}");
+            sources.push(source(
+                id.clone(),
+                Source::Api,
+                origin,
+                &registration.instance,
+            ));
+        }
         self.effective = effective;
+        self.sources = sources;
+    }
+
+    /// The registry keys held out of the target: a critical health check,
+    /// maintenance, a drain, a missed TTL.
+    fn held_out(&self) -> BTreeSet<String> {
+        let mut out = self.withheld.clone();
+        for source in &self.sources {
+            if self.local.held(&source.id).is_some() {
+                out.insert(source.key.clone());
+            }
+        }
+        out
+    }
+
+    /// The instances moved (an API registration came or went): checks,
+    /// plugin metadata and the target follow.
+    fn instances_moved(&mut self) {
+        self.refresh_effective();
+        self.set_checks();
+        if let Some(plugins) = self.plugins.as_mut() {
+            for per_instance in plugins.metadata.values_mut() {
+                per_instance.retain(|key, _| self.services.contains_key(key));
+            }
+        }
+        self.publish();
+        self.start_round(None);
+    }
+
+    /// Handles one local API call (at once: nothing here waits).
+    fn api_call(&mut self, call: ApiCall) -> ApiReply {
+        match call {
+            ApiCall::List => ApiReply::ok(self.api_listing()),
+            ApiCall::Register { id, registration } => self.api_register(id, *registration),
+            ApiCall::Deregister { id } => {
+                if self.local.api.remove(&id).is_some() {
+                    info!(%id, "API deregistration");
+                    self.instances_moved();
+                    return ApiReply::ok(serde_json::json!({"id": id, "deregistered": true}));
+                }
+                match self.sources.iter().find(|s| s.id == id) {
+                    Some(other) => ApiReply::error(
+                        409,
+                        format!("{id} comes from {}: remove it there", other.origin),
+                    ),
+                    None => ApiReply::error(404, format!("no instance {id}")),
+                }
+            }
+            ApiCall::Pass { id } => match self.local.pass(&id, Instant::now()) {
+                Ok(back) => {
+                    if back {
+                        info!(%id, "TTL passed again: instance back in rotation");
+                        self.publish();
+                    }
+                    ApiReply::ok(serde_json::json!({"id": id, "passed": true}))
+                }
+                Err(why) if self.local.api.contains_key(&id) => {
+                    ApiReply::error(409, format!("{id}: {why}"))
+                }
+                Err(why) => ApiReply::error(404, format!("{id}: {why}")),
+            },
+            ApiCall::Maintenance { id, reason } => self.api_maintenance(id, reason),
+            ApiCall::Drain { id: Some(id) } => {
+                if !self.sources.iter().any(|s| s.id == id) {
+                    return ApiReply::error(404, format!("no instance {id}"));
+                }
+                info!(%id, "drain: deleting the key; out of rotation until its maintenance is ended");
+                self.local.drained.insert(id.clone());
+                self.publish();
+                ApiReply::ok(serde_json::json!({"id": id, "drained": true}))
+            }
+            ApiCall::Drain { id: None } => {
+                info!("drain: deleting every key; out of rotation until node maintenance is ended");
+                self.local.node_drained = true;
+                self.publish();
+                ApiReply::ok(serde_json::json!({"id": null, "drained": true}))
+            }
+        }
+    }
+
+    fn api_register(&mut self, id: String, registration: config::ApiInstance) -> ApiReply {
+        let key = record::registry_key(&self.config.registry.prefix, &registration.instance);
+        let holder = self
+            .sources
+            .iter()
+            .find(|s| s.key == key && !(s.source == Source::Api && s.id == id));
+        if let Some(holder) = holder {
+            return ApiReply::error(
+                409,
+                format!(
+                    "the same instance as {} (key {key}): refused",
+                    holder.origin
+                ),
+            );
+        }
+        let ttl = registration.ttl;
+        let replaced = self.local.api.contains_key(&id);
+        info!(%id, %key, service = %registration.instance.service_label(), ?ttl, replaced, "API registration");
+        self.local
+            .register(id.clone(), registration, Instant::now());
+        self.instances_moved();
+        ApiReply::ok(serde_json::json!({"id": id, "key": key, "replaced": replaced}))
+    }
+
+    /// Maintenance on (`reason`) or off, for `id` or the node; persisted.
+    fn api_maintenance(&mut self, id: Option<String>, reason: Option<String>) -> ApiReply {
+        let maintenance = &mut self.local.maintenance;
+        match (&id, &reason) {
+            (Some(id), Some(reason)) => {
+                maintenance.instances.insert(id.clone(), reason.clone());
+            }
+            (Some(id), None) => {
+                maintenance.instances.remove(id);
+                self.local.drained.remove(id);
+            }
+            (None, Some(reason)) => maintenance.node = Some(reason.clone()),
+            (None, None) => {
+                maintenance.node = None;
+                self.local.node_drained = false;
+            }
+        }
+        let what = id.as_deref().unwrap_or("the node");
+        match &reason {
+            Some(reason) => info!(instance = %what, %reason, "maintenance on: out of rotation"),
+            None => info!(instance = %what, "maintenance off"),
+        }
+        if let Some(writer) = self.state_writer.as_ref() {
+            writer.send_replace(self.local.maintenance.clone());
+        }
+        self.publish();
+        ApiReply::ok(serde_json::json!({
+            "id": id,
+            "maintenance": reason.is_some(),
+            "reason": reason,
+            "persisted": self.state_writer.is_some(),
+        }))
+    }
+
+    /// `GET /v1/instances`: every instance, its source and its state.
+    fn api_listing(&self) -> serde_json::Value {
+        let instances: Vec<serde_json::Value> = self
+            .effective
+            .agent
+            .instances
+            .iter()
+            .zip(&self.sources)
+            .map(|(instance, source)| {
+                let held = self.local.held(&source.id);
+                let state = match &held {
+                    Some(held) => held.state(),
+                    None if self.withheld.contains(&source.key) => "withheld",
+                    None => "registered",
+                };
+                let reason = match held {
+                    Some(Held::Maintenance(reason)) => Some(reason),
+                    _ => None,
+                };
+                serde_json::json!({
+                    "id": source.id,
+                    "source": source.source.name(),
+                    "origin": source.origin,
+                    "service": instance.service_label(),
+                    "key": source.key,
+                    "state": state,
+                    "reason": reason,
+                    "ttl": self.local.ttl(&source.id).map(|ttl| format!("{ttl:?}")),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "instances": instances,
+            "maintenance": self.local.maintenance.node,
+            "drained": self.local.node_drained,
+        })
     }
 
     /// Where each configured instance's registry key comes from, for the
@@ -1211,7 +1509,10 @@ impl Supervisor {
         &mut self,
         scan: DirScan,
     ) -> BTreeMap<PathBuf, instances_dir::FileOutcome> {
-        let taken = self.config_sources(&self.config);
+        let mut taken = self.config_sources(&self.config);
+        for source in self.sources.iter().filter(|s| s.source == Source::Api) {
+            taken.insert(source.key.clone(), source.origin.clone());
+        }
         let Some(instances) = self.instances.as_mut() else {
             return BTreeMap::new();
         };
@@ -1258,6 +1559,11 @@ impl Supervisor {
     /// file refused for an instance the config held may apply now).
     fn apply_local_config(&mut self, old: &config::LocalConfig, instances_changed: bool) {
         let local = &self.config.agent.local;
+        self.check_defaults
+            .send_replace(local.check_defaults.clone());
+        if local.api != old.api || local.state_dir != old.state_dir {
+            warn!("agent.api and agent.stateDir changes apply when the agent restarts");
+        }
         if local.instances_dir != old.instances_dir {
             self.instances = local
                 .instances_dir
@@ -1342,6 +1648,8 @@ impl Supervisor {
         self.systemd.stopping();
         drop(self.config_watch);
         drop(self.admin);
+        // No API calls once stopping; the socket file goes with it.
+        drop(self.api);
         // Dropping the plugins cancels loads under way and stops every
         // plugin task; a compile already running ends on its own thread.
         drop(self.plugins);

@@ -429,6 +429,24 @@ fn is_null(node: &Node) -> bool {
     }
 }
 
+/// A document whose top level is a mapping as JSON: scalars become strings
+/// (null stays null), so the readers see the same values again when the
+/// JSON is read back (`ygg-agent register FILE` sends a YAML file this way).
+pub fn to_json(text: &str) -> Result<serde_json::Value, ConfigIssue> {
+    fn convert(node: &Node) -> serde_json::Value {
+        match node {
+            _ if is_null(node) => serde_json::Value::Null,
+            Node::Scalar(s) => serde_json::Value::String(s.as_str().to_string()),
+            Node::Sequence(items) => items.iter().map(convert).collect(),
+            Node::Mapping(map) => map
+                .iter()
+                .map(|(key, value)| (key.as_str().to_string(), convert(value)))
+                .collect(),
+        }
+    }
+    Document::parse(text).map(|document| convert(&document.0))
+}
+
 fn kind(node: &Node) -> &'static str {
     match node {
         Node::Scalar(_) => "a single value",
