@@ -276,7 +276,9 @@ fn router(state: ApiState) -> Router {
             put(node_maintenance_on).delete(node_maintenance_off),
         )
         .route("/v1/drain", post(node_drain))
-        .fallback(|| async { ApiReply::error(404, "no such route (see README: Local API)") })
+        .fallback(|_: Authorized| async {
+            ApiReply::error(404, "no such route (see README: Local API)")
+        })
         .with_state(state)
 }
 

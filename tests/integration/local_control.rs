@@ -239,6 +239,29 @@ async fn the_instances_folder_applies_live_and_refuses_bad_files() {
     std::fs::remove_file(&a).unwrap();
     wait_services(&endpoints, &[("example-registry-server", 1)]).await;
 
+    // A config reload that adds an instance a file holds is the later
+    // source: refused, naming both; the running config stays.
+    let c = dir.join("c.yaml");
+    std::fs::write(&c, instances_file("gamma", 1..2)).unwrap();
+    wait_services(&endpoints, &[("example-registry-server", 1), ("gamma", 1)]).await;
+    let mut clashing = config.clone();
+    clashing.instances = SEED_INSTANCE.to_string();
+    clashing.instances.push_str(
+        "    - name: gamma\n      version: \"1\"\n      endpoints: [{scheme: http, address: \"10.0.0.1:1\"}]\n",
+    );
+    agent.rewrite_config(&clashing);
+    agent.wait_for_log("config reload failed", PATIENCE).await;
+    let log = agent.log();
+    let refusal = log
+        .lines()
+        .find(|l| l.contains("config error") && l.contains("the same instance as"))
+        .unwrap_or_else(|| panic!("no clash in the log:\n{log}"));
+    assert!(
+        refusal.contains("agent.instances[1]") && refusal.contains(&format!("{} [0]", c.display())),
+        "{refusal}"
+    );
+    wait_services(&endpoints, &[("example-registry-server", 1), ("gamma", 1)]).await;
+
     agent.signal(libc::SIGTERM);
     let (status, _) = agent.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0));
