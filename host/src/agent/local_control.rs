@@ -72,7 +72,8 @@ impl InstancesRuntime {
 
 impl Supervisor {
     /// The instances of `config` that another source (the instances
-    /// folder) already holds: the later source, the config, is refused.
+    /// folder, the API) already holds: the later source, the config, is
+    /// refused.
     pub(super) fn clashes_with_other_sources(&self, config: &Config) -> Vec<String> {
         let ours = self.config_sources(config);
         self.effective
