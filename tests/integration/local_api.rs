@@ -155,6 +155,14 @@ async fn every_route_registers_lists_holds_out_and_deregisters() {
         "{answer}"
     );
 
+    // The id of the config's instance is not free either.
+    let (status, answer) = put(&socket, &format!("/v1/instances/{SEED_ID}"), &app(9, None)).await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("is taken by"),
+        "{answer}"
+    );
+
     // Instance maintenance: out, then back.
     let (status, _) = put(
         &socket,

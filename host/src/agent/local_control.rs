@@ -232,6 +232,15 @@ impl Supervisor {
         registration: config::ApiInstance,
     ) -> ApiReply {
         let key = record::registry_key(&self.config.registry.prefix, &registration.instance);
+        // The id of an instance from the config or a file (its key's last
+        // segment) is not free: maintenance and drains go by id.
+        if let Some(other) = self
+            .sources
+            .iter()
+            .find(|s| s.id == id && s.source != Source::Api)
+        {
+            return ApiReply::error(409, format!("the id {id} is taken by {}", other.origin));
+        }
         let holder = self
             .sources
             .iter()
