@@ -16,6 +16,8 @@
 //! - `plugin_output`: JSON `[[key, value], ...]`.
 //! - `record_json`: JSON `{"prefix": …, "instance": {…}, "merged": {…}}`
 //!   (see [`record_case_to_json`]).
+//! - `api_body`: the raw bytes of a local API request body (also tried as
+//!   an id).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -34,11 +36,12 @@ pub const TARGETS: &[&str] = &[
     "durations",
     "plugin_output",
     "record_json",
+    "api_body",
 ];
 
 /// Targets whose fuzz input is already the canonical form, so their seed
 /// corpora can be replayed without `arbitrary`.
-pub const RAW_TARGETS: &[&str] = &["config_parse", "durations"];
+pub const RAW_TARGETS: &[&str] = &["config_parse", "durations", "api_body"];
 
 /// First line of a `config_structured` input naming its password.
 pub const SECRET_LINE: &str = "# fuzz-secret: ";
@@ -75,6 +78,7 @@ pub fn replay(target: &str, bytes: &[u8]) -> Result<(), String> {
             let (prefix, instance, merged) = record_case_from_json(&value)?;
             check_record(&prefix, &instance, &merged);
         }
+        "api_body" => check_api_body(bytes),
         other => return Err(format!("unknown fuzz target `{other}`")),
     }
     Ok(())
@@ -784,4 +788,85 @@ pub fn record_case_from_json(
         endpoints,
     };
     Ok((text(top, "prefix")?, instance, map(top, "merged")?))
+}
+
+/// The local API's request parsing (`api::body`) on any bytes: never
+/// panics, is deterministic, refuses more than 64 KiB, names a problem
+/// when it refuses; an accepted registration obeys the instance rules and
+/// reads back the same from its own JSON; an accepted reason is short and
+/// printable; an id is accepted exactly when it matches
+/// `[A-Za-z0-9._-]{1,128}` and is not `.` or `..`.
+pub fn check_api_body(bytes: &[u8]) {
+    use ygg_agent::api::body;
+    let defaults = config::CheckTiming::default();
+    let first = body::registration(bytes, &defaults);
+    let second = body::registration(bytes, &defaults);
+    assert_eq!(first, second, "registration parsing is not deterministic");
+    if bytes.len() > body::MAX_BODY {
+        assert!(first.is_err(), "a body over the limit was accepted");
+    }
+    match &first {
+        Err(problems) => {
+            assert!(!problems.is_empty(), "a refusal must name a problem");
+            assert!(
+                problems.iter().all(|p| !p.is_empty()),
+                "empty problem: {problems:?}"
+            );
+        }
+        Ok(read) => {
+            let instance = &read.instance;
+            assert!(!instance.name.is_empty() && !instance.namespace.is_empty());
+            assert!(!instance.endpoints.is_empty(), "accepted without endpoints");
+            for text in [&instance.namespace, &instance.name] {
+                assert!(
+                    !text.contains('/') && !text.chars().any(char::is_control),
+                    "a key segment holds `/` or a control character: {text:?}"
+                );
+            }
+            if let Some(ttl) = read.ttl {
+                assert!(ttl >= config::MIN_API_TTL, "ttl {ttl:?} below the minimum");
+            }
+            if read.checks.is_empty() {
+                let endpoints: Vec<Value> = instance
+                    .endpoints
+                    .iter()
+                    .map(|e| json!({"scheme": e.scheme, "address": e.address, "metadata": e.metadata}))
+                    .collect();
+                let mut again = json!({
+                    "namespace": instance.namespace, "name": instance.name,
+                    "version": instance.version, "region": instance.region,
+                    "zone": instance.zone, "campus": instance.campus,
+                    "metadata": instance.metadata, "endpoints": endpoints,
+                });
+                if let Some(ttl) = read.ttl {
+                    again["ttl"] = json!(format!("{ttl:?}"));
+                }
+                let reread = body::registration(again.to_string().as_bytes(), &defaults);
+                assert_eq!(
+                    reread.as_ref().ok(),
+                    Some(read),
+                    "does not read back from {again}"
+                );
+            }
+        }
+    }
+    match body::reason(bytes) {
+        Ok(reason) => {
+            assert!(reason.chars().count() <= body::MAX_REASON);
+            assert!(
+                !reason.chars().any(char::is_control),
+                "control characters in {reason:?}"
+            );
+        }
+        Err(problems) => assert!(!problems.is_empty()),
+    }
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        let safe = (1..=body::MAX_ID).contains(&text.len())
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            && text != "."
+            && text != "..";
+        assert_eq!(body::check_id(text).is_ok(), safe, "id {text:?}");
+    }
 }

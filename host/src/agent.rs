@@ -25,21 +25,29 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminServer, StatusRequest};
+use crate::api::{self, ApiRequest, ApiServer};
 use crate::checks::{self, CheckHost, CheckId, CheckReport};
 use crate::config::{self, CheckStatus, Config, PluginsConfig};
 use crate::desired::{self, Clash, PluginMetadata, Throttle};
+use crate::instances_dir::{DirScan, InstancesDir};
+use crate::local::{LocalState, Source};
 use crate::metrics::{self, CheckLabel, Metrics};
 use crate::plugins::{self, LoadOutcome, PluginHost, PluginInstance, Round, RoundResult, Scan};
 use crate::record;
 use crate::registry::{RegistryHandle, RegistryStatus};
+use crate::state_dir::{self, Maintenance};
 use crate::status::{AgentStatus, CheckStatusView, InstanceState, InstanceStatus};
 use crate::systemd::Notifier;
 use crate::watch::{self as folder_watch, FolderWatch, Watched};
+
+mod local_control;
 
 /// Quiet time after the last change signal before the config is re-read.
 const CONFIG_DEBOUNCE: Duration = Duration::from_millis(100);
 /// Quiet time after the last change in the plugins folder before a rescan.
 const PLUGINS_DEBOUNCE: Duration = Duration::from_millis(200);
+/// Quiet time after the last change in the instances folder before a rescan.
+const INSTANCES_DEBOUNCE: Duration = Duration::from_millis(100);
 /// A stream of signals cannot postpone a reload or rescan longer than this.
 const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
 /// Round results in flight from plugin tasks to the supervisor.
@@ -97,6 +105,15 @@ enum Event {
     StartupDeadline,
     /// A new admin listener is serving (or the old one still is).
     AdminRebound(Option<AdminServer>),
+    /// Something changed in the instances folder.
+    InstancesTouched,
+    InstancesSettled,
+    /// A scan of the instances folder finished.
+    InstancesScanned(DirScan),
+    /// A request to the local API.
+    Api(ApiRequest),
+    /// The TTL of an API registration ran out (unless passed meanwhile).
+    TtlDue,
     /// A health check ran.
     CheckReport(CheckReport),
     /// The admin server asks what `ygg-agent status` shows.
@@ -334,6 +351,31 @@ impl PluginsRuntime {
     }
 }
 
+/// Everything that exists only while `agent.instancesDir` is configured.
+struct InstancesRuntime {
+    dir: PathBuf,
+    /// `agent.checks` when the folder was set up: a change restarts it.
+    defaults: config::CheckTiming,
+    state: InstancesDir,
+    watch: Option<FolderWatch>,
+    debounce: Debounce,
+    /// A scan is under way; `again`: another was asked for meanwhile.
+    scanning: bool,
+    again: bool,
+}
+
+/// Where one instance of the effective config comes from.
+#[derive(Debug, Clone)]
+struct InstanceSource {
+    /// Its id in the local API: the API registration's id, else the last
+    /// segment of its key.
+    id: String,
+    source: Source,
+    /// `agent.yaml agent.instances[0]`, `…/a.yaml [2]`, `API registration app-1`.
+    origin: String,
+    key: String,
+}
+
 /// What the supervisor hands to things it starts beside the loop.
 struct Wiring {
     metrics: Metrics,
@@ -343,6 +385,8 @@ struct Wiring {
     config_reads: mpsc::Sender<ConfigRead>,
     admin: mpsc::Sender<Option<AdminServer>>,
     status_requests: mpsc::Sender<StatusRequest>,
+    instances_signals: mpsc::Sender<()>,
+    instance_scans: mpsc::Sender<DirScan>,
 }
 
 /// What the supervisor listens to.
@@ -357,6 +401,9 @@ struct Inbox {
     admin: mpsc::Receiver<Option<AdminServer>>,
     check_reports: mpsc::Receiver<CheckReport>,
     status_requests: mpsc::Receiver<StatusRequest>,
+    instances_signals: mpsc::Receiver<()>,
+    instance_scans: mpsc::Receiver<DirScan>,
+    api_requests: mpsc::Receiver<ApiRequest>,
     registry_status: watch::Receiver<RegistryStatus>,
     watchdog: Option<Interval>,
 }
@@ -381,6 +428,20 @@ struct Reading {
 struct Supervisor {
     config_path: PathBuf,
     config: Config,
+    /// The config with the instances of every other source (the instances
+    /// folder) appended, checks beside them: what the target, the checks,
+    /// the plugins' rounds and `/status` are built from.
+    effective: Config,
+    /// Where each instance of `effective` comes from, index for index.
+    sources: Vec<InstanceSource>,
+    instances: Option<InstancesRuntime>,
+    /// API registrations, maintenance, drains.
+    local: LocalState,
+    api: Option<ApiServer>,
+    /// `agent.checks` for the API server's validation of registrations.
+    check_defaults: watch::Sender<config::CheckTiming>,
+    /// Writes maintenance to the state folder (if there is one).
+    state_writer: Option<watch::Sender<Maintenance>>,
     /// What the last read of the config file found: the SHA-256 of its
     /// bytes (good or bad config), or why it could not be read. A watcher
     /// signal that changes neither costs one read and nothing else.
@@ -429,6 +490,8 @@ impl Supervisor {
         let (status_tx, status_rx) = mpsc::channel(STATUS_REQUESTS_CAPACITY);
         let (config_signals_tx, config_signals_rx) = mpsc::channel(1);
         let (plugins_signals_tx, plugins_signals_rx) = mpsc::channel(1);
+        let (instances_signals_tx, instances_signals_rx) = mpsc::channel(1);
+        let (instance_scans_tx, instance_scans_rx) = mpsc::channel(BESIDE_CAPACITY);
 
         let config_watch = match FolderWatch::new(config_signals_tx) {
             Ok(mut watch) => {
@@ -466,6 +529,8 @@ impl Supervisor {
             config_reads: reads_tx,
             admin: admin_tx,
             status_requests: status_tx,
+            instances_signals: instances_signals_tx,
+            instance_scans: instance_scans_tx,
         };
         let admin_server = match config.agent.admin.as_ref() {
             Some(admin) => {
@@ -484,8 +549,48 @@ impl Supervisor {
             .as_ref()
             .and_then(|p| PluginsRuntime::start(p, &wiring));
         let (checks, check_reports) = CheckHost::new(wiring.tracker.clone());
+        let instances = config.agent.local.instances_dir.clone().map(|dir| {
+            InstancesRuntime::new(dir, config.agent.local.check_defaults.clone(), &wiring)
+        });
+        let (api_tx, api_rx) = mpsc::channel(api::API_REQUESTS_CAPACITY);
+        let (defaults_tx, defaults_rx) = watch::channel(config.agent.local.check_defaults.clone());
+        let api = match config.agent.local.api.as_ref() {
+            Some(api_config) => {
+                match api::start(api_config, api_tx, defaults_rx, &wiring.tracker).await {
+                    Ok(server) => Some(server),
+                    Err(error) => {
+                        error!(%error, "cannot start the local API; running without it (fix agent.api and restart)");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        // Maintenance outlives restarts: read before the first target.
+        let local = &config.agent.local;
+        let state_dir = (local.api.is_some() || local.state_dir.is_some())
+            .then(|| state_dir::resolve(local.state_dir.as_deref()))
+            .flatten();
+        let maintenance = match state_dir.clone() {
+            Some(dir) => tokio::task::spawn_blocking(move || state_dir::load(&dir))
+                .await
+                .unwrap_or_default(),
+            None => Maintenance::default(),
+        };
+        if maintenance != Maintenance::default() {
+            info!(node = ?maintenance.node, instances = maintenance.instances.len(), "maintenance in force from the state folder");
+        }
+        let state_writer =
+            state_dir.map(|dir| state_dir::writer(dir, maintenance.clone(), &wiring.tracker));
         let mut supervisor = Supervisor {
             config_path: options.config_path,
+            effective: config.clone(),
+            sources: Vec::new(),
+            instances,
+            local: LocalState::new(maintenance),
+            api,
+            check_defaults: defaults_tx,
+            state_writer,
             last_read: Ok(options.config_digest),
             reading: Reading::default(),
             config_watch,
@@ -517,10 +622,14 @@ impl Supervisor {
                 admin: admin_rx,
                 check_reports,
                 status_requests: status_rx,
+                instances_signals: instances_signals_rx,
+                instance_scans: instance_scans_rx,
+                api_requests: api_rx,
                 registry_status,
                 watchdog,
             },
         };
+        supervisor.refresh_effective();
         supervisor.set_checks();
         supervisor.advance_startup();
         supervisor
@@ -536,6 +645,8 @@ impl Supervisor {
             None => (None, None, None),
         };
         let startup_due = self.startup.as_ref().map(Startup::deadline);
+        let instances_due = self.instances.as_ref().and_then(|i| i.debounce.due);
+        let ttl_due = self.local.next_due();
         let event = tokio::select! {
             message = inbox.control.recv() => match message {
                 Some(control) => Event::Control(control),
@@ -550,6 +661,11 @@ impl Supervisor {
             Some(server) = inbox.admin.recv() => Event::AdminRebound(server),
             Some(report) = inbox.check_reports.recv() => Event::CheckReport(report),
             Some(request) = inbox.status_requests.recv() => Event::StatusRequest(request),
+            Some(()) = inbox.instances_signals.recv() => Event::InstancesTouched,
+            Some(scan) = inbox.instance_scans.recv() => Event::InstancesScanned(scan),
+            () = until(instances_due) => Event::InstancesSettled,
+            Some(request) = inbox.api_requests.recv() => Event::Api(request),
+            () = until(ttl_due) => Event::TtlDue,
             () = until(self.config_debounce.due) => Event::ConfigSettled,
             () = until(plugins_due) => Event::PluginsSettled,
             () = until(publish_due) => Event::ResultsSettled,
@@ -574,6 +690,9 @@ impl Supervisor {
                 if let Some(plugins) = self.plugins.as_mut() {
                     plugins.debounce.take();
                     plugins.host.scan();
+                }
+                if let Some(instances) = self.instances.as_mut() {
+                    instances.scan(&self.wiring);
                 }
             }
             Event::ConfigTouched => self.config_debounce.touch(CONFIG_DEBOUNCE),
@@ -635,6 +754,33 @@ impl Supervisor {
                     self.rebind_admin();
                 }
             }
+            Event::InstancesTouched => {
+                if let Some(instances) = self.instances.as_mut() {
+                    instances.debounce.touch(INSTANCES_DEBOUNCE);
+                }
+            }
+            Event::InstancesSettled => {
+                if let Some(instances) = self.instances.as_mut() {
+                    instances.scan(&self.wiring);
+                }
+            }
+            Event::InstancesScanned(scan) => {
+                self.apply_instances_scan(scan);
+                self.advance_startup();
+            }
+            Event::Api(request) => {
+                let reply = self.api_call(request.call);
+                let _ = request.reply.send(reply);
+            }
+            Event::TtlDue => {
+                let expired = self.local.expire(Instant::now());
+                for id in &expired {
+                    warn!(%id, "TTL missed: instance withheld until its app passes again");
+                }
+                if !expired.is_empty() {
+                    self.publish();
+                }
+            }
             Event::CheckReport(report) => self.take_check_report(report),
             Event::StatusRequest(reply) => {
                 let _ = reply.send(self.status());
@@ -657,13 +803,14 @@ impl Supervisor {
             return;
         };
         let now = Instant::now();
-        let loads_done = self.plugins.as_ref().is_none_or(|p| p.host.is_settled());
+        let loads_done = self.plugins.as_ref().is_none_or(|p| p.host.is_settled())
+            && self.instances.as_ref().is_none_or(|i| i.state.scanned());
         match startup.step(now, loads_done) {
             StartupStep::Wait => return,
             StartupStep::FirstRound => {
                 let offered = match self.plugins.as_mut() {
-                    Some(plugins) if !self.config.agent.instances.is_empty() => {
-                        plugins.host.start_round(&round(&self.config), None)
+                    Some(plugins) if !self.effective.agent.instances.is_empty() => {
+                        plugins.host.start_round(&round(&self.effective), None)
                     }
                     _ => 0,
                 };
@@ -680,7 +827,7 @@ impl Supervisor {
         }
         self.startup = None;
         info!(
-            instances = self.config.agent.instances.len(),
+            instances = self.effective.agent.instances.len(),
             plugins = self.plugins.as_ref().map_or(0, |p| p.host.loaded().len()),
             endpoints = %self.config.registry.client.endpoints.join(","),
             prefix = %self.config.registry.prefix,
@@ -695,7 +842,7 @@ impl Supervisor {
         }
         let empty = PluginMetadata::new();
         let metadata = self.plugins.as_ref().map_or(&empty, |p| &p.metadata);
-        let (target, clashes) = desired::build(&self.config, metadata, &self.withheld);
+        let (target, clashes) = desired::build(&self.effective, metadata, &self.held_out());
         let (target, due) = self.rewrites.apply(Instant::now(), target);
         self.rewrite_due = due;
         self.registry.set_target(target);
@@ -705,11 +852,11 @@ impl Supervisor {
     }
 
     fn start_round(&mut self, only: Option<&[String]>) {
-        if self.config.agent.instances.is_empty() {
+        if self.effective.agent.instances.is_empty() {
             return;
         }
         if let Some(plugins) = self.plugins.as_mut() {
-            plugins.host.start_round(&round(&self.config), only);
+            plugins.host.start_round(&round(&self.effective), only);
         }
     }
 
@@ -755,10 +902,11 @@ impl Supervisor {
     /// unchanged check keeps its state and schedule), forgets the metric
     /// series of checks that are gone, and updates what is withheld.
     fn set_checks(&mut self) {
-        let prefix = &self.config.registry.prefix;
-        let wanted = checks::from_config(&self.config.agent, |i| record::registry_key(prefix, i));
+        let prefix = &self.effective.registry.prefix;
+        let wanted =
+            checks::from_config(&self.effective.agent, |i| record::registry_key(prefix, i));
         let services = self
-            .config
+            .effective
             .agent
             .instances
             .iter()
@@ -844,16 +992,17 @@ impl Supervisor {
 
     /// What `ygg-agent status` shows.
     fn status(&self) -> AgentStatus {
-        let prefix = &self.config.registry.prefix;
+        let held_out = self.held_out();
+        let prefix = &self.effective.registry.prefix;
         let instances = self
-            .config
+            .effective
             .agent
             .instances
             .iter()
             .enumerate()
             .map(|(index, instance)| {
                 let key = record::registry_key(prefix, instance);
-                let count = self.config.agent.checks.get(index).map_or(0, Vec::len);
+                let count = self.effective.agent.checks.get(index).map_or(0, Vec::len);
                 let checks = (0..count)
                     .filter_map(|position| {
                         let id = CheckId {
@@ -882,7 +1031,7 @@ impl Supervisor {
                     })
                     .collect();
                 InstanceStatus {
-                    state: if self.withheld.contains(&key) {
+                    state: if held_out.contains(&key) {
                         InstanceState::Withheld
                     } else {
                         InstanceState::Registered
@@ -976,6 +1125,11 @@ impl Supervisor {
             info!(path = %path, "config reloaded: no change");
             return ReloadOutcome::Unchanged;
         }
+        let clashes = self.clashes_with_other_sources(&loaded.config);
+        if !clashes.is_empty() {
+            self.reload_failed(&clashes);
+            return ReloadOutcome::Refused(clashes);
+        }
         self.apply(loaded.config);
         ReloadOutcome::Applied
     }
@@ -998,14 +1152,17 @@ impl Supervisor {
     fn apply(&mut self, new: Config) {
         let empty = PluginMetadata::new();
         let metadata = self.plugins.as_ref().map_or(&empty, |p| &p.metadata);
-        let old_target = desired::build(&self.config, metadata, &self.withheld).0;
+        let old_target = desired::build(&self.effective, metadata, &self.held_out()).0;
         let plugins_changed = new.agent.plugins != self.config.agent.plugins;
         let admin_changed = new.agent.admin != self.config.agent.admin;
         let registry_changed = new.registry != self.config.registry;
         let instances_changed = new.agent.instances != self.config.agent.instances;
         let old_plugins = self.config.agent.plugins.clone();
+        let old_local = self.config.agent.local.clone();
         self.config = new;
         self.rewrites.set_min(min_rewrite_interval(&self.config));
+        self.apply_local_config(&old_local, instances_changed || registry_changed);
+        self.refresh_effective();
 
         // The checks follow the new instances (and `services` holds their
         // keys); plugin metadata of instances that no longer exist is
@@ -1017,7 +1174,7 @@ impl Supervisor {
             }
         }
         let metadata = self.plugins.as_ref().map_or(&empty, |p| &p.metadata);
-        let new_target = desired::build(&self.config, metadata, &self.withheld).0;
+        let new_target = desired::build(&self.effective, metadata, &self.held_out()).0;
         let added = new_target
             .records
             .keys()
@@ -1123,10 +1280,20 @@ impl Supervisor {
         self.systemd.stopping();
         drop(self.config_watch);
         drop(self.admin);
+        // No API calls once stopping; the socket file goes with it.
+        drop(self.api);
         // Dropping the plugins cancels loads under way and stops every
         // plugin task; a compile already running ends on its own thread.
         drop(self.plugins);
         drop(self.inbox);
+        let drain = self.config.agent.local.drain_delay;
+        // Nothing is registered before start-up ends: nothing to drain.
+        let deadline = if drain.is_zero() || self.startup.is_some() {
+            deadline
+        } else {
+            Supervisor::drain_keys(&self.registry, &self.config, deadline, drain).await;
+            Instant::now() + timeout
+        };
         if !self.registry.stop(deadline).await {
             warn!(
                 "deregistration did not finish within shutdownTimeout; the lease will expire on its own"

@@ -744,6 +744,7 @@ mod tests {
             admin: None,
             shutdown_timeout: crate::config::DEFAULT_SHUTDOWN_TIMEOUT,
             publish: Default::default(),
+            local: Default::default(),
         };
         let checks = from_config(&agent, |instance| format!("key-{}", instance.name));
         let ids: Vec<&CheckId> = checks.keys().collect();

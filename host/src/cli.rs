@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::agent::{self, Control, RunOptions};
+use crate::api::commands::Command as LocalCommand;
 use crate::config::{self, ConfigError};
 use crate::metrics::Metrics;
 
@@ -95,6 +96,69 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// List every instance of the running agent with its source (config,
+    /// file, api) and state (local API; exit 0, 1 unreachable).
+    Instances {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Print the agent's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register an instance (a YAML or JSON file in the agent.instances[]
+    /// schema, optionally with `ttl`) through the local API.
+    Register {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Its id (default: the file name without its extension).
+        #[arg(long)]
+        id: Option<String>,
+        file: PathBuf,
+    },
+    /// Deregister an instance registered through the local API.
+    Deregister {
+        #[command(flatten)]
+        socket: SocketArg,
+        id: String,
+    },
+    /// Renew the TTL of an API registration.
+    Pass {
+        #[command(flatten)]
+        socket: SocketArg,
+        id: String,
+    },
+    /// Take an instance (or, without ID, the node) out of rotation and keep
+    /// it out across restarts, or put it back.
+    Maint {
+        #[command(flatten)]
+        socket: SocketArg,
+        action: MaintAction,
+        id: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Delete the key of an instance (or, without ID, every key) now and keep
+    /// it out until `maint disable`, without stopping the agent.
+    Drain {
+        #[command(flatten)]
+        socket: SocketArg,
+        id: Option<String>,
+    },
+}
+
+/// Where the running agent's local API socket is.
+#[derive(Debug, clap::Args)]
+struct SocketArg {
+    /// The agent's socket (default: $RUNTIME_DIRECTORY/agent.sock, else
+    /// /run/ygg-agent/agent.sock, else $XDG_RUNTIME_DIR/ygg-agent/agent.sock).
+    #[arg(long, env = "YGG_AGENT_SOCKET")]
+    socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MaintAction {
+    Enable,
+    Disable,
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,7 +224,27 @@ pub fn main() -> ExitCode {
                     calls,
                 },
         } => plugin_check(&file, config.as_deref(), calls as usize),
+        Command::Instances { socket, json } => local(socket, LocalCommand::Instances { json }),
+        Command::Register { socket, id, file } => {
+            local(socket, LocalCommand::Register { file, id })
+        }
+        Command::Deregister { socket, id } => local(socket, LocalCommand::Deregister { id }),
+        Command::Pass { socket, id } => local(socket, LocalCommand::Pass { id }),
+        Command::Maint {
+            socket,
+            action,
+            id,
+            reason,
+        } => {
+            let enable = action == MaintAction::Enable;
+            local(socket, LocalCommand::Maintenance { enable, id, reason })
+        }
+        Command::Drain { socket, id } => local(socket, LocalCommand::Drain { id }),
     }
+}
+
+fn local(socket: SocketArg, command: LocalCommand) -> ExitCode {
+    ExitCode::from(crate::api::commands::run(socket.socket, command))
 }
 
 fn init_logging(format: LogFormat) {
@@ -358,8 +442,8 @@ fn list(
             for invalid in listed.iter().filter(|l| l.error.is_some()) {
                 eprintln!(
                     "warning: {}: {}",
-                    invalid.key,
-                    invalid.error.as_deref().unwrap_or_default()
+                    crate::status::escape(&invalid.key),
+                    crate::status::escape(invalid.error.as_deref().unwrap_or_default())
                 );
             }
             if json {

@@ -31,6 +31,7 @@ use yaml::{Document, List, Section, Unknown, Value};
 pub use report::ConfigIssue;
 pub use secret::Secret;
 pub use units::{parse_duration, parse_size};
+pub use yaml::to_json;
 
 /// etcd address used when `client.endpoints` is absent (the seed's default).
 pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:2379";
@@ -43,6 +44,8 @@ pub const DEFAULT_KEEP_ALIVE: bool = true;
 pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(3);
 pub const MIN_RETRY_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// No wait between deleting the keys and revoking the lease.
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::ZERO;
 pub const DEFAULT_PLUGINS_DIR: &str = "plugins";
 pub const DEFAULT_PLUGIN_INTERVAL: Duration = Duration::from_secs(30);
 pub const MIN_PLUGIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -126,6 +129,8 @@ pub struct AgentConfig {
     pub shutdown_timeout: Duration,
     /// `agent.publish` and `agent.etcdNaming`: the formats written.
     pub publish: Publish,
+    /// Local control: drain, the instances folder, the local API (#12).
+    pub local: LocalConfig,
 }
 
 /// What the agent writes to etcd for each instance (`agent.publish`).
@@ -172,6 +177,49 @@ impl EtcdNaming {
         }
     }
 }
+
+/// The `agent` keys of local control (`drainDelay`, `instancesDir`, …).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LocalConfig {
+    /// On SIGTERM: how long to wait between deleting the keys and revoking
+    /// the lease (callers' resolvers drop the endpoints meanwhile).
+    pub drain_delay: Duration,
+    /// Absolute path of the instances folder (`*.yaml` files, each a list
+    /// of instances); `None` = no folder.
+    pub instances_dir: Option<PathBuf>,
+    /// `agent.checks` as read: the defaults of the checks of instances that
+    /// come from the folder (and the local API).
+    pub check_defaults: CheckTiming,
+    /// `agent.api`: the local API; `None` = off.
+    pub api: Option<ApiConfig>,
+    /// `agent.stateDir`: where maintenance is kept across restarts; `None`
+    /// = the default (`$STATE_DIRECTORY`, else the XDG state folder).
+    pub state_dir: Option<PathBuf>,
+}
+
+/// `agent.api`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// The Unix socket; `None` = the default (`$RUNTIME_DIRECTORY/agent.sock`, …).
+    pub socket: Option<PathBuf>,
+    /// Also on this loopback TCP address, with a bearer token.
+    pub listen: Option<SocketAddr>,
+    /// The file holding the TCP listener's token (required with `listen`).
+    pub token_file: Option<PathBuf>,
+}
+
+/// An instance sent to the local API: as in `agent.instances[]`, plus an
+/// optional `ttl`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiInstance {
+    pub instance: Instance,
+    pub checks: Vec<CheckConfig>,
+    /// Registered only while `pass` comes within each `ttl`.
+    pub ttl: Option<Duration>,
+}
+
+/// The shortest TTL of an API registration.
+pub const MIN_API_TTL: Duration = Duration::from_secs(1);
 
 /// One health check of an instance (`agent.instances[].checks[]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -391,6 +439,7 @@ fn empty_agent() -> AgentConfig {
         admin: None,
         shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         publish: Publish::default(),
+        local: LocalConfig::default(),
     }
 }
 
@@ -661,6 +710,7 @@ fn read_agent(mut agent: Section, base: &Path, report: &Report) -> AgentConfig {
         admin: agent.section("admin").value().and_then(read_admin),
         shutdown_timeout: agent.duration("shutdownTimeout").nonzero().or(DEFAULT_SHUTDOWN_TIMEOUT),
         publish: read_publish(&mut agent),
+        local: read_local(&mut agent, base, &defaults),
     };
     if let Some(naming) = &config.publish.etcd_naming {
         check_naming_targets(
@@ -799,6 +849,120 @@ fn check_naming_targets(
     }
 }
 
+/// The local-control keys of `agent`.
+fn read_local(agent: &mut Section, base: &Path, defaults: &CheckTiming) -> LocalConfig {
+    #[rustfmt::skip]
+    let local = LocalConfig {
+        drain_delay: agent.duration("drainDelay").or(DEFAULT_DRAIN_DELAY),
+        instances_dir: agent.path("instancesDir", base).check(|d| folder(d)).value(),
+        check_defaults: defaults.clone(),
+        api: agent.section("api").value().and_then(|api| read_api(api, base)),
+        state_dir: agent.path("stateDir", base).value(),
+    };
+    local
+}
+
+fn read_api(mut api: Section, base: &Path) -> Option<ApiConfig> {
+    let socket = api.path("socket", base).value();
+    let listen = api
+        .string("listen")
+        .parse(socket_address)
+        .check(loopback)
+        .value();
+    let token = api.path("tokenFile", base).check(|f| readable_file(f));
+    let token_file = match listen {
+        Some(_) => token.required("required with `listen`: the TCP listener needs a bearer token"),
+        None => token.value(),
+    };
+    api.finish(Unknown::Error);
+    Some(ApiConfig {
+        socket,
+        listen,
+        token_file,
+    })
+}
+
+/// The local API on TCP is for the node only.
+fn loopback(address: &SocketAddr) -> Result<(), String> {
+    if address.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{address} is not a loopback address: the local API listens on 127.0.0.1 or ::1 only"
+        ))
+    }
+}
+
+/// Validates an instance sent to the local API (JSON, which the YAML
+/// reader reads as it is): the `agent.instances[]` rules and wording, plus
+/// `ttl`; unknown fields are refused. Paths are like `endpoints[0].address`.
+pub fn parse_api_instance(
+    text: &str,
+    defaults: &CheckTiming,
+) -> Result<ApiInstance, Vec<ConfigIssue>> {
+    let document = Document::parse(text).map_err(|issue| vec![issue])?;
+    let report = Report::default();
+    let read = document
+        .root(&report)
+        .section()
+        .value()
+        .and_then(|mut map| {
+            let ttl = map.duration("ttl").min(MIN_API_TTL).value();
+            read_instance(map, defaults, &report).map(|(instance, checks)| (instance, checks, ttl))
+        });
+    let (errors, _) = report.into_issues();
+    match read {
+        Some((instance, checks, ttl)) if errors.is_empty() => Ok(ApiInstance {
+            instance,
+            checks,
+            ttl,
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// The instances of one file of `agent.instancesDir`: what it must hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstancesFile {
+    pub instances: Vec<Instance>,
+    /// `checks[i]` are the health checks of `instances[i]`.
+    pub checks: Vec<Vec<CheckConfig>>,
+    pub warnings: Vec<ConfigIssue>,
+}
+
+/// Validates one file of `agent.instancesDir`: a YAML list of instances in
+/// the `agent.instances[]` schema, read by the same readers (same rules,
+/// same wording; paths like `[0].endpoints`), their checks starting from
+/// `defaults` (`agent.checks` of the config).
+pub fn parse_instances(
+    text: &str,
+    defaults: &CheckTiming,
+) -> Result<InstancesFile, Vec<ConfigIssue>> {
+    if text.trim().is_empty() {
+        return Err(vec![ConfigIssue {
+            path: YamlPath::default().to_string(),
+            line: None,
+            message: "the file is empty (write `[]` for no instances)".into(),
+        }]);
+    }
+    let document = Document::parse_list(text).map_err(|issue| vec![issue])?;
+    let report = Report::default();
+    let list = document.root(&report).list().value();
+    let (instances, checks) = list
+        .map(|l| read_instances(&l, defaults, &report))
+        .unwrap_or_default();
+    let (errors, warnings) = report.into_issues();
+    if errors.is_empty() {
+        Ok(InstancesFile {
+            instances,
+            checks,
+            warnings,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
 fn read_admin(mut admin: Section) -> Option<AdminConfig> {
     let listen = admin.string("listen").parse(socket_address);
     let listen = listen.required("missing (remove `admin` to turn the admin server off)");
@@ -921,8 +1085,8 @@ fn read_endpoints(list: List) -> Vec<Endpoint> {
 
 /// How often and how strictly checks run: `agent.checks`, or one check's
 /// own settings over it.
-#[derive(Debug, Clone)]
-struct CheckTiming {
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckTiming {
     interval: Duration,
     timeout: Duration,
     success_before_passing: u32,

@@ -276,6 +276,7 @@ mod tests {
                 admin: None,
                 shutdown_timeout: crate::config::DEFAULT_SHUTDOWN_TIMEOUT,
                 publish: Publish::default(),
+                local: Default::default(),
             },
         }
     }

@@ -7,17 +7,21 @@
 
 pub mod admin;
 pub mod agent;
+pub mod api;
 pub mod backoff;
 pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod desired;
 pub mod etcd;
+pub mod instances_dir;
 pub mod list;
+pub mod local;
 pub mod metrics;
 pub mod plugins;
 pub mod record;
 pub mod registry;
+pub mod state_dir;
 pub mod status;
 pub mod systemd;
 pub mod watch;

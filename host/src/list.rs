@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ClientConfig;
 use crate::etcd::{self, EtcdError, within};
+use crate::status::escape;
 
 /// Keys fetched per request, so a large registry never hits gRPC's
 /// message size limit.
@@ -173,19 +174,25 @@ pub fn render_table(listed: &[Listed]) -> String {
                 .filter(|s| !s.is_empty())
                 .map(String::as_str)
                 .collect();
-            Some([
-                record.namespace.clone(),
-                record.name.clone(),
-                record.version.clone(),
-                record
-                    .endpoints
-                    .iter()
-                    .map(|e| format!("{}://{}", e.scheme, e.address))
-                    .collect::<Vec<_>>()
-                    .join(","),
-                location.join("/"),
-                instance_key.to_string(),
-            ])
+            // Every cell is data anyone able to write under the prefix
+            // chose: its control characters are shown escaped, never sent
+            // to the operator's terminal.
+            Some(
+                [
+                    record.namespace.clone(),
+                    record.name.clone(),
+                    record.version.clone(),
+                    record
+                        .endpoints
+                        .iter()
+                        .map(|e| format!("{}://{}", e.scheme, e.address))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    location.join("/"),
+                    instance_key.to_string(),
+                ]
+                .map(|cell| escape(&cell)),
+            )
         })
         .collect();
     let mut widths = headers.map(str::len);
@@ -338,5 +345,28 @@ mod tests {
             table.ends_with("3 instances of 1 service; 1 invalid record\n"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn the_table_shows_control_characters_escaped() {
+        let record: Record = serde_json::from_value(serde_json::json!({
+            "namespace": "default",
+            "name": "\u{1b}]0;pwned\u{7}",
+            "endpoints": [{"scheme": "http", "address": "\u{1b}[2J"}],
+        }))
+        .unwrap();
+        let listed = [Listed {
+            key: "/yggdrasil/registry/default/x/k\u{9b}".into(),
+            instance: Some(record),
+            error: None,
+        }];
+        let table = render_table(&listed);
+        assert!(
+            !table.chars().any(|c| c.is_control() && c != '\n'),
+            "{table:?}"
+        );
+        assert!(table.contains("\\u{1b}]0;pwned\\u{7}"), "{table}");
+        assert!(table.contains("http://\\u{1b}[2J"), "{table}");
+        assert!(table.contains("k\\u{9b}"), "{table}");
     }
 }

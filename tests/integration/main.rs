@@ -9,6 +9,8 @@ mod checks;
 mod config_errors;
 mod faults;
 mod fuzz_regressions;
+mod local_api;
+mod local_control;
 mod observer;
 mod operations;
 mod plugins;

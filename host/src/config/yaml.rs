@@ -29,14 +29,25 @@ pub enum Unknown {
     Ignore,
 }
 
-/// A parsed file whose top level is a mapping (the parser refuses anything
-/// else).
+/// A parsed file whose top level is a mapping, or a list for
+/// [`Document::parse_list`] (the parser refuses anything else).
 pub struct Document(Node);
 
 impl Document {
     /// Parses `text`; a syntax error becomes the one issue of the file.
     pub fn parse(text: &str) -> Result<Document, ConfigIssue> {
         let options = marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true);
+        marked_yaml::parse_yaml_with_options(0, text, options)
+            .map(Document)
+            .map_err(|e| syntax_issue(&e))
+    }
+
+    /// Parses `text` whose top level is a list (a file of the instances
+    /// folder).
+    pub fn parse_list(text: &str) -> Result<Document, ConfigIssue> {
+        let options = marked_yaml::LoaderOptions::default()
+            .error_on_duplicate_keys(true)
+            .toplevel_sequence();
         marked_yaml::parse_yaml_with_options(0, text, options)
             .map(Document)
             .map_err(|e| syntax_issue(&e))
@@ -58,6 +69,10 @@ fn syntax_issue(error: &marked_yaml::LoadError) -> ConfigIssue {
             Some(m.line()),
             "the file must be a mapping with `yggdrasil:` and `agent:` sections".to_string(),
         ),
+        E::TopLevelMustBeSequence(m) => (
+            Some(m.line()),
+            "the file must be a list of instances (`- name: …` items)".to_string(),
+        ),
         E::UnexpectedAnchor(m) => (
             Some(m.line()),
             "YAML anchors and aliases are not supported".into(),
@@ -78,7 +93,6 @@ fn syntax_issue(error: &marked_yaml::LoadError) -> ConfigIssue {
             ),
         ),
         E::ScanError(m, e) => (Some(m.line()), format!("YAML syntax error: {e}")),
-        other => (None, format!("YAML error: {other}")),
     };
     ConfigIssue {
         path: "(syntax)".into(),
@@ -413,6 +427,24 @@ fn is_null(node: &Node) -> bool {
         }
         _ => false,
     }
+}
+
+/// A document whose top level is a mapping as JSON: scalars become strings
+/// (null stays null), so the readers see the same values again when the
+/// JSON is read back (`ygg-agent register FILE` sends a YAML file this way).
+pub fn to_json(text: &str) -> Result<serde_json::Value, ConfigIssue> {
+    fn convert(node: &Node) -> serde_json::Value {
+        match node {
+            _ if is_null(node) => serde_json::Value::Null,
+            Node::Scalar(s) => serde_json::Value::String(s.as_str().to_string()),
+            Node::Sequence(items) => items.iter().map(convert).collect(),
+            Node::Mapping(map) => map
+                .iter()
+                .map(|(key, value)| (key.as_str().to_string(), convert(value)))
+                .collect(),
+        }
+    }
+    Document::parse(text).map(|document| convert(&document.0))
 }
 
 fn kind(node: &Node) -> &'static str {

@@ -138,6 +138,14 @@ pub const MALFORMED_CONFIGS: &[(&str, &str)] = &[
         "agent:\n  plugins:\n    memoryLimit: 1KiB\n",
         "agent.plugins.memoryLimit: must be between 2MiB and 4GiB",
     ),
+    (
+        "agent:\n  api:\n    listen: 0.0.0.0:9999\n    tokenFile: /etc/hostname\n",
+        "agent.api.listen: 0.0.0.0:9999 is not a loopback address",
+    ),
+    (
+        "agent:\n  instancesDir: /nonexistent/instances.d\n",
+        "agent.instancesDir: /nonexistent/instances.d is not a folder",
+    ),
     ("agent: [oops\n", "YAML syntax error"),
     ("", "the file is empty"),
 ];

@@ -1,0 +1,469 @@
+//! The local API (`agent.api`): HTTP/JSON for apps and operators on the
+//! node, on a Unix socket (mode 0660) and optionally on a loopback TCP
+//! address that requires a bearer token. The server only reads and
+//! validates requests ([`body`], off the supervisor's loop); every change
+//! goes to the supervisor as an [`ApiRequest`] carrying a oneshot for the
+//! answer (like `/status`), and the supervisor handles it as one event
+//! without waiting.
+//!
+//! Routes: `GET /v1/instances`; `PUT|DELETE /v1/instances/{id}`;
+//! `PUT /v1/instances/{id}/pass`; `PUT|DELETE /v1/instances/{id}/maintenance`;
+//! `POST /v1/instances/{id}/drain`; `PUT|DELETE /v1/maintenance`;
+//! `POST /v1/drain`.
+
+pub mod body;
+pub mod client;
+pub mod commands;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path as UrlPath, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info};
+
+use crate::config::{ApiConfig, ApiInstance, CheckTiming};
+
+/// Requests waiting for the supervisor.
+pub const API_REQUESTS_CAPACITY: usize = 64;
+/// How long a request waits for the supervisor's answer.
+const ANSWER_WAIT: Duration = Duration::from_secs(5);
+/// Mode of the socket file: the agent's user and group.
+const SOCKET_MODE: u32 = 0o660;
+
+/// What a request asks the supervisor to do.
+#[derive(Debug)]
+pub enum ApiCall {
+    /// Register (or replace) the API instance `id`.
+    Register {
+        id: String,
+        registration: Box<ApiInstance>,
+    },
+    Deregister {
+        id: String,
+    },
+    /// Every instance, its source and state.
+    List,
+    /// The app behind a TTL registration is alive.
+    Pass {
+        id: String,
+    },
+    /// `Some(reason)`: take `id` (or, `None`, the node) out of rotation
+    /// and keep it out across restarts; `None`: end it (and a drain).
+    Maintenance {
+        id: Option<String>,
+        reason: Option<String>,
+    },
+    /// Delete the key of `id` (or of every instance) and keep it out until
+    /// maintenance is ended or the agent restarts.
+    Drain {
+        id: Option<String>,
+    },
+}
+
+/// A call and where its answer goes.
+#[derive(Debug)]
+pub struct ApiRequest {
+    pub call: ApiCall,
+    pub reply: oneshot::Sender<ApiReply>,
+}
+
+/// The supervisor's answer: an HTTP status and a JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiReply {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+impl ApiReply {
+    pub fn ok(body: serde_json::Value) -> ApiReply {
+        ApiReply { status: 200, body }
+    }
+
+    pub fn error(status: u16, message: impl Into<String>) -> ApiReply {
+        ApiReply {
+            status,
+            body: json!({ "error": message.into() }),
+        }
+    }
+
+    fn invalid(problems: Vec<String>) -> ApiReply {
+        ApiReply {
+            status: 400,
+            body: json!({ "error": "invalid request", "problems": problems }),
+        }
+    }
+}
+
+impl IntoResponse for ApiReply {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            format!("{}\n", self.body),
+        )
+            .into_response()
+    }
+}
+
+/// Where the socket goes without `agent.api.socket`: systemd's
+/// `$RUNTIME_DIRECTORY/agent.sock`, else `/run/ygg-agent/agent.sock` if that
+/// folder exists, else `$XDG_RUNTIME_DIR/ygg-agent/agent.sock`, else
+/// `/tmp/ygg-agent-<uid>/agent.sock`. The CLI finds the agent the same way.
+pub fn default_socket() -> PathBuf {
+    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dirs) = env("RUNTIME_DIRECTORY") {
+        let first = dirs
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        return PathBuf::from(first).join("agent.sock");
+    }
+    if Path::new("/run/ygg-agent").is_dir() {
+        return PathBuf::from("/run/ygg-agent/agent.sock");
+    }
+    if let Some(runtime) = env("XDG_RUNTIME_DIR") {
+        return PathBuf::from(runtime).join("ygg-agent/agent.sock");
+    }
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    std::env::temp_dir().join(format!("ygg-agent-{uid}/agent.sock"))
+}
+
+#[derive(Clone)]
+struct ApiState {
+    calls: mpsc::Sender<ApiRequest>,
+    /// `agent.checks` of the running config (a reload updates it).
+    defaults: watch::Receiver<CheckTiming>,
+    /// The bearer token the TCP listener requires; `None` on the socket
+    /// (its file mode is the access control).
+    token: Option<Arc<str>>,
+}
+
+/// A running API server (socket, and TCP if asked); dropping it stops
+/// both and removes the socket file.
+pub struct ApiServer {
+    pub socket: PathBuf,
+    pub tcp: Option<SocketAddr>,
+    stop: CancellationToken,
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Binds the socket (and the TCP address) and serves on `tracker` until the
+/// returned handle drops.
+pub async fn start(
+    config: &ApiConfig,
+    calls: mpsc::Sender<ApiRequest>,
+    defaults: watch::Receiver<CheckTiming>,
+    tracker: &TaskTracker,
+) -> std::io::Result<ApiServer> {
+    let socket = config.socket.clone().unwrap_or_else(default_socket);
+    let listener = bind_socket(&socket)?;
+    let stop = CancellationToken::new();
+    let state = ApiState {
+        calls,
+        defaults,
+        token: None,
+    };
+    let tcp = match config.listen {
+        Some(listen) => {
+            let token = read_token(config.token_file.as_deref()).await?;
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            let local = listener.local_addr()?;
+            let router = router(ApiState {
+                token: Some(token.into()),
+                ..state.clone()
+            });
+            let stopped = stop.clone().cancelled_owned();
+            tracker.spawn(async move {
+                if let Err(error) = axum::serve(listener, router)
+                    .with_graceful_shutdown(stopped)
+                    .await
+                {
+                    error!(%error, "local API (TCP) failed");
+                }
+            });
+            Some(local)
+        }
+        None => None,
+    };
+    let router = router(state);
+    let stopped = stop.clone().cancelled_owned();
+    tracker.spawn(async move {
+        if let Err(error) = axum::serve(listener, router)
+            .with_graceful_shutdown(stopped)
+            .await
+        {
+            error!(%error, "local API failed");
+        }
+    });
+    info!(socket = %socket.display(), tcp = ?tcp, "local API listening");
+    Ok(ApiServer { socket, tcp, stop })
+}
+
+/// Binds the Unix socket: its folder is created if missing (0750), a stale
+/// socket left by a crash is replaced (anything else at the path is not
+/// touched), and the socket gets mode 0660.
+fn bind_socket(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(parent)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        Err(_) => {}
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))?;
+    Ok(listener)
+}
+
+async fn read_token(path: Option<&Path>) -> std::io::Result<String> {
+    let path = path.ok_or_else(|| {
+        std::io::Error::other("agent.api.tokenFile is required with agent.api.listen")
+    })?;
+    let token = tokio::fs::read_to_string(path).await?.trim().to_string();
+    if token.is_empty() {
+        return Err(std::io::Error::other(format!(
+            "{} is empty",
+            path.display()
+        )));
+    }
+    Ok(token)
+}
+
+fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/instances", get(list))
+        .route("/v1/instances/{id}", put(register).delete(deregister))
+        .route("/v1/instances/{id}/pass", put(pass))
+        .route(
+            "/v1/instances/{id}/maintenance",
+            put(maintenance_on).delete(maintenance_off),
+        )
+        .route("/v1/instances/{id}/drain", post(drain))
+        .route(
+            "/v1/maintenance",
+            put(node_maintenance_on).delete(node_maintenance_off),
+        )
+        .route("/v1/drain", post(node_drain))
+        .fallback(|_: Authorized| async {
+            ApiReply::error(404, "no such route (see README: Local API)")
+        })
+        .with_state(state)
+}
+
+/// The request is allowed: on the socket always, on TCP with the token.
+struct Authorized;
+
+impl FromRequestParts<ApiState> for Authorized {
+    type Rejection = ApiReply;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiReply> {
+        let Some(token) = state.token.as_deref() else {
+            return Ok(Authorized);
+        };
+        let given = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            Ok(Authorized)
+        } else {
+            Err(ApiReply::error(
+                401,
+                "a bearer token is required (agent.api.tokenFile)",
+            ))
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The body, at most [`body::MAX_BODY`] bytes.
+async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiReply> {
+    axum::body::to_bytes(body, body::MAX_BODY)
+        .await
+        .map_err(|_| {
+            ApiReply::error(
+                413,
+                format!("body larger than {} KiB", body::MAX_BODY >> 10),
+            )
+        })
+}
+
+fn valid_id(id: &str) -> Result<(), ApiReply> {
+    body::check_id(id).map_err(|e| ApiReply::invalid(vec![e]))
+}
+
+/// Hands `call` to the supervisor and waits for its answer.
+async fn ask(state: &ApiState, call: ApiCall) -> ApiReply {
+    let (reply, answer) = oneshot::channel();
+    let unavailable = |why: &str| ApiReply::error(503, why);
+    if state
+        .calls
+        .send_timeout(ApiRequest { call, reply }, ANSWER_WAIT)
+        .await
+        .is_err()
+    {
+        return unavailable("the agent is stopping or busy");
+    }
+    match tokio::time::timeout(ANSWER_WAIT, answer).await {
+        Ok(Ok(reply)) => reply,
+        _ => unavailable("the agent did not answer"),
+    }
+}
+
+async fn list(_: Authorized, State(state): State<ApiState>) -> ApiReply {
+    ask(&state, ApiCall::List).await
+}
+
+async fn register(
+    _: Authorized,
+    State(state): State<ApiState>,
+    UrlPath(id): UrlPath<String>,
+    body: Body,
+) -> ApiReply {
+    if let Err(reply) = valid_id(&id) {
+        return reply;
+    }
+    let bytes = match read_body(body).await {
+        Ok(bytes) => bytes,
+        Err(reply) => return reply,
+    };
+    let defaults = state.defaults.borrow().clone();
+    match body::registration(&bytes, &defaults) {
+        Ok(registration) => {
+            let registration = Box::new(registration);
+            ask(&state, ApiCall::Register { id, registration }).await
+        }
+        Err(problems) => ApiReply::invalid(problems),
+    }
+}
+
+async fn with_id(state: &ApiState, id: String, call: impl FnOnce(String) -> ApiCall) -> ApiReply {
+    match valid_id(&id) {
+        Ok(()) => ask(state, call(id)).await,
+        Err(reply) => reply,
+    }
+}
+
+async fn deregister(
+    _: Authorized,
+    State(state): State<ApiState>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiReply {
+    with_id(&state, id, |id| ApiCall::Deregister { id }).await
+}
+
+async fn pass(
+    _: Authorized,
+    State(state): State<ApiState>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiReply {
+    with_id(&state, id, |id| ApiCall::Pass { id }).await
+}
+
+async fn drain(
+    _: Authorized,
+    State(state): State<ApiState>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiReply {
+    with_id(&state, id, |id| ApiCall::Drain { id: Some(id) }).await
+}
+
+async fn node_drain(_: Authorized, State(state): State<ApiState>) -> ApiReply {
+    ask(&state, ApiCall::Drain { id: None }).await
+}
+
+async fn reason_of(body: Body) -> Result<String, ApiReply> {
+    let bytes = read_body(body).await?;
+    body::reason(&bytes).map_err(ApiReply::invalid)
+}
+
+async fn maintenance_on(
+    _: Authorized,
+    State(state): State<ApiState>,
+    UrlPath(id): UrlPath<String>,
+    body: Body,
+) -> ApiReply {
+    if let Err(reply) = valid_id(&id) {
+        return reply;
+    }
+    match reason_of(body).await {
+        Ok(reason) => {
+            let call = ApiCall::Maintenance {
+                id: Some(id),
+                reason: Some(reason),
+            };
+            ask(&state, call).await
+        }
+        Err(reply) => reply,
+    }
+}
+
+async fn maintenance_off(
+    _: Authorized,
+    State(state): State<ApiState>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiReply {
+    with_id(&state, id, |id| ApiCall::Maintenance {
+        id: Some(id),
+        reason: None,
+    })
+    .await
+}
+
+async fn node_maintenance_on(_: Authorized, State(state): State<ApiState>, body: Body) -> ApiReply {
+    match reason_of(body).await {
+        Ok(reason) => {
+            let call = ApiCall::Maintenance {
+                id: None,
+                reason: Some(reason),
+            };
+            ask(&state, call).await
+        }
+        Err(reply) => reply,
+    }
+}
+
+async fn node_maintenance_off(_: Authorized, State(state): State<ApiState>) -> ApiReply {
+    let call = ApiCall::Maintenance {
+        id: None,
+        reason: None,
+    };
+    ask(&state, call).await
+}
