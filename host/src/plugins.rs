@@ -38,7 +38,7 @@ use crate::metrics::{Metrics, PluginLabel, PluginResultLabel};
 pub use engine::{LoadError, PluginEngine, default_cache_dir};
 pub use folder::Scan;
 pub use instance::PluginInstance;
-pub use runner::{CallError, Limits, Round, RoundResult};
+pub use runner::{CallError, Limits, Round, RoundResult, wears_out};
 
 /// What a plugin says about itself, from `describe`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -613,6 +613,8 @@ pub struct CheckReport {
     /// Durations of the warm calls after the first, sorted (empty unless
     /// more than one call was asked for).
     pub warm_calls: Vec<Duration>,
+    /// The most linear memory the instance had after the calls, in bytes.
+    pub memory_peak: u64,
 }
 
 /// Loads one plugin file and runs it, for `ygg-agent plugin check`:
@@ -665,6 +667,7 @@ pub async fn check_file(
         warm_calls.push(started.elapsed());
     }
     warm_calls.sort();
+    let memory_peak = live.memory_peak();
     Ok(CheckReport {
         info: PluginInfo::from(info),
         output,
@@ -672,6 +675,7 @@ pub async fn check_file(
         cache_load,
         instantiate,
         warm_calls,
+        memory_peak,
     })
 }
 

@@ -47,6 +47,10 @@ pub enum LoadError {
     UnknownVersion { found: String, supported: String },
     #[error("not a ygg-agent plugin: {0}")]
     NotAPlugin(String),
+    #[error(
+        "it imports `{0}`, and plugins get no network: build it without wasi:http (componentize-js: add `-d http fetch-event`)"
+    )]
+    ImportsHttp(String),
 }
 
 /// One WIT version the agent has bindings for.
@@ -180,6 +184,12 @@ fn check_world(engine: &Engine, component: &Component) -> Result<(), LoadError> 
         .version;
     let mut ours = false;
     for (name, _) in ty.imports(engine) {
+        // A JavaScript engine built without `-d http fetch-event` imports
+        // wasi:http, which the linker lacks: say how to build it instead of
+        // naming a missing resource.
+        if name.starts_with("wasi:http/") {
+            return Err(LoadError::ImportsHttp(name.to_string()));
+        }
         if let Some(rest) = name.strip_prefix(&prefix) {
             let version = rest.split_once('@').map_or("", |(_, v)| v);
             if !WIT_VERSIONS.iter().any(|wit| wit.version == version) {
@@ -287,6 +297,19 @@ mod tests {
         ty.exports(engine.engine())
             .map(|(name, _)| name.to_string())
             .collect()
+    }
+
+    #[test]
+    fn a_component_importing_wasi_http_is_refused_with_how_to_build_it() {
+        let engine = PluginEngine::new(None).unwrap();
+        let wat = r#"(component (import "wasi:http/types@0.2.10" (instance)))"#;
+        let component = Component::new(engine.engine(), wat).unwrap();
+        let error = check_world(engine.engine(), &component).unwrap_err();
+        assert_eq!(
+            error,
+            LoadError::ImportsHttp("wasi:http/types@0.2.10".into())
+        );
+        assert!(error.to_string().contains("-d http fetch-event"), "{error}");
     }
 
     #[test]
