@@ -12,6 +12,7 @@ mod fuzz_regressions;
 mod observer;
 mod operations;
 mod plugins;
+mod polyglot;
 mod registration;
 mod reload;
 mod supervisor;
