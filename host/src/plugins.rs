@@ -525,11 +525,14 @@ impl Load {
         // component): keep them off the async workers, on a thread of low
         // priority. Nobody waits for it at shutdown; its result is dropped.
         let prepared = match background::spawn("ygg-plugin-load", move || {
-            let bytes = folder::read_plugin_file(&file)?;
-            // The file may have changed since the scan: what loads is what
-            // was read now, and the inputs say so.
-            let digest: [u8; 32] = sha2::Sha256::digest(&bytes).into();
-            compiler.prepare(&bytes, &digest).map(|p| (p, digest))
+            let prepared = folder::read_plugin_file(&file).and_then(|bytes| {
+                // The file may have changed since the scan: what loads is
+                // what was read now, and the inputs say so.
+                let digest: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+                compiler.prepare(&bytes, &digest).map(|p| (p, digest))
+            });
+            engine::release_freed_memory();
+            prepared
         }) {
             Ok(answer) => answer.await.map_err(|e| e.to_string()),
             Err(error) => Err(error.to_string()),
