@@ -161,7 +161,7 @@ impl PluginEngine {
 /// of MiB: the file, the compiler's working memory, the serialised code
 /// for the cache. glibc keeps them in its per-thread arenas once freed:
 /// without this, a Python plugin's cold compile left the agent's RSS
-/// 320 MiB higher for good, with it 120-150 MiB (BENCHMARKS.md). Blocking
+/// 320 MiB higher for good, with it 113-137 MiB (BENCHMARKS.md). Blocking
 /// (it walks the heap): call it where the load itself runs.
 pub fn release_freed_memory() {
     // SAFETY: malloc_trim only returns free memory to the system.
