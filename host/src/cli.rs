@@ -537,13 +537,34 @@ fn plugin_check(file: &Path, config_path: Option<&Path>, calls: usize) -> ExitCo
                     report.warm_calls.len()
                 );
             }
+            println!(
+                "  memory: linear memory peak {}, memoryLimit {}",
+                mib(report.memory_peak),
+                mib(limits.memory)
+            );
+            if crate::plugins::wears_out(report.memory_peak, limits.memory) {
+                println!(
+                    "  note: over half of memoryLimit, so the agent rebuilds the instance after every round; a memoryLimit of at least {} avoids that",
+                    mib(report.memory_peak * 2)
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(error) => {
             eprintln!("error: plugin {name} ({}) failed: {error}", file.display());
+            if error.contains("memory limit exceeded") {
+                eprintln!(
+                    "hint: give it more with agent.plugins.memoryLimit (and pass that config with --config), or make it use less; a Python or JavaScript plugin starts at 9-13 MiB (guest-sdk/README.md)"
+                );
+            }
             ExitCode::from(EXIT_RUNTIME)
         }
     }
+}
+
+/// Bytes as MiB with one decimal, as the memory limiter words them.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
 }
 
 /// SIGINT/SIGTERM ask for a graceful stop, a second one exits at once;

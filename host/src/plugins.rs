@@ -38,7 +38,7 @@ use crate::metrics::{Metrics, PluginLabel, PluginResultLabel};
 pub use engine::{LoadError, PluginEngine, default_cache_dir};
 pub use folder::Scan;
 pub use instance::PluginInstance;
-pub use runner::{CallError, Limits, Round, RoundResult};
+pub use runner::{CallError, Limits, Round, RoundResult, wears_out};
 
 /// What a plugin says about itself, from `describe`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -525,11 +525,14 @@ impl Load {
         // component): keep them off the async workers, on a thread of low
         // priority. Nobody waits for it at shutdown; its result is dropped.
         let prepared = match background::spawn("ygg-plugin-load", move || {
-            let bytes = folder::read_plugin_file(&file)?;
-            // The file may have changed since the scan: what loads is what
-            // was read now, and the inputs say so.
-            let digest: [u8; 32] = sha2::Sha256::digest(&bytes).into();
-            compiler.prepare(&bytes, &digest).map(|p| (p, digest))
+            let prepared = folder::read_plugin_file(&file).and_then(|bytes| {
+                // The file may have changed since the scan: what loads is
+                // what was read now, and the inputs say so.
+                let digest: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+                compiler.prepare(&bytes, &digest).map(|p| (p, digest))
+            });
+            engine::release_freed_memory();
+            prepared
         }) {
             Ok(answer) => answer.await.map_err(|e| e.to_string()),
             Err(error) => Err(error.to_string()),
@@ -613,6 +616,8 @@ pub struct CheckReport {
     /// Durations of the warm calls after the first, sorted (empty unless
     /// more than one call was asked for).
     pub warm_calls: Vec<Duration>,
+    /// The most linear memory the instance had after the calls, in bytes.
+    pub memory_peak: u64,
 }
 
 /// Loads one plugin file and runs it, for `ygg-agent plugin check`:
@@ -665,6 +670,7 @@ pub async fn check_file(
         warm_calls.push(started.elapsed());
     }
     warm_calls.sort();
+    let memory_peak = live.memory_peak();
     Ok(CheckReport {
         info: PluginInfo::from(info),
         output,
@@ -672,6 +678,7 @@ pub async fn check_file(
         cache_load,
         instantiate,
         warm_calls,
+        memory_peak,
     })
 }
 

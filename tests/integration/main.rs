@@ -14,6 +14,7 @@ mod local_control;
 mod observer;
 mod operations;
 mod plugins;
+mod polyglot;
 mod registration;
 mod reload;
 mod supervisor;

@@ -184,10 +184,20 @@ impl Live {
         output::validate(pairs).map_err(CallError::Invalid)
     }
 
-    fn worn_out(&self, memory_limit: u64) -> bool {
-        self.calls >= RECYCLE_AFTER_CALLS
-            || self.store.data().limiter.peak as u64 > memory_limit / 2
+    /// The most linear memory this instance has had, in bytes.
+    pub fn memory_peak(&self) -> u64 {
+        self.store.data().limiter.peak as u64
     }
+
+    fn worn_out(&self, memory_limit: u64) -> bool {
+        self.calls >= RECYCLE_AFTER_CALLS || wears_out(self.memory_peak(), memory_limit)
+    }
+}
+
+/// An instance whose linear memory grew past half its limit is rebuilt
+/// after the round.
+pub fn wears_out(memory_peak: u64, memory_limit: u64) -> bool {
+    memory_peak > memory_limit / 2
 }
 
 /// One call outside a runner task (for `ygg-agent plugin check`).

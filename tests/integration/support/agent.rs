@@ -63,8 +63,49 @@ pub fn plugin_file(name: &str) -> PathBuf {
 /// Copies plugin `name` into `dir` as `as_name.wasm` the way operators are
 /// told to: copy to a temp name, then rename into place.
 pub fn install_plugin(dir: &Path, name: &str, as_name: &str) {
+    install_file(&plugin_file(name), dir, as_name);
+}
+
+/// Builds the Python and JavaScript plugins (once per test process, through
+/// `scripts/build-polyglot`: it installs the pinned toolchains into
+/// `target/toolchains` when missing, and copies a component whose inputs
+/// are unchanged from its cache instead of building it again) and returns
+/// the folder of `.wasm` files.
+pub fn built_polyglot_plugins() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = workspace_root();
+            let output = Command::new("bash")
+                .arg(root.join("scripts/build-polyglot"))
+                .current_dir(&root)
+                .output()
+                .expect("run scripts/build-polyglot");
+            assert!(
+                output.status.success(),
+                "scripts/build-polyglot failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            root.join("target/polyglot")
+        })
+        .clone()
+}
+
+/// The built `.wasm` of Python or JavaScript plugin `name`.
+pub fn polyglot_plugin_file(name: &str) -> PathBuf {
+    let path = built_polyglot_plugins().join(format!("{name}.wasm"));
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}
+
+/// Copies Python or JavaScript plugin `name` into `dir` as `as_name.wasm`.
+pub fn install_polyglot_plugin(dir: &Path, name: &str, as_name: &str) {
+    install_file(&polyglot_plugin_file(name), dir, as_name);
+}
+
+fn install_file(file: &Path, dir: &Path, as_name: &str) {
     let tmp = dir.join(format!(".{as_name}.wasm.tmp"));
-    std::fs::copy(plugin_file(name), &tmp).unwrap();
+    std::fs::copy(file, &tmp).unwrap();
     std::fs::rename(&tmp, dir.join(format!("{as_name}.wasm"))).unwrap();
 }
 
