@@ -448,6 +448,8 @@ impl Supervisor {
             timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
             timer
         });
+        // Check plugins: the plugin host publishes them, the checks read.
+        let (check_plugins_tx, check_plugins) = watch::channel(plugins::CheckPlugins::default());
         let wiring = Wiring {
             metrics: options.metrics,
             tracker,
@@ -455,6 +457,7 @@ impl Supervisor {
                 results: results_tx,
                 scans: scans_tx,
                 loads: loads_tx,
+                check_plugins: check_plugins_tx,
             },
             plugins_signals: plugins_signals_tx,
             config_reads: reads_tx,
@@ -477,7 +480,7 @@ impl Supervisor {
             .plugins
             .as_ref()
             .and_then(|p| PluginsRuntime::start(p, &wiring));
-        let (checks, check_reports) = CheckHost::new(wiring.tracker.clone());
+        let (checks, check_reports) = CheckHost::new(wiring.tracker.clone(), check_plugins);
         let mut supervisor = Supervisor {
             config_path: options.config_path,
             last_read: Ok(options.config_digest),

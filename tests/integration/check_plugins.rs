@@ -1,0 +1,206 @@
+//! Check plugins (WIT 0.2.0, world `check`) against real servers: a real
+//! `redis-server` checked by `redis_check`, beside a 0.1.0 metadata plugin
+//! in the same agent; and the hostile `check_escape`, whose every attempt
+//! past its target is refused while the test counts what reaches it.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::support::*;
+
+const PREFIX: &str = "/yggdrasil/registry/";
+
+/// Fast checks: a run every 300 ms, 2 failures to go critical.
+const FAST_CHECKS: &str = "  checks: {interval: 300ms, timeout: 250ms, failuresBeforeCritical: 2, successBeforePassing: 1}\n";
+
+/// `agent.plugins` with the folder the agent's test dir holds.
+const PLUGINS: &str = "  plugins:\n    dir: plugins\n    interval: 1s\n    timeout: 200ms\n    memoryLimit: 32MiB\n    cacheDir: cache\n";
+
+/// A `redis-server` on 127.0.0.1:`port`, in memory only; killed on drop.
+struct Redis {
+    child: Child,
+}
+
+impl Redis {
+    async fn start(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server (scripts/ensure-deps installs it)");
+        wait_for(PATIENCE, "redis-server listening", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+        })
+        .await;
+        Redis { child }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The registered services, by name, with their records.
+async fn registered(etcd: &Etcd) -> Option<BTreeMap<String, serde_json::Value>> {
+    let entries = try_entries(&etcd.endpoints(), PREFIX).await?;
+    Some(
+        entries
+            .into_iter()
+            .map(|(key, entry)| {
+                let name = key.split('/').nth_back(1).unwrap_or_default().to_string();
+                (name, serde_json::from_str(&entry.value).unwrap())
+            })
+            .collect(),
+    )
+}
+
+fn status_text(agent: &Agent) -> String {
+    let (code, stdout, stderr) =
+        run_cli(&["status", "--config", agent.config_path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    stdout
+}
+
+#[tokio::test]
+async fn a_redis_check_plugin_follows_a_real_redis_beside_a_0_1_0_plugin() {
+    let etcd = Etcd::start().await;
+    let port = free_port();
+    let redis = Redis::start(port).await;
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.instances = format!(
+        "    - name: cache\n      version: \"7\"\n      endpoints: [{{scheme: redis, address: \"127.0.0.1:{port}\"}}]\n      checks:\n        - plugin: redis_check\n"
+    );
+    config.agent_extra = format!(
+        "{FAST_CHECKS}{PLUGINS}    settings:\n      heartbeat: {{format: unix}}\n  admin:\n    listen: {admin}\n"
+    );
+    let mut agent = Agent::prepare(&config);
+    // 0.2.0 check plugin and 0.1.0 metadata plugin, side by side.
+    install_plugin(&agent.plugins_dir(), "redis_check", "redis_check");
+    install_plugin(&agent.plugins_dir(), "heartbeat", "heartbeat");
+    agent.spawn(&[]);
+
+    // Registered once PING answers, with the 0.1.0 plugin's metadata.
+    let (services, _) = wait_for(PATIENCE, "cache registered with heartbeat", || async {
+        registered(&etcd).await.filter(|r| {
+            r.get("cache")
+                .is_some_and(|v| v["metadata"].get("heartbeat").is_some())
+        })
+    })
+    .await;
+    assert_eq!(services.len(), 1);
+    agent.wait_for_log("check plugin loaded", PATIENCE).await;
+    assert!(
+        status_text(&agent).contains(&format!(
+            "plugin redis_check 127.0.0.1:{port}: passing — PONG"
+        )),
+        "{}",
+        status_text(&agent)
+    );
+
+    // Redis dies: the key goes, with the plugin's reason in the log.
+    drop(redis);
+    let (_, took) = wait_for(PATIENCE, "the key gone", || async {
+        registered(&etcd).await.filter(|r| r.is_empty())
+    })
+    .await;
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    agent
+        .wait_for_log(
+            &format!("instance unhealthy: check plugin redis_check 127.0.0.1:{port} failed 2 times in a row: cannot connect to 127.0.0.1:{port}"),
+            PATIENCE,
+        )
+        .await;
+
+    // Back: registered again.
+    let _redis = Redis::start(port).await;
+    let (_, took) = wait_for(PATIENCE, "the key back", || async {
+        registered(&etcd).await.filter(|r| r.contains_key("cache"))
+    })
+    .await;
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    agent.wait_for_log("instance healthy again", PATIENCE).await;
+}
+
+/// A TCP listener counting the connections it accepts.
+async fn counting_listener() -> (u16, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    (port, count)
+}
+
+#[tokio::test]
+async fn a_hostile_check_plugin_reaches_nothing_but_its_target() {
+    let etcd = Etcd::start().await;
+    let (target, target_hits) = counting_listener().await;
+    let (other, other_hits) = counting_listener().await;
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let udp_port = udp.local_addr().unwrap().port();
+    let datagrams = Arc::new(AtomicUsize::new(0));
+    let counted = datagrams.clone();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 64];
+        while udp.recv_from(&mut buf).await.is_ok() {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let listen = free_port();
+    let etcd_address = etcd.endpoints()[0].clone();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.instances = format!(
+        "    - name: hostile\n      version: \"1\"\n      endpoints: [{{scheme: tcp, address: \"127.0.0.1:{target}\"}}]\n      checks:\n        - plugin: check_escape\n          settings: {{etcd: \"{etcd_address}\", other: \"127.0.0.1:{other}\", name: localhost, listen: \"{listen}\", udp: \"127.0.0.1:{udp_port}\"}}\n"
+    );
+    config.agent_extra = format!("{FAST_CHECKS}{PLUGINS}  admin:\n    listen: {admin}\n");
+    let mut agent = Agent::prepare(&config);
+    install_plugin(&agent.plugins_dir(), "check_escape", "check_escape");
+    agent.spawn(&[]);
+
+    // It passes only when every attempt but its target was refused.
+    wait_for(PATIENCE, "hostile registered", || async {
+        registered(&etcd)
+            .await
+            .filter(|r| r.contains_key("hostile"))
+    })
+    .await;
+    // A few more runs.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let status = status_text(&agent);
+    assert!(
+        status.contains(&format!(
+            "plugin check_escape 127.0.0.1:{target}: passing — etcd=refused other=refused lookup=refused listen=refused udp=refused target=connected"
+        )),
+        "{status}"
+    );
+    // The plugin's own log lines say why each was refused.
+    let log = agent.log();
+    for what in ["etcd", "other", "lookup", "listen", "udp"] {
+        assert!(log.contains(&format!("{what} refused")), "{what}: {log}");
+    }
+    // Nothing reached the ports it tried; its target saw every run.
+    assert_eq!(other_hits.load(Ordering::SeqCst), 0);
+    assert_eq!(datagrams.load(Ordering::SeqCst), 0);
+    assert!(target_hits.load(Ordering::SeqCst) >= 3);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", listen)).is_err(),
+        "something listens on {listen}"
+    );
+}
