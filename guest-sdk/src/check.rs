@@ -10,6 +10,43 @@
 //! of [`Target::resolved`]); every other address, listening, UDP and name
 //! resolution are refused.
 //!
+//! # Example
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use std::net::TcpStream;
+//!
+//! use ygg_agent_sdk::check::{Check, Outcome, Target};
+//! use ygg_agent_sdk::{Instance, Settings};
+//!
+//! /// Passes when the server greets with the configured banner.
+//! struct Banner;
+//!
+//! impl Check for Banner {
+//!     fn check(_: &Instance, targets: &[Target], settings: &Settings) -> Result<Outcome, String> {
+//!         let address = targets[0].resolved.first().ok_or("no address")?;
+//!         let mut stream = TcpStream::connect(address.as_str()).map_err(|e| e.to_string())?;
+//!         stream.write_all(b"HELLO\r\n").map_err(|e| e.to_string())?;
+//!         let mut greeting = [0u8; 64];
+//!         let n = stream.read(&mut greeting).map_err(|e| e.to_string())?;
+//!         let greeting = String::from_utf8_lossy(&greeting[..n]).trim().to_owned();
+//!         Ok(if greeting == settings.get_or("banner", "OK") {
+//!             Outcome::Passing(greeting)
+//!         } else {
+//!             Outcome::Critical(format!("unexpected greeting {greeting:?}"))
+//!         })
+//!     }
+//! }
+//!
+//! ygg_agent_sdk::register_check!(Banner);
+//! # fn main() {}
+//! ```
+//!
+//! The crate needs the SDK's `check` feature
+//! (`ygg-agent-sdk = { path = "…", features = ["check"] }`), and is built
+//! like a metadata plugin, but in its own `cargo build` (see the feature's
+//! note in the SDK's `Cargo.toml`).
+//!
 //! The [`log`] here goes through the 0.2.0 contract: use it (or
 //! [`check_log!`](crate::check_log)) in a check plugin rather than
 //! [`crate::log`] and the [`info!`](crate::info) family, which belong to
@@ -245,6 +282,75 @@ fn instance_from_wit(i: wit_types::Instance) -> Instance {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Passes on a setting `up = yes`, fails on a missing target.
+    struct Fake;
+
+    impl Check for Fake {
+        fn check(
+            instance: &Instance,
+            targets: &[Target],
+            settings: &Settings,
+        ) -> Result<Outcome, String> {
+            let target = targets.first().ok_or("no target")?;
+            let line = format!("{} via {}", instance.name, target.resolved.join(","));
+            Ok(match settings.get("up") {
+                Some("yes") => Outcome::Passing(line),
+                _ => Outcome::Critical(line),
+            })
+        }
+    }
+
+    fn wit_instance(name: &str) -> wit_types::Instance {
+        wit_types::Instance {
+            namespace: "default".into(),
+            name: name.into(),
+            version: "1".into(),
+            region: String::new(),
+            zone: String::new(),
+            campus: String::new(),
+            metadata: vec![("k".into(), "v".into())],
+            endpoints: vec![wit_types::Endpoint {
+                scheme: "redis".into(),
+                address: "127.0.0.1:6379".into(),
+                metadata: Vec::new(),
+            }],
+            key: "/k".into(),
+        }
+    }
+
+    #[test]
+    fn the_export_passes_the_call_through_and_maps_the_outcome() {
+        let target = || {
+            vec![wit_types::Target {
+                address: "cache:6379".into(),
+                resolved: vec!["10.0.0.5:6379".into()],
+            }]
+        };
+        let up = __private::check::<Fake>(
+            wit_instance("cache"),
+            target(),
+            vec![("up".into(), "yes".into())],
+        )
+        .unwrap();
+        assert_eq!(up.status, wit_types::CheckStatus::Passing);
+        assert_eq!(up.output, "cache via 10.0.0.5:6379");
+        let down = __private::check::<Fake>(wit_instance("cache"), target(), Vec::new()).unwrap();
+        assert_eq!(down.status, wit_types::CheckStatus::Critical);
+        assert_eq!(
+            __private::check::<Fake>(wit_instance("cache"), Vec::new(), Vec::new()).unwrap_err(),
+            "no target"
+        );
+    }
+
+    #[test]
+    fn the_instance_arrives_whole() {
+        let instance = instance_from_wit(wit_instance("cache"));
+        assert_eq!(instance.name, "cache");
+        assert_eq!(instance.metadata.get("k").map(String::as_str), Some("v"));
+        assert_eq!(instance.endpoints[0].address, "127.0.0.1:6379");
+        assert_eq!(instance.key, "/k");
+    }
 
     #[test]
     fn a_target_names_its_host() {

@@ -104,6 +104,8 @@ pub struct Ready {
 }
 
 /// What a load produced, by world.
+// `Ready` travels boxed (`LoadOutcome`): the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum ReadyKind {
     Metadata {
         spec: runner::Spec,

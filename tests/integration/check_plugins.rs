@@ -72,7 +72,7 @@ fn status_text(agent: &Agent) -> String {
 }
 
 #[tokio::test]
-async fn a_redis_check_plugin_follows_a_real_redis_beside_a_0_1_0_plugin() {
+async fn a_redis_check_plugin_follows_a_real_redis_beside_0_1_0_and_0_2_0_metadata_plugins() {
     let etcd = Etcd::start().await;
     let port = free_port();
     let redis = Redis::start(port).await;
@@ -85,18 +85,24 @@ async fn a_redis_check_plugin_follows_a_real_redis_beside_a_0_1_0_plugin() {
         "{FAST_CHECKS}{PLUGINS}    settings:\n      heartbeat: {{format: unix}}\n  admin:\n    listen: {admin}\n"
     );
     let mut agent = Agent::prepare(&config);
-    // 0.2.0 check plugin and 0.1.0 metadata plugin, side by side.
+    // A 0.2.0 check plugin, a 0.1.0 and a 0.2.0 metadata plugin, side by side.
     install_plugin(&agent.plugins_dir(), "redis_check", "redis_check");
     install_plugin(&agent.plugins_dir(), "heartbeat", "heartbeat");
+    install_plugin(&agent.plugins_dir(), "metadata_v0_2", "metadata_v0_2");
     agent.spawn(&[]);
 
-    // Registered once PING answers, with the 0.1.0 plugin's metadata.
-    let (services, _) = wait_for(PATIENCE, "cache registered with heartbeat", || async {
-        registered(&etcd).await.filter(|r| {
-            r.get("cache")
-                .is_some_and(|v| v["metadata"].get("heartbeat").is_some())
-        })
-    })
+    // Registered once PING answers, with both metadata plugins' output.
+    let (services, _) = wait_for(
+        PATIENCE,
+        "cache registered with both plugins' metadata",
+        || async {
+            registered(&etcd).await.filter(|r| {
+                r.get("cache").is_some_and(|v| {
+                    v["metadata"].get("heartbeat").is_some() && v["metadata"]["wit"] == "0.2.0"
+                })
+            })
+        },
+    )
     .await;
     assert_eq!(services.len(), 1);
     agent.wait_for_log("check plugin loaded", PATIENCE).await;
