@@ -210,3 +210,84 @@ async fn a_hostile_check_plugin_reaches_nothing_but_its_target() {
         "something listens on {listen}"
     );
 }
+
+/// A TCP listener that records, for each connection, how long it stayed
+/// open (until the other side closed it).
+async fn timing_listener() -> (u16, Arc<std::sync::Mutex<Vec<Duration>>>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let open_for = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = open_for.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let recorded = recorded.clone();
+            tokio::spawn(async move {
+                let accepted = std::time::Instant::now();
+                let mut buf = [0u8; 64];
+                while socket.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+                recorded.lock().unwrap().push(accepted.elapsed());
+            });
+        }
+    });
+    (port, open_for)
+}
+
+#[tokio::test]
+async fn a_check_plugin_is_held_to_the_plugin_limits_and_its_connections_close() {
+    let etcd = Etcd::start().await;
+    let (held, open_for) = timing_listener().await;
+    let spin_port = free_port();
+    let _spin_target = accept_and_drop(spin_port).await;
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut config = ConfigFile::new(etcd.endpoints());
+    let check = |port: u16, then: &str| {
+        format!(
+            "    - name: {then}\n      version: \"1\"\n      endpoints: [{{scheme: tcp, address: \"127.0.0.1:{port}\"}}]\n      checks:\n        - plugin: check_escape\n          settings: {{then: {then}}}\n"
+        )
+    };
+    config.instances = format!("{}{}", check(held, "hold"), check(spin_port, "spin"));
+    // The check's own timeout is long: the plugin limit (200 ms) ends the calls.
+    config.agent_extra = format!(
+        "  checks: {{interval: 1500ms, timeout: 1s, failuresBeforeCritical: 1}}\n{PLUGINS}  admin:\n    listen: {admin}\n"
+    );
+    let mut agent = Agent::prepare(&config);
+    install_plugin(&agent.plugins_dir(), "check_escape", "check_escape");
+    agent.spawn(&[]);
+
+    let (status, _) = wait_for(PATIENCE, "both checks' errors in status", || async {
+        let (code, status, _) =
+            run_cli(&["status", "--config", agent.config_path.to_str().unwrap()]);
+        (code == 0
+            && status.contains("ran past the 200ms timeout")
+            && status.contains("CPU budget exhausted"))
+        .then_some(status)
+    })
+    .await;
+    assert!(
+        status.contains(&format!(
+            "plugin check_escape 127.0.0.1:{held}: critical — plugin check_escape ran past the 200ms timeout"
+        )),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!(
+            "plugin check_escape 127.0.0.1:{spin_port}: critical — plugin check_escape trapped: CPU budget exhausted"
+        )),
+        "{status}"
+    );
+    // The held connections were closed when their calls ended.
+    let (closed, _) = wait_for(PATIENCE, "two held connections closed", || async {
+        let closed = open_for.lock().unwrap().clone();
+        (closed.len() >= 2).then_some(closed)
+    })
+    .await;
+    for open in closed {
+        assert!(
+            open < Duration::from_millis(900),
+            "a connection stayed open {open:?}"
+        );
+    }
+    // Neither instance is registered, and the agent is still fine.
+    assert_eq!(registered(&etcd).await.map(|r| r.len()), Some(0));
+}

@@ -24,6 +24,9 @@ use super::v0_2_0;
 
 /// A check's output is cut to this many bytes (at a character boundary).
 pub const MAX_CHECK_OUTPUT: usize = 256;
+/// Calls of one check plugin running at once (each its own instance, of up
+/// to `memoryLimit`): more wait, within their check's timeout.
+pub const MAX_CALLS_PER_PLUGIN: usize = 4;
 
 /// The loaded check plugins by name, as published by the plugin host.
 pub type CheckPlugins = Arc<BTreeMap<String, Arc<CheckPlugin>>>;
@@ -44,6 +47,7 @@ pub struct CheckPlugin {
     /// `agent.plugins.settings.<name>`, what the `settings` import answers.
     settings: Vec<(String, String)>,
     limits: Limits,
+    calls: tokio::sync::Semaphore,
 }
 
 impl CheckPlugin {
@@ -60,6 +64,7 @@ impl CheckPlugin {
             pre,
             settings,
             limits,
+            calls: tokio::sync::Semaphore::new(MAX_CALLS_PER_PLUGIN),
         }
     }
 
@@ -98,6 +103,9 @@ impl CheckPlugin {
         targets: &[CheckTarget],
         settings: &BTreeMap<String, String>,
     ) -> Result<String, String> {
+        let Ok(_call) = self.calls.acquire().await else {
+            return Err(format!("plugin {} is unloading", self.name));
+        };
         let allowed: BTreeSet<SocketAddr> = targets
             .iter()
             .flat_map(|t| t.resolved.iter().copied())

@@ -98,3 +98,32 @@ pub fn to_wit_instance(instance: &PluginInstance) -> Instance {
 fn pairs(map: &std::collections::BTreeMap<String, String>) -> Vec<(String, String)> {
     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest, Sha256};
+
+    /// The folder `bindgen!` reads above, from this crate's manifest.
+    const WIT_DIR: &str = "../guest-sdk/wit/v0.2.0";
+    /// SHA-256 of `plugin.wit` as 0.2.0 was published.
+    const PUBLISHED_SHA256: &str =
+        "b1804c1ee82d3365c936a29e7887b2827a78c1f39801ac759ab137a35f1b70cc";
+    const FROZEN: &str = "WIT 0.2.0 is published and frozen: add a new version folder (guest-sdk/wit/v0.3.0/, a v0_3_0 module, a row in engine::WIT_VERSIONS) instead of editing it";
+
+    #[test]
+    fn the_published_wit_is_frozen() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(WIT_DIR);
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert_eq!(files, ["plugin.wit"], "{FROZEN}");
+        let wit = std::fs::read(dir.join("plugin.wit")).unwrap();
+        assert_eq!(
+            hex::encode(Sha256::digest(&wit)),
+            PUBLISHED_SHA256,
+            "{FROZEN}"
+        );
+    }
+}

@@ -8,6 +8,10 @@
 //! - `udp`: bind a UDP socket and send to the setting `udp`,
 //! - `target`: TCP connect to its own target (the one thing allowed).
 //!
+//! Then, with the setting `then`: `hold` keeps a connection to its target
+//! open and sleeps for an hour (the call's timeout must end it and close
+//! the connection); `spin` loops forever (the CPU budget must end it).
+//!
 //! Output: `etcd=refused other=refused lookup=refused listen=refused
 //! udp=refused target=connected`; each word is `refused` or `ALLOWED`
 //! (`connected` or `unreachable` for the target). Passing when everything
@@ -63,6 +67,17 @@ impl Check for CheckEscape {
                 }),
             ),
         ];
+        match settings.get("then") {
+            Some("hold") => {
+                let address = targets.first().and_then(|t| t.resolved.first());
+                let held = address.map(|a| TcpStream::connect(a.as_str()));
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                drop(held);
+            }
+            #[allow(clippy::empty_loop)]
+            Some("spin") => loop {},
+            _ => {}
+        }
         let own = targets
             .iter()
             .flat_map(|t| &t.resolved)
