@@ -693,6 +693,34 @@ fn forget_metrics(metrics: &Metrics, name: &str) {
     }
 }
 
+/// Loads one check plugin file outside a plugin host (benchmarks, tools):
+/// compile, check it implements the `check` world, instantiate it once.
+/// The plugin keeps its own engine (and epoch ticker) alive.
+pub async fn load_check_plugin(
+    path: &Path,
+    settings: Vec<(String, String)>,
+    limits: Limits,
+) -> Result<Arc<CheckPlugin>, String> {
+    let bytes = folder::read_plugin_file(path).map_err(|e| e.to_string())?;
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("plugin")
+        .to_string();
+    let engine = Arc::new(PluginEngine::new(None).map_err(|e| e.to_string())?);
+    let digest = sha2::Sha256::digest(&bytes).into();
+    let prepared = engine.prepare(&bytes, &digest).map_err(|e| e.to_string())?;
+    let engine::PreparedPre::Check(pre) = prepared.pre else {
+        return Err("a metadata plugin, not a check plugin (world `check`)".into());
+    };
+    let plugin = CheckPlugin::new(Arc::from(name.as_str()), engine, pre, settings, limits);
+    plugin
+        .try_instantiate()
+        .await
+        .map_err(|e| format!("instantiation {e}"))?;
+    Ok(Arc::new(plugin))
+}
+
 /// What `ygg-agent plugin check` found.
 #[derive(Debug)]
 pub struct CheckReport {

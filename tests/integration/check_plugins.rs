@@ -291,3 +291,161 @@ async fn a_check_plugin_is_held_to_the_plugin_limits_and_its_connections_close()
     // Neither instance is registered, and the agent is still fine.
     assert_eq!(registered(&etcd).await.map(|r| r.len()), Some(0));
 }
+
+/// The folder of PostgreSQL's server programs: on the PATH, or Debian's.
+fn postgres_bin() -> std::path::PathBuf {
+    let on_path = Command::new("sh")
+        .args(["-c", "command -v initdb"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if let Some(initdb) = on_path {
+        let initdb = std::fs::canonicalize(initdb).unwrap();
+        return initdb.parent().unwrap().to_path_buf();
+    }
+    let mut versions: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL's server (scripts/ensure-deps installs it)")
+        .map(|e| e.unwrap().path().join("bin"))
+        .collect();
+    versions.sort();
+    versions.pop().expect("a PostgreSQL version")
+}
+
+/// A throwaway PostgreSQL server on 127.0.0.1:`port` whose `postgres` user
+/// logs in with SCRAM-SHA-256 and `password`. Run as the `postgres` user
+/// when the tests run as root (the server refuses root). Stopped on drop.
+struct Postgres {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    async fn start(port: u16, password: &str) -> Postgres {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = postgres_bin();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let pwfile = dir.path().join("pw");
+        std::fs::write(&pwfile, password).unwrap();
+        std::fs::set_permissions(&pwfile, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let data = dir.path().join("data");
+        // SAFETY: geteuid cannot fail.
+        let as_postgres = unsafe { libc::geteuid() } == 0;
+        let command = |program: &str| {
+            let mut command = if as_postgres {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(bin.join(program));
+                c
+            } else {
+                Command::new(bin.join(program))
+            };
+            command.stdout(Stdio::null()).stderr(Stdio::null());
+            command
+        };
+        let status = command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+            ])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .status()
+            .expect("run initdb");
+        assert!(status.success(), "initdb failed");
+        // Its own process group, so a stop reaches the server behind runuser.
+        let child = std::os::unix::process::CommandExt::process_group(&mut command("postgres"), 0)
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+            .arg("-k")
+            .arg(dir.path())
+            .spawn()
+            .expect("start postgres");
+        wait_for(PATIENCE, "postgres listening", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+        })
+        .await;
+        Postgres { child, _dir: dir }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // SIGINT to the group (runuser and the server): a fast shutdown.
+        // SAFETY: kill(2) on the process group of our own child.
+        unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGINT) };
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_postgres_check_plugin_logs_in_with_scram_and_asks_select_1() {
+    let etcd = Etcd::start().await;
+    let port = free_port();
+    let postgres = Postgres::start(port, "s3cret pw").await;
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut config = ConfigFile::new(etcd.endpoints());
+    let instance = |name: &str, password: &str| {
+        format!(
+            "    - name: {name}\n      version: \"15\"\n      endpoints: [{{scheme: postgres, address: \"127.0.0.1:{port}\"}}]\n      checks:\n        - plugin: postgres_check\n          settings: {{user: postgres, password: \"{password}\"}}\n"
+        )
+    };
+    config.instances = format!(
+        "{}{}",
+        instance("db", "s3cret pw"),
+        instance("wrongpw", "guess")
+    );
+    config.agent_extra = format!("{FAST_CHECKS}{PLUGINS}  admin:\n    listen: {admin}\n");
+    // SCRAM's 4096 rounds of PBKDF2 take a few ms natively, more in wasm.
+    config.agent_extra = config
+        .agent_extra
+        .replace("timeout: 250ms", "timeout: 1500ms")
+        .replace("interval: 300ms", "interval: 2s")
+        .replace("    timeout: 200ms\n", "    timeout: 1s\n");
+    let mut agent = Agent::prepare(&config);
+    install_plugin(&agent.plugins_dir(), "postgres_check", "postgres_check");
+    agent.spawn(&[]);
+
+    // The right password logs in; the wrong one is refused by the server.
+    wait_for(PATIENCE, "db registered", || async {
+        registered(&etcd).await.filter(|r| r.contains_key("db"))
+    })
+    .await;
+    let (status, _) = wait_for(PATIENCE, "both checks run", || async {
+        let (code, status, _) =
+            run_cli(&["status", "--config", agent.config_path.to_str().unwrap()]);
+        (code == 0 && status.contains("28P01")).then_some(status)
+    })
+    .await;
+    assert!(
+        status.contains(&format!(
+            "plugin postgres_check 127.0.0.1:{port}: passing — SELECT 1 as postgres@postgres"
+        )),
+        "{status}"
+    );
+    assert!(
+        status.contains(
+            "critical — FATAL 28P01 password authentication failed for user \"postgres\""
+        ),
+        "{status}"
+    );
+    assert_eq!(
+        registered(&etcd)
+            .await
+            .map(|r| r.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["db".to_string()])
+    );
+
+    // The server stops: the key goes.
+    drop(postgres);
+    wait_for(PATIENCE, "db's key gone", || async {
+        registered(&etcd).await.filter(|r| r.is_empty())
+    })
+    .await;
+}
