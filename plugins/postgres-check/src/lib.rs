@@ -45,9 +45,8 @@ impl Check for PostgresCheck {
             stream: BufReader::new(connect(targets)?),
         };
         session.send(None, &startup(user, database))?;
-        match session.authenticate(password)? {
-            Some(refused) => return Ok(Outcome::Critical(refused)),
-            None => {}
+        if let Some(refused) = session.authenticate(password)? {
+            return Ok(Outcome::Critical(refused));
         }
         session.send(Some(b'Q'), b"SELECT 1\0")?;
         let verdict = session.query_result()?;
