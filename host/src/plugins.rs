@@ -246,11 +246,6 @@ impl PluginHost {
         self.loaded.keys().cloned().collect()
     }
 
-    /// Names of the loaded check plugins, sorted.
-    pub fn loaded_checks(&self) -> Vec<String> {
-        self.checks.keys().cloned().collect()
-    }
-
     /// Publishes the check plugins as they are now.
     fn publish_checks(&self) {
         let map: BTreeMap<String, Arc<CheckPlugin>> = self
@@ -285,7 +280,9 @@ impl PluginHost {
             self.warned.clear();
         }
         self.config = config;
-        self.metrics.plugins_loaded.set(self.loaded.len() as i64);
+        self.metrics
+            .plugins_loaded
+            .set((self.loaded.len() + self.checks.len()) as i64);
         self.scan();
         changes
     }
@@ -397,7 +394,9 @@ impl PluginHost {
                 }
             }
         }
-        self.metrics.plugins_loaded.set(self.loaded.len() as i64);
+        self.metrics
+            .plugins_loaded
+            .set((self.loaded.len() + self.checks.len()) as i64);
         changes
     }
 
@@ -531,7 +530,9 @@ impl PluginHost {
                 }
             }
         }
-        self.metrics.plugins_loaded.set(self.loaded.len() as i64);
+        self.metrics
+            .plugins_loaded
+            .set((self.loaded.len() + self.checks.len()) as i64);
         changes
     }
 
