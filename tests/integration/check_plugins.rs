@@ -136,6 +136,27 @@ async fn a_redis_check_plugin_follows_a_real_redis_beside_0_1_0_and_0_2_0_metada
     .await;
     assert!(took < Duration::from_secs(3), "{took:?}");
     agent.wait_for_log("instance healthy again", PATIENCE).await;
+
+    // The plugin's file goes: the check cannot run, the key goes; the
+    // file comes back: so does the key.
+    std::fs::remove_file(agent.plugins_dir().join("redis_check.wasm")).unwrap();
+    agent
+        .wait_for_log("check plugin unloaded (its file is gone)", PATIENCE)
+        .await;
+    wait_for(PATIENCE, "the key gone with the plugin", || async {
+        registered(&etcd).await.filter(|r| r.is_empty())
+    })
+    .await;
+    assert!(
+        status_text(&agent).contains("critical — no check plugin `redis_check` is loaded"),
+        "{}",
+        status_text(&agent)
+    );
+    install_plugin(&agent.plugins_dir(), "redis_check", "redis_check");
+    wait_for(PATIENCE, "the key back with the plugin", || async {
+        registered(&etcd).await.filter(|r| r.contains_key("cache"))
+    })
+    .await;
 }
 
 /// A TCP listener counting the connections it accepts.
