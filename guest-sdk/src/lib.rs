@@ -72,6 +72,8 @@
 //! stdout or stderr ends up in the agent's log.
 #![warn(missing_docs)]
 
+#[cfg(feature = "check")]
+pub mod check;
 mod host;
 pub mod time;
 mod types;

@@ -517,6 +517,8 @@ impl Supervisor {
             timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
             timer
         });
+        // Check plugins: the plugin host publishes them, the checks read.
+        let (check_plugins_tx, check_plugins) = watch::channel(plugins::CheckPlugins::default());
         let wiring = Wiring {
             metrics: options.metrics,
             tracker,
@@ -524,6 +526,7 @@ impl Supervisor {
                 results: results_tx,
                 scans: scans_tx,
                 loads: loads_tx,
+                check_plugins: check_plugins_tx,
             },
             plugins_signals: plugins_signals_tx,
             config_reads: reads_tx,
@@ -548,7 +551,7 @@ impl Supervisor {
             .plugins
             .as_ref()
             .and_then(|p| PluginsRuntime::start(p, &wiring));
-        let (checks, check_reports) = CheckHost::new(wiring.tracker.clone());
+        let (checks, check_reports) = CheckHost::new(wiring.tracker.clone(), check_plugins);
         let instances = config.agent.local.instances_dir.clone().map(|dir| {
             InstancesRuntime::new(dir, config.agent.local.check_defaults.clone(), &wiring)
         });

@@ -46,6 +46,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
 use crate::config::{AgentConfig, CheckConfig, CheckStatus, Probe};
+use crate::plugins::{CheckPlugins, CheckTarget, PluginInstance};
 use crate::record::Instance;
 use grpc::GrpcProbe;
 use http::HttpProbe;
@@ -120,13 +121,16 @@ pub struct CheckView<'a> {
 pub struct Prober {
     tracker: TaskTracker,
     roots: TlsRoots,
+    /// The loaded check plugins, published by the plugin host.
+    plugins: watch::Receiver<CheckPlugins>,
 }
 
 impl Prober {
-    pub fn new(tracker: TaskTracker) -> Prober {
+    pub fn new(tracker: TaskTracker, plugins: watch::Receiver<CheckPlugins>) -> Prober {
         Prober {
             roots: TlsRoots::new(tracker.clone()),
             tracker,
+            plugins,
         }
     }
 
@@ -135,6 +139,17 @@ impl Prober {
     /// (`connection refused`, `timed out after 2s waiting for the answer`,
     /// `redirect (302) not followed`, `NOT_SERVING`).
     pub async fn probe(&self, probe: &Probe, timeout: Duration) -> Result<String, String> {
+        self.probe_for("", probe, timeout).await
+    }
+
+    /// [`Prober::probe`] for the instance registered under `key` (what a
+    /// check plugin is told).
+    pub async fn probe_for(
+        &self,
+        key: &str,
+        probe: &Probe,
+        timeout: Duration,
+    ) -> Result<String, String> {
         let deadline = Instant::now() + timeout;
         let mut stage = Stage::Connecting;
         let run = async {
@@ -166,12 +181,54 @@ impl Prober {
                     };
                     grpc::probe(&check, &self.roots, &self.tracker, deadline, &mut stage).await
                 }
+                Probe::Plugin {
+                    plugin,
+                    targets,
+                    settings,
+                    instance,
+                } => {
+                    let Some(found) = self.plugins.borrow().get(plugin).cloned() else {
+                        return Err(format!(
+                            "no check plugin `{plugin}` is loaded (a {plugin}.wasm for the check world of WIT 0.2.0 in agent.plugins.dir)"
+                        ));
+                    };
+                    let targets = resolve(targets).await?;
+                    stage = Stage::Waiting;
+                    let instance = PluginInstance {
+                        key: key.to_string(),
+                        instance: (**instance).clone(),
+                    };
+                    found.check(&instance, &targets, settings).await
+                }
             }
         };
         match tokio::time::timeout_at(deadline, run).await {
             Ok(outcome) => outcome,
             Err(_) => Err(format!("timed out after {timeout:?} {stage}")),
         }
+    }
+}
+
+/// Resolves a plugin check's targets, just before its call: the plugin may
+/// connect to what they resolve to now. A target that does not resolve is
+/// left out, unless none does.
+async fn resolve(targets: &[String]) -> Result<Vec<CheckTarget>, String> {
+    let mut resolved = Vec::with_capacity(targets.len());
+    let mut first_error = None;
+    for address in targets {
+        match tokio::net::lookup_host(address.as_str()).await {
+            Ok(addresses) => resolved.push(CheckTarget {
+                address: address.clone(),
+                resolved: addresses.collect(),
+            }),
+            Err(error) => {
+                first_error.get_or_insert_with(|| format!("cannot resolve {address}: {error}"));
+            }
+        }
+    }
+    match first_error {
+        Some(error) if resolved.is_empty() => Err(error),
+        _ => Ok(resolved),
     }
 }
 
@@ -194,6 +251,10 @@ pub fn describe(probe: &Probe) -> String {
                 format!("{scheme} {address} service {service:?}")
             }
         }
+        // Settings are left out, as headers are.
+        Probe::Plugin {
+            plugin, targets, ..
+        } => format!("plugin {plugin} {}", targets.join(",")),
     }
 }
 
@@ -229,8 +290,11 @@ pub fn withheld<'a>(
         .collect()
 }
 
-type ProbeFn =
-    Arc<dyn Fn(Probe, Duration) -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
+/// Runs a probe of the check with this id (the id's instance key is what a
+/// check plugin is told).
+type ProbeFn = Arc<
+    dyn Fn(&CheckId, Probe, Duration) -> BoxFuture<'static, Result<String, String>> + Send + Sync,
+>;
 
 /// The running checks. Owned by the supervisor; see the module's contract.
 pub struct CheckHost {
@@ -313,11 +377,20 @@ impl CheckHost {
     /// back and forth between the agent's workers (measured: most of the
     /// CPU that many checks cost was those hand-overs). If that thread
     /// cannot start, they run on the caller's runtime.
-    pub fn new(tracker: TaskTracker) -> (CheckHost, mpsc::Receiver<CheckReport>) {
-        let prober = Prober::new(tracker.clone());
-        let probe: ProbeFn = Arc::new(move |probe, timeout| {
+    ///
+    /// `plugins` are the loaded check plugins (the plugin host's
+    /// [`crate::plugins::Outbox::check_plugins`]), read at each run of a
+    /// check of kind `plugin`: such a call runs on the checks' thread like
+    /// any probe, its CPU time yielded every epoch tick.
+    pub fn new(
+        tracker: TaskTracker,
+        plugins: watch::Receiver<CheckPlugins>,
+    ) -> (CheckHost, mpsc::Receiver<CheckReport>) {
+        let prober = Prober::new(tracker.clone(), plugins);
+        let probe: ProbeFn = Arc::new(move |id, probe, timeout| {
             let prober = prober.clone();
-            Box::pin(async move { prober.probe(&probe, timeout).await })
+            let key = id.instance_key.clone();
+            Box::pin(async move { prober.probe_for(&key, &probe, timeout).await })
         });
         let (mut host, reports) = CheckHost::with_probe(tracker, probe, MAX_PROBES_IN_FLIGHT);
         host.reporting = Reporting::Changes;
@@ -509,7 +582,7 @@ impl CheckTask {
                 return;
             };
             let began = Instant::now();
-            let last = (self.probe)(self.config.probe.clone(), self.config.timeout).await;
+            let last = (self.probe)(&self.id, self.config.probe.clone(), self.config.timeout).await;
             let duration = began.elapsed();
             drop(slot);
             let changed = threshold.record(last.is_ok(), &self.config);
@@ -586,6 +659,12 @@ impl Threshold {
     }
 }
 
+/// No check plugins (tests of the built-in probes).
+#[cfg(test)]
+fn no_plugins() -> watch::Receiver<CheckPlugins> {
+    watch::channel(CheckPlugins::default()).1
+}
+
 #[cfg(test)]
 impl Prober {
     /// A prober trusting `roots` instead of the system's.
@@ -593,6 +672,7 @@ impl Prober {
         Prober {
             roots: TlsRoots::preloaded(tracker.clone(), roots),
             tracker,
+            plugins: no_plugins(),
         }
     }
 }
@@ -661,7 +741,7 @@ mod tests {
     impl Fake {
         fn host(&self, tracker: &TaskTracker) -> (CheckHost, mpsc::Receiver<CheckReport>) {
             let fake = self.clone();
-            let probe: ProbeFn = Arc::new(move |probe, _timeout| {
+            let probe: ProbeFn = Arc::new(move |_id, probe, _timeout| {
                 let fake = fake.clone();
                 Box::pin(async move {
                     let now = fake.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -1070,7 +1150,7 @@ mod tests {
 
         /// Runs `probe` with a fresh prober: its outcome, and how long it took.
         async fn run(probe: &Probe, timeout: Duration) -> (Result<String, String>, Duration) {
-            let prober = Prober::new(TaskTracker::new());
+            let prober = Prober::new(TaskTracker::new(), no_plugins());
             let began = Instant::now();
             let outcome = prober.probe(probe, timeout).await;
             (outcome, began.elapsed())
@@ -1319,7 +1399,7 @@ mod tests {
         async fn grpc_against_a_silent_server_times_out_and_leaves_no_task_behind() {
             let mute = raw_server(silent).await;
             let tracker = TaskTracker::new();
-            let prober = Prober::new(tracker.clone());
+            let prober = Prober::new(tracker.clone(), no_plugins());
             let began = Instant::now();
             let outcome = prober.probe(&grpc(mute, ""), TIMEOUT).await;
             let took = began.elapsed();
@@ -1433,7 +1513,7 @@ mod tests {
             );
 
             // The system's roots do not hold the test's certificate.
-            let system = Prober::new(TaskTracker::new());
+            let system = Prober::new(TaskTracker::new(), no_plugins());
             let refused = system
                 .probe(&https(by_ip.clone(), false), TIMEOUT)
                 .await
@@ -1477,7 +1557,7 @@ mod tests {
                     .await,
                 Ok("SERVING".to_string())
             );
-            let system = Prober::new(TaskTracker::new());
+            let system = Prober::new(TaskTracker::new(), no_plugins());
             let refused = system
                 .probe(&probe(by_name.clone(), true), TIMEOUT)
                 .await

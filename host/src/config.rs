@@ -257,6 +257,17 @@ pub enum Probe {
         service: String,
         tls: bool,
     },
+    /// Asks the check plugin `plugin` (world `check` of WIT 0.2.0, in the
+    /// plugins folder), which may connect to `targets` and nowhere else.
+    Plugin {
+        plugin: String,
+        /// `host:port` pairs: the check's `target`, or else every
+        /// endpoint of the instance (in their order).
+        targets: Vec<String>,
+        settings: BTreeMap<String, String>,
+        /// The instance checked, as the plugin is told about it.
+        instance: Box<Instance>,
+    },
 }
 
 /// A check's (and an instance's) health.
@@ -1039,7 +1050,7 @@ fn read_instance(
     let endpoints = (report.error_count() == endpoint_errors).then_some(&instance.endpoints[..]);
     let checks = map.list("checks").value();
     let checks = checks
-        .map(|list| read_checks(&list, endpoints, defaults))
+        .map(|list| read_checks(&list, &instance, endpoints, defaults))
         .unwrap_or_default();
     map.finish(Unknown::Error);
     (report.error_count() == errors_before).then_some((instance, checks))
@@ -1188,21 +1199,25 @@ fn timeout_below_interval<'a>(
 }
 
 /// The kinds of check, each the key that holds its target.
-const CHECK_KINDS: [&str; 3] = ["tcp", "http", "grpc"];
+/// (`plugin` holds the plugin's name; its target is `target`.)
+const CHECK_KINDS: [&str; 4] = ["tcp", "http", "grpc", "plugin"];
 
 /// Options only one kind of check has, and that kind.
-const KIND_OPTIONS: [(&str, &str); 5] = [
+const KIND_OPTIONS: [(&str, &str); 7] = [
     ("method", "http"),
     ("headers", "http"),
     ("tlsSkipVerify", "http"),
     ("service", "grpc"),
     ("tls", "grpc"),
+    ("target", "plugin"),
+    ("settings", "plugin"),
 ];
 
 /// `instances[].checks`: each valid check, then that no two are the same.
 /// `endpoints` is `None` when the instance's endpoints are in error.
 fn read_checks(
     list: &List,
+    instance: &Instance,
     endpoints: Option<&[Endpoint]>,
     defaults: &CheckTiming,
 ) -> Vec<CheckConfig> {
@@ -1210,7 +1225,7 @@ fn read_checks(
     // Where each of `checks` is in the list (entries in error are not).
     let mut indices: Vec<usize> = Vec::new();
     for (i, item) in list.items().enumerate() {
-        let Some(check) = read_check(&item, endpoints, defaults) else {
+        let Some(check) = read_check(&item, instance, endpoints, defaults) else {
             continue;
         };
         if let Some(first) = checks.iter().position(|c| c.probe == check.probe) {
@@ -1230,6 +1245,7 @@ fn read_checks(
 /// defaults, and the options of its kind.
 fn read_check(
     item: &Value,
+    instance: &Instance,
     endpoints: Option<&[Endpoint]>,
     defaults: &CheckTiming,
 ) -> Option<CheckConfig> {
@@ -1242,22 +1258,29 @@ fn read_check(
     let probe = match kinds.len() {
         1 => {
             let (kind, target) = kinds.remove(0);
-            read_probe(&mut map, kind, target, endpoints)
+            read_probe(&mut map, kind, target, instance, endpoints)
         }
         written => {
             // Options of every kind are read (and checked) so that only
             // the kind is reported.
             let _ = (read_http_options(&mut map), read_grpc_options(&mut map));
+            let _ = (
+                map.string("target").value(),
+                map.string_map("settings").value(),
+            );
             if written > 1 {
                 let (first, (second, target)) = (kinds[0].0, &kinds[1]);
                 target.error(format!(
                     "a check has one kind, and this one is already `{first}`: write a second check for `{second}`"
                 ));
             } else if map.has_unread() {
-                map.finish_as(Unknown::Error, "not a check kind: use tcp, http or grpc");
+                map.finish_as(
+                    Unknown::Error,
+                    "not a check kind: use tcp, http, grpc or plugin",
+                );
                 return None;
             } else {
-                item.error(r#"no check kind: write one of tcp, http or grpc (e.g. `- tcp: "127.0.0.1:8080"`)"#);
+                item.error(r#"no check kind: write one of tcp, http, grpc or plugin (e.g. `- tcp: "127.0.0.1:8080"`)"#);
             }
             None
         }
@@ -1278,6 +1301,7 @@ fn read_probe(
     map: &mut Section,
     kind: &str,
     target: Field<String>,
+    instance: &Instance,
     endpoints: Option<&[Endpoint]>,
 ) -> Option<Probe> {
     for (key, owner) in KIND_OPTIONS {
@@ -1293,6 +1317,22 @@ fn read_probe(
         "tcp" => Some(Probe::Tcp {
             address: address_target(target, kind, endpoints)?,
         }),
+        "plugin" => {
+            let plugin = target
+                .check(|name| match name.as_str() {
+                    "" => Err("no plugin named: write the check plugin's name (its file name without .wasm)".into()),
+                    name => plugin_name(name),
+                })
+                .valid();
+            let targets = plugin_targets(map.string("target"), endpoints);
+            let settings = map.string_map("settings").or_default();
+            Some(Probe::Plugin {
+                plugin: plugin?,
+                targets: targets?,
+                settings,
+                instance: Box::new(instance.clone()),
+            })
+        }
         "grpc" => {
             let (service, tls) = read_grpc_options(map);
             Some(Probe::Grpc {
@@ -1366,6 +1406,26 @@ fn address_target(
     Some(own.address.clone())
 }
 
+/// Where a plugin check may connect: its written `target` (`host:port`),
+/// or else every endpoint of the instance.
+fn plugin_targets(target: Field<String>, endpoints: Option<&[Endpoint]>) -> Option<Vec<String>> {
+    if !target.is_absent() {
+        return target.check(|a| host_and_port(a)).valid().map(|a| vec![a]);
+    }
+    let addresses: Vec<String> = endpoints?
+        .iter()
+        .map(|e| e.address.clone())
+        .filter(|a| host_and_port(a).is_ok())
+        .collect();
+    if addresses.is_empty() {
+        target.error(
+            "no target given and none of the instance's endpoints is a host:port to connect to",
+        );
+        return None;
+    }
+    Some(addresses)
+}
+
 /// The URL an http check asks: its written one, or else the instance's
 /// first http or https endpoint as `http(s)://<address>/`.
 fn url_target(target: Field<String>, endpoints: Option<&[Endpoint]>) -> Option<String> {
@@ -1398,6 +1458,9 @@ fn probe_label(probe: &Probe) -> String {
         Probe::Tcp { address } => format!("tcp {address}"),
         Probe::Http { method, url, .. } => format!("http {method} {url}"),
         Probe::Grpc { address, .. } => format!("grpc {address}"),
+        Probe::Plugin {
+            plugin, targets, ..
+        } => format!("plugin {plugin} {}", targets.join(",")),
     }
 }
 

@@ -9,6 +9,7 @@
 
 mod background;
 mod cache;
+mod check;
 mod engine;
 mod folder;
 mod instance;
@@ -19,6 +20,7 @@ mod stdio;
 pub mod system;
 mod ticker;
 mod v0_1_0;
+mod v0_2_0;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -26,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::Digest;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
@@ -35,6 +37,7 @@ use tracing::{error, info, warn};
 use crate::config::PluginsConfig;
 use crate::metrics::{Metrics, PluginLabel, PluginResultLabel};
 
+pub use check::{CheckPlugin, CheckPlugins, CheckTarget, MAX_CHECK_OUTPUT};
 pub use engine::{LoadError, PluginEngine, default_cache_dir};
 pub use folder::Scan;
 pub use instance::PluginInstance;
@@ -76,6 +79,12 @@ struct Loaded {
     next_due: Instant,
 }
 
+/// A check plugin that is loaded (published in [`CheckPlugins`]).
+struct LoadedCheck {
+    inputs: LoadInputs,
+    plugin: Arc<CheckPlugin>,
+}
+
 /// A load under way beside the supervisor's loop. Dropping it (a newer
 /// load of the same plugin, its file gone, the host dropped) cancels the
 /// load's task; a compile already running finishes on its blocking thread
@@ -89,11 +98,21 @@ struct Pending {
 /// A plugin compiled, instantiated and initialised, not yet running.
 pub struct Ready {
     inputs: LoadInputs,
-    spec: runner::Spec,
-    live: runner::Live,
-    info: PluginInfo,
+    kind: ReadyKind,
     from_cache: bool,
     compile_time: Duration,
+}
+
+/// What a load produced, by world.
+// `Ready` travels boxed (`LoadOutcome`): the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum ReadyKind {
+    Metadata {
+        spec: runner::Spec,
+        live: runner::Live,
+        info: PluginInfo,
+    },
+    Check(Arc<CheckPlugin>),
 }
 
 /// The end of one load, sent back to the supervisor (see
@@ -132,6 +151,9 @@ pub struct Outbox {
     pub results: mpsc::Sender<RoundResult>,
     pub scans: mpsc::Sender<Scan>,
     pub loads: mpsc::Sender<LoadOutcome>,
+    /// The loaded check plugins, for the health checks (read with
+    /// `borrow`; the host replaces the map whenever one loads or goes).
+    pub check_plugins: watch::Sender<CheckPlugins>,
 }
 
 /// The plugins of one agent. Every method returns at once: scans and loads
@@ -142,6 +164,8 @@ pub struct PluginHost {
     engine: Arc<PluginEngine>,
     config: PluginsConfig,
     loaded: BTreeMap<String, Loaded>,
+    /// Check plugins, by name (a name is in `loaded` or here, not both).
+    checks: BTreeMap<String, LoadedCheck>,
     pending: HashMap<String, Pending>,
     /// Files that failed to load, by name, with what they were loaded with:
     /// not retried until the bytes, settings or limits change.
@@ -170,6 +194,11 @@ impl Drop for PluginHost {
         for name in self.loaded.keys() {
             forget_metrics(&self.metrics, name);
         }
+        if !self.checks.is_empty() {
+            self.outbox
+                .check_plugins
+                .send_replace(CheckPlugins::default());
+        }
     }
 }
 
@@ -189,6 +218,7 @@ impl PluginHost {
             engine,
             config,
             loaded: BTreeMap::new(),
+            checks: BTreeMap::new(),
             pending: HashMap::new(),
             failed: HashMap::new(),
             known: HashMap::new(),
@@ -216,6 +246,16 @@ impl PluginHost {
         self.loaded.keys().cloned().collect()
     }
 
+    /// Publishes the check plugins as they are now.
+    fn publish_checks(&self) {
+        let map: BTreeMap<String, Arc<CheckPlugin>> = self
+            .checks
+            .iter()
+            .map(|(name, loaded)| (name.clone(), loaded.plugin.clone()))
+            .collect();
+        self.outbox.check_plugins.send_replace(Arc::new(map));
+    }
+
     /// No scan and no load is under way.
     pub fn is_settled(&self) -> bool {
         !self.scanning && !self.rescan && self.pending.is_empty()
@@ -231,13 +271,18 @@ impl PluginHost {
                 forget_metrics(&self.metrics, &name);
                 changes.stopped.push(name);
             }
+            if !std::mem::take(&mut self.checks).is_empty() {
+                self.publish_checks();
+            }
             self.pending.clear();
             self.failed.clear();
             self.known.clear();
             self.warned.clear();
         }
         self.config = config;
-        self.metrics.plugins_loaded.set(self.loaded.len() as i64);
+        self.metrics
+            .plugins_loaded
+            .set((self.loaded.len() + self.checks.len()) as i64);
         self.scan();
         changes
     }
@@ -321,6 +366,17 @@ impl PluginHost {
             info!(plugin = %name, "plugin unloaded (its file is gone)");
             changes.stopped.push(name);
         }
+        let checks_before = self.checks.len();
+        self.checks.retain(|name, _| {
+            let keep = files.contains_key(name);
+            if !keep {
+                info!(plugin = %name, "check plugin unloaded (its file is gone)");
+            }
+            keep
+        });
+        if self.checks.len() != checks_before {
+            self.publish_checks();
+        }
         self.failed.retain(|name, _| files.contains_key(name));
         self.pending.retain(|name, _| files.contains_key(name));
         self.known.clear();
@@ -338,7 +394,9 @@ impl PluginHost {
                 }
             }
         }
-        self.metrics.plugins_loaded.set(self.loaded.len() as i64);
+        self.metrics
+            .plugins_loaded
+            .set((self.loaded.len() + self.checks.len()) as i64);
         changes
     }
 
@@ -357,12 +415,14 @@ impl PluginHost {
             settings: settings_for(Some(&self.config), name),
             limits: Limits::of(Some(&self.config)),
         };
-        let unchanged = self.loaded.get(name).is_some_and(|l| l.inputs == inputs)
+        let running = self.loaded.get(name).map(|l| &l.inputs);
+        let running = running.or(self.checks.get(name).map(|c| &c.inputs));
+        let unchanged = running == Some(&inputs)
             || self.pending.get(name).is_some_and(|p| p.inputs == inputs)
             || self.failed.get(name) == Some(&inputs);
         if unchanged {
             // A load of older inputs that is still running is superseded.
-            if self.loaded.get(name).is_some_and(|l| l.inputs == inputs) {
+            if running == Some(&inputs) {
                 self.pending.remove(name);
             }
             return;
@@ -409,46 +469,58 @@ impl PluginHost {
         }
         self.pending.remove(&outcome.name);
         let name = outcome.name;
-        let replacing = self.loaded.contains_key(&name);
+        let replacing = self.loaded.contains_key(&name) || self.checks.contains_key(&name);
         match outcome.result {
             Ok(ready) => {
                 let Ready {
                     inputs,
-                    spec,
-                    live,
-                    info,
+                    kind,
                     from_cache,
                     compile_time,
                 } = *ready;
                 tracing::debug!(plugin = %name, from_cache, compile = ?compile_time, "plugin compiled");
                 self.failed.remove(&name);
-                let handle = runner::spawn(
-                    self.engine.clone(),
-                    spec,
-                    live,
-                    outcome.id,
-                    self.outbox.results.clone(),
-                    self.metrics.clone(),
-                    &self.tracker,
-                );
-                info!(
-                    plugin = %name,
-                    version = %info.version,
-                    "{}",
-                    if replacing { "plugin reloaded" } else { "plugin loaded" }
-                );
-                // Dropping the old handle stops the old version's task.
-                self.loaded.insert(
-                    name.clone(),
-                    Loaded {
-                        inputs,
-                        info,
-                        generation: outcome.id,
-                        handle,
-                        next_due: Instant::now(),
-                    },
-                );
-                changes.started.push(name);
+                let loaded_word = if replacing { "reloaded" } else { "loaded" };
+                match kind {
+                    ReadyKind::Metadata { spec, live, info } => {
+                        let handle = runner::spawn(
+                            self.engine.clone(),
+                            spec,
+                            live,
+                            outcome.id,
+                            self.outbox.results.clone(),
+                            self.metrics.clone(),
+                            &self.tracker,
+                        );
+                        info!(plugin = %name, version = %info.version, "plugin {loaded_word}");
+                        if self.checks.remove(&name).is_some() {
+                            self.publish_checks();
+                        }
+                        // Dropping the old handle stops the old version's task.
+                        self.loaded.insert(
+                            name.clone(),
+                            Loaded {
+                                inputs,
+                                info,
+                                generation: outcome.id,
+                                handle,
+                                next_due: Instant::now(),
+                            },
+                        );
+                        changes.started.push(name);
+                    }
+                    ReadyKind::Check(plugin) => {
+                        info!(plugin = %name, "check plugin {loaded_word}");
+                        if self.loaded.remove(&name).is_some() {
+                            // It was a metadata plugin: its output goes.
+                            forget_metrics(&self.metrics, &name);
+                            changes.stopped.push(name.clone());
+                        }
+                        self.checks
+                            .insert(name.clone(), LoadedCheck { inputs, plugin });
+                        self.publish_checks();
+                    }
+                }
             }
             Err((inputs, message)) => {
                 report_failure(&name, &outcome.path, &message);
@@ -458,7 +530,9 @@ impl PluginHost {
                 }
             }
         }
-        self.metrics.plugins_loaded.set(self.loaded.len() as i64);
+        self.metrics
+            .plugins_loaded
+            .set((self.loaded.len() + self.checks.len()) as i64);
         changes
     }
 
@@ -550,27 +624,48 @@ impl Load {
         };
         inputs.digest = digest;
         let compile_time = started.elapsed();
-        let spec = runner::Spec {
-            name: Arc::from(name.as_str()),
-            pre: prepared.pre,
-            settings: inputs.settings.clone(),
-            limits: inputs.limits,
+        let name_arc: Arc<str> = Arc::from(name.as_str());
+        let kind = match prepared.pre {
+            engine::PreparedPre::Metadata(pre) => {
+                let spec = runner::Spec {
+                    name: name_arc,
+                    pre,
+                    settings: inputs.settings.clone(),
+                    limits: inputs.limits,
+                };
+                match runner::instantiate(&engine, &spec, Arc::new(system::read())).await {
+                    Ok((live, info)) => ReadyKind::Metadata {
+                        spec,
+                        live,
+                        info: PluginInfo::from(info),
+                    },
+                    Err(error) => return fail(inputs, format!("init {error}")),
+                }
+            }
+            engine::PreparedPre::Check(pre) => {
+                let plugin = CheckPlugin::new(
+                    name_arc,
+                    engine.clone(),
+                    pre,
+                    inputs.settings.clone(),
+                    inputs.limits,
+                );
+                if let Err(error) = plugin.try_instantiate().await {
+                    return fail(inputs, format!("instantiation {error}"));
+                }
+                ReadyKind::Check(Arc::new(plugin))
+            }
         };
-        match runner::instantiate(&engine, &spec, Arc::new(system::read())).await {
-            Ok((live, info)) => LoadOutcome {
-                name,
-                id,
-                path,
-                result: Ok(Box::new(Ready {
-                    inputs,
-                    spec,
-                    live,
-                    info: PluginInfo::from(info),
-                    from_cache: prepared.from_cache,
-                    compile_time,
-                })),
-            },
-            Err(error) => fail(inputs, format!("init {error}")),
+        LoadOutcome {
+            name,
+            id,
+            path,
+            result: Ok(Box::new(Ready {
+                inputs,
+                kind,
+                from_cache: prepared.from_cache,
+                compile_time,
+            })),
         }
     }
 }
@@ -600,6 +695,34 @@ fn forget_metrics(metrics: &Metrics, name: &str) {
             result,
         });
     }
+}
+
+/// Loads one check plugin file outside a plugin host (benchmarks, tools):
+/// compile, check it implements the `check` world, instantiate it once.
+/// The plugin keeps its own engine (and epoch ticker) alive.
+pub async fn load_check_plugin(
+    path: &Path,
+    settings: Vec<(String, String)>,
+    limits: Limits,
+) -> Result<Arc<CheckPlugin>, String> {
+    let bytes = folder::read_plugin_file(path).map_err(|e| e.to_string())?;
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("plugin")
+        .to_string();
+    let engine = Arc::new(PluginEngine::new(None).map_err(|e| e.to_string())?);
+    let digest = sha2::Sha256::digest(&bytes).into();
+    let prepared = engine.prepare(&bytes, &digest).map_err(|e| e.to_string())?;
+    let engine::PreparedPre::Check(pre) = prepared.pre else {
+        return Err("a metadata plugin, not a check plugin (world `check`)".into());
+    };
+    let plugin = CheckPlugin::new(Arc::from(name.as_str()), engine, pre, settings, limits);
+    plugin
+        .try_instantiate()
+        .await
+        .map_err(|e| format!("instantiation {e}"))?;
+    Ok(Arc::new(plugin))
 }
 
 /// What `ygg-agent plugin check` found.
@@ -646,9 +769,15 @@ pub async fn check_file(
     let started = std::time::Instant::now();
     let prepared = engine.prepare(&bytes, &digest).map_err(|e| e.to_string())?;
     let cache_load = started.elapsed();
+    let engine::PreparedPre::Metadata(pre) = prepared.pre else {
+        return Err(
+            "a check plugin (world `check`): use it in a check of kind `plugin` (agent.instances[].checks); `plugin check` runs metadata plugins"
+                .into(),
+        );
+    };
     let spec = runner::Spec {
         name: Arc::from(name.as_str()),
-        pre: prepared.pre,
+        pre,
         settings,
         limits,
     };
@@ -710,6 +839,7 @@ mod tests {
             results,
             scans: scans_tx,
             loads: loads_tx,
+            check_plugins: watch::channel(CheckPlugins::default()).0,
         };
         let host = PluginHost::new(config, outbox, Metrics::new(), TaskTracker::new()).unwrap();
         Harness {

@@ -5,6 +5,7 @@
 mod support;
 
 mod big_component;
+mod check_plugins;
 mod checks;
 mod config_errors;
 mod faults;

@@ -234,7 +234,9 @@ async fn hostile_plugins_are_isolated_and_the_instance_stays_registered() {
         ),
         (
             "wrong_version",
-            &["built for ygg:agent-plugin@0.2.0; this agent supports ygg:agent-plugin@0.1.0"],
+            &[
+                "built for ygg:agent-plugin@0.3.0; this agent supports ygg:agent-plugin@0.1.0 and ygg:agent-plugin@0.2.0",
+            ],
         ),
         ("trap_init", &["boom in init"]),
         ("trap_collect", &["boom in collect"]),
@@ -470,7 +472,7 @@ fn plugin_check_runs_a_plugin_once() {
     ]);
     assert_eq!(code, 1);
     assert!(
-        stderr.contains("built for ygg:agent-plugin@0.2.0"),
+        stderr.contains("built for ygg:agent-plugin@0.3.0"),
         "{stderr}"
     );
 

@@ -627,6 +627,37 @@ fn grpc(address: &str) -> Probe {
 }
 
 #[test]
+fn a_plugin_check_targets_its_address_or_every_endpoint() {
+    let config = ok(&with_checks(
+        "- plugin: redis_check\n- {plugin: redis_check, target: 'cache.internal:6379', settings: {password: pw}}",
+    ))
+    .config;
+    let instance = Box::new(config.agent.instances[0].clone());
+    let probes: Vec<Probe> = config.agent.checks[0]
+        .iter()
+        .map(|c| c.probe.clone())
+        .collect();
+    assert_eq!(
+        probes,
+        [
+            Probe::Plugin {
+                plugin: "redis_check".into(),
+                targets: vec!["10.0.0.1:9000".into(), "10.0.0.1:8080".into()],
+                settings: BTreeMap::new(),
+                instance: instance.clone(),
+            },
+            Probe::Plugin {
+                plugin: "redis_check".into(),
+                targets: vec!["cache.internal:6379".into()],
+                settings: BTreeMap::from([("password".into(), "pw".into())]),
+                instance,
+            },
+        ]
+    );
+    assert_eq!(config.agent.checks[0][0].interval, DEFAULT_CHECK_INTERVAL);
+}
+
+#[test]
 fn each_kind_of_check_with_its_address_and_the_defaults() {
     let config = ok(&with_checks(
         "- tcp: \"127.0.0.1:5432\"\n- http: \"https://example.com:8443/healthz?full=1\"\n- grpc: \"[::1]:50051\"\n- http: http://[::1]/\n- tcp: db.internal:5432",
@@ -894,9 +925,9 @@ fn invalid_checks_are_named_with_their_path_and_line() {
     let p = "agent.instances[0].checks[0]";
     #[rustfmt::skip]
     let cases: &[(&str, String)] = &[
-        ("- udp: 'h:1'", format!("{p}.udp: not a check kind: use tcp, http or grpc (did you mean `tcp`?) (line 8)")),
-        ("- exec: /bin/true", format!("{p}.exec: not a check kind: use tcp, http or grpc (line 8)")),
-        ("- {interval: 5s}", format!("{p}: no check kind: write one of tcp, http or grpc (e.g. `- tcp: \"127.0.0.1:8080\"`) (line 8)")),
+        ("- udp: 'h:1'", format!("{p}.udp: not a check kind: use tcp, http, grpc or plugin (did you mean `tcp`?) (line 8)")),
+        ("- exec: /bin/true", format!("{p}.exec: not a check kind: use tcp, http, grpc or plugin (line 8)")),
+        ("- {interval: 5s}", format!("{p}: no check kind: write one of tcp, http, grpc or plugin (e.g. `- tcp: \"127.0.0.1:8080\"`) (line 8)")),
         ("- {tcp: 'h:1', http: 'http://h/'}", format!("{p}.http: a check has one kind, and this one is already `tcp`: write a second check for `http` (line 8)")),
         ("- http: localhost:8080/health", format!("{p}.http: `localhost:8080/health` has no scheme (write http://localhost:8080/health or https://localhost:8080/health) (line 8)")),
         ("- http: example.com", format!("{p}.http: `example.com` has no scheme (write http://example.com or https://example.com) (line 8)")),
@@ -927,6 +958,12 @@ fn invalid_checks_are_named_with_their_path_and_line() {
         ("- {http: ~, tlsSkipVerify: yes}", format!("{p}.tlsSkipVerify: expected true or false, found `yes` (line 8)")),
         ("- {grpc: ~, tls: 1}", format!("{p}.tls: expected true or false, found `1` (line 8)")),
         ("- tcp", format!("{p}: expected a mapping (key: value lines), found a single value (line 8)")),
+        ("- plugin: ~", format!("{p}.plugin: no plugin named: write the check plugin's name (its file name without .wasm) (line 8)")),
+        ("- plugin: 'a b'", format!("{p}.plugin: not a plugin name (letters, digits, `_`, `-`, `.`) (line 8)")),
+        ("- {plugin: redis_check, target: localhost}", format!("{p}.target: `localhost` has no port (expected host:port, e.g. 127.0.0.1:8080 or [::1]:8080) (line 8)")),
+        ("- {plugin: redis_check, settings: {a: [1]}}", format!("{p}.settings.a: expected a single value, found a list (line 8)")),
+        ("- {tcp: 'h:1', target: 'h:2'}", format!("{p}.target: `target` is for plugin checks only, and this check is tcp (line 8)")),
+        ("- {http: ~, settings: {a: b}}", format!("{p}.settings: `settings` is for plugin checks only, and this check is http (line 8)")),
         ("- tcp: 'h:1'\n- {tcp: 'h:1', interval: 1m}", "agent.instances[0].checks[1]: the same check as agent.instances[0].checks[0] (tcp h:1): keep one (line 9)".into()),
     ];
     for (checks, expected) in cases {

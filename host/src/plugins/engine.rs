@@ -16,7 +16,7 @@ use super::background;
 use super::cache::CompileCache;
 use super::state::PluginState;
 use super::ticker::EpochTicker;
-use super::v0_1_0;
+use super::{v0_1_0, v0_2_0};
 
 /// The WIT package plugins implement.
 pub const WIT_PACKAGE: &str = "ygg:agent-plugin";
@@ -42,7 +42,7 @@ pub enum LoadError {
     #[error("cannot compile it: {0}")]
     Compile(String),
     #[error(
-        "built for {WIT_PACKAGE}@{found}; this agent supports {WIT_PACKAGE}@{supported}: rebuild it with a matching ygg-agent-sdk"
+        "built for {WIT_PACKAGE}@{found}; this agent supports {supported}: rebuild it with a matching ygg-agent-sdk"
     )]
     UnknownVersion { found: String, supported: String },
     #[error("not a ygg-agent plugin: {0}")]
@@ -66,10 +66,16 @@ struct WitVersion {
 /// bindings module (`v0_1_0`, …) and one row here. A new version adds a
 /// folder, a module and a row; none is edited or removed, so a plugin built
 /// for an older version keeps loading.
-const WIT_VERSIONS: &[WitVersion] = &[WitVersion {
-    version: v0_1_0::VERSION,
-    add_to_linker: v0_1_0::add_to_linker,
-}];
+const WIT_VERSIONS: &[WitVersion] = &[
+    WitVersion {
+        version: v0_1_0::VERSION,
+        add_to_linker: v0_1_0::add_to_linker,
+    },
+    WitVersion {
+        version: v0_2_0::VERSION,
+        add_to_linker: v0_2_0::add_to_linker,
+    },
+];
 
 /// The engine, its linker and the compile cache.
 pub struct PluginEngine {
@@ -127,13 +133,19 @@ impl PluginEngine {
     pub fn prepare(&self, bytes: &[u8], digest: &[u8; 32]) -> Result<Prepared, LoadError> {
         check_header(bytes)?;
         let (component, from_cache) = self.compile(bytes, &hex::encode(digest))?;
-        check_world(&self.engine, &component)?;
+        let world = check_world(&self.engine, &component)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::NotAPlugin(format!("{e:#}")))?;
-        let pre =
-            v0_1_0::PluginPre::new(pre).map_err(|e| LoadError::NotAPlugin(format!("{e:#}")))?;
+        let not_a_plugin = |e: wasmtime::Error| LoadError::NotAPlugin(format!("{e:#}"));
+        let pre = match world {
+            // 0.1.0 and 0.2.0 metadata plugins alike (see `v0_2_0`).
+            World::Plugin => {
+                PreparedPre::Metadata(v0_1_0::PluginPre::new(pre).map_err(not_a_plugin)?)
+            }
+            World::Check => PreparedPre::Check(v0_2_0::CheckPre::new(pre).map_err(not_a_plugin)?),
+        };
         Ok(Prepared { pre, from_cache })
     }
 
@@ -173,8 +185,23 @@ pub fn release_freed_memory() {
 
 /// A plugin ready to instantiate.
 pub struct Prepared {
-    pub pre: v0_1_0::PluginPre<PluginState>,
+    pub pre: PreparedPre,
     pub from_cache: bool,
+}
+
+/// The pre-instance of a plugin, by the world it implements.
+pub enum PreparedPre {
+    /// A metadata plugin (`plugin` world, 0.1.0 or 0.2.0).
+    Metadata(v0_1_0::PluginPre<PluginState>),
+    /// A health-check plugin (`check` world, 0.2.0).
+    Check(v0_2_0::CheckPre<PluginState>),
+}
+
+/// The world a component implements, told by its exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum World {
+    Plugin,
+    Check,
 }
 
 /// `\0asm` then the layer/version: 1 for core modules, 0x1000d for components.
@@ -189,8 +216,9 @@ fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     }
 }
 
-/// The component must target a WIT version this agent has bindings for.
-fn check_world(engine: &Engine, component: &Component) -> Result<(), LoadError> {
+/// The component must target a WIT version this agent has bindings for,
+/// and implement one world: `plugin` (describe, init, collect) or `check`.
+fn check_world(engine: &Engine, component: &Component) -> Result<World, LoadError> {
     let ty = component.component_type();
     let prefix = format!("{WIT_PACKAGE}/");
     let newest = WIT_VERSIONS
@@ -216,16 +244,27 @@ fn check_world(engine: &Engine, component: &Component) -> Result<(), LoadError> 
                     },
                     supported: WIT_VERSIONS
                         .iter()
-                        .map(|wit| wit.version)
+                        .map(|wit| format!("{WIT_PACKAGE}@{}", wit.version))
                         .collect::<Vec<_>>()
-                        .join(", "),
+                        .join(" and "),
                 });
             }
             ours = true;
         }
     }
     let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
-    let missing: Vec<&str> = ["describe", "init", "collect"]
+    let metadata = ["describe", "init", "collect"];
+    if exports.contains(&"check") {
+        if metadata.iter().any(|f| exports.contains(f)) {
+            return Err(LoadError::NotAPlugin(format!(
+                "it exports both {WIT_PACKAGE}@{newest}'s `check` and metadata functions: a plugin implements one world (build two plugins)"
+            )));
+        }
+        // A check plugin that never calls the host imports nothing of
+        // ours; `CheckPre::new` still checks the export's types.
+        return Ok(World::Check);
+    }
+    let missing: Vec<&str> = metadata
         .into_iter()
         .filter(|f| !exports.contains(f))
         .collect();
@@ -239,7 +278,7 @@ fn check_world(engine: &Engine, component: &Component) -> Result<(), LoadError> 
             }
         )));
     }
-    Ok(())
+    Ok(World::Plugin)
 }
 
 /// The default cache folder: systemd's `CACHE_DIRECTORY`, else the XDG cache

@@ -93,7 +93,7 @@ pub struct Live {
 /// Before every call: a fresh CPU budget, counted in epoch ticks. The epoch
 /// callback yields to the runtime every tick (so the wall-clock timeout can
 /// fire) and traps once the budget is spent.
-fn arm(store: &mut Store<PluginState>, budget: Duration) {
+pub(super) fn arm(store: &mut Store<PluginState>, budget: Duration) {
     let ticks = (budget.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64;
     store.data_mut().cpu_ticks_left = ticks;
     store.data_mut().lines.store(0, Ordering::Relaxed);
@@ -101,7 +101,7 @@ fn arm(store: &mut Store<PluginState>, budget: Duration) {
 }
 
 /// Runs one call under the limits; maps every way it can fail.
-async fn guarded<T>(
+pub(super) async fn guarded<T>(
     budget: Duration,
     call: impl Future<Output = wasmtime::Result<T>>,
 ) -> Result<T, CallError> {
@@ -126,6 +126,22 @@ fn describe_trap(error: &wasmtime::Error) -> String {
     }
 }
 
+/// A store under the limits: the memory limiter, and the epoch callback
+/// that spends the call's CPU budget.
+pub(super) fn new_store(engine: &PluginEngine, state: PluginState) -> Store<PluginState> {
+    let mut store = Store::new(engine.engine(), state);
+    store.limiter(|state| &mut state.limiter);
+    store.epoch_deadline_callback(|mut ctx| {
+        let state = ctx.data_mut();
+        if state.cpu_ticks_left == 0 {
+            wasmtime::bail!("CPU budget exhausted (agent.plugins.timeout)");
+        }
+        state.cpu_ticks_left -= 1;
+        Ok(UpdateDeadline::Yield(1))
+    });
+    store
+}
+
 /// Instantiates, asks `describe`, then `init` with the settings.
 pub async fn instantiate(
     engine: &PluginEngine,
@@ -139,16 +155,7 @@ pub async fn instantiate(
         system,
         engine.ticker().clone(),
     );
-    let mut store = Store::new(engine.engine(), state);
-    store.limiter(|state| &mut state.limiter);
-    store.epoch_deadline_callback(|mut ctx| {
-        let state = ctx.data_mut();
-        if state.cpu_ticks_left == 0 {
-            wasmtime::bail!("CPU budget exhausted (agent.plugins.timeout)");
-        }
-        state.cpu_ticks_left -= 1;
-        Ok(UpdateDeadline::Yield(1))
-    });
+    let mut store = new_store(engine, state);
     let budget = spec.limits.timeout;
     let _ticking = engine.ticker().busy();
     arm(&mut store, budget);

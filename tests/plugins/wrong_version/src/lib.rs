@@ -1,9 +1,9 @@
-//! Test plugin: a well-formed plugin for contract `ygg:agent-plugin@0.2.0`
+//! Test plugin: a well-formed plugin for contract `ygg:agent-plugin@0.3.0`
 //! (`wit/plugin.wit` is the real contract with only the version changed).
-//! The agent supports 0.1.0 only and must refuse to load it.
+//! The agent supports 0.1.0 and 0.2.0 only and must refuse to load it.
 //!
 //! It calls the host in every export so the component really imports
-//! `ygg:agent-plugin/host@0.2.0` (unused imports are dropped from a
+//! `ygg:agent-plugin/host@0.3.0` (unused imports are dropped from a
 //! component).
 
 mod bindings {
