@@ -68,6 +68,9 @@ const EXAMPLE_KEYS: &[&str] = &[
 
 #[tokio::test]
 async fn python_and_javascript_plugins_publish_and_their_hostile_variants_are_contained() {
+    // Eight cold compiles of 12–18 MB components: not beside the other
+    // heavy tests on a 2-core machine.
+    let _heavy = heavy_test().await;
     let etcd = Etcd::start().await;
     let admin = format!("127.0.0.1:{}", free_port());
     let mut config = ConfigFile::new(etcd.endpoints());
