@@ -1,6 +1,7 @@
 //! Test support: real etcd processes on loopback ports in temp dirs
 //! (`etcd`), the agent binary as a child process (`agent`), its config files
-//! (`config`) and its HTTP endpoints (`http`). Everything started here is
+//! (`config`), its HTTP endpoints (`http`) and a fault proxy between the
+//! agent and etcd (`proxy`). Everything started here is
 //! killed when its handle drops. Tests `use crate::support::*`.
 
 // Explicit paths, so `host/examples/bench.rs` can include this file with
@@ -14,6 +15,8 @@ mod config;
 mod etcd;
 #[path = "support/http.rs"]
 mod http;
+#[path = "support/proxy.rs"]
+mod proxy;
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +24,7 @@ pub use agent::*;
 pub use config::*;
 pub use etcd::*;
 pub use http::*;
+pub use proxy::*;
 
 /// Generous bound for things that should happen "soon" (process start, etc.).
 pub const PATIENCE: Duration = Duration::from_secs(30);
