@@ -9,6 +9,7 @@ mod checks;
 mod config_errors;
 mod faults;
 mod fuzz_regressions;
+mod netfaults;
 mod observer;
 mod operations;
 mod plugins;
