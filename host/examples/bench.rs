@@ -13,7 +13,7 @@
 #[path = "../../tests/integration/big_component.rs"]
 mod big_component;
 // The benchmark uses only part of the test support.
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 #[path = "../../tests/integration/support.rs"]
 mod support;
 
