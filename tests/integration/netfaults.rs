@@ -467,3 +467,124 @@ async fn expiring_auth_tokens_cost_no_gap_and_no_error_loop() {
     let log = agent.log();
     assert!(auth_errors(&log) <= 1, "an auth error loop:\n{log}");
 }
+
+// ---------------------------------------------------------------------------
+// The lease guard under a forced race.
+
+/// Another client revokes the agent's lease at the moment of a metadata
+/// rewrite (go-zero#5545: a write racing a lease expiry left a key without
+/// a lease, a key that never expires). The `flappy` test plugin changes
+/// the metadata on every call, collected every 100 ms, so the agent
+/// rewrites its three keys ten times a second; 30 times, right after
+/// seeing a rewrite, the test waits a random 0–100 ms (so the revoke lands
+/// at every phase of the next rewrite) and revokes the lease the keys are
+/// on. A watch checks that no write under the prefix ever lands without a
+/// lease and that no other key appears; after each revoke the keys come
+/// back on a new lease, and at the end every key is on a live lease.
+#[tokio::test]
+async fn a_lease_revoked_during_metadata_rewrites_never_leaves_a_key_without_one() {
+    use etcd_client::{EventType, WatchOptions};
+    const REVOKES: usize = 30;
+    let etcd = Etcd::start().await;
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.ttl = "3s";
+    config.instances = format!("{SEED_INSTANCE}{}", instances("other", 2));
+    config.agent_extra = "  plugins:\n    dir: plugins\n    interval: 100ms\n    timeout: 500ms\n    memoryLimit: 16MiB\n    cacheDir: cache\n".into();
+    let expected: Vec<String> = {
+        let mut keys: Vec<String> = crate::faults::instances_expected("other", 2)
+            .into_keys()
+            .collect();
+        keys.push(SEED_KEY.to_string());
+        keys
+    };
+    let mut agent = Agent::prepare(&config);
+    install_plugin(&agent.plugins_dir(), "flappy", "flappy");
+    agent.spawn(&[]);
+    let mut client = etcd.client().await;
+    let flapping = |e: &BTreeMap<String, Entry>| {
+        expected.iter().all(|k| {
+            e.get(k)
+                .is_some_and(|e| e.lease != 0 && e.value.contains(r#""flap":"#))
+        })
+    };
+    wait_for(PATIENCE, "the keys with the plugin's metadata", || {
+        let mut client = client.clone();
+        async move { flapping(&entries(&mut client, PREFIX).await).then_some(()) }
+    })
+    .await;
+
+    let mut watch = client
+        .watch(PREFIX, Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let (mut puts, mut revoked, mut recoveries) = (0usize, 0usize, Vec::new());
+    let mut gone = std::collections::HashSet::new();
+    while revoked < REVOKES {
+        // A rewrite of ours: its lease is the one to revoke.
+        let lease = loop {
+            let response = tokio::time::timeout(PATIENCE, watch.message())
+                .await
+                .expect("no rewrite within PATIENCE")
+                .unwrap()
+                .unwrap();
+            let mut lease = None;
+            for event in response.events() {
+                let kv = event.kv().unwrap();
+                let key = kv.key_str().unwrap();
+                assert!(expected.iter().any(|k| k == key), "unexpected key {key}");
+                if event.event_type() == EventType::Put {
+                    puts += 1;
+                    assert_ne!(kv.lease(), 0, "{key} written without a lease");
+                    // Events from before the last revoke are skipped.
+                    if !gone.contains(&kv.lease()) {
+                        lease = Some(kv.lease());
+                    }
+                }
+            }
+            if let Some(lease) = lease {
+                break lease;
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(rand::random_range(0..100))).await;
+        gone.insert(lease);
+        if client.lease_revoke(lease).await.is_err() {
+            continue; // already replaced
+        }
+        revoked += 1;
+        let (_, took) = wait_for(PATIENCE, "the keys back on a new lease", || {
+            let mut client = client.clone();
+            async move {
+                let held = entries(&mut client, PREFIX).await;
+                (flapping(&held) && held.values().all(|e| e.lease != lease)).then_some(())
+            }
+        })
+        .await;
+        recoveries.push(took);
+    }
+    // What the watch saw meanwhile (the rewrites go on: a bounded look).
+    let drain_until = tokio::time::Instant::now() + Duration::from_secs(1);
+    while let Ok(Ok(Some(response))) = tokio::time::timeout_at(drain_until, watch.message()).await {
+        for event in response.events() {
+            let kv = event.kv().unwrap();
+            assert!(expected.iter().any(|k| k.as_bytes() == kv.key()));
+            if event.event_type() == EventType::Put {
+                puts += 1;
+                assert_ne!(kv.lease(), 0, "a write without a lease");
+            }
+        }
+    }
+    let worst = recoveries.iter().max().copied().unwrap_or_default();
+    report(
+        "net-lease-revoked-during-rewrites",
+        worst,
+        RECOVERY,
+        &format!(
+            "{revoked} revokes, each 0–100 ms after a rewrite; {puts} writes watched, none without a lease; keys back on a new lease after each, worst shown; lease lost in agent log {} times",
+            agent.log().matches("lease lost").count()
+        ),
+    );
+    assert!(worst <= RECOVERY, "{}", ms(worst));
+    assert_every_key_on_a_live_lease(&mut client).await;
+    assert_eq!(leases(&mut client).await.len(), 1, "one lease");
+    assert_eq!(entries(&mut client, PREFIX).await.len(), expected.len());
+}
