@@ -588,3 +588,74 @@ async fn a_lease_revoked_during_metadata_rewrites_never_leaves_a_key_without_one
     assert_eq!(leases(&mut client).await.len(), 1, "one lease");
     assert_eq!(entries(&mut client, PREFIX).await.len(), expected.len());
 }
+
+// ---------------------------------------------------------------------------
+// A fleet (the 200-agent version is `./scripts/bench --fleet`).
+
+/// 20 agents with 5 instances each against a 3-member cluster; every
+/// member killed for 3 s and started again, first with its data, then
+/// wiped. Each time all 100 keys must be back within retryInterval + 1 s
+/// of the cluster answering (+ 1 s slack for 20 processes on 2 cores),
+/// every agent in touch with etcd again, one lease per agent, every key on
+/// a live lease.
+#[tokio::test]
+async fn a_fleet_of_twenty_agents_comes_back_after_the_whole_cluster_restarts() {
+    let _heavy = heavy_test().await;
+    let mut etcd = Etcd::start_cluster(3).await;
+    let fleet = Fleet::start(etcd.endpoints(), 20, 5, "3s", "1s");
+    fleet.wait_registered(&etcd, PATIENCE).await;
+    let bound = RECOVERY + Duration::from_secs(1);
+    for wipe in [false, true] {
+        let recovery = fleet
+            .outage(&mut etcd, Duration::from_secs(3), wipe, PATIENCE)
+            .await;
+        let mut contact: Vec<Duration> = recovery.first_contact.iter().flatten().copied().collect();
+        contact.sort();
+        let scenario = if wipe {
+            "net-fleet-20-wiped"
+        } else {
+            "net-fleet-20-restart"
+        };
+        report(
+            scenario,
+            recovery.all_back,
+            bound,
+            &format!(
+                "all {} keys back after the cluster answered (it answered {} after the restart); agents back in touch: {} of 20, first {} last {}; peak {:.0} requests/s; agent RSS max {:.1} MiB\n{}",
+                fleet.keys(),
+                ms(recovery.answered_after),
+                contact.len(),
+                contact.first().map_or("-".into(), |d| ms(*d)),
+                contact.last().map_or("-".into(), |d| ms(*d)),
+                recovery.peak_requests_per_s,
+                fleet.rss_mib().into_iter().fold(0.0, f64::max),
+                histogram(&contact, Duration::from_millis(250))
+            ),
+        );
+        assert!(recovery.all_back <= bound, "{}", ms(recovery.all_back));
+        if wipe {
+            // Every agent lost its lease and granted a new one.
+            assert_eq!(contact.len(), 20, "{:?}", recovery.first_contact);
+        }
+        let mut client = etcd.client().await;
+        wait_for(PATIENCE, "one lease per agent", || {
+            let mut client = client.clone();
+            async move { (leases(&mut client).await.len() == 20).then_some(()) }
+        })
+        .await;
+        let held = entries(&mut client, FLEET_PREFIX).await;
+        assert_eq!(held.len(), 100);
+        for (key, entry) in &held {
+            assert_ne!(entry.lease, 0, "{key} is on no lease");
+            assert!(
+                client
+                    .lease_time_to_live(entry.lease, None)
+                    .await
+                    .unwrap()
+                    .ttl()
+                    > 0,
+                "{key} on a dead lease"
+            );
+        }
+    }
+}

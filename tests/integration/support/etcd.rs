@@ -391,6 +391,16 @@ impl Etcd {
         self.wait_healthy().await;
     }
 
+    /// Starts every stopped member again with its data, not waiting for
+    /// health.
+    pub fn respawn(&mut self) {
+        for member in &mut self.members {
+            if !member.is_running() {
+                member.spawn("existing");
+            }
+        }
+    }
+
     /// Deletes the data of every stopped member and starts it empty (not
     /// waiting for health).
     pub fn wipe(&mut self) {
