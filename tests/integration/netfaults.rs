@@ -632,6 +632,20 @@ async fn a_fleet_of_twenty_agents_comes_back_after_the_whole_cluster_restarts() 
                 histogram(&contact, Duration::from_millis(250))
             ),
         );
+        // The slowest agent's story, for a reader of the output.
+        if let Some((slowest, _)) = recovery
+            .first_contact
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, c)| **c)
+        {
+            let log = fleet.agents[slowest].log();
+            let tail: Vec<&str> = log.lines().rev().take(12).collect();
+            eprintln!(
+                "{scenario}: the slowest agent's last log lines:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         assert!(recovery.all_back <= bound, "{}", ms(recovery.all_back));
         if wipe {
             // Every agent lost its lease and granted a new one.
