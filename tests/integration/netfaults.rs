@@ -640,7 +640,13 @@ async fn a_fleet_of_twenty_agents_comes_back_after_the_whole_cluster_restarts() 
             .max_by_key(|(_, c)| **c)
         {
             let log = fleet.agents[slowest].log();
-            let tail: Vec<&str> = log.lines().rev().take(12).collect();
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .filter(|l| l.contains("WARN") || l.contains("lease") || l.contains("keepalive"))
+                .filter(|l| !l.contains("putting it back"))
+                .take(14)
+                .collect();
             eprintln!(
                 "{scenario}: the slowest agent's last log lines:\n{}",
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
