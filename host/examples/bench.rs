@@ -460,7 +460,7 @@ async fn recovery(rows: &mut Vec<Row>) {
         )
         .budget(
             format!(
-                "<= retryInterval + 1 s = 4 s (is {:.1}x the floor; the wait for the agent's next retry is most of it)",
+                "<= retryInterval + 1 s = 4 s (is {:.1}x the floor, which depends on where the agent's retry backoff stood when etcd came back)",
                 ours.as_secs_f64() / txn_floor.as_secs_f64()
             ),
             ours <= Duration::from_secs(4),
@@ -1087,7 +1087,7 @@ async fn fleet(rows: &mut Vec<Row>) {
                     fleet.keys(),
                     recovery.answered_after
                 ),
-                format!("{:.0?}", recovery.all_back),
+                format!("{:.2?}", recovery.all_back),
                 format!(
                     "agents' first request after: {spread}; etcd peak {:.0} requests/s (3 members)",
                     recovery.peak_requests_per_s

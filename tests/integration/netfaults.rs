@@ -595,16 +595,16 @@ async fn a_lease_revoked_during_metadata_rewrites_never_leaves_a_key_without_one
 /// 20 agents with 5 instances each against a 3-member cluster; every
 /// member killed for 3 s and started again, first with its data, then
 /// wiped. Each time all 100 keys must be back within retryInterval + 1 s
-/// of the cluster answering (+ 1 s slack for 20 processes on 2 cores),
-/// every agent in touch with etcd again, one lease per agent, every key on
-/// a live lease.
+/// of the cluster answering, every agent in touch with etcd again, one
+/// lease per agent, every key on a live lease. This test found the stale
+/// connect error (FAILURES.md): 1.9–2.1 s before the fix.
 #[tokio::test]
 async fn a_fleet_of_twenty_agents_comes_back_after_the_whole_cluster_restarts() {
     let _heavy = heavy_test().await;
     let mut etcd = Etcd::start_cluster(3).await;
     let fleet = Fleet::start(etcd.endpoints(), 20, 5, "3s", "1s");
     fleet.wait_registered(&etcd, PATIENCE).await;
-    let bound = RECOVERY + Duration::from_secs(1);
+    let bound = RECOVERY;
     for wipe in [false, true] {
         let recovery = fleet
             .outage(&mut etcd, Duration::from_secs(3), wipe, PATIENCE)
