@@ -193,34 +193,69 @@ async fn answers_black_holed_for_three_ttls_leave_no_gap() {
     assert_settled(&etcd, &expected).await;
 }
 
+/// The endpoint of the agent's newest keepalive stream, from its debug log.
+fn keepalive_endpoint(agent: &Agent) -> Option<String> {
+    agent
+        .log()
+        .lines()
+        .rfind(|l| l.contains("keepalive stream open"))?
+        .split("endpoint=")
+        .nth(1)
+        .map(|e| e.trim().to_string())
+}
+
 /// A 3-member cluster; only the leader is black-holed (both ways) from the
 /// agent, for 3 TTLs, while the other two stay reachable: the keepalive
-/// moves to a reachable member before the lease can expire; no gap.
+/// moves to a reachable member before the lease can expire; no gap. When
+/// the keepalive stream was not on the leader, the member carrying it is
+/// black-holed next, for 3 TTLs as well, so the half-open keepalive is
+/// always exercised.
 #[tokio::test]
 async fn the_leader_black_holed_alone_leaves_no_gap() {
     let _heavy = heavy_test().await;
     let etcd = Etcd::start_cluster(3).await;
     let proxies = proxies_for(&etcd);
     let expected = seed_expected();
-    let (agent, observer) = start(&etcd, &config_via(&proxies), &expected).await;
+    let mut agent = Agent::prepare(&config_via(&proxies));
+    agent.spawn_with_env(
+        &[],
+        &[("RUST_LOG", "info,ygg_agent::registry::keepalive=debug")],
+    );
+    let observer = Observer::start(etcd.endpoints(), PREFIX, expected.clone()).await;
+    observer.wait_all_good(PATIENCE).await;
     let puts_before = observer.puts();
     let leader = etcd.leader_index().await;
     let t0 = Instant::now();
+    let mut holed = vec![format!("leader n{leader}")];
     proxies[leader].black_hole();
     tokio::time::sleep(LONG_HOLE).await;
     proxies[leader].pass();
+    let carrier = keepalive_endpoint(&agent)
+        .and_then(|e| proxies.iter().position(|p| p.endpoint() == e))
+        .expect("the agent logged its keepalive stream");
+    if carrier != leader {
+        holed.push(format!("then n{carrier}, carrying the keepalive"));
+        proxies[carrier].black_hole();
+        tokio::time::sleep(LONG_HOLE).await;
+        proxies[carrier].pass();
+    }
     tokio::time::sleep(HOLD).await;
     assert_no_gap(
         &observer,
         t0,
         "net-leader-black-hole-3xttl",
         &format!(
-            "leader n{leader} black-holed for {}; rewrites {}; keepalive reopened {} times; etcd requests failed {} times",
+            "black-holed for {} each: {}; rewrites {}; keepalive reopened {} times; etcd requests failed {} times",
             ms(LONG_HOLE),
+            holed.join(", "),
             observer.puts() - puts_before,
             agent.log().matches("keepalive interrupted").count(),
             agent.log().matches("etcd request failed").count()
         ),
+    );
+    assert!(
+        agent.log().contains("keepalive interrupted"),
+        "the keepalive was never black-holed"
     );
     assert_settled(&etcd, &expected).await;
 }
