@@ -47,6 +47,20 @@ impl EtcdError {
         }
     }
 
+    /// No connection to etcd: refused, reset, unreachable. A client that
+    /// saw it may keep handing it out after etcd is back (tonic keeps a
+    /// failed connect's error for the next request on that channel), so
+    /// the registry builds a new client before trying again.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            EtcdError::Client(etcd_client::Error::GRpcStatus(status)) => {
+                status.code() == tonic::Code::Unavailable
+            }
+            EtcdError::Client(etcd_client::Error::TransportError(_)) => true,
+            _ => false,
+        }
+    }
+
     /// The server refused a transaction as too big; a smaller batch will do.
     pub fn is_request_too_large(&self) -> bool {
         match self {

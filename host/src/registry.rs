@@ -116,6 +116,7 @@ impl RegistryHandle {
             next_verify: Instant::now(),
             verify_due: false,
             connected: false,
+            reconnect: false,
             tracker: tracker.clone(),
         };
         tracker.spawn(async move {
@@ -176,6 +177,9 @@ struct Actor {
     next_verify: Instant,
     verify_due: bool,
     connected: bool,
+    /// The last round could not connect: the next one builds a new client
+    /// for the session (see `EtcdError::is_unavailable`).
+    reconnect: bool,
 }
 
 enum Wake {
@@ -208,6 +212,7 @@ impl Actor {
                 }
                 Err(error) => {
                     self.set_connected(false);
+                    self.reconnect = error.is_unavailable();
                     let delay = self.retry_delay();
                     warn!(
                         error = %error,
@@ -342,7 +347,16 @@ impl Actor {
         if self.session.is_none() {
             let client = etcd::connect(&target.config.client).await?;
             self.session = Some(Session::new(target.config.clone(), client));
+        } else if self.reconnect {
+            // An old client can keep failing with the error of its last
+            // failed connect after etcd is back (found by the fleet test:
+            // two retry rounds lost after a whole-cluster restart).
+            let client = etcd::connect(&target.config.client).await?;
+            if let Some(session) = self.session.as_mut() {
+                session.replace_client(client);
+            }
         }
+        self.reconnect = false;
         match self.converge_session(&target).await {
             Err(error) if error.is_lease_not_found() => {
                 let id = self.session.as_ref().map_or(0, Session::lease_id);

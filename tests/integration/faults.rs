@@ -29,34 +29,34 @@ use sha1::{Digest, Sha1};
 use crate::observer::{Observer, Status, Window, utc_now};
 use crate::support::*;
 
-const PREFIX: &str = "/yggdrasil/registry/";
-const TTL: Duration = Duration::from_secs(4);
-const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const PREFIX: &str = "/yggdrasil/registry/";
+pub(crate) const TTL: Duration = Duration::from_secs(4);
+pub(crate) const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// After etcd is healthy again: one retryInterval for the agent's next
 /// attempt (its backoff is capped there) plus one second for the requests
 /// and scheduling on a loaded machine.
-const RECOVERY: Duration = Duration::from_secs(2);
+pub(crate) const RECOVERY: Duration = Duration::from_secs(2);
 
 /// etcd's lessor looks for expired leases every 500 ms, so an expired lease
 /// (and its keys) goes up to this much after its deadline.
-const ETCD_EXPIRY_CHECK: Duration = Duration::from_millis(500);
+pub(crate) const ETCD_EXPIRY_CHECK: Duration = Duration::from_millis(500);
 
 /// Scheduling slack on a loaded 2-core machine: our own polling (10 ms), the
 /// observer's event delivery, a process being descheduled.
-const SLACK: Duration = Duration::from_millis(500);
+pub(crate) const SLACK: Duration = Duration::from_millis(500);
 
 /// Long enough after a fault for a lease that nobody renews any more to
 /// expire (etcd extends every lease by its TTL plus the election timeout
 /// when a leader takes over): a late loss would show up in the window.
-const HOLD: Duration = Duration::from_secs(10);
+pub(crate) const HOLD: Duration = Duration::from_secs(10);
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{}ms", d.as_millis())
 }
 
 /// Prints the one line a run's numbers are collected from, and a detail line.
-fn report(scenario: &str, measured: Duration, bound: Duration, detail: &str) {
+pub(crate) fn report(scenario: &str, measured: Duration, bound: Duration, detail: &str) {
     // A line of its own even after libtest's "test name ... " prefix.
     println!(
         "\nFAULT {scenario}: window {} (bound {})",
@@ -66,7 +66,7 @@ fn report(scenario: &str, measured: Duration, bound: Duration, detail: &str) {
     println!("      {scenario}: {detail}");
 }
 
-fn describe(w: &Window) -> String {
+pub(crate) fn describe(w: &Window) -> String {
     format!(
         "{} bad interval(s), {} bad in total{}, observer blind {}{}",
         w.intervals,
@@ -85,13 +85,13 @@ fn describe(w: &Window) -> String {
     )
 }
 
-fn seed_expected() -> BTreeMap<String, String> {
+pub(crate) fn seed_expected() -> BTreeMap<String, String> {
     BTreeMap::from([(SEED_KEY.to_string(), SEED_VALUE.to_string())])
 }
 
 /// The keys and values `support::instances(service, n)` must produce,
 /// computed here from SPEC §3 (not with the agent's own code).
-fn instances_expected(service: &str, n: usize) -> BTreeMap<String, String> {
+pub(crate) fn instances_expected(service: &str, n: usize) -> BTreeMap<String, String> {
     (0..n)
         .map(|i| {
             let address = format!("10.0.0.1:{}", 10000 + i);
@@ -111,7 +111,7 @@ fn instances_expected(service: &str, n: usize) -> BTreeMap<String, String> {
 }
 
 /// Starts the agent and the observer and waits until every key is good.
-async fn start(
+pub(crate) async fn start(
     etcd: &Etcd,
     config: &ConfigFile,
     expected: &BTreeMap<String, String>,
@@ -124,7 +124,7 @@ async fn start(
 
 /// A client of the running members only (a balanced client that still
 /// lists a killed member sends some requests there).
-async fn live_client(etcd: &Etcd) -> etcd_client::Client {
+pub(crate) async fn live_client(etcd: &Etcd) -> etcd_client::Client {
     let endpoints: Vec<String> = etcd
         .members
         .iter()
@@ -138,7 +138,7 @@ async fn live_client(etcd: &Etcd) -> etcd_client::Client {
 
 /// etcd holds exactly `expected` under the prefix, every key on one lease,
 /// and that lease is the only one.
-async fn assert_exactly(etcd: &Etcd, expected: &BTreeMap<String, String>) {
+pub(crate) async fn assert_exactly(etcd: &Etcd, expected: &BTreeMap<String, String>) {
     let mut client = live_client(etcd).await;
     let held = entries(&mut client, PREFIX).await;
     assert_eq!(
@@ -165,7 +165,7 @@ async fn assert_exactly(etcd: &Etcd, expected: &BTreeMap<String, String>) {
 }
 
 /// Asserts the window and that nothing unexpected appeared under the prefix.
-fn assert_window(observer: &Observer, w: &Window, bound: Duration, what: &str) {
+pub(crate) fn assert_window(observer: &Observer, w: &Window, bound: Duration, what: &str) {
     assert!(
         w.still_bad.is_empty(),
         "{what}: keys still missing or stale: {:?}\n{}",

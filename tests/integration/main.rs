@@ -12,6 +12,7 @@ mod faults;
 mod fuzz_regressions;
 mod local_api;
 mod local_control;
+mod netfaults;
 mod observer;
 mod operations;
 mod plugins;

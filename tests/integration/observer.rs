@@ -360,6 +360,17 @@ impl Observer {
         prefix: &str,
         expected: BTreeMap<String, String>,
     ) -> Observer {
+        Self::start_as(endpoints, prefix, expected, None).await
+    }
+
+    /// `start`, authenticating as `user` (name, password) to an etcd with
+    /// authentication on; the token is refreshed when etcd drops it.
+    pub async fn start_as(
+        endpoints: Vec<String>,
+        prefix: &str,
+        expected: BTreeMap<String, String>,
+        user: Option<(String, String)>,
+    ) -> Observer {
         let now = Instant::now();
         let state = Arc::new(Mutex::new(State {
             expected,
@@ -392,7 +403,7 @@ impl Observer {
                 runtime.block_on(async move {
                     tokio::select! {
                         _ = stop_rx => {}
-                        _ = run(shared, endpoints, prefix) => {}
+                        _ = run(shared, endpoints, prefix, user) => {}
                     }
                 });
             })
@@ -513,12 +524,17 @@ impl Drop for Observer {
     }
 }
 
-async fn connect(endpoint: &str) -> Option<Client> {
-    let options = ConnectOptions::new()
+async fn connect(endpoint: &str, user: Option<(String, String)>) -> Option<Client> {
+    let mut options = ConnectOptions::new()
         .with_connect_timeout(REQUEST_LIMIT)
         // A member that loses its leader cancels our watch instead of
         // going quiet.
         .with_require_leader(true);
+    if let Some((name, password)) = user {
+        options = options
+            .with_user(name, password)
+            .with_auto_token_refresh(true);
+    }
     tokio::time::timeout(REQUEST_LIMIT, Client::connect([endpoint], Some(options)))
         .await
         .ok()?
@@ -534,8 +550,14 @@ struct Sight {
     sentinel_rev: Option<i64>,
 }
 
-async fn look(endpoint: usize, address: String, prefix: String, sentinel: String) -> Option<Sight> {
-    let mut client = connect(&address).await?;
+async fn look(
+    endpoint: usize,
+    address: String,
+    prefix: String,
+    sentinel: String,
+    user: Option<(String, String)>,
+) -> Option<Sight> {
+    let mut client = connect(&address, user).await?;
     let read = async {
         let range = client
             .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
@@ -566,7 +588,12 @@ async fn look(endpoint: usize, address: String, prefix: String, sentinel: String
 }
 
 /// Tries every endpoint at once until one answers.
-async fn look_anywhere(endpoints: &[String], prefix: &str, sentinel: &str) -> Sight {
+async fn look_anywhere(
+    endpoints: &[String],
+    prefix: &str,
+    sentinel: &str,
+    user: &Option<(String, String)>,
+) -> Sight {
     loop {
         let attempts = endpoints.iter().enumerate().map(|(i, address)| {
             Box::pin(look(
@@ -574,6 +601,7 @@ async fn look_anywhere(endpoints: &[String], prefix: &str, sentinel: &str) -> Si
                 address.clone(),
                 prefix.to_string(),
                 sentinel.to_string(),
+                user.clone(),
             ))
         });
         let mut pending: Vec<_> = attempts.collect();
@@ -588,7 +616,12 @@ async fn look_anywhere(endpoints: &[String], prefix: &str, sentinel: &str) -> Si
     }
 }
 
-async fn run(state: Arc<Mutex<State>>, endpoints: Vec<String>, prefix: String) {
+async fn run(
+    state: Arc<Mutex<State>>,
+    endpoints: Vec<String>,
+    prefix: String,
+    user: Option<(String, String)>,
+) {
     let sentinel = format!(
         "/ygg-test/observer/{}-{}",
         std::process::id(),
@@ -597,7 +630,7 @@ async fn run(state: Arc<Mutex<State>>, endpoints: Vec<String>, prefix: String) {
     let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
     let mut force_lost = false;
     loop {
-        let mut sight = look_anywhere(&endpoints, &prefix, &sentinel).await;
+        let mut sight = look_anywhere(&endpoints, &prefix, &sentinel, &user).await;
         let at = Instant::now();
         let history = {
             let s = lock();

@@ -1,6 +1,7 @@
 //! Test support: real etcd processes on loopback ports in temp dirs
 //! (`etcd`), the agent binary as a child process (`agent`), its config files
-//! (`config`) and its HTTP endpoints (`http`). Everything started here is
+//! (`config`), its HTTP endpoints (`http`), a fault proxy between the
+//! agent and etcd (`proxy`) and a fleet of agents (`fleet`). Everything started here is
 //! killed when its handle drops. Tests `use crate::support::*`.
 
 // Explicit paths, so `host/examples/bench.rs` can include this file with
@@ -12,15 +13,21 @@ mod agent;
 mod config;
 #[path = "support/etcd.rs"]
 mod etcd;
+#[path = "support/fleet.rs"]
+mod fleet;
 #[path = "support/http.rs"]
 mod http;
+#[path = "support/proxy.rs"]
+mod proxy;
 
 use std::time::{Duration, Instant};
 
 pub use agent::*;
 pub use config::*;
 pub use etcd::*;
+pub use fleet::*;
 pub use http::*;
+pub use proxy::*;
 
 /// Generous bound for things that should happen "soon" (process start, etc.).
 pub const PATIENCE: Duration = Duration::from_secs(30);

@@ -24,8 +24,8 @@ use crate::etcd::{self, EtcdError, within};
 use crate::metrics::{self, Metrics};
 
 /// Quick retries of a failed reopen, doubling from the first delay to the
-/// cap (and at most half a renewal interval): the lease only has what is
-/// left of its TTL.
+/// cap (and at most half a renewal interval), each delay times U(0.5, 1):
+/// the lease only has what is left of its TTL.
 const FIRST_REOPEN_RETRY: Duration = Duration::from_millis(100);
 const MAX_REOPEN_RETRY: Duration = Duration::from_millis(800);
 
@@ -145,10 +145,15 @@ impl Keeper {
     /// Renews at TTL/3 until the lease is lost (or the task is stopped).
     async fn run(self) {
         let mut stream: Option<Stream> = None;
+        // Jittered: a fleet whose connections broke at the same instant (a
+        // whole cluster killed) must not retry in step (found by
+        // `./scripts/bench --fleet`: without it, 143 of 200 agents came
+        // back within the same 250 ms).
         let mut retry = Backoff::new(
             FIRST_REOPEN_RETRY,
             MAX_REOPEN_RETRY.min(self.interval() / 2),
-        );
+        )
+        .with_jitter(0.5, 1.0);
         loop {
             if stream.is_none() {
                 match self.open().await {

@@ -94,6 +94,12 @@ impl Session {
         }
     }
 
+    /// Sends the requests from now on through `client` (a new connection to
+    /// the same cluster); the lease and what we wrote stay.
+    pub(super) fn replace_client(&mut self, client: Client) {
+        self.client = client;
+    }
+
     /// Stops the lease's keeper: nothing is renewed after this, so a late
     /// renewal cannot keep alive what is about to be deleted.
     pub(super) fn stop_renewing(&mut self) {

@@ -79,6 +79,8 @@ pub struct EtcdMember {
     child: Option<Child>,
     log: PathBuf,
     tls: Option<EtcdTls>,
+    /// More etcd flags (`--auth-token-ttl 2`).
+    extra_args: Vec<String>,
 }
 
 impl EtcdMember {
@@ -129,6 +131,7 @@ impl EtcdMember {
             // Quick elections keep failover tests short.
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(["--log-level", "warn"])
+            .args(&self.extra_args)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -204,21 +207,26 @@ impl Etcd {
 
     /// One etcd serving clients over TLS, healthy when this returns.
     pub async fn start_tls(tls: EtcdTls) -> Etcd {
-        Self::start_members(1, Some(tls)).await
+        Self::start_members(1, Some(tls), &[]).await
     }
 
     /// `size` members on loopback, healthy (with a leader) when this returns.
     pub async fn start_cluster(size: usize) -> Etcd {
-        Self::start_members(size, None).await
+        Self::start_members(size, None, &[]).await
+    }
+
+    /// One etcd started with more flags (`--auth-token-ttl`, …).
+    pub async fn start_with_args(args: &[&str]) -> Etcd {
+        Self::start_members(1, None, args).await
     }
 
     /// Starts the members on fresh ports; when one exits or the cluster
     /// does not become healthy, stops them all and starts again on other
     /// ports. Panics with each failing member's log after the last attempt.
-    async fn start_members(size: usize, tls: Option<EtcdTls>) -> Etcd {
+    async fn start_members(size: usize, tls: Option<EtcdTls>, args: &[&str]) -> Etcd {
         let mut failures = Vec::new();
         for attempt in 1..=START_ATTEMPTS {
-            let mut etcd = Self::spawn_new(size, tls.clone());
+            let mut etcd = Self::spawn_new(size, tls.clone(), args);
             match etcd.healthy_within(PATIENCE).await {
                 Ok(()) => return etcd,
                 // The logs are read here, before the temp dir goes.
@@ -239,7 +247,7 @@ impl Etcd {
         );
     }
 
-    fn spawn_new(size: usize, tls: Option<EtcdTls>) -> Etcd {
+    fn spawn_new(size: usize, tls: Option<EtcdTls>, args: &[&str]) -> Etcd {
         let dir = fast_tempdir();
         let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
         let initial_cluster = ports
@@ -260,6 +268,7 @@ impl Etcd {
                 child: None,
                 log: dir.path().join(format!("n{i}.log")),
                 tls: tls.clone(),
+                extra_args: args.iter().map(|a| a.to_string()).collect(),
             })
             .collect();
         let mut etcd = Etcd { members, _dir: dir };
@@ -373,14 +382,37 @@ impl Etcd {
         self.wait_healthy().await;
     }
 
-    /// kill -9, delete the data, start empty: etcd forgets every key and lease.
+    /// kill -9, delete the data, start empty: etcd forgets every key and
+    /// lease. Every member of a cluster is wiped and the cluster formed
+    /// again on the same ports.
     pub async fn wipe_and_restart(&mut self) {
-        assert_eq!(self.members.len(), 1, "wipe is for single-member etcd");
         self.kill9();
-        let member = &mut self.members[0];
-        std::fs::remove_dir_all(&member.data_dir).expect("wipe data dir");
-        member.spawn("new");
+        self.wipe();
         self.wait_healthy().await;
+    }
+
+    /// Starts every stopped member again with its data, not waiting for
+    /// health.
+    pub fn respawn(&mut self) {
+        for member in &mut self.members {
+            if !member.is_running() {
+                member.spawn("existing");
+            }
+        }
+    }
+
+    /// Deletes the data of every stopped member and starts it empty (not
+    /// waiting for health).
+    pub fn wipe(&mut self) {
+        for member in &mut self.members {
+            if member.is_running() {
+                continue;
+            }
+            if member.data_dir.exists() {
+                std::fs::remove_dir_all(&member.data_dir).expect("wipe data dir");
+            }
+            member.spawn("new");
+        }
     }
 
     pub fn pause(&self) {
