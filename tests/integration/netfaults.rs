@@ -287,12 +287,11 @@ async fn latency_above_a_third_of_the_ttl_then_normal_leaves_no_gap() {
     assert_settled(&etcd, &expected).await;
 }
 
-/// Every open connection reset once a second for 15 s (the issue asks for
-/// 30 s; 15 s is 5 TTLs and keeps the suite short): each reset breaks the
-/// keepalive stream, which is reopened at once; no gap.
+/// Every open connection reset once a second for 30 s (10 TTLs): each
+/// reset breaks the keepalive stream, which is reopened at once; no gap.
 #[tokio::test]
 async fn connections_reset_every_second_leave_no_gap() {
-    const RESETS: u32 = 15;
+    const RESETS: u32 = 30;
     let etcd = Etcd::start().await;
     let proxies = proxies_for(&etcd);
     let expected = seed_expected();
@@ -306,7 +305,7 @@ async fn connections_reset_every_second_leave_no_gap() {
     assert_no_gap(
         &observer,
         t0,
-        "net-resets-every-1s-15s",
+        "net-resets-every-1s-30s",
         &format!(
             "{} connections reset over {RESETS} s; keepalive reopened {} times; etcd requests failed {} times",
             proxies[0].resets(),
