@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ClientConfig;
 use crate::etcd::{self, EtcdError, within};
-use crate::status::escape;
+use crate::status;
 
 /// Keys fetched per request, so a large registry never hits gRPC's
 /// message size limit.
@@ -175,45 +175,24 @@ pub fn render_table(listed: &[Listed]) -> String {
                 .map(String::as_str)
                 .collect();
             // Every cell is data anyone able to write under the prefix
-            // chose: its control characters are shown escaped, never sent
-            // to the operator's terminal.
-            Some(
-                [
-                    record.namespace.clone(),
-                    record.name.clone(),
-                    record.version.clone(),
-                    record
-                        .endpoints
-                        .iter()
-                        .map(|e| format!("{}://{}", e.scheme, e.address))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    location.join("/"),
-                    instance_key.to_string(),
-                ]
-                .map(|cell| escape(&cell)),
-            )
+            // chose: `status::table` shows its control characters escaped,
+            // never sends them to the operator's terminal.
+            Some([
+                record.namespace.clone(),
+                record.name.clone(),
+                record.version.clone(),
+                record
+                    .endpoints
+                    .iter()
+                    .map(|e| format!("{}://{}", e.scheme, e.address))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                location.join("/"),
+                instance_key.to_string(),
+            ])
         })
         .collect();
-    let mut widths = headers.map(str::len);
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let line = |cells: &[&str], out: &mut String| {
-        let text: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        let _ = writeln!(out, "{}", text.join("  ").trim_end());
-    };
-    line(&headers, &mut out);
-    for row in &rows {
-        line(&row.each_ref().map(String::as_str), &mut out);
-    }
+    let mut out = status::table(headers, &rows);
     let services: BTreeSet<(&str, &str)> = listed
         .iter()
         .filter_map(|l| l.instance.as_ref())

@@ -21,6 +21,7 @@ pub mod system;
 mod ticker;
 mod v0_1_0;
 mod v0_2_0;
+mod wit_host;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -175,6 +175,34 @@ pub fn escape(text: &str) -> String {
     out
 }
 
+/// `rows` under `headers` in left-aligned columns two spaces apart, every
+/// cell escaped (data from etcd, the API or a config never reaches the
+/// terminal raw), trailing spaces trimmed; one line per row.
+pub fn table<const N: usize>(headers: [&str; N], rows: &[[String; N]]) -> String {
+    let rows: Vec<[String; N]> = rows
+        .iter()
+        .map(|row| row.each_ref().map(|c| escape(c)))
+        .collect();
+    let mut widths = headers.map(|h| h.chars().count());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: [&str; N]| {
+        let text: Vec<String> = (cells.iter().zip(widths))
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        let _ = writeln!(out, "{}", text.join("  ").trim_end());
+    };
+    line(headers);
+    for row in &rows {
+        line(row.each_ref().map(String::as_str));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

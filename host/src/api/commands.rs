@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::body;
 use super::client;
-use crate::status::escape;
+use crate::status::{self, escape};
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_UNREACHABLE: u8 = 1;
@@ -192,7 +192,7 @@ pub fn table(answer: &Value) -> String {
         .unwrap_or(&empty)
         .iter()
         .map(|i| {
-            let cell = |name: &str| escape(i[name].as_str().unwrap_or_default());
+            let cell = |name: &str| i[name].as_str().unwrap_or_default().to_string();
             [
                 cell("id"),
                 cell("source"),
@@ -202,25 +202,7 @@ pub fn table(answer: &Value) -> String {
             ]
         })
         .collect();
-    let mut widths = headers.map(str::len);
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let line = |cells: &[&str], out: &mut String| {
-        let text: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        let _ = writeln!(out, "{}", text.join("  ").trim_end());
-    };
-    line(&headers, &mut out);
-    for row in &rows {
-        line(&row.each_ref().map(String::as_str), &mut out);
-    }
+    let mut out = status::table(headers, &rows);
     if let Some(reason) = answer["maintenance"].as_str() {
         let _ = writeln!(out, "node in maintenance: {}", escape(reason));
     }
