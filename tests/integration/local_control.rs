@@ -29,15 +29,7 @@ async fn sigterm_with_drain_delay_deletes_keys_first_and_exits_that_much_later()
     .await;
 
     agent.signal(libc::SIGTERM);
-    let (_, took) = wait_for(Duration::from_secs(5), "keys deleted", || {
-        let endpoints = endpoints.clone();
-        async move {
-            try_entries(&endpoints, PREFIX)
-                .await
-                .filter(|e| e.is_empty())
-        }
-    })
-    .await;
+    let took = wait_prefix_empty(&etcd, PREFIX, Duration::from_secs(5), "keys deleted").await;
     let keys_gone = Instant::now();
     println!("keys deleted {took:?} after SIGTERM");
     // Still running, and still holding its lease: only the keys went.

@@ -2,7 +2,6 @@
 //! plugins; the folder is live; hostile plugins are isolated while the
 //! instances stay registered.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::support::*;
@@ -14,36 +13,6 @@ fn plugins_section(settings: &str) -> String {
     format!(
         "  plugins:\n    dir: plugins\n    interval: 1s\n    timeout: 500ms\n    memoryLimit: 16MiB\n    cacheDir: cache\n    settings:\n{settings}"
     )
-}
-
-fn metadata_of(entries: &BTreeMap<String, Entry>, key: &str) -> Option<BTreeMap<String, String>> {
-    let value: serde_json::Value = serde_json::from_str(&entries.get(key)?.value).ok()?;
-    let map = value.get("metadata")?.as_object()?;
-    Some(
-        map.iter()
-            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-            .collect(),
-    )
-}
-
-/// Waits until the seed instance's metadata satisfies `check`.
-async fn wait_metadata(
-    etcd: &Etcd,
-    what: &str,
-    limit: Duration,
-    check: impl Fn(&BTreeMap<String, String>) -> bool,
-) -> BTreeMap<String, String> {
-    let endpoints = etcd.endpoints();
-    let check = &check;
-    wait_for(limit, what, || {
-        let endpoints = endpoints.clone();
-        async move {
-            let entries = try_entries(&endpoints, PREFIX).await?;
-            metadata_of(&entries, SEED_KEY).filter(|m| check(m))
-        }
-    })
-    .await
-    .0
 }
 
 #[tokio::test]

@@ -7,7 +7,6 @@
 //! These components are 12-18 MB and take seconds to compile, more on a
 //! machine busy with the other tests, hence the long waits.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::support::*;
@@ -23,35 +22,6 @@ const COMPILE_PATIENCE: Duration = Duration::from_secs(240);
 fn plugins_section(settings: &str) -> String {
     format!(
         "  plugins:\n    dir: plugins\n    interval: 1s\n    cacheDir: cache\n    settings:\n{settings}"
-    )
-}
-
-/// The seed instance's metadata once it satisfies `check`.
-async fn wait_metadata(
-    etcd: &Etcd,
-    what: &str,
-    check: impl Fn(&BTreeMap<String, String>) -> bool,
-) -> BTreeMap<String, String> {
-    let endpoints = etcd.endpoints();
-    let check = &check;
-    wait_for(COMPILE_PATIENCE, what, || {
-        let endpoints = endpoints.clone();
-        async move {
-            let entries = try_entries(&endpoints, PREFIX).await?;
-            metadata_of(&entries, SEED_KEY).filter(|m| check(m))
-        }
-    })
-    .await
-    .0
-}
-
-fn metadata_of(entries: &BTreeMap<String, Entry>, key: &str) -> Option<BTreeMap<String, String>> {
-    let value: serde_json::Value = serde_json::from_str(&entries.get(key)?.value).ok()?;
-    let map = value.get("metadata")?.as_object()?;
-    Some(
-        map.iter()
-            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-            .collect(),
     )
 }
 
@@ -99,7 +69,7 @@ async fn python_and_javascript_plugins_publish_and_their_hostile_variants_are_co
     agent.spawn(&[]);
 
     // Both examples' keys land beside the configured ones.
-    let metadata = wait_metadata(&etcd, "both examples' metadata", |m| {
+    let metadata = wait_metadata(&etcd, "both examples' metadata", COMPILE_PATIENCE, |m| {
         EXAMPLE_KEYS.iter().all(|k| m.contains_key(*k))
     })
     .await;
@@ -314,19 +284,6 @@ async fn sigterm_during_a_python_plugins_cold_compile_stops_the_agent_promptly()
         return;
     }
 
-    agent.signal(libc::SIGTERM);
-    let (status, took) = agent.wait_exit(Duration::from_secs(10));
-    assert!(status.success(), "{status:?}");
-    let log = agent.log();
-    assert!(
-        !log.contains("plugin loaded"),
-        "the agent finished the compile before stopping:\n{log}"
-    );
-    eprintln!("SIGTERM during a Python plugin's cold compile: deregistered and exited in {took:?}");
-    assert!(
-        took < Duration::from_secs(2),
-        "took {took:?} to stop:\n{log}"
-    );
-    let mut client = etcd.client().await;
-    assert!(entries(&mut client, PREFIX).await.is_empty());
+    assert_sigterm_stops_mid_compile(&mut agent, &etcd, PREFIX, "a Python plugin's cold compile")
+        .await;
 }

@@ -399,16 +399,7 @@ async fn a_killed_agent_leaves_keys_to_expire_and_a_restart_reuses_them() {
 
     // Killed at once: nothing deregisters, the lease expires the keys.
     agent.kill9();
-    let endpoints = etcd.endpoints();
-    let (_, took) = wait_for(Duration::from_secs(6), "keys expired", || {
-        let endpoints = endpoints.clone();
-        async move {
-            try_entries(&endpoints, PREFIX)
-                .await
-                .filter(|e| e.is_empty())
-        }
-    })
-    .await;
+    let took = wait_prefix_empty(&etcd, PREFIX, Duration::from_secs(6), "keys expired").await;
     println!("keys expired {took:?} after the agent was killed (ttl 2s)");
 
     // Restarted: the same keys come back, and nothing else.

@@ -145,21 +145,7 @@ async fn signals_edits_and_the_watchdog_do_not_wait_for_a_slow_compile() {
     );
 
     // SIGTERM: deregistered and gone before the compile would have ended.
-    agent.signal(libc::SIGTERM);
-    let (status, took) = agent.wait_exit(Duration::from_secs(10));
-    assert!(status.success(), "{status:?}");
-    let log = agent.log();
-    assert!(
-        !log.contains("plugin loaded"),
-        "the agent finished the compile before stopping:\n{log}"
-    );
-    eprintln!("SIGTERM during a cold compile: deregistered and exited in {took:?}");
-    assert!(
-        took < Duration::from_secs(2),
-        "took {took:?} to stop:\n{log}"
-    );
-    let mut client = etcd.client().await;
-    assert!(entries(&mut client, PREFIX).await.is_empty());
+    assert_sigterm_stops_mid_compile(&mut agent, &etcd, PREFIX, "a cold compile").await;
 }
 
 #[tokio::test]

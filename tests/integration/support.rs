@@ -20,6 +20,7 @@ mod http;
 #[path = "support/proxy.rs"]
 mod proxy;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 pub use agent::*;
@@ -83,4 +84,82 @@ pub async fn accept_and_drop(port: u16) -> tokio::task::JoinHandle<()> {
             drop(socket);
         }
     })
+}
+
+/// The `metadata` of the Yggdrasil record under `key`, values as strings
+/// (`None`: no such key, or not a record).
+pub fn metadata_of(
+    entries: &BTreeMap<String, Entry>,
+    key: &str,
+) -> Option<BTreeMap<String, String>> {
+    let value: serde_json::Value = serde_json::from_str(&entries.get(key)?.value).ok()?;
+    let map = value.get("metadata")?.as_object()?;
+    Some(
+        map.iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+            .collect(),
+    )
+}
+
+/// The seed instance's metadata (under the default prefix) once it
+/// satisfies `check`, waiting at most `limit`.
+pub async fn wait_metadata(
+    etcd: &Etcd,
+    what: &str,
+    limit: Duration,
+    check: impl Fn(&BTreeMap<String, String>) -> bool,
+) -> BTreeMap<String, String> {
+    let endpoints = etcd.endpoints();
+    let check = &check;
+    wait_for(limit, what, || {
+        let endpoints = endpoints.clone();
+        async move {
+            let entries = try_entries(&endpoints, "/yggdrasil/registry/").await?;
+            metadata_of(&entries, SEED_KEY).filter(|m| check(m))
+        }
+    })
+    .await
+    .0
+}
+
+/// Sends SIGTERM to `agent` while a plugin compiles and checks it stops
+/// promptly: exit 0 within 2 s, before the compile ended, with every key
+/// under `prefix` deleted. `what` names the compile in the test's output.
+pub async fn assert_sigterm_stops_mid_compile(
+    agent: &mut Agent,
+    etcd: &Etcd,
+    prefix: &str,
+    what: &str,
+) {
+    agent.signal(libc::SIGTERM);
+    let (status, took) = agent.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    let log = agent.log();
+    assert!(
+        !log.contains("plugin loaded"),
+        "the agent finished the compile before stopping:\n{log}"
+    );
+    eprintln!("SIGTERM during {what}: deregistered and exited in {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "took {took:?} to stop:\n{log}"
+    );
+    let mut client = etcd.client().await;
+    assert!(entries(&mut client, prefix).await.is_empty());
+}
+
+/// Waits (at most `limit`) until no key is left under `prefix`; how long
+/// that took.
+pub async fn wait_prefix_empty(etcd: &Etcd, prefix: &str, limit: Duration, what: &str) -> Duration {
+    let endpoints = etcd.endpoints();
+    wait_for(limit, what, || {
+        let endpoints = endpoints.clone();
+        async move {
+            try_entries(&endpoints, prefix)
+                .await
+                .filter(|e| e.is_empty())
+        }
+    })
+    .await
+    .1
 }

@@ -161,8 +161,8 @@ impl Supervisor {
         out
     }
 
-    /// The instances moved (an API registration came or went): checks,
-    /// plugin metadata and the target follow.
+    /// The instances moved (an API registration or an instances file came
+    /// or went): checks, plugin metadata and the target follow.
     pub(super) fn instances_moved(&mut self) {
         self.refresh_effective();
         self.set_checks();
@@ -392,15 +392,7 @@ impl Supervisor {
             .values()
             .any(|o| !matches!(o, instances_dir::FileOutcome::Refused(_)));
         if changed {
-            self.refresh_effective();
-            self.set_checks();
-            if let Some(plugins) = self.plugins.as_mut() {
-                for per_instance in plugins.metadata.values_mut() {
-                    per_instance.retain(|key, _| self.services.contains_key(key));
-                }
-            }
-            self.publish();
-            self.start_round(None);
+            self.instances_moved();
         }
         outcomes
     }
