@@ -34,6 +34,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
 use crate::config::{ApiConfig, ApiInstance, CheckTiming};
+use crate::systemd;
 
 /// Requests waiting for the supervisor.
 pub const API_REQUESTS_CAPACITY: usize = 64;
@@ -124,14 +125,8 @@ impl IntoResponse for ApiReply {
 /// `/tmp/ygg-agent-<uid>/agent.sock`. The CLI finds the agent the same way.
 pub fn default_socket() -> PathBuf {
     let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-    if let Some(dirs) = env("RUNTIME_DIRECTORY") {
-        let first = dirs
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        return PathBuf::from(first).join("agent.sock");
+    if let Some(dir) = systemd::directory("RUNTIME_DIRECTORY") {
+        return dir.join("agent.sock");
     }
     if Path::new("/run/ygg-agent").is_dir() {
         return PathBuf::from("/run/ygg-agent/agent.sock");

@@ -17,6 +17,8 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tracing::{error, warn};
 
+use crate::systemd;
+
 const MAINTENANCE_FILE: &str = "maintenance.json";
 
 /// Maintenance in force: the node's, and each instance's by id.
@@ -37,16 +39,10 @@ pub fn resolve(configured: Option<&Path>) -> Option<PathBuf> {
     if let Some(dir) = configured {
         return Some(dir.to_path_buf());
     }
-    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-    if let Some(dirs) = env("STATE_DIRECTORY") {
-        let first = dirs
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        return Some(PathBuf::from(first));
+    if let Some(dir) = systemd::directory("STATE_DIRECTORY") {
+        return Some(dir);
     }
+    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
     if let Some(state) = env("XDG_STATE_HOME") {
         return Some(PathBuf::from(state).join("ygg-agent"));
     }

@@ -2,7 +2,10 @@
 //! instance is registered, a `STATUS=` line that follows the registry,
 //! `STOPPING=1` at shutdown, and watchdog pings when `WatchdogSec=` is set.
 //! Without `NOTIFY_SOCKET` (not under systemd) every call is a no-op.
+//! Also where the unit's `RuntimeDirectory=`, `StateDirectory=` and
+//! `CacheDirectory=` folders are ([`directory`]).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -66,4 +69,19 @@ fn watchdog_timeout() -> Option<Duration> {
         return None;
     }
     (usec > 0).then(|| Duration::from_micros(usec))
+}
+
+/// The folder systemd names in `variable` (`RUNTIME_DIRECTORY`,
+/// `STATE_DIRECTORY`, `CACHE_DIRECTORY`): the first of its `:`-separated
+/// list, or `None` when unset or empty (not under systemd, or no such
+/// directive in the unit).
+pub fn directory(variable: &str) -> Option<PathBuf> {
+    let dirs = std::env::var_os(variable).filter(|v| !v.is_empty())?;
+    let first = dirs
+        .to_string_lossy()
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    Some(PathBuf::from(first))
 }

@@ -17,6 +17,7 @@ use super::cache::CompileCache;
 use super::state::PluginState;
 use super::ticker::EpochTicker;
 use super::{v0_1_0, v0_2_0};
+use crate::systemd;
 
 /// The WIT package plugins implement.
 pub const WIT_PACKAGE: &str = "ygg:agent-plugin";
@@ -284,15 +285,8 @@ fn check_world(engine: &Engine, component: &Component) -> Result<World, LoadErro
 /// The default cache folder: systemd's `CACHE_DIRECTORY`, else the XDG cache
 /// folder, else `~/.cache`, else a per-user folder in the temp dir.
 pub fn default_cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CACHE_DIRECTORY").filter(|d| !d.is_empty()) {
-        // systemd may pass several, separated by ':'; the first is ours.
-        let first = dir
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        return PathBuf::from(first).join("plugins");
+    if let Some(dir) = systemd::directory("CACHE_DIRECTORY") {
+        return dir.join("plugins");
     }
     if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir).join("ygg-agent/plugins");
