@@ -373,29 +373,10 @@ async fn sigterm_while_black_holed_exits_within_shutdown_timeout() {
 // ---------------------------------------------------------------------------
 // Authentication tokens that expire.
 
-const ROOT: (&str, &str) = ("root", "root-pw-123");
-
-/// Turns authentication on, with a `root` user and an `agent` user that may
-/// read and write the prefix.
-async fn enable_auth(etcd: &Etcd) {
-    use etcd_client::Permission;
-    let mut root = etcd.client().await;
-    root.user_add(ROOT.0, ROOT.1, None).await.unwrap();
-    root.user_grant_role(ROOT.0, "root").await.unwrap();
-    root.role_add("registry").await.unwrap();
-    root.role_grant_permission("registry", Permission::read_write(PREFIX).with_prefix())
-        .await
-        .unwrap();
-    root.user_add("agent", "correct-horse-battery", None)
-        .await
-        .unwrap();
-    root.user_grant_role("agent", "registry").await.unwrap();
-    root.auth_enable().await.unwrap();
-}
-
+/// A client as the root user, refreshing its token as a good client does.
 async fn root_client(etcd: &Etcd) -> etcd_client::Client {
     let options = etcd_client::ConnectOptions::new()
-        .with_user(ROOT.0, ROOT.1)
+        .with_user(ETCD_ROOT.0, ETCD_ROOT.1)
         .with_auto_token_refresh(true);
     etcd_client::Client::connect(etcd.endpoints(), Some(options))
         .await
@@ -424,7 +405,7 @@ fn auth_errors(log: &str) -> usize {
 #[tokio::test]
 async fn expiring_auth_tokens_cost_no_gap_and_no_error_loop() {
     let etcd = Etcd::start_with_args(&["--auth-token", "simple", "--auth-token-ttl", "2"]).await;
-    enable_auth(&etcd).await;
+    etcd.enable_auth(PREFIX).await;
     let mut config = ConfigFile::new(etcd.endpoints());
     config.ttl = "3s";
     config.retry_interval = "5s";
@@ -438,13 +419,13 @@ async fn expiring_auth_tokens_cost_no_gap_and_no_error_loop() {
     std::fs::write(&agent.config_path, with_credentials(&config)).unwrap();
     agent.spawn(&[]);
     let expected = seed_expected();
-    let user = Some((ROOT.0.to_string(), ROOT.1.to_string()));
+    let user = Some((ETCD_ROOT.0.to_string(), ETCD_ROOT.1.to_string()));
     let observer = Observer::start_as(etcd.endpoints(), PREFIX, expected.clone(), user).await;
     observer.wait_all_good(PATIENCE).await;
     let t0 = Instant::now();
     // The tokens do expire: a client that does not refresh its token is
     // refused after 3 s idle.
-    let options = etcd_client::ConnectOptions::new().with_user(ROOT.0, ROOT.1);
+    let options = etcd_client::ConnectOptions::new().with_user(ETCD_ROOT.0, ETCD_ROOT.1);
     let mut stale = etcd_client::Client::connect(etcd.endpoints(), Some(options))
         .await
         .unwrap();

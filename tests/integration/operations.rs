@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, Permission};
+use etcd_client::{Client, ConnectOptions};
 
 use crate::support::*;
 
@@ -426,18 +426,7 @@ async fn server_only_tls_registers_and_an_untrusted_ca_is_refused_clearly() {
 #[tokio::test]
 async fn authentication_works_a_wrong_password_is_retried_and_never_logged() {
     let etcd = Etcd::start().await;
-    let mut root = etcd.client().await;
-    root.user_add("root", "root-pw-123", None).await.unwrap();
-    root.user_grant_role("root", "root").await.unwrap();
-    root.role_add("registry").await.unwrap();
-    root.role_grant_permission("registry", Permission::read_write(PREFIX).with_prefix())
-        .await
-        .unwrap();
-    root.user_add("agent", "correct-horse-battery", None)
-        .await
-        .unwrap();
-    root.user_grant_role("agent", "registry").await.unwrap();
-    root.auth_enable().await.unwrap();
+    etcd.enable_auth(PREFIX).await;
 
     let config = ConfigFile::new(etcd.endpoints());
     let credentials = |password: &str| {

@@ -428,6 +428,28 @@ impl Etcd {
     }
 
     /// The member that leads, by asking each member's status.
+    /// Turns authentication on: a root user ([`ETCD_ROOT`], which etcd
+    /// needs first) and the agent's user ([`ETCD_AGENT`]) with read-write
+    /// access under `prefix` only.
+    pub async fn enable_auth(&self, prefix: &str) {
+        use etcd_client::Permission;
+        let mut root = self.client().await;
+        root.user_add(ETCD_ROOT.0, ETCD_ROOT.1, None).await.unwrap();
+        root.user_grant_role(ETCD_ROOT.0, "root").await.unwrap();
+        root.role_add("registry").await.unwrap();
+        let access = Permission::read_write(prefix).with_prefix();
+        root.role_grant_permission("registry", access)
+            .await
+            .unwrap();
+        root.user_add(ETCD_AGENT.0, ETCD_AGENT.1, None)
+            .await
+            .unwrap();
+        root.user_grant_role(ETCD_AGENT.0, "registry")
+            .await
+            .unwrap();
+        root.auth_enable().await.unwrap();
+    }
+
     pub async fn leader_index(&self) -> usize {
         let deadline = Instant::now() + PATIENCE;
         loop {
@@ -462,6 +484,11 @@ fn fast_tempdir() -> TempDir {
         .tempdir()
         .expect("temp dir")
 }
+
+/// The root user and password `Etcd::enable_auth` creates.
+pub const ETCD_ROOT: (&str, &str) = ("root", "root-pw-123");
+/// The agent's user and password `Etcd::enable_auth` creates.
+pub const ETCD_AGENT: (&str, &str) = ("agent", "correct-horse-battery");
 
 /// A key as etcd holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
