@@ -14,8 +14,6 @@
 //! etcd-client code doing the same writes; the other rows run the real
 //! binary and watch etcd from outside.
 
-#[path = "../../tests/integration/big_component.rs"]
-mod big_component;
 // The benchmark uses only part of the test support.
 #[allow(dead_code, unused_imports)]
 #[path = "../../tests/integration/support.rs"]
@@ -659,7 +657,7 @@ async fn stall_during_compile(etcd: &Etcd, rows: &mut Vec<Row>) {
     let (mut idle_reload, mut idle_admin) = probe_loop(&agent, &admin, 50, &|| true).await;
 
     let echo = std::fs::read(support::built_plugins().join("echo.wasm")).unwrap();
-    let big = big_component::padded_component(&echo, 6000, 200);
+    let big = support::big_component::padded_component(&echo, 6000, 200);
     let size = big.len();
     let tmp = agent.plugins_dir().join(".big.tmp");
     std::fs::write(&tmp, big).unwrap();
