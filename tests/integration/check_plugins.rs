@@ -193,9 +193,11 @@ async fn a_hostile_check_plugin_reaches_nothing_but_its_target() {
     })
     .await;
     // A few more runs, each trying every way out again.
-    wait_for(PATIENCE, "three runs of the check reaching its target", || async {
-        (target_hits.load(Ordering::SeqCst) >= 3).then_some(())
-    })
+    wait_for(
+        PATIENCE,
+        "three runs of the check reaching its target",
+        || async { (target_hits.load(Ordering::SeqCst) >= 3).then_some(()) },
+    )
     .await;
     let status = status_text(&agent);
     assert!(

@@ -52,9 +52,12 @@ async fn start_polyglot(
 
 /// Waits until the seed's metadata holds every key of `keys`.
 async fn wait_example_metadata(etcd: &Etcd, keys: &[&str]) -> BTreeMap<String, String> {
-    wait_metadata(etcd, &format!("the examples' {keys:?}"), COMPILE_PATIENCE, |m| {
-        keys.iter().all(|k| m.contains_key(*k))
-    })
+    wait_metadata(
+        etcd,
+        &format!("the examples' {keys:?}"),
+        COMPILE_PATIENCE,
+        |m| keys.iter().all(|k| m.contains_key(*k)),
+    )
     .await
 }
 

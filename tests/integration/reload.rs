@@ -144,7 +144,8 @@ async fn instance_changes_apply_as_a_diff_without_touching_the_rest() {
 #[tokio::test]
 async fn an_identity_change_swaps_keys_in_one_transaction() {
     let etcd = Etcd::start().await;
-    let (agent, mut config, before) = start_registered(&etcd, instance("svc", "1", 2001, "dev"), 1).await;
+    let (agent, mut config, before) =
+        start_registered(&etcd, instance("svc", "1", 2001, "dev"), 1).await;
     let old_key = before.keys().next().unwrap().clone();
 
     let watch = KeyWatch::start(&etcd, PREFIX).await;
@@ -161,7 +162,10 @@ async fn an_identity_change_swaps_keys_in_one_transaction() {
             .map(|e| e.revision)
     };
     let delete_rev = revision_of(KeyChange::Delete, true);
-    assert!(delete_rev.is_some(), "the old key was not deleted: {events:?}");
+    assert!(
+        delete_rev.is_some(),
+        "the old key was not deleted: {events:?}"
+    );
     assert_eq!(
         delete_rev,
         revision_of(KeyChange::Put, false),
@@ -423,10 +427,7 @@ async fn bad_files_change_nothing_and_the_next_good_save_applies() {
         wait_failure_detail(&agent, error).await;
         // Nothing deregistered, nothing rewritten.
         watch
-            .assert_unchanged_for(
-                Duration::from_millis(500),
-                &format!("a bad file ({error})"),
-            )
+            .assert_unchanged_for(Duration::from_millis(500), &format!("a bad file ({error})"))
             .await;
         let mut client = etcd.client().await;
         assert_eq!(

@@ -22,10 +22,10 @@ pub mod big_component;
 mod config;
 #[path = "support/etcd.rs"]
 mod etcd;
-#[path = "support/fleet.rs"]
-mod fleet;
 #[path = "support/faults.rs"]
 pub mod faults;
+#[path = "support/fleet.rs"]
+mod fleet;
 #[path = "support/http.rs"]
 mod http;
 #[path = "support/keys.rs"]

@@ -158,4 +158,3 @@ pub fn assert_window(observer: &Observer, w: &Window, bound: Duration, what: &st
         observer.unexpected_seen()
     );
 }
-

@@ -117,7 +117,10 @@ impl KeyWatch {
     pub async fn start(etcd: &Etcd, prefix: &str) -> KeyWatch {
         let mut client = etcd.client().await;
         let revision = client
-            .get(prefix, Some(GetOptions::new().with_prefix().with_keys_only()))
+            .get(
+                prefix,
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
             .await
             .expect("etcd get")
             .header()
@@ -207,9 +210,11 @@ impl KeyWatch {
     /// Waits (at most `limit`) until at least `n` changes of `kind` were
     /// seen; how long that took.
     pub async fn wait_count(&self, kind: KeyChange, n: usize, limit: Duration) -> Duration {
-        wait_for(limit, &format!("{n} {kind:?} events under {}", self.prefix), || async {
-            (self.count(kind) >= n).then_some(())
-        })
+        wait_for(
+            limit,
+            &format!("{n} {kind:?} events under {}", self.prefix),
+            || async { (self.count(kind) >= n).then_some(()) },
+        )
         .await
         .1
     }
