@@ -4,7 +4,6 @@
 
 mod support;
 
-mod big_component;
 mod check_plugins;
 mod checks;
 mod config_errors;
@@ -13,7 +12,6 @@ mod fuzz_regressions;
 mod local_api;
 mod local_control;
 mod netfaults;
-mod observer;
 mod operations;
 mod plugins;
 mod polyglot;

@@ -14,9 +14,6 @@
 //! etcd-client code doing the same writes; the other rows run the real
 //! binary and watch etcd from outside.
 
-#[path = "../../../tests/integration/big_component.rs"]
-mod big_component;
-// The benchmark uses only part of the test support.
 mod api;
 mod checkplugin;
 mod checks;
@@ -29,6 +26,7 @@ mod many;
 mod plugins;
 mod recovery;
 mod stall;
+// The benchmark uses only part of the test support.
 #[allow(dead_code, unused_imports)]
 #[path = "../../../tests/integration/support.rs"]
 mod support;

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::big_component;
+use crate::support::big_component;
 use crate::common::*;
 use crate::support::{self, Agent, ConfigFile, Etcd};
 
