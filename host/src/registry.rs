@@ -12,9 +12,11 @@
 
 mod batch;
 mod keepalive;
+pub mod lease_record;
 mod session;
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +31,7 @@ use crate::desired::{RecordKind, Target};
 use crate::etcd::{self, EtcdError};
 use crate::metrics::Metrics;
 use keepalive::LeaseHealth;
+use lease_record::{LeaseRecord, RecordWriter};
 use session::Session;
 
 /// First retry delay after a failure; it doubles up to `retryInterval`, and
@@ -88,6 +91,20 @@ impl RegistryHandle {
         metrics: Metrics,
         tracker: &TaskTracker,
     ) -> RegistryHandle {
+        Self::spawn_with_record(target, metrics, tracker, None)
+    }
+
+    /// [`spawn`], keeping the lease record in `record_dir` (see
+    /// [`lease_record`]): a lease recorded there by a previous process is
+    /// adopted if etcd still keeps it.
+    ///
+    /// [`spawn`]: RegistryHandle::spawn
+    pub fn spawn_with_record(
+        target: Option<Target>,
+        metrics: Metrics,
+        tracker: &TaskTracker,
+        record_dir: Option<PathBuf>,
+    ) -> RegistryHandle {
         let idle = target.is_none();
         let target = target.unwrap_or_else(|| Target {
             config: RegistryConfig::default(),
@@ -118,6 +135,9 @@ impl RegistryHandle {
             connected: false,
             reconnect: false,
             tracker: tracker.clone(),
+            record_dir,
+            recorded: None,
+            record_writer: None,
         };
         tracker.spawn(async move {
             actor.run(idle).await;
@@ -180,6 +200,12 @@ struct Actor {
     /// The last round could not connect: the next one builds a new client
     /// for the session (see `EtcdError::is_unavailable`).
     reconnect: bool,
+    /// Where the lease record is kept; `None`: nowhere.
+    record_dir: Option<PathBuf>,
+    /// A previous process's record, until the first session decides
+    /// whether to adopt its lease.
+    recorded: Option<LeaseRecord>,
+    record_writer: Option<RecordWriter>,
 }
 
 enum Wake {
@@ -189,22 +215,42 @@ enum Wake {
 
 impl Actor {
     async fn run(mut self, idle: bool) {
+        if let Some(dir) = self.record_dir.clone() {
+            self.recorded = tokio::task::spawn_blocking({
+                let dir = dir.clone();
+                move || lease_record::load(&dir)
+            })
+            .await
+            .ok()
+            .flatten();
+            self.record_writer = Some(RecordWriter::start(dir));
+        }
         if idle {
             // Nothing to hold yet: wait for the first target (or a stop,
             // with nothing to deregister).
             tokio::select! {
-                _ = &mut self.stop_rx => return,
+                _ = &mut self.stop_rx => return self.clear_record().await,
                 changed = self.target_rx.changed() => {
                     if changed.is_err() {
-                        return;
+                        return self.clear_record().await;
                     }
                     self.target = self.target_rx.borrow_and_update().clone();
                 }
             }
         }
+        if let Some(record) = self.recorded.take() {
+            match record.mismatch(&self.target.config) {
+                Some(why) => {
+                    info!(lease = record.lease, %why, "ignoring the lease record of the previous process")
+                }
+                None => self.recorded = Some(record),
+            }
+        }
         let deadline = loop {
             self.publish_target_gauges();
-            let retry_at = match self.converge().await {
+            let converged = self.converge().await;
+            self.save_record();
+            let retry_at = match converged {
                 Ok(()) => {
                     self.retry.reset();
                     self.set_connected(true);
@@ -245,6 +291,10 @@ impl Actor {
         loop {
             let verify_at =
                 (retry_at.is_none() && self.session.is_some()).then_some(self.next_verify);
+            let rotate_at = retry_at
+                .is_none()
+                .then(|| self.session.as_ref()?.lease.as_ref()?.rotate_at())
+                .flatten();
             let health = self
                 .session
                 .as_mut()
@@ -283,6 +333,9 @@ impl Actor {
                 }
                 _ = sleep_until(verify_at.unwrap_or_else(Instant::now)), if verify_at.is_some() => {
                     self.verify_due = true;
+                    return Wake::Work;
+                }
+                _ = sleep_until(rotate_at.unwrap_or_else(Instant::now)), if rotate_at.is_some() => {
                     return Wake::Work;
                 }
             }
@@ -346,7 +399,12 @@ impl Actor {
         }
         if self.session.is_none() {
             let client = etcd::connect(&target.config.client).await?;
-            self.session = Some(Session::new(target.config.clone(), client));
+            let mut session = None;
+            if let Some(record) = self.recorded.take() {
+                session = self.resume(record, &client).await?;
+            }
+            self.session =
+                Some(session.unwrap_or_else(|| Session::new(target.config.clone(), client)));
         } else if self.reconnect {
             // An old client can keep failing with the error of its last
             // failed connect after etcd is back (found by the fleet test:
@@ -371,11 +429,95 @@ impl Actor {
         Ok(())
     }
 
+    /// Takes over the lease of the previous process's record if etcd still
+    /// keeps it: the returned session holds it and what etcd holds on it.
+    /// A lease that cannot be kept as it is (another TTL, `keepAlive:
+    /// false`) is retired once a new lease holds the keys; an expired one
+    /// is ignored. On an etcd error the record is kept for the next round.
+    async fn resume(
+        &mut self,
+        record: LeaseRecord,
+        client: &etcd_client::Client,
+    ) -> Result<Option<Session>, EtcdError> {
+        let config = self.target.config.clone();
+        let resumed = match Session::resume(
+            config,
+            client.clone(),
+            &record,
+            &self.metrics,
+            &self.tracker,
+        )
+        .await
+        {
+            Ok(resumed) => resumed,
+            Err(error) => {
+                self.recorded = Some(record);
+                return Err(error);
+            }
+        };
+        match resumed {
+            None => {
+                info!(
+                    lease = record.lease,
+                    "the lease of the previous process has expired; ignoring its record"
+                );
+                Ok(None)
+            }
+            Some((session, true)) => {
+                info!(
+                    lease = record.lease,
+                    keys = session.written_count(),
+                    "adopted the lease of the previous process"
+                );
+                Ok(Some(session))
+            }
+            Some((session, false)) => {
+                info!(
+                    lease = record.lease,
+                    "the previous process's lease does not fit the settings (TTL or keepAlive); moving its keys to a new lease"
+                );
+                self.retiring.push(session);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Publishes the current session's record to the writer.
+    fn save_record(&self) {
+        let (Some(writer), Some(session)) = (&self.record_writer, &self.session) else {
+            return;
+        };
+        if let Some(record) = session.record() {
+            writer.publish(record);
+        }
+    }
+
+    async fn clear_record(&mut self) {
+        if let Some(writer) = self.record_writer.take() {
+            writer.clear().await;
+        }
+    }
+
     /// Lease, repair, writes. The lease's keeper opens its stream alongside
     /// the first write, so a first registration costs two round trips
     /// (grant, write) like a hand-written one.
     async fn converge_session(&mut self, target: &Target) -> Result<(), EtcdError> {
         let session = self.session.as_mut().expect("converge sets the session");
+        if session
+            .lease
+            .as_ref()
+            .and_then(|l| l.rotate_at())
+            .is_some_and(|at| at <= Instant::now())
+        {
+            session
+                .rotate_lease(
+                    &target.records,
+                    &mut self.announced,
+                    &self.metrics,
+                    &self.tracker,
+                )
+                .await?;
+        }
         session.grant_lease(&self.metrics, &self.tracker).await?;
         if self.verify_due {
             let repaired = session.verify().await?;
@@ -406,7 +548,6 @@ impl Actor {
 
     fn publish_status(&self) {
         let now = Instant::now();
-        let keep_alive = self.target.config.keep_alive;
         // Instances count Yggdrasil records; ready needs every key (naming
         // keys too).
         let (lease, registered, held) = match &self.session {
@@ -416,9 +557,8 @@ impl Actor {
                     .as_ref()
                     .filter(|l| l.expires_at().is_some_and(|at| at > now))
                     .map(|l| l.id);
-                let expected_lease = if keep_alive { live_lease } else { Some(0) };
                 let (mut registered, mut held) = (0, 0);
-                if let Some(lease_id) = expected_lease {
+                if let Some(lease_id) = live_lease {
                     for (key, record) in &self.target.records {
                         if session.holds(key, record, lease_id) {
                             held += 1;
@@ -435,9 +575,7 @@ impl Actor {
             lease,
             desired: self.target.instances(),
             registered,
-            ready: self.connected
-                && held == self.target.records.len()
-                && (lease.is_some() || !keep_alive),
+            ready: self.connected && held == self.target.records.len() && lease.is_some(),
         };
         self.metrics.instances_registered.set(registered as i64);
         self.status_tx.send_if_modified(|current| {
@@ -473,6 +611,7 @@ impl Actor {
         for session in self.retiring.iter_mut() {
             session.delete_all(&[], deadline, &self.metrics).await;
         }
+        let _ = tokio::time::timeout_at(deadline, self.clear_record()).await;
         let _ = self.status_tx.send(RegistryStatus::default());
         self.metrics.instances_registered.set(0);
     }
