@@ -12,6 +12,7 @@
 
 mod batch;
 mod keepalive;
+mod key_watch;
 pub mod lease_record;
 mod session;
 
@@ -20,8 +21,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::DropGuard;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
@@ -31,12 +33,23 @@ use crate::desired::{RecordKind, Target};
 use crate::etcd::{self, EtcdError};
 use crate::metrics::Metrics;
 use keepalive::LeaseHealth;
+use key_watch::KeyNews;
 use lease_record::{LeaseRecord, RecordWriter};
 use session::Session;
 
 /// First retry delay after a failure; it doubles up to `retryInterval`, and
 /// each delay is multiplied by a random factor in [0.5, 1).
 const FIRST_RETRY: Duration = Duration::from_millis(100);
+
+/// The full comparison of every key with etcd, while a watch on our keys
+/// reports every change at once: a safety net, jittered by U(0.8, 1).
+/// Without a watch (it broke and is being restarted) the comparison runs
+/// every `retryInterval`, as before watches.
+const VERIFY_INTERVAL: Duration = Duration::from_secs(300);
+
+/// A watch that lived this long was not failing: its restart starts over
+/// from the first, quick delay.
+const WATCH_HEALTHY_AFTER: Duration = Duration::from_secs(10);
 
 /// What the actor knows about its registrations, for `/readyz`, systemd
 /// readiness and metrics.
@@ -119,6 +132,9 @@ impl RegistryHandle {
         let (stop_tx, stop_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
         let initial = target_rx.borrow().clone();
+        let (news_tx, news_rx) = mpsc::channel(key_watch::NEWS_CAPACITY);
+        let watch_retry =
+            Backoff::new(FIRST_RETRY, initial.config.retry_interval).with_jitter(0.5, 1.0);
         let retry = Backoff::new(FIRST_RETRY, initial.config.retry_interval).with_jitter(0.5, 1.0);
         let actor = Actor {
             target: initial,
@@ -138,6 +154,11 @@ impl RegistryHandle {
             record_dir,
             recorded: None,
             record_writer: None,
+            key_watch: None,
+            news_tx,
+            news_rx,
+            watch_retry,
+            watch_retry_at: Instant::now(),
         };
         tracker.spawn(async move {
             actor.run(idle).await;
@@ -206,6 +227,15 @@ struct Actor {
     /// whether to adopt its lease.
     recorded: Option<LeaseRecord>,
     record_writer: Option<RecordWriter>,
+    /// The watch on the current session's keys: its guard, the keys it
+    /// watches and when it started.
+    key_watch: Option<(DropGuard, Vec<String>, Instant)>,
+    /// The watch task's end and ours.
+    news_tx: mpsc::Sender<KeyNews>,
+    news_rx: mpsc::Receiver<KeyNews>,
+    /// Delays between restarts of a watch that keeps failing.
+    watch_retry: Backoff,
+    watch_retry_at: Instant,
 }
 
 enum Wake {
@@ -254,6 +284,7 @@ impl Actor {
                 Ok(()) => {
                     self.retry.reset();
                     self.set_connected(true);
+                    self.ensure_key_watch();
                     None
                 }
                 Err(error) => {
@@ -295,6 +326,10 @@ impl Actor {
                 .is_none()
                 .then(|| self.session.as_ref()?.lease.as_ref()?.rotate_at())
                 .flatten();
+            // A watch to restart once its backoff is over (a round does it).
+            let watch_wanted = retry_at.is_none()
+                && self.key_watch.is_none()
+                && self.session.as_ref().is_some_and(|s| s.written_count() > 0);
             let health = self
                 .session
                 .as_mut()
@@ -338,8 +373,82 @@ impl Actor {
                 _ = sleep_until(rotate_at.unwrap_or_else(Instant::now)), if rotate_at.is_some() => {
                     return Wake::Work;
                 }
+                Some(news) = self.news_rx.recv() => {
+                    if self.on_key_news(news) {
+                        return Wake::Work;
+                    }
+                }
+                _ = sleep_until(self.watch_retry_at), if watch_wanted => {
+                    return Wake::Work;
+                }
             }
         }
+    }
+
+    /// Follows what the watch on our keys reports; true when something must
+    /// be repaired (or the watch restarted) by a round.
+    fn on_key_news(&mut self, news: KeyNews) -> bool {
+        match news {
+            KeyNews::Changed {
+                key,
+                revision,
+                value,
+            } => {
+                let Some(session) = self.session.as_mut() else {
+                    return false;
+                };
+                if !session.note_change(&key, revision, value) {
+                    return false;
+                }
+                self.metrics.repairs.inc();
+                self.publish_status();
+                true
+            }
+            KeyNews::Lost(reason) => {
+                let Some((_, _, started)) = self.key_watch.take() else {
+                    // A watch we had already replaced.
+                    return false;
+                };
+                if started.elapsed() >= WATCH_HEALTHY_AFTER {
+                    self.watch_retry.reset();
+                }
+                self.watch_retry.set_cap(self.target.config.retry_interval);
+                let delay = self.watch_retry.fail();
+                self.watch_retry_at = Instant::now() + delay;
+                warn!(%reason, retry_in = ?delay, "the watch on our keys ended; comparing every key and watching again");
+                // Blind meanwhile: compare now, and poll until watched.
+                self.verify_due = true;
+                true
+            }
+        }
+    }
+
+    /// Watches the current session's keys unless a watch already covers
+    /// exactly them (a new key, or a key gone, starts a new watch).
+    fn ensure_key_watch(&mut self) {
+        let Some(session) = self.session.as_ref() else {
+            return;
+        };
+        let list = session.watch_list();
+        let keys: Vec<String> = list.iter().map(|(k, _)| k.clone()).collect();
+        if self
+            .key_watch
+            .as_ref()
+            .is_some_and(|(_, watched, _)| *watched == keys)
+        {
+            return;
+        }
+        if keys.is_empty() {
+            self.key_watch = None;
+            return;
+        }
+        if self.key_watch.is_none() && Instant::now() < self.watch_retry_at {
+            return;
+        }
+        // Drop the old watch first: its `Lost` is ignored (no watch).
+        self.key_watch = None;
+        let guard = key_watch::spawn(session.client(), list, self.news_tx.clone(), &self.tracker);
+        self.key_watch = Some((guard, keys, Instant::now()));
     }
 
     /// Follows what the keeper reports about the current lease; true when
@@ -396,6 +505,8 @@ impl Actor {
             let old = self.session.take().expect("checked above");
             info!("registry settings changed: moving the registrations to a new etcd session");
             self.retiring.push(old);
+            // The watch was the old session's (maybe another cluster).
+            self.key_watch = None;
         }
         if self.session.is_none() {
             let client = etcd::connect(&target.config.client).await?;
@@ -525,7 +636,12 @@ impl Actor {
                 self.metrics.repairs.inc_by(repaired as u64);
             }
             self.verify_due = false;
-            self.next_verify = Instant::now() + jitter(self.target.config.retry_interval, 0.8, 1.0);
+            let every = if self.key_watch.is_some() {
+                VERIFY_INTERVAL
+            } else {
+                self.target.config.retry_interval
+            };
+            self.next_verify = Instant::now() + jitter(every, 0.8, 1.0);
         }
         session
             .reconcile(&target.records, &mut self.announced, &self.metrics)
@@ -591,6 +707,7 @@ impl Actor {
     /// Stop: no renewal or write after this point (a late heartbeat must not
     /// bring back what we delete), then delete our keys and revoke the lease.
     async fn deregister(mut self, deadline: Instant) {
+        self.key_watch = None;
         for session in self.session.iter_mut().chain(self.retiring.iter_mut()) {
             session.stop_renewing();
         }

@@ -333,3 +333,121 @@ async fn an_expired_or_foreign_record_is_ignored() {
     observer.wait_all_good(PATIENCE).await;
     assert!(!agent.log().contains("adopted the lease"));
 }
+
+/// How soon a key deleted or overwritten by another client is back, with a
+/// `retryInterval` (the old comparison period) far longer than that.
+const WATCH_REPAIR: Duration = Duration::from_secs(3);
+
+/// Deletes the seed key, then overwrites it, from another client; each
+/// time the agent's watch on its own keys sees it and puts it back at
+/// once. Returns how long each took.
+async fn damage_and_time(etcd: &Etcd, observer: &crate::observer::Observer) -> Vec<Duration> {
+    let mut client = etcd.client().await;
+    let mut took = Vec::new();
+    for overwrite in [false, true] {
+        let t = Instant::now();
+        if overwrite {
+            client.put(SEED_KEY, "{}", None).await.unwrap();
+        } else {
+            client.delete(SEED_KEY, None).await.unwrap();
+        }
+        // Seen damaged by the observer, then good again.
+        let (back, _) = wait_for(PATIENCE, "the key put back", || {
+            let transitions = observer.transitions_since(t);
+            let damaged = transitions.iter().any(|x| x.status != Status::Good);
+            let last = transitions.last().map(|x| (x.status, x.at));
+            async move {
+                match last {
+                    Some((Status::Good, at)) if damaged => Some(at),
+                    _ => None,
+                }
+            }
+        })
+        .await;
+        took.push(back.duration_since(t));
+    }
+    took
+}
+
+/// A key deleted by another client, then overwritten, is back well within
+/// a second with `retryInterval: 10s` (before: up to one `retryInterval`,
+/// the comparison period).
+#[tokio::test]
+async fn a_key_deleted_or_overwritten_by_another_client_is_back_at_once() {
+    let etcd = Etcd::start().await;
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.retry_interval = "10s";
+    let expected = seed_expected();
+    let (agent, observer) = start(&etcd, &config, &expected).await;
+    // The watch starts after the first round.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let took = damage_and_time(&etcd, &observer).await;
+    report(
+        "own-key-deleted-watched",
+        took[0],
+        WATCH_REPAIR,
+        &format!(
+            "deleted: back in {}, overwritten: back in {}",
+            ms(took[0]),
+            ms(took[1])
+        ),
+    );
+    for t in &took {
+        assert!(*t <= WATCH_REPAIR, "back after {}\n{}", ms(*t), agent.log());
+    }
+    let held = entries(&mut etcd.client().await, PREFIX).await;
+    assert_eq!(held[SEED_KEY].value, expected[SEED_KEY], "{}", agent.log());
+    crate::faults::assert_exactly(&etcd, &expected).await;
+    assert_every_key_on_a_live_lease(&mut etcd.client().await).await;
+}
+
+/// The watch of an adopted lease's keys starts from revisions etcd has
+/// compacted away: etcd cancels it; the agent compares every key, watches
+/// again from the comparison, and a delete is still repaired at once.
+#[tokio::test]
+async fn a_watch_from_a_compacted_revision_is_restarted() {
+    let etcd = Etcd::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let (mut config, expected) = adopting_config(&etcd, state.path());
+    config.retry_interval = "10s";
+    let (mut agent, observer) = start(&etcd, &config, &expected).await;
+    wait_recorded(state.path(), 3).await;
+    agent.kill9();
+    let mut client = etcd.client().await;
+    for i in 0..5 {
+        client
+            .put("/unrelated", format!("{i}"), None)
+            .await
+            .unwrap();
+    }
+    let revision = client
+        .get("/unrelated", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    client.compact(revision, None).await.unwrap();
+    agent.spawn(&[]);
+    agent
+        .wait_for_log("adopted the lease of the previous process", PATIENCE)
+        .await;
+    agent.wait_for_log("compacted", PATIENCE).await;
+    // Watching again after a short backoff.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let took = damage_and_time(&etcd, &observer).await;
+    report(
+        "own-key-watch-after-compaction",
+        took[0],
+        WATCH_REPAIR,
+        &format!(
+            "deleted: back in {}, overwritten: back in {}",
+            ms(took[0]),
+            ms(took[1])
+        ),
+    );
+    for t in &took {
+        assert!(*t <= WATCH_REPAIR, "back after {}\n{}", ms(*t), agent.log());
+    }
+    crate::faults::assert_exactly(&etcd, &expected).await;
+}

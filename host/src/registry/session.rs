@@ -95,6 +95,8 @@ pub(super) struct Session {
     /// Rewrites are routine (a `keepAlive: false` lease rotation): logged
     /// at debug, not once per key every round.
     routine: bool,
+    /// The revision of the last full comparison.
+    verified_at: i64,
 }
 
 impl Session {
@@ -108,6 +110,7 @@ impl Session {
             max_ops: MAX_TXN_OPS,
             max_bytes: MAX_TXN_BYTES,
             routine: false,
+            verified_at: 0,
         }
     }
 
@@ -397,6 +400,55 @@ impl Session {
         Ok(())
     }
 
+    /// The keys to watch, each with the revision to watch after: our last
+    /// write of it, or the last full comparison if that is later (a watch
+    /// from before it may have been compacted away).
+    pub(super) fn watch_list(&self) -> Vec<(String, i64)> {
+        self.written
+            .iter()
+            .map(|(k, w)| (k.clone(), w.mod_revision.max(self.verified_at)))
+            .collect()
+    }
+
+    pub(super) fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// A watch saw `key` written (`value` on `lease`) or deleted (`None`)
+    /// at `revision`. Our own writes are not newer than what we recorded;
+    /// a newer write of the same content on our lease is adopted. Anything
+    /// else is damage: forgotten, so the next reconcile puts the key back.
+    /// Returns whether it was damage.
+    pub(super) fn note_change(
+        &mut self,
+        key: &str,
+        revision: i64,
+        value: Option<(Vec<u8>, i64)>,
+    ) -> bool {
+        let lease_id = self.lease_id();
+        let Some(written) = self.written.get_mut(key) else {
+            return false;
+        };
+        if revision <= written.mod_revision {
+            return false;
+        }
+        let what = written.what();
+        match value {
+            Some((value, lease)) if value == written.value.as_bytes() && lease == lease_id => {
+                written.mod_revision = revision;
+                return false;
+            }
+            Some(_) => {
+                warn!(key = %key, service = %written.service, "{what} was changed by someone else; putting it back")
+            }
+            None => {
+                warn!(key = %key, service = %written.service, "{what} was deleted by someone else; putting it back")
+            }
+        }
+        self.written.remove(key);
+        true
+    }
+
     /// The keys this session holds.
     pub(super) fn written_count(&self) -> usize {
         self.written.len()
@@ -418,6 +470,7 @@ impl Session {
             .map(|(k, w)| (k.clone(), w.mod_revision))
             .collect();
         let mut damaged = Vec::new();
+        let mut verified_at = i64::MAX;
         for chunk in keys.chunks(self.max_ops) {
             let compares: Vec<Compare> = chunk
                 .iter()
@@ -432,6 +485,11 @@ impl Session {
                 self.client.txn(Txn::new().when(compares).or_else(gets)),
             )
             .await?;
+            if let Some(header) = response.header() {
+                // The earliest of the batches: each key was as we wrote it
+                // at that revision or later.
+                verified_at = verified_at.min(header.revision());
+            }
             if response.succeeded() {
                 continue;
             }
@@ -465,6 +523,9 @@ impl Session {
         }
         for key in &damaged {
             self.written.remove(key);
+        }
+        if verified_at != i64::MAX {
+            self.verified_at = verified_at;
         }
         Ok(damaged.len())
     }
