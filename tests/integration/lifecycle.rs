@@ -310,15 +310,22 @@ async fn an_expired_or_foreign_record_is_ignored() {
         .wait_for_log("the lease of the previous process has expired", PATIENCE)
         .await;
     observer.wait_all_good(PATIENCE).await;
-    let second = wait_recorded(state.path(), 3).await["lease"]
-        .as_i64()
-        .unwrap();
-    assert_ne!(first, second);
+    // The record names the new lease once the writer has caught up.
+    let file = state.path().join("registry.json");
+    let (second, _) = wait_for(PATIENCE, "the new lease recorded", || {
+        let file = file.clone();
+        async move {
+            let record: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&file).ok()?).ok()?;
+            let lease = record["lease"].as_i64()?;
+            (lease != first && record["keys"].as_object()?.len() == 3).then_some(lease)
+        }
+    })
+    .await;
     assert_eq!(leases(&mut client).await, vec![second]);
 
     // The same record, now for another prefix: not adopted.
     agent.kill9();
-    let file = state.path().join("registry.json");
     let mut record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     record["prefix"] = "/elsewhere".into();

@@ -207,10 +207,12 @@ mod tests {
         save(&state, Some(&record)).unwrap();
         assert_eq!(load(&state), Some(record.clone()));
         assert_eq!(record.mismatch(&RegistryConfig::default()), None);
-        let mut other = RegistryConfig::default();
-        other.prefix = "/elsewhere".into();
+        let other = RegistryConfig {
+            prefix: "/elsewhere".into(),
+            ..Default::default()
+        };
         assert!(record.mismatch(&other).unwrap().contains("prefix"));
-        other = RegistryConfig::default();
+        let mut other = RegistryConfig::default();
         other.client.endpoints = vec!["10.0.0.9:2379".into()];
         assert!(record.mismatch(&other).unwrap().contains("endpoints"));
         save(&state, None).unwrap();
