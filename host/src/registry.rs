@@ -155,6 +155,7 @@ impl RegistryHandle {
             recorded: None,
             record_writer: None,
             key_watch: None,
+            watch_generation: 0,
             news_tx,
             news_rx,
             watch_retry,
@@ -230,6 +231,9 @@ struct Actor {
     /// The watch on the current session's keys: its guard, the keys it
     /// watches and when it started.
     key_watch: Option<(DropGuard, Vec<String>, Instant)>,
+    /// The number of the last watch started: a `Lost` from an older one
+    /// (already replaced) is not about the current one.
+    watch_generation: u64,
     /// The watch task's end and ours.
     news_tx: mpsc::Sender<KeyNews>,
     news_rx: mpsc::Receiver<KeyNews>,
@@ -404,9 +408,12 @@ impl Actor {
                 self.publish_status();
                 true
             }
-            KeyNews::Lost(reason) => {
-                let Some((_, _, started)) = self.key_watch.take() else {
+            KeyNews::Lost(generation, reason) => {
+                if generation != self.watch_generation {
                     // A watch we had already replaced.
+                    return false;
+                }
+                let Some((_, _, started)) = self.key_watch.take() else {
                     return false;
                 };
                 if started.elapsed() >= WATCH_HEALTHY_AFTER {
@@ -445,9 +452,15 @@ impl Actor {
         if self.key_watch.is_none() && Instant::now() < self.watch_retry_at {
             return;
         }
-        // Drop the old watch first: its `Lost` is ignored (no watch).
         self.key_watch = None;
-        let guard = key_watch::spawn(session.client(), list, self.news_tx.clone(), &self.tracker);
+        self.watch_generation += 1;
+        let guard = key_watch::spawn(
+            self.watch_generation,
+            session.client(),
+            list,
+            self.news_tx.clone(),
+            &self.tracker,
+        );
         self.key_watch = Some((guard, keys, Instant::now()));
     }
 

@@ -30,13 +30,15 @@ pub enum KeyNews {
         revision: i64,
         value: Option<(Vec<u8>, i64)>,
     },
-    /// The watch ended; nothing is watched until the actor starts another.
-    Lost(String),
+    /// Watch number `.0` ended (why: `.1`); nothing is watched until the
+    /// actor starts another.
+    Lost(u64, String),
 }
 
-/// Starts watching `keys`, each from its revision (exclusive). News goes to
-/// `news`; dropping the guard stops the task.
+/// Starts watch number `generation` on `keys`, each from its revision
+/// (exclusive). News goes to `news`; dropping the guard stops the task.
 pub fn spawn(
+    generation: u64,
     mut client: Client,
     keys: Vec<(String, i64)>,
     news: mpsc::Sender<KeyNews>,
@@ -47,7 +49,7 @@ pub fn spawn(
     tracker.spawn(async move {
         let watched = async {
             let reason = watch(&mut client, &keys, &news).await;
-            let _ = news.send(KeyNews::Lost(reason)).await;
+            let _ = news.send(KeyNews::Lost(generation, reason)).await;
         };
         tokio::select! {
             () = stopped.cancelled() => {}
