@@ -517,11 +517,12 @@ impl Supervisor {
 
         // Registration waits for the plugins' first round (boundedly): the
         // registry starts idle and gets its first target when that is over.
-        let registry = RegistryHandle::spawn(
+        let registry = RegistryHandle::spawn_with_record(
             None,
             options.metrics.clone(),
             &tracker,
             stops.registry.clone(),
+            crate::registry::lease_record::folder(config.agent.local.state_dir.as_deref()),
         );
         let registry_status = registry.status();
         let systemd = Notifier::from_env();

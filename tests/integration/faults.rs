@@ -72,6 +72,7 @@ async fn cluster_leader_kill9_leaves_no_gap() {
     );
     assert_window(&observer, &w, Duration::ZERO, "leader killed");
     assert_exactly(&etcd, &expected).await;
+    assert_every_key_on_a_live_lease(&mut live_client(&etcd).await).await;
 }
 
 /// A follower killed: nothing changes for the agent beyond, at most, a
@@ -107,6 +108,7 @@ async fn cluster_follower_kill9_leaves_no_gap() {
     );
     assert_window(&observer, &w, Duration::ZERO, "follower killed");
     assert_exactly(&etcd, &expected).await;
+    assert_every_key_on_a_live_lease(&mut live_client(&etcd).await).await;
 }
 
 /// Two of three killed (the leader among them) for two TTLs, then both
@@ -153,6 +155,7 @@ async fn cluster_quorum_lost_then_back_recovers_within_retry_interval() {
     );
     assert_window(&observer, &w, RECOVERY, "quorum lost and back");
     assert_exactly(&etcd, &expected).await;
+    assert_every_key_on_a_live_lease(&mut live_client(&etcd).await).await;
 }
 
 /// Each member in turn paused (SIGSTOP) for two TTLs, then resumed: for
@@ -212,6 +215,7 @@ async fn cluster_member_paused_half_open_leaves_no_gap() {
     );
     assert_window(&observer, &w, Duration::ZERO, "member paused");
     assert_exactly(&etcd, &expected).await;
+    assert_every_key_on_a_live_lease(&mut live_client(&etcd).await).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -245,6 +249,7 @@ async fn etcd_kill9_and_restart_recovers_within_retry_interval() {
     );
     assert_window(&observer, &w, RECOVERY, "etcd restarted");
     assert_exactly(&etcd, &expected).await;
+    assert_every_key_on_a_live_lease(&mut live_client(&etcd).await).await;
 }
 
 /// kill -9, data wiped, restarted empty: every key and the lease are gone;
@@ -277,6 +282,7 @@ async fn etcd_wiped_recovers_within_retry_interval() {
     );
     assert_window(&observer, &w, RECOVERY, "etcd wiped");
     assert_exactly(&etcd, &expected).await;
+    assert_every_key_on_a_live_lease(&mut live_client(&etcd).await).await;
     assert!(agent.log().contains("lease lost"));
 }
 
@@ -316,6 +322,7 @@ async fn etcd_paused_half_a_ttl_leaves_no_gap() {
     );
     assert_window(&observer, &w, Duration::ZERO, "etcd paused briefly");
     assert_exactly(&etcd, &expected).await;
+    assert_every_key_on_a_live_lease(&mut live_client(&etcd).await).await;
 }
 
 /// etcd paused (SIGSTOP) for two TTLs, then resumed: the lease expired
@@ -363,6 +370,7 @@ async fn etcd_paused_two_ttls_recovers_after_the_lease_expiry() {
     );
     assert_window(&observer, &w, bound, "etcd paused");
     assert_exactly(&etcd, &expected).await;
+    assert_every_key_on_a_live_lease(&mut live_client(&etcd).await).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -430,6 +438,7 @@ async fn measure_repairs(scenario: &str, disturbance: Disturbance) {
         ),
     );
     assert_exactly(&etcd, &expected).await;
+    assert_every_key_on_a_live_lease(&mut live_client(&etcd).await).await;
 }
 
 /// Anti-entropy runs every retryInterval × U(0.8, 1): a deleted key is back
@@ -506,6 +515,7 @@ async fn a_killed_agent_s_keys_expire_within_the_ttl_and_come_back_the_same() {
     );
     assert_window(&observer, &w, RECOVERY, "agent restarted");
     assert_exactly(&etcd, &expected).await;
+    assert_every_key_on_a_live_lease(&mut live_client(&etcd).await).await;
 }
 
 /// SIGKILL and an immediate restart: the new agent writes the same keys on
@@ -545,6 +555,7 @@ async fn a_killed_and_at_once_restarted_agent_leaves_no_gap() {
     );
     assert_window(&observer, &w, Duration::ZERO, "agent restarted at once");
     assert_exactly(&etcd, &expected).await;
+    assert_every_key_on_a_live_lease(&mut live_client(&etcd).await).await;
     assert!(!leases(&mut client).await.contains(&old_lease));
 }
 
@@ -605,6 +616,7 @@ async fn sigterm_with_etcd_down_exits_within_shutdown_timeout() {
     );
     let mut client = etcd.client().await;
     assert!(entries(&mut client, PREFIX).await.is_empty());
+    assert_every_key_on_a_live_lease(&mut client).await;
 }
 
 /// SIGTERM while etcd hangs (SIGSTOP): every request of the graceful stop
@@ -630,6 +642,7 @@ async fn sigterm_with_etcd_paused_exits_within_shutdown_timeout() {
     );
     assert_eq!(status.code(), Some(0), "log:\n{}", agent.log());
     assert!(took <= bound, "exit took {}, bound {}", ms(took), ms(bound));
+    assert_every_key_on_a_live_lease(&mut etcd.client().await).await;
 }
 
 /// A stop racing the keepalive and an anti-entropy repair (Nacos 9746: a late
@@ -701,6 +714,7 @@ async fn a_stop_racing_keepalive_and_repair_never_writes_after_deregistering() {
         ),
     );
     assert!(worst <= bound);
+    assert_every_key_on_a_live_lease(&mut client).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -715,6 +729,7 @@ async fn thousand_instances_through(wipe: bool) {
     let expected = instances_expected("bulk", N);
     let (_agent, observer) = start(&etcd, &config, &expected).await;
     assert_exactly(&etcd, &expected).await;
+    assert_every_key_on_a_live_lease(&mut live_client(&etcd).await).await;
     let t_restart = Instant::now();
     if wipe {
         etcd.wipe_and_restart().await;
@@ -745,6 +760,7 @@ async fn thousand_instances_through(wipe: bool) {
     );
     assert_window(&observer, &w, RECOVERY, scenario);
     assert_exactly(&etcd, &expected).await;
+    assert_every_key_on_a_live_lease(&mut live_client(&etcd).await).await;
 }
 
 /// 1,000 instances through kill -9 and a restart with the data: every key

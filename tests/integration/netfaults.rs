@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::support::faults::{
-    ETCD_EXPIRY_CHECK, RECOVERY, SLACK, assert_exactly, assert_window, describe,
-    instances_expected, live_client, ms, report, seed_expected, start,
+    ETCD_EXPIRY_CHECK, RECOVERY, SLACK, assert_every_key_on_a_live_lease, assert_exactly,
+    assert_window, describe, instances_expected, live_client, ms, report, seed_expected, start,
 };
 use crate::support::observer::{Observer, Status};
 use crate::support::*;
@@ -49,27 +49,6 @@ fn proxies_for(etcd: &Etcd) -> Vec<FaultProxy> {
         .iter()
         .map(|m| FaultProxy::start(&m.endpoint()))
         .collect()
-}
-
-/// The lease guard: every key under the prefix is on a lease that etcd
-/// still keeps.
-pub(crate) async fn assert_every_key_on_a_live_lease(client: &mut etcd_client::Client) {
-    for (key, entry) in entries(client, PREFIX).await {
-        assert_ne!(
-            entry.lease, 0,
-            "{key} is on no lease: it would never expire"
-        );
-        let ttl = client
-            .lease_time_to_live(entry.lease, None)
-            .await
-            .expect("lease time-to-live")
-            .ttl();
-        assert!(
-            ttl > 0,
-            "{key} is on lease {} that etcd no longer keeps (TTL {ttl})",
-            entry.lease
-        );
-    }
 }
 
 /// The checks every scenario ends with.

@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::big_component;
 use crate::common::*;
+use crate::support::big_component;
 use crate::support::{self, Agent, ConfigFile, Etcd};
 
 /// Admin requests every 10 ms until `stop`; their latencies.

@@ -158,3 +158,30 @@ pub fn assert_window(observer: &Observer, w: &Window, bound: Duration, what: &st
         observer.unexpected_seen()
     );
 }
+
+/// The lease guard, called at the end of every scenario here and in
+/// `netfaults.rs`: every key under the prefix is on a lease that etcd still
+/// keeps (a key on no lease, or on a dead one, would never go).
+pub(crate) async fn assert_every_key_on_a_live_lease(client: &mut etcd_client::Client) {
+    let mut live = std::collections::HashSet::new();
+    for (key, entry) in entries(client, PREFIX).await {
+        assert_ne!(
+            entry.lease, 0,
+            "{key} is on no lease: it would never expire"
+        );
+        if live.contains(&entry.lease) {
+            continue;
+        }
+        let ttl = client
+            .lease_time_to_live(entry.lease, None)
+            .await
+            .expect("lease time-to-live")
+            .ttl();
+        assert!(
+            ttl > 0,
+            "{key} is on lease {} that etcd no longer keeps (TTL {ttl})",
+            entry.lease
+        );
+        live.insert(entry.lease);
+    }
+}
