@@ -19,4 +19,5 @@ mod plugins;
 mod polyglot;
 mod registration;
 mod reload;
+mod status_page;
 mod supervisor;

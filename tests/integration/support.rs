@@ -1,7 +1,8 @@
 //! Test support: real etcd processes on loopback ports in temp dirs
 //! (`etcd`), the agent binary as a child process (`agent`), its config files
 //! (`config`), its HTTP endpoints (`http`), a fault proxy between the
-//! agent and etcd (`proxy`) and a fleet of agents (`fleet`). Everything started here is
+//! agent and etcd (`proxy`), a fleet of agents (`fleet`) and headless
+//! Chromium through WebDriver (`browser`). Everything started here is
 //! killed when its handle drops. Tests `use crate::support::*`.
 
 // Explicit paths, so `host/examples/bench.rs` can include this file with
@@ -9,6 +10,8 @@
 // children beside it, not in a folder named after it).
 #[path = "support/agent.rs"]
 mod agent;
+#[path = "support/browser.rs"]
+mod browser;
 #[path = "support/config.rs"]
 mod config;
 #[path = "support/etcd.rs"]
@@ -24,6 +27,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 pub use agent::*;
+pub use browser::*;
 pub use config::*;
 pub use etcd::*;
 pub use fleet::*;
