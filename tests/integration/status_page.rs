@@ -129,8 +129,9 @@ async fn the_page_follows_a_check_going_critical_and_back_live_and_says_when_the
     let instances = format!(
         "{}{}",
         instance("web", web, "      checks:\n        - tcp: ~\n"),
-        instance("billing", free_port(), "")
+        instance("billing", free_port(), ""),
     );
+    let instances = format!("{instances}{}", instance("orders", free_port(), ""));
     let (mut agent, admin, socket) = agent_with_admin(&etcd, instances, "");
     agent.spawn(&[]);
     let billing = id_of(&admin, "default/billing/1").await;
@@ -318,7 +319,7 @@ async fn hostile_values_render_as_text_and_run_or_fetch_nothing() {
     std::fs::write(folder.join(refused_name), "- name: [not, a, name]\n").unwrap();
     agent.spawn(&[]);
     // From the local API: a maintenance reason.
-    let id = id_of(&admin, "default/<i>x/1").await;
+    let id = id_of(&admin, &format!("default/<i>x/{}", img(3))).await;
     let reason = format!("{}{}", script(9), img(10));
     let (code, _) = call(
         &socket,
@@ -342,7 +343,7 @@ async fn hostile_values_render_as_text_and_run_or_fetch_nothing() {
             vec![json!([
                 script(1),
                 img(2),
-                format!("<i>x"),
+                "<i>x".to_string(),
                 img(3),
                 "javascript:window.__pwned=4",
                 script(5),

@@ -207,7 +207,7 @@ impl Drop for Browser {
     }
 }
 
-/// One HTTP/1.1 exchange with chromedriver (`Connection: close`): the
+/// One HTTP/1.1 exchange with chromedriver, a connection each: the
 /// answer's JSON, or why not. A WebDriver error (`value.error`) is an
 /// `Err` with its message.
 fn request(port: u16, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
@@ -225,19 +225,37 @@ fn request(port: u16, method: &str, path: &str, body: Option<&Value>) -> Result<
         .write_all(head.as_bytes())
         .and_then(|()| stream.write_all(body.as_bytes()))
         .map_err(|e| format!("send: {e}"))?;
+    // chromedriver keeps the connection open: read up to the body's end.
     let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .map_err(|e| format!("read: {e}"))?;
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no HTTP head in the answer")?;
-    let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
-    let mut body = response[split + 4..].to_vec();
-    if head.contains("transfer-encoding: chunked") {
-        body = dechunk(&body)?;
-    }
+    let mut chunk = [0u8; 16384];
+    let body = loop {
+        let n = stream.read(&mut chunk).map_err(|e| format!("read: {e}"))?;
+        response.extend_from_slice(&chunk[..n]);
+        if let Some(split) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
+            let body = &response[split + 4..];
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            let done = match length {
+                Some(length) => body.len() >= length,
+                None if head.contains("transfer-encoding: chunked") => body.ends_with(b"0\r\n\r\n"),
+                None => n == 0,
+            };
+            if done {
+                let body = match length {
+                    Some(length) => body[..length].to_vec(),
+                    None if head.contains("transfer-encoding: chunked") => dechunk(body)?,
+                    None => body.to_vec(),
+                };
+                break body;
+            }
+        }
+        if n == 0 {
+            return Err("the connection closed before the answer ended".into());
+        }
+    };
     let value: Value = serde_json::from_slice(&body).map_err(|e| {
         format!(
             "not JSON ({e}): {}",
