@@ -395,6 +395,28 @@ async fn hostile_values_render_as_text_and_run_or_fetch_nothing() {
         "a request reached the canary"
     );
 
+    // The plugin that said it: loaded, called, its memory measured.
+    let (echo, _) = wait_for(PATIENCE, "echo called in /status", || async {
+        let (_, body) = http_get(&admin, "/status").await?;
+        let status: Value = serde_json::from_str(&body).ok()?;
+        let echo = status["plugins"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == "echo")?
+            .clone();
+        (echo["calls"].as_u64()? > 0).then_some(echo)
+    })
+    .await;
+    assert_eq!(echo["kind"], "metadata", "{echo}");
+    assert_eq!(echo["state"], "loaded", "{echo}");
+    assert!(!echo["version"].as_str().unwrap().is_empty(), "{echo}");
+    assert!(
+        echo["loaded_ms"].as_u64().is_some() && echo["last_call_ms"].as_u64().is_some(),
+        "{echo}"
+    );
+    assert!(echo["memory_bytes"].as_u64().unwrap() > 0, "{echo}");
+    assert_eq!(echo["memory_limit_bytes"], 16 << 20, "{echo}");
+
     // The policy, and the headers beside it.
     let (status, headers, body) = get_with_headers(&admin, "/").await;
     assert!(status.contains(" 200 "), "{status}");
@@ -489,6 +511,22 @@ async fn status_id_tells_one_instances_story_in_the_pages_words() {
     );
     assert!(story.contains("checks: none"), "{story}");
 
+    // The etcd session.
+    let (_, body) = http_get(&admin, "/status").await.unwrap();
+    let status: Value = serde_json::from_str(&body).unwrap();
+    let session = &status["etcd"];
+    assert_eq!(session["endpoints"], json!(etcd.endpoints()), "{session}");
+    assert_eq!(session["connected"], true, "{session}");
+    assert_eq!(session["ttl_s"], 4, "{session}");
+    assert!(
+        session["lease"].as_str().is_some_and(|l| !l.is_empty()),
+        "{session}"
+    );
+    assert!(
+        session["ttl_left_ms"].as_u64().is_some_and(|ms| ms <= 4000),
+        "{session}"
+    );
+
     // The same words in the table and the JSON.
     let (code, table, _) = run_cli(&["status", "--admin", &admin]);
     assert_eq!(code, 0);
@@ -497,7 +535,9 @@ async fn status_id_tells_one_instances_story_in_the_pages_words() {
         "{table}"
     );
     assert!(
-        !table.contains("withheld  ") || table.contains("default/web/1"),
+        table
+            .lines()
+            .any(|l| l.starts_with("default/billing/1") && l.contains(" maintenance ")),
         "{table}"
     );
     let (_, json, _) = run_cli(&["status", &billing, "--admin", &admin, "--json"]);
