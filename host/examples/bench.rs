@@ -112,7 +112,12 @@ async fn agent_register(
         records,
     };
     let start = Instant::now();
-    let handle = RegistryHandle::spawn(Some(target), Metrics::new(), &tracker);
+    let handle = RegistryHandle::spawn(
+        Some(target),
+        Metrics::new(),
+        &tracker,
+        tokio_util::sync::CancellationToken::new(),
+    );
     handle
         .status()
         .wait_for(|s| s.registered == count)
@@ -330,7 +335,12 @@ async fn many_instances(etcd: &Etcd, rows: &mut Vec<Row>) {
         records,
     };
     let start = Instant::now();
-    let handle = RegistryHandle::spawn(Some(target), Metrics::new(), &tracker);
+    let handle = RegistryHandle::spawn(
+        Some(target),
+        Metrics::new(),
+        &tracker,
+        tokio_util::sync::CancellationToken::new(),
+    );
     handle
         .status()
         .wait_for(|s| s.registered == MANY)

@@ -79,11 +79,13 @@ impl Drop for AdminServer {
     }
 }
 
-/// Binds `listen` and serves on `tracker` until the returned handle drops.
+/// Binds `listen` and serves on `tracker` until the returned handle drops
+/// or `parent` is cancelled (open connections are closed gracefully).
 pub async fn start(
     listen: SocketAddr,
     sources: Sources,
     tracker: &TaskTracker,
+    parent: &CancellationToken,
 ) -> std::io::Result<AdminServer> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let local_addr = listener.local_addr()?;
@@ -95,7 +97,7 @@ pub async fn start(
         .route("/status", get(status_page))
         .layer(axum::middleware::map_response(secure))
         .with_state(sources);
-    let stop = CancellationToken::new();
+    let stop = parent.child_token();
     let closed = CancellationToken::new();
     let stopped = stop.clone().cancelled_owned();
     let done = closed.clone();
@@ -128,8 +130,9 @@ pub async fn rebind(
     listen: SocketAddr,
     sources: Sources,
     tracker: &TaskTracker,
+    parent: &CancellationToken,
 ) -> Option<AdminServer> {
-    let error = match start(listen, sources.clone(), tracker).await {
+    let error = match start(listen, sources.clone(), tracker, parent).await {
         Ok(server) => return Some(server),
         Err(error) => error,
     };
@@ -143,11 +146,11 @@ pub async fn rebind(
     }
     let previous = old.listen;
     old.close().await;
-    match start(listen, sources.clone(), tracker).await {
+    match start(listen, sources.clone(), tracker, parent).await {
         Ok(server) => Some(server),
         Err(error) => {
             error!(%listen, %error, old = %previous, "cannot move the admin server; it keeps serving on the old address");
-            match start(previous, sources, tracker).await {
+            match start(previous, sources, tracker, parent).await {
                 Ok(server) => Some(server),
                 Err(error) => {
                     error!(listen = %previous, %error, "cannot bind the old admin address again; running without the admin server");

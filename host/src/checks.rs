@@ -300,6 +300,9 @@ type ProbeFn = Arc<
 /// The running checks. Owned by the supervisor; see the module's contract.
 pub struct CheckHost {
     tracker: TaskTracker,
+    /// The parent of every check task's token (and of the checks' own
+    /// runtime): cancelling it stops them all.
+    stop: CancellationToken,
     probe: ProbeFn,
     slots: Arc<Semaphore>,
     reports: mpsc::Sender<CheckReport>,
@@ -336,13 +339,14 @@ struct OwnRuntime {
 }
 
 impl OwnRuntime {
-    fn start() -> std::io::Result<OwnRuntime> {
+    /// Runs until dropped or until `parent` is cancelled.
+    fn start(parent: &CancellationToken) -> std::io::Result<OwnRuntime> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .thread_name("ygg-checks")
             .build()?;
         let handle = runtime.handle().clone();
-        let stop = CancellationToken::new();
+        let stop = parent.child_token();
         let stopped = stop.clone();
         std::thread::Builder::new()
             .name("ygg-checks".into())
@@ -387,9 +391,13 @@ impl CheckHost {
     /// [`crate::plugins::Outbox::check_plugins`]), read at each run of a
     /// check of kind `plugin`: such a call runs on the checks' thread like
     /// any probe, its CPU time yielded every epoch tick.
+    ///
+    /// Cancelling `stop` stops every check task (and the checks' thread):
+    /// the shutdown does that, not the drop of the host.
     pub fn new(
         tracker: TaskTracker,
         plugins: watch::Receiver<CheckPlugins>,
+        stop: CancellationToken,
     ) -> (CheckHost, mpsc::Receiver<CheckReport>) {
         let prober = Prober::new(tracker.clone(), plugins);
         let probe: ProbeFn = Arc::new(move |id, probe, timeout| {
@@ -399,7 +407,8 @@ impl CheckHost {
         });
         let (mut host, reports) = CheckHost::with_probe(tracker, probe, MAX_PROBES_IN_FLIGHT);
         host.reporting = Reporting::Changes;
-        match OwnRuntime::start() {
+        host.stop = stop;
+        match OwnRuntime::start(&host.stop) {
             Ok(runtime) => host.runtime = Some(runtime),
             Err(error) => {
                 tracing::warn!(%error, "cannot start the health checks' thread; they run on the agent's runtime")
@@ -416,6 +425,7 @@ impl CheckHost {
         let (reports, receiver) = mpsc::channel(REPORTS_CAPACITY);
         let host = CheckHost {
             tracker,
+            stop: CancellationToken::new(),
             probe,
             slots: Arc::new(Semaphore::new(slots)),
             reports,
@@ -455,7 +465,7 @@ impl CheckHost {
     fn start(&mut self, id: CheckId, config: CheckConfig, series: Option<CheckSeries>) -> Running {
         let generation = self.next_generation;
         self.next_generation += 1;
-        let stop = CancellationToken::new();
+        let stop = self.stop.child_token();
         let interval = config.interval.max(MIN_INTERVAL);
         let first = spread(interval, rand::rng().random::<f64>());
         if let Some(series) = &series {

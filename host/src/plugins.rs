@@ -184,7 +184,8 @@ pub struct PluginHost {
     outbox: Outbox,
     metrics: Metrics,
     tracker: TaskTracker,
-    /// Cancels every load when the host is dropped.
+    /// Cancels every scan, load and plugin task when the host is dropped
+    /// or its parent (the agent's plugins token) is cancelled.
     cancel: CancellationToken,
     next_id: u64,
     /// What each plugin did since it was loaded, for the status (entries
@@ -220,6 +221,8 @@ impl Drop for PluginHost {
 
 impl PluginHost {
     /// Creates the engine. Nothing is loaded until the first [`scan`].
+    /// Cancelling `stop` stops every task of the host (scans, loads,
+    /// plugin runners).
     ///
     /// [`scan`]: PluginHost::scan
     pub fn new(
@@ -227,6 +230,7 @@ impl PluginHost {
         outbox: Outbox,
         metrics: Metrics,
         tracker: TaskTracker,
+        stop: &CancellationToken,
     ) -> anyhow::Result<Self> {
         let cache_dir = config.cache_dir.clone().unwrap_or_else(default_cache_dir);
         let engine = Arc::new(PluginEngine::new(Some(cache_dir))?);
@@ -244,7 +248,7 @@ impl PluginHost {
             outbox,
             metrics,
             tracker,
-            cancel: CancellationToken::new(),
+            cancel: stop.child_token(),
             next_id: 0,
             activity: HashMap::new(),
         })
@@ -515,6 +519,7 @@ impl PluginHost {
                             self.outbox.results.clone(),
                             self.metrics.clone(),
                             &self.tracker,
+                            self.cancel.clone(),
                         );
                         info!(plugin = %name, version = %info.version, "plugin {loaded_word}");
                         if self.checks.remove(&name).is_some() {
@@ -805,7 +810,7 @@ pub async fn load_check_plugin(
 
 /// What `ygg-agent plugin check` found.
 #[derive(Debug)]
-pub struct CheckReport {
+pub struct FileReport {
     pub info: PluginInfo,
     pub output: BTreeMap<String, String>,
     /// Compiling the component to machine code (no cache).
@@ -830,7 +835,7 @@ pub async fn check_file(
     limits: Limits,
     instance: PluginInstance,
     calls: usize,
-) -> Result<CheckReport, String> {
+) -> Result<FileReport, String> {
     let bytes = folder::read_plugin_file(path).map_err(|e| e.to_string())?;
     let name = path
         .file_stem()
@@ -878,7 +883,7 @@ pub async fn check_file(
     }
     warm_calls.sort();
     let memory_peak = live.memory_peak();
-    Ok(CheckReport {
+    Ok(FileReport {
         info: PluginInfo::from(info),
         output,
         compile,
@@ -919,7 +924,14 @@ mod tests {
             loads: loads_tx,
             check_plugins: watch::channel(CheckPlugins::default()).0,
         };
-        let host = PluginHost::new(config, outbox, Metrics::new(), TaskTracker::new()).unwrap();
+        let host = PluginHost::new(
+            config,
+            outbox,
+            Metrics::new(),
+            TaskTracker::new(),
+            &CancellationToken::new(),
+        )
+        .unwrap();
         Harness {
             host,
             scans,

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
@@ -90,10 +91,16 @@ impl RegistryHandle {
     /// the actor connects to nothing until the first [`set_target`].
     ///
     /// [`set_target`]: RegistryHandle::set_target
+    ///
+    /// Cancelling `abort` ends the actor at once, without deregistering:
+    /// the backstop for a [`stop`] that overran its deadline.
+    ///
+    /// [`stop`]: RegistryHandle::stop
     pub fn spawn(
         target: Option<Target>,
         metrics: Metrics,
         tracker: &TaskTracker,
+        abort: CancellationToken,
     ) -> RegistryHandle {
         let idle = target.is_none();
         let target = target.unwrap_or_else(|| Target {
@@ -128,7 +135,10 @@ impl RegistryHandle {
             tracker: tracker.clone(),
         };
         tracker.spawn(async move {
-            actor.run(idle).await;
+            tokio::select! {
+                () = actor.run(idle) => {}
+                () = abort.cancelled() => {}
+            }
             let _ = done_tx.send(());
         });
         RegistryHandle {

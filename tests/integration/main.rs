@@ -19,5 +19,6 @@ mod plugins;
 mod polyglot;
 mod registration;
 mod reload;
+mod shutdown;
 mod status_page;
 mod supervisor;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 use wasmtime::{Store, UpdateDeadline};
@@ -249,7 +250,9 @@ impl RunnerHandle {
     }
 }
 
-/// Starts the task that owns `live`.
+/// Starts the task that owns `live`. It ends when the handle drops (after
+/// the round under way) or at once when `stop` is cancelled.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     engine: Arc<PluginEngine>,
     spec: Spec,
@@ -258,6 +261,7 @@ pub fn spawn(
     results: mpsc::Sender<RoundResult>,
     metrics: Metrics,
     tracker: &TaskTracker,
+    stop: CancellationToken,
 ) -> RunnerHandle {
     // One round in flight and one queued is plenty: rounds are periodic.
     let (rounds_tx, mut rounds_rx) = mpsc::channel::<Round>(1);
@@ -272,11 +276,17 @@ pub fn spawn(
             metrics,
             generation,
         };
-        while let Some(round) = rounds_rx.recv().await {
-            let result = runner.run_round(round).await;
-            if results.send(result).await.is_err() {
-                break;
+        let rounds = async {
+            while let Some(round) = rounds_rx.recv().await {
+                let result = runner.run_round(round).await;
+                if results.send(result).await.is_err() {
+                    break;
+                }
             }
+        };
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = rounds => {}
         }
     });
     RunnerHandle { rounds: rounds_tx }
