@@ -27,7 +27,7 @@ use tracing::{error, info, warn};
 use crate::admin::{self, AdminServer, StatusRequest};
 use crate::api::{self, ApiRequest, ApiServer};
 use crate::checks::{self, CheckHost, CheckId, CheckReport};
-use crate::config::{self, CheckStatus, Config, PluginsConfig};
+use crate::config::{self, Config, PluginsConfig};
 use crate::desired::{self, Clash, PluginMetadata, Throttle};
 use crate::instances_dir::{DirScan, InstancesDir};
 use crate::local::{LocalState, Source};
@@ -36,12 +36,12 @@ use crate::plugins::{self, LoadOutcome, PluginHost, PluginInstance, Round, Round
 use crate::record;
 use crate::registry::{RegistryHandle, RegistryStatus};
 use crate::state_dir::{self, Maintenance};
-use crate::status::{AgentStatus, CheckStatusView, InstanceState, InstanceStatus};
 use crate::systemd::Notifier;
 use crate::watch::{self as folder_watch, FolderWatch, Watched};
 
 mod local_control;
 mod shutdown;
+mod status;
 
 use shutdown::Stops;
 
@@ -333,6 +333,7 @@ impl PluginsRuntime {
         if !self.host.is_current(&result) {
             return false;
         }
+        self.host.note_result(&result);
         let per_instance = self.metadata.entry(result.plugin.to_string()).or_default();
         for (key, output) in result.outputs {
             per_instance.insert(key, output);
@@ -1014,61 +1015,6 @@ impl Supervisor {
             .set(withheld.len() as i64);
         self.withheld = withheld;
         true
-    }
-
-    /// What `ygg-agent status` shows.
-    fn status(&self) -> AgentStatus {
-        let held_out = self.held_out();
-        let prefix = &self.effective.registry.prefix;
-        let instances = self
-            .effective
-            .agent
-            .instances
-            .iter()
-            .enumerate()
-            .map(|(index, instance)| {
-                let key = record::registry_key(prefix, instance);
-                let count = self.effective.agent.checks.get(index).map_or(0, Vec::len);
-                let checks = (0..count)
-                    .filter_map(|position| {
-                        let id = CheckId {
-                            instance_key: key.clone(),
-                            index: position,
-                        };
-                        let view = self.checks.get(&id)?;
-                        let latest = self.checks.latest(&id);
-                        Some(CheckStatusView {
-                            check: checks::describe(&view.config.probe),
-                            status: match view.status {
-                                CheckStatus::Passing => "passing",
-                                CheckStatus::Critical => "critical",
-                            }
-                            .to_string(),
-                            output: latest.as_ref().map_or_else(String::new, |last| {
-                                match &last.last {
-                                    Ok(output) => output.clone(),
-                                    Err(reason) => reason.clone(),
-                                }
-                            }),
-                            duration_ms: latest
-                                .as_ref()
-                                .map(|last| last.duration.as_secs_f64() * 1000.0),
-                        })
-                    })
-                    .collect();
-                InstanceStatus {
-                    state: if held_out.contains(&key) {
-                        InstanceState::Withheld
-                    } else {
-                        InstanceState::Registered
-                    },
-                    service: instance.service_label(),
-                    key,
-                    checks,
-                }
-            })
-            .collect();
-        AgentStatus { instances }
     }
 
     /// Starts a read of the config file beside the loop (one at a time; a

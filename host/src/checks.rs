@@ -34,9 +34,9 @@ mod http;
 mod tcp;
 mod tls;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
 use rand::Rng;
@@ -48,6 +48,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{AgentConfig, CheckConfig, CheckStatus, Probe};
 use crate::plugins::{CheckPlugins, CheckTarget, PluginInstance};
 use crate::record::Instance;
+use crate::status::{CHECK_HISTORY, CheckRun};
 use grpc::GrpcProbe;
 use http::HttpProbe;
 use tcp::Stage;
@@ -366,8 +367,12 @@ struct Running {
     generation: u64,
     status: CheckStatus,
     last: Option<CheckReport>,
+    /// When `status` last changed (the check's start before that).
+    since: SystemTime,
     /// The task's newest run, reported or not.
     latest: watch::Receiver<Option<CheckReport>>,
+    /// The task's last [`CHECK_HISTORY`] runs, oldest first.
+    history: watch::Receiver<VecDeque<CheckRun>>,
     /// Dropping it stops the task.
     _stop: DropGuard,
 }
@@ -469,6 +474,7 @@ impl CheckHost {
                 .set(i64::from(config.initial_status == CheckStatus::Passing));
         }
         let (latest_tx, latest) = watch::channel(None);
+        let (history_tx, history) = watch::channel(VecDeque::new());
         let task = CheckTask {
             id,
             config: config.clone(),
@@ -478,6 +484,7 @@ impl CheckHost {
             reports: self.reports.clone(),
             reporting: self.reporting,
             latest: latest_tx,
+            history: history_tx,
             series,
         };
         let stopped = stop.clone();
@@ -496,7 +503,9 @@ impl CheckHost {
             config,
             generation,
             last: None,
+            since: SystemTime::now(),
             latest,
+            history,
             _stop: stop.drop_guard(),
         }
     }
@@ -506,6 +515,9 @@ impl CheckHost {
     pub fn record(&mut self, report: CheckReport) -> bool {
         match self.checks.get_mut(&report.id) {
             Some(running) if running.generation == report.generation => {
+                if report.changed {
+                    running.since = SystemTime::now();
+                }
                 running.status = report.status;
                 running.last = Some(report);
                 true
@@ -519,6 +531,14 @@ impl CheckHost {
         self.checks
             .get(id)
             .and_then(|running| running.latest.borrow().clone())
+    }
+
+    /// A check's last runs, oldest first, and since when it has its
+    /// current status (for the status page and `ygg-agent status`).
+    pub fn history(&self, id: &CheckId) -> Option<(Vec<CheckRun>, SystemTime)> {
+        let running = self.checks.get(id)?;
+        let runs = running.history.borrow().iter().cloned().collect();
+        Some((runs, running.since))
     }
 
     /// The last recorded report of a check.
@@ -556,6 +576,7 @@ struct CheckTask {
     reports: mpsc::Sender<CheckReport>,
     reporting: Reporting,
     latest: watch::Sender<Option<CheckReport>>,
+    history: watch::Sender<VecDeque<CheckRun>>,
     series: Option<CheckSeries>,
 }
 
@@ -611,6 +632,19 @@ impl CheckTask {
                     .set(i64::from(report.status == CheckStatus::Passing));
                 series.seconds.observe(duration.as_secs_f64());
             }
+            self.history.send_modify(|runs| {
+                if runs.len() == CHECK_HISTORY {
+                    runs.pop_front();
+                }
+                runs.push_back(CheckRun {
+                    at_ms: crate::status::unix_ms(SystemTime::now()),
+                    passed: report.last.is_ok(),
+                    output: match &report.last {
+                        Ok(output) | Err(output) => output.clone(),
+                    },
+                    duration_ms: duration.as_secs_f64() * 1000.0,
+                });
+            });
             let send = changed || self.reporting == Reporting::EveryRun;
             if send {
                 self.latest.send_replace(Some(report.clone()));

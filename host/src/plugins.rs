@@ -27,7 +27,7 @@ mod wit_host;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use sha2::Digest;
 use tokio::sync::{mpsc, watch};
@@ -38,6 +38,7 @@ use tracing::{error, info, warn};
 
 use crate::config::PluginsConfig;
 use crate::metrics::{Metrics, PluginLabel, PluginResultLabel};
+use crate::status::PluginStatus;
 
 pub use check::{CheckPlugin, CheckPlugins, CheckTarget, MAX_CHECK_OUTPUT};
 pub use engine::{LoadError, PluginEngine, default_cache_dir};
@@ -171,6 +172,20 @@ pub struct PluginHost {
     /// or its parent (the agent's plugins token) is cancelled.
     cancel: CancellationToken,
     next_id: u64,
+    /// What each plugin did since it was loaded, for the status (entries
+    /// of plugins in neither `loaded`, `checks` nor `failed` are ignored).
+    activity: HashMap<String, Activity>,
+}
+
+/// One plugin's record for the status: when it was loaded, its calls.
+#[derive(Debug, Clone, Default)]
+struct Activity {
+    loaded_at: Option<SystemTime>,
+    last_call: Option<SystemTime>,
+    calls: u64,
+    errors: u64,
+    last_error: Option<String>,
+    memory: Option<u64>,
 }
 
 impl Drop for PluginHost {
@@ -219,6 +234,7 @@ impl PluginHost {
             tracker,
             cancel: stop.child_token(),
             next_id: 0,
+            activity: HashMap::new(),
         })
     }
 
@@ -469,6 +485,13 @@ impl PluginHost {
                 } = *ready;
                 tracing::debug!(plugin = %name, from_cache, compile = ?compile_time, "plugin compiled");
                 self.failed.remove(&name);
+                self.activity.insert(
+                    name.clone(),
+                    Activity {
+                        loaded_at: Some(SystemTime::now()),
+                        ..Activity::default()
+                    },
+                );
                 let loaded_word = if replacing { "reloaded" } else { "loaded" };
                 match kind {
                     ReadyKind::Metadata { spec, live, info } => {
@@ -514,6 +537,9 @@ impl PluginHost {
             }
             Err((inputs, message)) => {
                 report_failure(&name, &outcome.path, &message);
+                let activity = self.activity.entry(name.clone()).or_default();
+                activity.errors += 1;
+                activity.last_error = Some(format!("load failed: {message}"));
                 self.failed.insert(name.clone(), inputs);
                 if replacing {
                     warn!(plugin = %name, "the previous version keeps running");
@@ -524,6 +550,57 @@ impl PluginHost {
             .plugins_loaded
             .set((self.loaded.len() + self.checks.len()) as i64);
         changes
+    }
+
+    /// Counts a round's answer of the current version of its plugin (for
+    /// the status: last call, calls, errors, memory).
+    pub fn note_result(&mut self, result: &RoundResult) {
+        let activity = self.activity.entry(result.plugin.to_string()).or_default();
+        activity.last_call = Some(SystemTime::now());
+        activity.calls += result.outputs.len() as u64;
+        activity.errors += result.errors.len() as u64;
+        if let Some((key, error)) = result.errors.last() {
+            activity.last_error = Some(format!("{key}: {error}"));
+        }
+        if result.memory.is_some() {
+            activity.memory = result.memory;
+        }
+    }
+
+    /// Every plugin loaded (metadata and check) or failed, by name.
+    pub fn status(&self) -> Vec<PluginStatus> {
+        let memory_limit = self.config.memory_limit;
+        let row = |name: &str, version: &str, kind: &str, state: &str| {
+            let activity = self.activity.get(name).cloned().unwrap_or_default();
+            PluginStatus {
+                name: name.to_string(),
+                version: version.to_string(),
+                kind: kind.to_string(),
+                state: state.to_string(),
+                loaded_ms: activity.loaded_at.map(crate::status::unix_ms),
+                last_call_ms: activity.last_call.map(crate::status::unix_ms),
+                calls: activity.calls,
+                errors: activity.errors,
+                last_error: activity.last_error,
+                memory_bytes: activity.memory,
+                memory_limit_bytes: memory_limit,
+            }
+        };
+        let mut rows: Vec<PluginStatus> = self
+            .loaded
+            .iter()
+            .map(|(name, loaded)| row(name, &loaded.info.version, "metadata", "loaded"))
+            .chain((self.checks.keys()).map(|name| row(name, "", "check", "loaded")))
+            .chain(
+                (self.failed.keys())
+                    .filter(|name| {
+                        !self.loaded.contains_key(*name) && !self.checks.contains_key(*name)
+                    })
+                    .map(|name| row(name, "", "", "failed")),
+            )
+            .collect();
+        rows.sort_by(|a, b| a.name.cmp(&b.name));
+        rows
     }
 
     /// Whether `result` comes from the currently loaded version of its plugin.

@@ -64,6 +64,13 @@ pub struct RegistryStatus {
     pub registered: usize,
     /// Every desired record is registered under a live lease.
     pub ready: bool,
+    /// When the lease runs out without another renewal (for the status).
+    pub lease_expires_at: Option<Instant>,
+    /// The instance records (keys) that are desired but not yet held as
+    /// written under the lease: the status's `pending` instances.
+    pub pending: Vec<String>,
+    /// The last anti-entropy check, and how many keys it rewrote.
+    pub last_verify: Option<(std::time::SystemTime, usize)>,
 }
 
 impl RegistryStatus {
@@ -155,6 +162,7 @@ impl RegistryHandle {
             retry,
             next_verify: Instant::now(),
             verify_due: false,
+            last_verify: None,
             connected: false,
             reconnect: false,
             tracker: tracker.clone(),
@@ -228,6 +236,7 @@ struct Actor {
     retry: Backoff,
     next_verify: Instant,
     verify_due: bool,
+    last_verify: Option<(std::time::SystemTime, usize)>,
     connected: bool,
     /// The last round could not connect: the next one builds a new client
     /// for the session (see `EtcdError::is_unavailable`).
@@ -655,6 +664,7 @@ impl Actor {
         session.grant_lease(&self.metrics, &self.tracker).await?;
         if self.verify_due {
             let repaired = session.verify().await?;
+            self.last_verify = Some((std::time::SystemTime::now(), repaired));
             if repaired > 0 {
                 self.metrics.repairs.inc_by(repaired as u64);
             }
@@ -689,6 +699,8 @@ impl Actor {
         let now = Instant::now();
         // Instances count Yggdrasil records; ready needs every key (naming
         // keys too).
+        let mut pending = Vec::new();
+        let mut expires_at = None;
         let (lease, registered, held) = match &self.session {
             Some(session) => {
                 let live_lease = session
@@ -696,18 +708,30 @@ impl Actor {
                     .as_ref()
                     .filter(|l| l.expires_at().is_some_and(|at| at > now))
                     .map(|l| l.id);
+                expires_at = session
+                    .lease
+                    .as_ref()
+                    .and_then(|l| l.expires_at())
+                    .filter(|at| *at > now);
                 let (mut registered, mut held) = (0, 0);
                 if let Some(lease_id) = live_lease {
                     for (key, record) in &self.target.records {
                         if session.holds(key, record, lease_id) {
                             held += 1;
                             registered += usize::from(record.kind == RecordKind::Instance);
+                        } else if record.kind == RecordKind::Instance {
+                            pending.push(key.clone());
                         }
                     }
+                } else {
+                    pending.extend(self.instance_keys());
                 }
                 (live_lease, registered, held)
             }
-            None => (None, 0, 0),
+            None => {
+                pending.extend(self.instance_keys());
+                (None, 0, 0)
+            }
         };
         let status = RegistryStatus {
             connected: self.connected,
@@ -715,6 +739,9 @@ impl Actor {
             desired: self.target.instances(),
             registered,
             ready: self.connected && held == self.target.records.len() && lease.is_some(),
+            lease_expires_at: expires_at,
+            pending,
+            last_verify: self.last_verify,
         };
         self.metrics.instances_registered.set(registered as i64);
         self.status_tx.send_if_modified(|current| {
@@ -725,6 +752,15 @@ impl Actor {
                 true
             }
         });
+    }
+
+    /// The target's instance record keys.
+    fn instance_keys(&self) -> impl Iterator<Item = String> + '_ {
+        self.target
+            .records
+            .iter()
+            .filter(|(_, record)| record.kind == RecordKind::Instance)
+            .map(|(key, _)| key.clone())
     }
 
     /// Stop: no renewal or write after this point (a late heartbeat must not

@@ -19,4 +19,5 @@ mod polyglot;
 mod registration;
 mod reload;
 mod shutdown;
+mod status_page;
 mod supervisor;

@@ -4,7 +4,8 @@
 //! agent and etcd (`proxy`), a fleet of agents (`fleet`), what etcd holds
 //! under the registry prefix and a watch that counts its changes (`keys`),
 //! the Python and JavaScript plugins with one compile cache per test run
-//! (`polyglot`), `/proc/<pid>/status` (`process`). Everything started here
+//! (`polyglot`), `/proc/<pid>/status` (`process`), headless Chromium
+//! through WebDriver (`browser`). Everything started here
 //! is killed when its handle drops. Tests `use crate::support::*`.
 //!
 //! Used by name rather than glob: the gap observer (`observer`), the
@@ -18,6 +19,8 @@
 mod agent;
 #[path = "support/big_component.rs"]
 pub mod big_component;
+#[path = "support/browser.rs"]
+mod browser;
 #[path = "support/config.rs"]
 mod config;
 #[path = "support/etcd.rs"]
@@ -43,6 +46,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 pub use agent::*;
+pub use browser::*;
 pub use config::*;
 pub use etcd::*;
 pub use fleet::*;

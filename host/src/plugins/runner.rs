@@ -252,6 +252,8 @@ pub struct RoundResult {
     pub generation: u64,
     pub outputs: BTreeMap<String, BTreeMap<String, String>>,
     pub errors: Vec<(String, CallError)>,
+    /// Peak linear memory of the instance that answered, if one did.
+    pub memory: Option<u64>,
 }
 
 /// The supervisor's end of a running plugin. Dropping it stops the task.
@@ -339,6 +341,7 @@ impl Runner {
             generation: self.generation,
             outputs: BTreeMap::new(),
             errors: Vec::new(),
+            memory: None,
         };
         if self.live.is_none() {
             let now = Instant::now();
@@ -403,6 +406,7 @@ impl Runner {
                 }
             }
         }
+        result.memory = self.live.as_ref().map(Live::memory_peak);
         let poisoned = result.errors.iter().any(|(_, e)| e.poisons());
         if poisoned {
             self.backoff();
