@@ -29,7 +29,7 @@ use report::{Report, YamlPath};
 use yaml::{Document, List, Section, Unknown, Value};
 
 pub use report::ConfigIssue;
-pub use secret::Secret;
+pub use secret::{Secret, private_mode, redact_url};
 pub use units::{parse_duration, parse_size};
 pub use yaml::to_json;
 
@@ -376,11 +376,22 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    validate(&text, &base_dir(path)).map_err(|(issues, warnings)| ConfigError::Invalid {
-        path: path.to_path_buf(),
-        issues,
-        warnings,
-    })
+    let mut loaded =
+        validate(&text, &base_dir(path)).map_err(|(issues, warnings)| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            issues,
+            warnings,
+        })?;
+    if loaded.config.registry.client.credentials.is_some()
+        && let Err(problem) = secret::private_file("the config file", path)
+    {
+        loaded.warnings.push(ConfigIssue {
+            path: "yggdrasil.registry.config.client.password".into(),
+            line: None,
+            message: format!("the etcd password is in this file: {problem}"),
+        });
+    }
+    Ok(loaded)
 }
 
 /// The folder relative paths in the config file at `path` are resolved
@@ -880,7 +891,9 @@ fn read_api(mut api: Section, base: &Path) -> Option<ApiConfig> {
         .parse(socket_address)
         .check(loopback)
         .value();
-    let token = api.path("tokenFile", base).check(|f| readable_file(f));
+    let token = (api.path("tokenFile", base))
+        .check(|f| readable_file(f))
+        .check(|f| secret::private_file("the file", f));
     let token_file = match listen {
         Some(_) => token.required("required with `listen`: the TCP listener needs a bearer token"),
         None => token.value(),
@@ -1456,7 +1469,7 @@ fn url_target(target: Field<String>, endpoints: Option<&[Endpoint]>) -> Option<S
 fn probe_label(probe: &Probe) -> String {
     match probe {
         Probe::Tcp { address } => format!("tcp {address}"),
-        Probe::Http { method, url, .. } => format!("http {method} {url}"),
+        Probe::Http { method, url, .. } => format!("http {method} {}", redact_url(url)),
         Probe::Grpc { address, .. } => format!("grpc {address}"),
         Probe::Plugin {
             plugin, targets, ..

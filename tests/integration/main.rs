@@ -10,6 +10,7 @@ mod checks;
 mod config_errors;
 mod faults;
 mod fuzz_regressions;
+mod hostile;
 mod local_api;
 mod local_control;
 mod netfaults;

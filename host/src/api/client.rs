@@ -1,5 +1,7 @@
 //! The command line's side of the local API: one HTTP/1.1 request on the
-//! agent's Unix socket (hyper's connection API), the answer as JSON.
+//! agent's Unix socket (hyper's connection API), the answer as JSON; sent
+//! only after the socket, its folder and the process serving it pass
+//! [`crate::socket_dir::check_client_socket`] and `check_peer`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -34,9 +36,12 @@ async fn exchange(
     path: &str,
     body: Option<Vec<u8>>,
 ) -> Result<(u16, serde_json::Value), String> {
+    // Nothing is sent to a socket another user could have put there.
+    let allowed = crate::socket_dir::check_client_socket(socket)?;
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
+    crate::socket_dir::check_peer(&stream, &allowed)?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
