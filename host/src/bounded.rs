@@ -6,9 +6,13 @@
 //!
 //! Over the cap a new connection is never queued: the oldest connection
 //! that has not sent a whole request head yet (a slow or silent client) is
-//! closed to make room, and when every connection is busy with a request
-//! the new one is closed at once. A client that sends its request at once
-//! is therefore served even while others hold half-sent requests.
+//! closed to make room (a new connection whose request head is not there
+//! yet replaces only one that has had [`EVICTABLE_AFTER`]), and otherwise
+//! the new one is closed at once (or, when its head may be on its way, after
+//! at most [`PROBATION`], [`PROBATION_SLOTS`] at a time). A connection whose whole request head is
+//! already there when it is accepted counts as busy from the start, so a
+//! client that sends its request at once is served even while others
+//! open and hold half-sent requests as fast as they can.
 //!
 //! The file-descriptor budget ([`open_files_budget`]): the agent raises its
 //! soft `RLIMIT_NOFILE` to the hard limit at start ([`raise_open_files_limit`]),
@@ -21,11 +25,13 @@
 //! accept loop at once and gives each connection [`STOP_GRACE`] to finish.
 
 use std::future::Future;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
+use futures_util::StreamExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -56,6 +62,15 @@ const MAX_HEADERS: usize = 64;
 pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(30);
 /// How long a connection may finish its request once asked to close.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
+/// How long a connection without a whole request head is safe from being
+/// closed to make room for another such connection.
+pub const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
+/// How long a new connection over the cap may take to show a whole
+/// request head (a client whose request is on its way), and how many may
+/// wait so at once per listener (more are closed at once).
+pub const PROBATION: Duration = Duration::from_millis(100);
+pub const PROBATION_SLOTS: usize = 16;
+const PROBATION_STEP: Duration = Duration::from_millis(5);
 /// How often a listener says it is full or cannot accept, at most.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 /// Pause after a failed accept (out of file descriptors: let some close).
@@ -63,7 +78,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(20);
 
 /// A listener the server accepts connections from.
 pub trait Accept: Send + 'static {
-    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    type Io: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send + 'static;
     fn accept(&mut self) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
 }
 
@@ -129,7 +144,8 @@ fn open_files_limit() -> u64 {
 /// what is left after [`RESERVED_FILES`], split between the listeners,
 /// within [`MIN_CONNECTIONS`]..=[`MAX_CONNECTIONS`].
 pub fn open_files_budget(limit: u64) -> usize {
-    let share = limit.saturating_sub(RESERVED_FILES) / LISTENERS;
+    let share =
+        (limit.saturating_sub(RESERVED_FILES) / LISTENERS).saturating_sub(PROBATION_SLOTS as u64);
     usize::try_from(share)
         .unwrap_or(usize::MAX)
         .clamp(MIN_CONNECTIONS, MAX_CONNECTIONS)
@@ -159,6 +175,7 @@ impl Limits {
 
 /// One open connection, as the accept loop sees it.
 struct Open {
+    opened: Instant,
     /// Requests being answered on it now (0: still reading a head, or idle
     /// between requests: the connection may be closed to make room).
     busy: Arc<AtomicUsize>,
@@ -186,40 +203,63 @@ pub async fn serve<L: Accept>(
         .max_headers(MAX_HEADERS);
     let builder = Arc::new(builder);
     let mut open: Vec<Open> = Vec::with_capacity(limits.max_connections);
+    // New connections over the cap, given `PROBATION` to show a whole
+    // request head: (the connection, whether it did).
+    let mut probation: futures_util::stream::FuturesUnordered<
+        futures_util::future::BoxFuture<'static, (L::Io, bool)>,
+    > = Default::default();
     let mut full = Throttled::new();
     let mut failing = Throttled::new();
     loop {
-        let accepted = tokio::select! {
+        let (io, probed) = tokio::select! {
             _ = stop.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let io = match accepted {
-            Ok(io) => io,
-            Err(error) => {
-                if let Some(more) = failing.due() {
-                    warn!(listener = name, %error, more, "cannot accept a connection; trying again");
+            Some((io, primed)) = probation.next(), if !probation.is_empty() => {
+                if !primed {
+                    continue;
                 }
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => continue,
-                }
+                (io, true)
             }
+            accepted = listener.accept() => match accepted {
+                Ok(io) => (io, false),
+                Err(error) => {
+                    if let Some(more) = failing.due() {
+                        warn!(listener = name, %error, more, "cannot accept a connection; trying again");
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => continue,
+                    }
+                }
+            },
         };
         open.retain(|c| !c.ended.is_cancelled());
+        // Busy from the start when its request head is already there: it
+        // is served next, and may take the place of an idle connection.
+        let primed = probed || has_request_head(io.as_raw_fd());
         if open.len() >= limits.max_connections {
-            // Oldest first: the one waiting longest for a request head.
-            match open
-                .iter()
-                .position(|c| c.busy.load(Ordering::Acquire) == 0)
-            {
+            // Oldest first: the one waiting longest for a request head. A
+            // connection with nothing to ask yet replaces only one that
+            // had `EVICTABLE_AFTER` to send its head (so a flood of
+            // half-sent requests churns at most the cap per that time).
+            let now = Instant::now();
+            let victim = open.iter().position(|c| {
+                c.busy.load(Ordering::Acquire) == 0
+                    && (primed || now.duration_since(c.opened) >= EVICTABLE_AFTER)
+            });
+            match victim {
                 Some(idle) => open.remove(idle).close.cancel(),
+                None if !primed && probation.len() < PROBATION_SLOTS => {
+                    // Perhaps a client whose request is on its way.
+                    probation.push(Box::pin(probe(io)));
+                    continue;
+                }
                 None => {
                     if let Some(more) = full.due() {
                         warn!(
                             listener = name,
                             connections = open.len(),
                             more,
-                            "every connection is busy with a request; refusing new ones"
+                            "connection limit reached; closing new connections until one frees"
                         );
                     }
                     drop(io);
@@ -236,7 +276,8 @@ pub async fn serve<L: Accept>(
             }
         }
         let connection = Open {
-            busy: Arc::new(AtomicUsize::new(0)),
+            opened: Instant::now(),
+            busy: Arc::new(AtomicUsize::new(usize::from(primed))),
             close: CancellationToken::new(),
             ended: CancellationToken::new(),
         };
@@ -246,12 +287,48 @@ pub async fn serve<L: Accept>(
             builder.clone(),
             limits.max_age,
             connection.busy.clone(),
+            primed,
             connection.close.clone(),
             stop.clone(),
             connection.ended.clone(),
         ));
         open.push(connection);
     }
+}
+
+/// `io` and whether it holds a whole request head within `PROBATION`
+/// (looked at every `PROBATION_STEP`).
+async fn probe<I: AsRawFd>(io: I) -> (I, bool) {
+    let deadline = Instant::now() + PROBATION;
+    loop {
+        if has_request_head(io.as_raw_fd()) {
+            return (io, true);
+        }
+        if Instant::now() >= deadline {
+            return (io, false);
+        }
+        tokio::time::sleep(PROBATION_STEP).await;
+    }
+}
+
+/// Whether the socket `fd` already holds a whole request head (looked at
+/// without taking it: hyper reads it next).
+fn has_request_head(fd: std::os::fd::RawFd) -> bool {
+    let mut buf = [0u8; 4096];
+    // SAFETY: recv into a local buffer of its length; MSG_PEEK leaves the
+    // bytes in the socket, MSG_DONTWAIT never blocks.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    let Ok(n) = usize::try_from(n) else {
+        return false;
+    };
+    buf[..n].windows(4).any(|w| w == b"\r\n\r\n")
 }
 
 /// Counts a request as busy until dropped.
@@ -277,6 +354,7 @@ async fn run_connection<I>(
     builder: Arc<hyper::server::conn::http1::Builder>,
     max_age: Duration,
     busy: Arc<AtomicUsize>,
+    primed: bool,
     close: CancellationToken,
     stop: CancellationToken,
     ended: CancellationToken,
@@ -284,8 +362,14 @@ async fn run_connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let _ended = ended.drop_guard();
+    // The count the accept loop started a primed connection with, handed
+    // over to its first request.
+    let primed = std::sync::atomic::AtomicBool::new(primed);
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let busy = Busy::new(&busy);
+        if primed.swap(false, Ordering::AcqRel) {
+            busy.0.fetch_sub(1, Ordering::AcqRel);
+        }
         let mut router = router.clone();
         async move {
             let response = tower_service::Service::call(&mut router, request).await;
