@@ -713,11 +713,15 @@ async fn spinning_check_plugins_leave_a_tcp_checks_timing_alone() {
             })
             .collect::<String>();
     agent.rewrite_config(&config);
-    wait_for(PATIENCE, "the spinning plugins trapped", || async {
-        http_get(&admin, "/status")
-            .await
-            .filter(|(_, body)| body.matches("CPU budget exhausted").count() >= 12)
-    })
+    wait_for(
+        PATIENCE,
+        "the spinning plugins' checks critical",
+        || async {
+            http_get(&admin, "/status")
+                .await
+                .filter(|(_, body)| body.matches("\"critical\"").count() >= 12)
+        },
+    )
     .await;
     let mut loaded = sample_durations(&admin, &check, every, Duration::from_secs(5)).await;
     for samples in [&mut unloaded, &mut loaded] {
