@@ -655,8 +655,10 @@ async fn sample_durations(admin: &str, check: &str, every: Duration, window: Dur
             if let Some(found) = found {
                 assert_eq!(found["status"], "passing", "{found}");
                 let ms = found["duration_ms"].as_f64();
-                if ms.is_some() && ms != last {
-                    seen.push(ms.unwrap());
+                if let Some(value) = ms
+                    && ms != last
+                {
+                    seen.push(value);
                     last = ms;
                 }
             }
