@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
+use crate::bounded;
 use crate::metrics::Metrics;
 use crate::registry::RegistryStatus;
 use crate::status::AgentStatus;
@@ -99,15 +100,12 @@ pub async fn start(
         .with_state(sources);
     let stop = parent.child_token();
     let closed = CancellationToken::new();
-    let stopped = stop.clone().cancelled_owned();
+    let stopped = stop.clone();
     let done = closed.clone();
+    let connections = tracker.clone();
     tracker.spawn(async move {
-        if let Err(error) = axum::serve(listener, router)
-            .with_graceful_shutdown(stopped)
-            .await
-        {
-            error!(%error, "admin server failed");
-        }
+        let limits = bounded::Limits::for_agent();
+        bounded::serve(listener, router, limits, "admin", stopped, connections).await;
         done.cancel();
     });
     info!(listen = %local_addr, "admin server listening (/ status page, /status, /metrics, /healthz, /readyz)");

@@ -31,9 +31,11 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info};
+use tracing::info;
 
+use crate::bounded;
 use crate::config::{ApiConfig, ApiInstance, CheckTiming};
+use crate::socket_dir::SocketDir;
 use crate::systemd;
 
 /// Requests waiting for the supervisor.
@@ -155,12 +157,17 @@ pub struct ApiServer {
     pub socket: PathBuf,
     pub tcp: Option<SocketAddr>,
     stop: CancellationToken,
+    dir: SocketDir,
+    name: std::ffi::OsString,
+    inode: u64,
 }
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
         self.stop.cancel();
-        let _ = std::fs::remove_file(&self.socket);
+        // The socket we bound, in the folder we opened (not whatever the
+        // path names now).
+        self.dir.remove(&self.name, self.inode);
     }
 }
 
@@ -175,7 +182,13 @@ pub async fn start(
     parent: &CancellationToken,
 ) -> std::io::Result<ApiServer> {
     let socket = config.socket.clone().unwrap_or_else(default_socket);
-    let listener = bind_socket(&socket)?;
+    let BoundSocket {
+        listener: socket_listener,
+        dir,
+        name,
+        inode,
+    } = bind_socket(&socket)?;
+    let limits = bounded::Limits::for_agent();
     let stop = parent.child_token();
     let state = ApiState {
         calls,
@@ -191,64 +204,81 @@ pub async fn start(
                 token: Some(token.into()),
                 ..state.clone()
             });
-            let stopped = stop.clone().cancelled_owned();
-            tracker.spawn(async move {
-                if let Err(error) = axum::serve(listener, router)
-                    .with_graceful_shutdown(stopped)
-                    .await
-                {
-                    error!(%error, "local API (TCP) failed");
-                }
-            });
+            tracker.spawn(bounded::serve(
+                listener,
+                router,
+                limits,
+                "local API (TCP)",
+                stop.clone(),
+                tracker.clone(),
+            ));
             Some(local)
         }
         None => None,
     };
     let router = router(state);
-    let stopped = stop.clone().cancelled_owned();
-    tracker.spawn(async move {
-        if let Err(error) = axum::serve(listener, router)
-            .with_graceful_shutdown(stopped)
-            .await
-        {
-            error!(%error, "local API failed");
-        }
-    });
+    tracker.spawn(bounded::serve(
+        socket_listener,
+        router,
+        limits,
+        "local API (socket)",
+        stop.clone(),
+        tracker.clone(),
+    ));
     info!(socket = %socket.display(), tcp = ?tcp, "local API listening");
-    Ok(ApiServer { socket, tcp, stop })
+    Ok(ApiServer {
+        socket,
+        tcp,
+        stop,
+        dir,
+        name,
+        inode,
+    })
 }
 
-/// Binds the Unix socket: its folder is created if missing (0750), a stale
-/// socket left by a crash is replaced (anything else at the path is not
-/// touched), and the socket gets mode 0660.
-fn bind_socket(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o750)
-            .create(parent)?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
-        Ok(_) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                format!("{} exists and is not a socket", path.display()),
-            ));
-        }
-        Err(_) => {}
-    }
-    let listener = tokio::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))?;
-    Ok(listener)
+/// Binds the Unix socket: its folder is created if missing (0750), checked
+/// (the agent's user's or root's, nobody else may write it or a folder
+/// above: [`socket_dir`]) and opened once; a stale socket left by a crash
+/// is replaced (anything else at the path is not touched), and the socket
+/// gets mode 0660, all through the folder's descriptor.
+fn bind_socket(path: &Path) -> std::io::Result<BoundSocket> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other(format!("{} names no socket file", path.display())))?;
+    let folder = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = SocketDir::open(folder)?;
+    let (listener, inode) = dir.bind(name, SOCKET_MODE)?;
+    Ok(BoundSocket {
+        listener,
+        dir,
+        name: name.to_os_string(),
+        inode,
+    })
+}
+
+struct BoundSocket {
+    listener: tokio::net::UnixListener,
+    dir: SocketDir,
+    name: std::ffi::OsString,
+    inode: u64,
 }
 
 async fn read_token(path: Option<&Path>) -> std::io::Result<String> {
     let path = path.ok_or_else(|| {
         std::io::Error::other("agent.api.tokenFile is required with agent.api.listen")
     })?;
-    let token = tokio::fs::read_to_string(path).await?.trim().to_string();
+    let file = tokio::fs::File::open(path).await?;
+    // The mode of the file read, not of whatever the path names later.
+    let mode = std::os::unix::fs::PermissionsExt::mode(&file.metadata().await?.permissions());
+    crate::config::private_mode("agent.api.tokenFile", path, mode)
+        .map_err(std::io::Error::other)?;
+    use tokio::io::AsyncReadExt;
+    let mut token = String::new();
+    file.take(64 << 10).read_to_string(&mut token).await?;
+    let token = token.trim().to_string();
     if token.is_empty() {
         return Err(std::io::Error::other(format!(
             "{} is empty",

@@ -45,7 +45,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
-use crate::config::{AgentConfig, CheckConfig, CheckStatus, Probe};
+use crate::config::{AgentConfig, CheckConfig, CheckStatus, Probe, redact_url};
 use crate::plugins::{CheckPlugins, CheckTarget, PluginInstance};
 use crate::record::Instance;
 use crate::status::{CHECK_HISTORY, CheckRun};
@@ -124,6 +124,8 @@ pub struct Prober {
     roots: TlsRoots,
     /// The loaded check plugins, published by the plugin host.
     plugins: watch::Receiver<CheckPlugins>,
+    /// Where check plugin calls run; `None`: in the probe's own future.
+    plugin_runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Prober {
@@ -132,7 +134,15 @@ impl Prober {
             roots: TlsRoots::new(tracker.clone()),
             tracker,
             plugins,
+            plugin_runtime: None,
         }
+    }
+
+    /// Runs check plugin calls on `runtime` (a thread of their own), so a
+    /// plugin spinning through its CPU budget never delays a built-in probe.
+    pub fn with_plugin_runtime(mut self, runtime: tokio::runtime::Handle) -> Prober {
+        self.plugin_runtime = Some(runtime);
+        self
     }
 
     /// `Ok(short output)` on a pass (`connected to 127.0.0.1:80`,
@@ -199,14 +209,51 @@ impl Prober {
                         key: key.to_string(),
                         instance: (**instance).clone(),
                     };
-                    found.check(&instance, &targets, settings).await
+                    let settings = settings.clone();
+                    let call = async move { found.check(&instance, &targets, &settings).await };
+                    match &self.plugin_runtime {
+                        Some(runtime) => {
+                            // Dropped at the probe's deadline: the call ends too.
+                            let mut task = AbortOnDrop(self.tracker.spawn_on(call, runtime));
+                            match (&mut task.0).await {
+                                Ok(outcome) => outcome,
+                                Err(_) => Err("the check plugins' thread stopped".to_string()),
+                            }
+                        }
+                        None => call.await,
+                    }
                 }
             }
         };
-        match tokio::time::timeout_at(deadline, run).await {
+        let outcome = match tokio::time::timeout_at(deadline, run).await {
             Ok(outcome) => outcome,
             Err(_) => Err(format!("timed out after {timeout:?} {stage}")),
+        };
+        escape_output(outcome)
+    }
+}
+
+/// A probe's outcome with its control characters escaped: what a checked
+/// service or a check plugin says (an output, an error from its socket)
+/// is logged and shown by `status`, and a newline in it must not start a
+/// log line of its own.
+fn escape_output(outcome: Result<String, String>) -> Result<String, String> {
+    let clean = |text: String| {
+        if text.chars().any(char::is_control) {
+            crate::status::escape(&text)
+        } else {
+            text
         }
+    };
+    outcome.map(clean).map_err(clean)
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -233,13 +280,14 @@ async fn resolve(targets: &[String]) -> Result<Vec<CheckTarget>, String> {
     }
 }
 
-/// A probe for log lines and `status`: `tcp 127.0.0.1:5432`,
-/// `http GET https://…/healthz`, `grpc 127.0.0.1:50051 service "db"`.
-/// Headers are left out (they may hold credentials).
+/// A probe for log lines, metric labels and `status`: `tcp 127.0.0.1:5432`,
+/// `http GET https://…/healthz?<redacted>`, `grpc 127.0.0.1:50051 service "db"`.
+/// Headers are left out and a URL's query and user info redacted (they may
+/// hold credentials; `/status` is served without authentication).
 pub fn describe(probe: &Probe) -> String {
     match probe {
         Probe::Tcp { address } => format!("tcp {address}"),
-        Probe::Http { url, method, .. } => format!("http {method} {url}"),
+        Probe::Http { url, method, .. } => format!("http {method} {}", redact_url(url)),
         Probe::Grpc {
             address,
             service,
@@ -310,6 +358,10 @@ pub struct CheckHost {
     next_generation: u64,
     /// Where check tasks run; `None`: the caller's runtime.
     runtime: Option<OwnRuntime>,
+    /// Where check plugin calls run (one thread for all of them: plugins
+    /// spinning through their budgets take at most one core, and never the
+    /// checks' thread); `None`: on the checks' thread.
+    plugin_runtime: Option<OwnRuntime>,
     reporting: Reporting,
 }
 
@@ -339,17 +391,18 @@ struct OwnRuntime {
 }
 
 impl OwnRuntime {
-    /// Runs until dropped or until `parent` is cancelled.
-    fn start(parent: &CancellationToken) -> std::io::Result<OwnRuntime> {
+    /// A thread named `name` running until dropped or until `parent` is
+    /// cancelled.
+    fn start(name: &str, parent: &CancellationToken) -> std::io::Result<OwnRuntime> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .thread_name("ygg-checks")
+            .thread_name(name)
             .build()?;
         let handle = runtime.handle().clone();
         let stop = parent.child_token();
         let stopped = stop.clone();
         std::thread::Builder::new()
-            .name("ygg-checks".into())
+            .name(name.into())
             .spawn(move || {
                 runtime.block_on(stopped.cancelled());
                 // Tasks still there are dropped, not waited for.
@@ -389,17 +442,28 @@ impl CheckHost {
     ///
     /// `plugins` are the loaded check plugins (the plugin host's
     /// [`crate::plugins::Outbox::check_plugins`]), read at each run of a
-    /// check of kind `plugin`: such a call runs on the checks' thread like
-    /// any probe, its CPU time yielded every epoch tick.
+    /// check of kind `plugin`: such a call runs on a thread of its own
+    /// (`ygg-check-plugins`, shared by every check plugin call), so plugins
+    /// spinning through their CPU budgets never delay a built-in probe.
     ///
-    /// Cancelling `stop` stops every check task (and the checks' thread):
-    /// the shutdown does that, not the drop of the host.
+    /// Cancelling `stop` stops every check task (and both threads): the
+    /// shutdown does that, not the drop of the host.
     pub fn new(
         tracker: TaskTracker,
         plugins: watch::Receiver<CheckPlugins>,
         stop: CancellationToken,
     ) -> (CheckHost, mpsc::Receiver<CheckReport>) {
-        let prober = Prober::new(tracker.clone(), plugins);
+        let plugin_runtime = match OwnRuntime::start("ygg-check-plugins", &stop) {
+            Ok(runtime) => Some(runtime),
+            Err(error) => {
+                tracing::warn!(%error, "cannot start the check plugins' thread; they run on the health checks' thread");
+                None
+            }
+        };
+        let mut prober = Prober::new(tracker.clone(), plugins);
+        if let Some(runtime) = &plugin_runtime {
+            prober = prober.with_plugin_runtime(runtime.handle.clone());
+        }
         let probe: ProbeFn = Arc::new(move |id, probe, timeout| {
             let prober = prober.clone();
             let key = id.instance_key.clone();
@@ -408,7 +472,8 @@ impl CheckHost {
         let (mut host, reports) = CheckHost::with_probe(tracker, probe, MAX_PROBES_IN_FLIGHT);
         host.reporting = Reporting::Changes;
         host.stop = stop;
-        match OwnRuntime::start(&host.stop) {
+        host.plugin_runtime = plugin_runtime;
+        match OwnRuntime::start("ygg-checks", &host.stop) {
             Ok(runtime) => host.runtime = Some(runtime),
             Err(error) => {
                 tracing::warn!(%error, "cannot start the health checks' thread; they run on the agent's runtime")
@@ -432,6 +497,7 @@ impl CheckHost {
             checks: BTreeMap::new(),
             next_generation: 0,
             runtime: None,
+            plugin_runtime: None,
             reporting: Reporting::EveryRun,
         };
         (host, receiver)
@@ -717,9 +783,25 @@ impl Prober {
             roots: TlsRoots::preloaded(tracker.clone(), roots),
             tracker,
             plugins: no_plugins(),
+            plugin_runtime: None,
         }
     }
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod escape_tests {
+    use super::escape_output;
+
+    #[test]
+    fn what_a_service_or_check_plugin_says_cannot_start_a_log_line() {
+        let forged = "ok\n2026-12-06T05:00:00Z  INFO ygg_agent: registered key=/x\r\u{1b}[2J";
+        let escaped =
+            "ok\\u{a}2026-12-06T05:00:00Z  INFO ygg_agent: registered key=/x\\u{d}\\u{1b}[2J";
+        assert_eq!(escape_output(Ok(forged.into())), Ok(escaped.into()));
+        assert_eq!(escape_output(Err(forged.into())), Err(escaped.into()));
+        assert_eq!(escape_output(Ok("HTTP 200".into())), Ok("HTTP 200".into()));
+    }
+}

@@ -276,6 +276,19 @@ fn check(path: &Path) -> ExitCode {
             for warning in &loaded.warnings {
                 eprintln!("warning: {warning}");
             }
+            if let Some(api) = &loaded.config.agent.local.api {
+                let socket = api
+                    .socket
+                    .clone()
+                    .unwrap_or_else(crate::api::default_socket);
+                // A warning: `check` may run as another user than the agent.
+                if let Err(problem) = crate::socket_dir::check_for_config(&socket) {
+                    eprintln!(
+                        "warning: agent.api.socket: the agent, run as uid {}, would refuse it: {problem}",
+                        crate::socket_dir::euid()
+                    );
+                }
+            }
             let agent = &loaded.config.agent;
             println!(
                 "{}: valid ({} instance{}, etcd {}, prefix {})",
@@ -317,6 +330,15 @@ fn run(path: &Path) -> ExitCode {
     };
     for warning in &loaded.warnings {
         warn!(%warning, "config warning");
+    }
+    match crate::bounded::raise_open_files_limit() {
+        Ok(limit) => info!(
+            open_files = limit,
+            reserved = crate::bounded::RESERVED_FILES,
+            connections_per_listener = crate::bounded::open_files_budget(limit),
+            "open-files limit"
+        ),
+        Err(error) => warn!(%error, "cannot raise the open-files limit to its hard limit"),
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

@@ -57,7 +57,7 @@ pub use registry::{
 };
 pub use report::ConfigIssue;
 pub use rules::{MAX_NAME_LEN, is_plugin_name};
-pub use secret::Secret;
+pub use secret::{Secret, private_mode, redact_url};
 pub use units::{parse_duration, parse_size};
 pub use yaml::to_json;
 
@@ -111,11 +111,22 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    validate(&text, &base_dir(path)).map_err(|(issues, warnings)| ConfigError::Invalid {
-        path: path.to_path_buf(),
-        issues,
-        warnings,
-    })
+    let mut loaded =
+        validate(&text, &base_dir(path)).map_err(|(issues, warnings)| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            issues,
+            warnings,
+        })?;
+    if loaded.config.registry.client.credentials.is_some()
+        && let Err(problem) = secret::private_file("the config file", path)
+    {
+        loaded.warnings.push(ConfigIssue {
+            path: "yggdrasil.registry.config.client.password".into(),
+            line: None,
+            message: format!("the etcd password is in this file: {problem}"),
+        });
+    }
+    Ok(loaded)
 }
 
 /// The folder relative paths in the config file at `path` are resolved

@@ -411,6 +411,8 @@ async fn the_tcp_listener_requires_the_token() {
     let token_dir = tempfile::tempdir().unwrap();
     let token_file = token_dir.path().join("token");
     std::fs::write(&token_file, "s3cret\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let (agent, socket) = api_agent(
         &etcd,
         &format!(

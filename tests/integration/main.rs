@@ -9,6 +9,7 @@ mod checks;
 mod config_errors;
 mod faults;
 mod fuzz_regressions;
+mod hostile;
 mod lifecycle;
 mod local_api;
 mod local_control;

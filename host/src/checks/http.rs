@@ -1,9 +1,11 @@
 //! The `http` probe: one HTTP/1.1 request (over TLS for `https://`) on a
 //! fresh connection, driven in the probe's own future (no task). Passes on
 //! 2xx; redirects are answers, not followed (a 3xx fails, saying so). The
-//! answer's head may hold at most [`MAX_HEAD_BYTES`]; of the body the first
-//! [`BODY_KEPT`] bytes become the output, the rest is read and dropped, up
-//! to [`MAX_BODY_BYTES`] (an endless body fails there, or at the deadline).
+//! answer's head may hold at most [`MAX_HEAD_BYTES`]; the body is read and
+//! dropped, up to [`MAX_BODY_BYTES`] (an endless body fails there, or at the
+//! deadline). The output is the status code alone: a body may hold what
+//! the service would not tell everyone, and `/status` is served without
+//! authentication (README: Health checks). URLs in messages are redacted.
 
 use std::collections::BTreeMap;
 
@@ -17,11 +19,10 @@ use tokio_rustls::TlsConnector;
 
 use super::tcp::{self, Stage};
 use super::tls::{self, TlsRoots};
+use crate::config::redact_url;
 
 /// The largest answer head (status line and headers) accepted.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
-/// How much of the body is kept as the check's output.
-pub const BODY_KEPT: usize = 256;
 /// A body longer than this fails the check (it is read only to its end).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
@@ -41,8 +42,9 @@ pub async fn probe(
     roots: &TlsRoots,
     stage: &mut Stage,
 ) -> Result<String, String> {
-    let url = check.url;
-    let uri: Uri = url
+    let url = &redact_url(check.url);
+    let uri: Uri = check
+        .url
         .parse()
         .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
     let https = match uri.scheme_str() {
@@ -90,6 +92,7 @@ pub async fn probe(
 fn request(check: &HttpProbe<'_>, uri: &Uri) -> Result<Request<Empty<Bytes>>, String> {
     let method = Method::from_bytes(check.method.as_bytes())
         .map_err(|_| format!("invalid HTTP method {:?}", check.method))?;
+    let url = redact_url(check.url);
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
     let host = match (uri.host(), uri.port()) {
         (Some(host), Some(port)) => format!("{host}:{port}"),
@@ -100,11 +103,11 @@ fn request(check: &HttpProbe<'_>, uri: &Uri) -> Result<Request<Empty<Bytes>>, St
         .method(method)
         .uri(target)
         .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("invalid request for {:?}: {e}", check.url))?;
+        .map_err(|e| format!("invalid request for {url:?}: {e}"))?;
     let headers = request.headers_mut();
     headers.insert(
         HOST,
-        HeaderValue::from_str(&host).map_err(|_| format!("invalid host in {:?}", check.url))?,
+        HeaderValue::from_str(&host).map_err(|_| format!("invalid host in {url:?}"))?,
     );
     headers.insert(USER_AGENT, HeaderValue::from_static(AGENT));
     headers.insert(CONNECTION, HeaderValue::from_static("close"));
@@ -163,7 +166,6 @@ async fn read(
     }
     *stage = Stage::ReadingBody(code);
     let mut body = response.into_body();
-    let mut kept = Vec::new();
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame
@@ -178,29 +180,12 @@ async fn read(
                 MAX_BODY_BYTES / 1024
             ));
         }
-        let room = BODY_KEPT - kept.len();
-        kept.extend_from_slice(&data[..data.len().min(room)]);
     }
-    let output = output(code, &kept, total > BODY_KEPT);
+    let output = format!("HTTP {code}");
     if status.is_success() {
         Ok(output)
     } else {
         Err(output)
-    }
-}
-
-/// `HTTP 200` or `HTTP 503: <body>`: the kept body on one line, control
-/// characters as spaces, `…` when cut.
-fn output(code: u16, kept: &[u8], cut: bool) -> String {
-    let text: String = String::from_utf8_lossy(kept)
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let text = text.trim();
-    match (text.is_empty(), cut) {
-        (true, _) => format!("HTTP {code}"),
-        (false, false) => format!("HTTP {code}: {text}"),
-        (false, true) => format!("HTTP {code}: {text}…"),
     }
 }
 

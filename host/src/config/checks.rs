@@ -437,7 +437,9 @@ fn url_target(target: Field<String>, endpoints: Option<&[Endpoint]>) -> Option<S
 fn probe_label(probe: &Probe) -> String {
     match probe {
         Probe::Tcp { address } => format!("tcp {address}"),
-        Probe::Http { method, url, .. } => format!("http {method} {url}"),
+        Probe::Http { method, url, .. } => {
+            format!("http {method} {}", super::secret::redact_url(url))
+        }
         Probe::Grpc { address, .. } => format!("grpc {address}"),
         Probe::Plugin {
             plugin, targets, ..

@@ -79,7 +79,9 @@ fn read_api(mut api: Section, base: &Path) -> Option<ApiConfig> {
         .parse(socket_address)
         .check(loopback)
         .value();
-    let token = api.path("tokenFile", base).check(|f| readable_file(f));
+    let token = (api.path("tokenFile", base))
+        .check(|f| readable_file(f))
+        .check(|f| super::secret::private_file("the file", f));
     let token_file = match listen {
         Some(_) => token.required("required with `listen`: the TCP listener needs a bearer token"),
         None => token.value(),

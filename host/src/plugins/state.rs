@@ -105,13 +105,16 @@ impl PluginState {
         }
     }
 
-    /// A line the plugin logged through the host.
+    /// A line the plugin logged through the host: cut at 4,096
+    /// characters, control characters escaped (a newline in it cannot
+    /// start a line of its own in the agent's log).
     pub(super) fn guest_log(&mut self, level: tracing::Level, message: &str) {
         let n = self.lines.fetch_add(1, Ordering::Relaxed);
         if n >= MAX_LINES_PER_CALL {
             return;
         }
         let message: String = message.chars().take(4096).collect();
+        let message = crate::status::escape(&message);
         let plugin = &*self.name;
         match level {
             tracing::Level::ERROR => error!(plugin = %plugin, "{message}"),

@@ -1,6 +1,8 @@
 //! A plugin's stdout and stderr, turned into lines of the agent's log
 //! tagged with the plugin's name. Bounded: a line is cut at 4 KiB and a
-//! plugin can print at most [`MAX_LINES_PER_CALL`] lines per call.
+//! plugin can print at most [`MAX_LINES_PER_CALL`] lines per call. Control
+//! characters (a carriage return, an escape) are escaped: what a plugin
+//! prints never starts a log line of its own or drives a terminal.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -70,7 +72,8 @@ impl Sink {
             return;
         }
         let line = String::from_utf8_lossy(&line[..line.len().min(MAX_LINE)]);
-        tracing::info!(plugin = %self.plugin, stream = %self.stream, "{}", line.trim_end_matches('\r'));
+        let line = crate::status::escape(line.trim_end_matches('\r'));
+        tracing::info!(plugin = %self.plugin, stream = %self.stream, "{line}");
     }
 }
 

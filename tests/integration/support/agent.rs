@@ -157,12 +157,21 @@ impl Agent {
 
     /// Starts the agent with extra environment variables.
     pub fn spawn_with_env(&mut self, extra_args: &[&str], env: &[(&str, &str)]) {
+        self.spawn_configured(extra_args, |command| {
+            command.envs(env.iter().copied());
+        });
+    }
+
+    /// Starts the agent with `configure` applied to its command last (an
+    /// environment, a resource limit, another user).
+    pub fn spawn_configured(&mut self, extra_args: &[&str], configure: impl FnOnce(&mut Command)) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log_path)
             .unwrap();
-        let child = Command::new(agent_binary())
+        let mut command = Command::new(agent_binary());
+        command
             .args(extra_args)
             .arg("run")
             .arg("--config")
@@ -171,12 +180,11 @@ impl Agent {
                 "RUST_LOG",
                 std::env::var("YGG_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
-            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start ygg-agent");
+            .stderr(log);
+        configure(&mut command);
+        let child = command.spawn().expect("start ygg-agent");
         self.child = Some(child);
     }
 

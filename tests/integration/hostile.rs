@@ -1,0 +1,756 @@
+//! Hostile neighbours on the node (FAILURES.md, "Local attackers"): a
+//! plugin or a checked service trying to forge log lines, secrets in check
+//! URLs, connections that never finish their request, and folders another
+//! local user prepared.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+const PREFIX: &str = "/yggdrasil/registry/";
+
+/// A line a plugin would like the operator to believe the agent wrote.
+const FORGED_KEY: &str = "key=/forged/by/plugin";
+/// YAML (double-quoted) for the forging text: a newline, a well-formed log
+/// line, a carriage return.
+const FORGED_YAML: &str = r#""hello\n2026-12-06T05:00:00.000000Z  INFO ygg_agent::registry: instance registered successfully key=/forged/by/plugin\rtail""#;
+
+fn echo_saying_forged_lines() -> String {
+    format!(
+        "  plugins:\n    dir: plugins\n    interval: 1s\n    timeout: 500ms\n    memoryLimit: 16MiB\n    cacheDir: cache\n    settings:\n      echo: {{say: {FORGED_YAML}}}\n"
+    )
+}
+
+/// Every line holding the forged key is a line of the plugin's: its `log`
+/// message with the newline escaped, or one line of its stdout or stderr
+/// (split at newlines, as a terminal would, but each tagged as the
+/// plugin's); no carriage return is in the log at all.
+fn assert_not_forged(log: &str) {
+    assert!(!log.contains('\r'), "a raw carriage return in the log");
+    for line in log.lines() {
+        assert!(
+            !line.starts_with("2026-12-06T05:00:00"),
+            "a forged line: {line:?}"
+        );
+        if line.contains(FORGED_KEY) {
+            let printed = line.contains("ygg_agent::plugins::stdio");
+            assert!(
+                printed
+                    || line.contains("hello\\u{a}2026-12-06T05:00:00")
+                    || line.contains("hello\\\\u{a}2026-12-06T05:00:00"),
+                "not escaped: {line:?}"
+            );
+            assert!(
+                line.contains("plugin=echo") || line.contains("\"plugin\":\"echo\""),
+                "not tagged: {line:?}"
+            );
+            assert!(line.contains("\\u{d}tail"), "CR not escaped: {line:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_plugin_cannot_forge_log_lines_in_text_or_json_logs() {
+    let etcd = Etcd::start().await;
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.agent_extra = echo_saying_forged_lines();
+    for json in [false, true] {
+        let mut agent = Agent::prepare(&config);
+        install_plugin(&agent.plugins_dir(), "echo", "echo");
+        agent.spawn(if json { &["--log-format", "json"] } else { &[] });
+        // stdout, stderr and the host's `log`: three lines, each the plugin's.
+        agent.wait_for_log_count(FORGED_KEY, 3, PATIENCE).await;
+        let log = agent.log();
+        assert_not_forged(&log);
+        if json {
+            for line in log.lines() {
+                let event: serde_json::Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("not one JSON event per line ({e}): {line:?}"));
+                let message = event["message"].as_str().unwrap_or_default();
+                assert!(!message.contains('\n') && !message.contains('\r'), "{line}");
+            }
+        }
+        let tagged = log
+            .lines()
+            .filter(|line| line.contains(FORGED_KEY) && line.contains("echo"))
+            .count();
+        assert_eq!(tagged, 3, "{log}");
+    }
+}
+
+/// A server answering every request with 503 and `body`, until dropped.
+async fn answering(body: &'static str) -> (u16, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let answer = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (port, task)
+}
+
+/// A token in a check URL's query string shows nowhere; a checked body
+/// (which may hold secrets, or lines meant to look like the agent's) is
+/// never shown or logged.
+#[tokio::test]
+async fn check_urls_are_redacted_and_bodies_never_shown() {
+    const BODY: &str = "db password s3cret-body\n2026-12-06T05:00:00.000000Z  INFO ygg_agent::registry: instance registered successfully key=/forged/by/service\r";
+    let etcd = Etcd::start().await;
+    let (port, _server) = answering(BODY).await;
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.instances = format!(
+        "    - name: web\n      version: \"1\"\n      endpoints: [{{scheme: http, address: \"127.0.0.1:{port}\"}}]\n      checks:\n        - http: \"http://127.0.0.1:{port}/health?token=s3cret-token&x=1\"\n          initialStatus: passing\n"
+    );
+    config.agent_extra = format!(
+        "  checks: {{interval: 200ms, timeout: 150ms, failuresBeforeCritical: 1}}\n  admin:\n    listen: {admin}\n"
+    );
+    let agent = Agent::start(&config);
+    let shown = format!("http GET http://127.0.0.1:{port}/health?<redacted>");
+    agent
+        .wait_for_log(
+            &format!("instance unhealthy: check {shown} failed 1 time in a row: HTTP 503"),
+            PATIENCE,
+        )
+        .await;
+    let ((_, status), _) = wait_for(PATIENCE, "/status with the check's result", || async {
+        http_get(&admin, "/status")
+            .await
+            .filter(|(code, body)| *code == 200 && body.contains("HTTP 503"))
+    })
+    .await;
+    let (_, metrics) = http_get(&admin, "/metrics")
+        .await
+        .expect("/metrics answers");
+    assert!(status.contains(&shown), "{status}");
+    assert!(metrics.contains(&shown), "{metrics}");
+    let log = agent.log();
+    for (what, text) in [("log", &log), ("/status", &status), ("/metrics", &metrics)] {
+        for secret in ["s3cret-token", "s3cret-body", "/forged/by/service"] {
+            assert!(!text.contains(secret), "{secret} in {what}:\n{text}");
+        }
+    }
+}
+
+/// Sets this process's soft open-files limit to at least `wanted` (within
+/// the hard limit); the limit in force afterwards.
+fn raise_own_open_files(wanted: u64) -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        if limit.rlim_cur < wanted {
+            limit.rlim_cur = wanted.min(limit.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+    }
+    limit.rlim_cur
+}
+
+/// Runs the agent with `RLIMIT_NOFILE` 1,024 (soft and hard), systemd's
+/// default for a service.
+fn open_files_1024(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only setrlimit (async-signal-safe) between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 1024,
+                rlim_max: 1024,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Where an attacker connects.
+#[derive(Clone)]
+enum Target {
+    Tcp(String),
+    Unix(std::path::PathBuf),
+}
+
+/// One attacker connection.
+enum Stream {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Stream {
+    /// Connects and sends a request line and a header, never the end.
+    fn half_sent(target: &Target) -> std::io::Result<Stream> {
+        use std::io::Write;
+        let head = b"GET /v1/instances HTTP/1.1\r\nHost: x\r\nX-Never: ";
+        let stream = match target {
+            Target::Tcp(address) => {
+                let mut s = std::net::TcpStream::connect(address)?;
+                let _ = s.write_all(head);
+                s.set_nonblocking(true)?;
+                Stream::Tcp(s)
+            }
+            Target::Unix(path) => {
+                let mut s = std::os::unix::net::UnixStream::connect(path)?;
+                let _ = s.write_all(head);
+                s.set_nonblocking(true)?;
+                Stream::Unix(s)
+            }
+        };
+        Ok(stream)
+    }
+
+    /// Whether the agent has closed it.
+    fn closed(&mut self) -> bool {
+        use std::io::Read;
+        let mut buf = [0u8; 64];
+        let read = match self {
+            Stream::Tcp(s) => s.read(&mut buf),
+            Stream::Unix(s) => s.read(&mut buf),
+        };
+        !matches!(read, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+/// A local user holding `held` half-sent requests to `target` until
+/// `stop`: every 100 ms the ones the agent closed are opened again (in a
+/// tight loop with `churn`: a new one all the time, the oldest dropped).
+/// Counts the connections it opened in `opened`.
+fn attacker(
+    target: Target,
+    held: usize,
+    churn: bool,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    opened: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> std::thread::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    std::thread::spawn(move || {
+        let mut streams: std::collections::VecDeque<Stream> = Default::default();
+        while !stop.load(Ordering::Relaxed) {
+            if !churn {
+                streams.retain_mut(|s| !s.closed());
+            }
+            while streams.len() < held && !stop.load(Ordering::Relaxed) {
+                match Stream::half_sent(&target) {
+                    Ok(stream) => {
+                        streams.push_back(stream);
+                        opened.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+            if churn {
+                streams.pop_front();
+            } else {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    })
+}
+
+/// With `RLIMIT_NOFILE` 1,024, 2,000 half-sent requests held against each
+/// of the admin listener, the API socket and the API's TCP listener (the
+/// ones the agent closes opened again every 100 ms): a TCP-checked healthy
+/// instance stays registered throughout (no DELETE in etcd), and a client
+/// on the socket is answered at once every time.
+#[tokio::test]
+async fn half_sent_requests_to_every_listener_take_nothing_out() {
+    flood("held", false, Duration::from_secs(1)).await;
+}
+
+/// The same with attackers opening connections in a tight loop (tens of
+/// thousands a second on the socket): the instance still stays, and a
+/// socket client still gets through, later (it races the attacker for the
+/// socket's backlog; see FAILURES.md).
+#[tokio::test]
+async fn a_tight_loop_of_connects_to_every_listener_takes_nothing_out() {
+    flood("tight loop", true, Duration::from_secs(5)).await;
+}
+
+/// The flood (`churn`: a tight loop) and its bounds; `answer_within`: the
+/// socket client's slowest answer allowed.
+async fn flood(what: &str, churn: bool, answer_within: Duration) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    const HELD: usize = 2000;
+    let _heavy = heavy_test().await;
+    let limit = raise_own_open_files(4 * HELD as u64 + 1024);
+    if limit < 3 * HELD as u64 + 512 {
+        eprintln!("SKIPPED the {what} flood: this process may open only {limit} files");
+        return;
+    }
+    let etcd = Etcd::start().await;
+    let port = free_port();
+    let _service = accept_and_drop(port).await;
+    let (admin, api_tcp) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.instances = format!(
+        "    - name: steady\n      version: \"1\"\n      endpoints: [{{scheme: tcp, address: \"127.0.0.1:{port}\"}}]\n      checks:\n        - tcp: ~\n"
+    );
+    let mut agent = Agent::prepare(&config);
+    let dir = agent.dir.path().to_path_buf();
+    let socket = dir.join("agent.sock");
+    let token = dir.join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    config.agent_extra = format!(
+        "  checks: {{interval: 500ms, timeout: 400ms, failuresBeforeCritical: 2}}\n  admin:\n    listen: {admin}\n  stateDir: {}\n  api:\n    socket: {}\n    listen: {api_tcp}\n    tokenFile: {}\n",
+        dir.join("state").display(),
+        socket.display(),
+        token.display()
+    );
+    agent.rewrite_config(&config);
+    agent.spawn_configured(&[], open_files_1024);
+    agent.wait_for_log("local API listening", PATIENCE).await;
+    let key = wait_for(PATIENCE, "the checked instance registered", || async {
+        try_entries(&etcd.endpoints(), PREFIX)
+            .await
+            .and_then(|e| e.keys().next().cloned())
+    })
+    .await
+    .0;
+
+    // Every DELETE under the prefix from here on.
+    let mut client = etcd.client().await;
+    let mut events = client
+        .watch(PREFIX, Some(etcd_client::WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let deletes = Arc::new(AtomicUsize::new(0));
+    let counting = deletes.clone();
+    let watching = tokio::spawn(async move {
+        while let Ok(Some(response)) = events.message().await {
+            let n = response
+                .events()
+                .iter()
+                .filter(|e| e.event_type() == etcd_client::EventType::Delete)
+                .count();
+            counting.fetch_add(n, Ordering::SeqCst);
+        }
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let targets = [
+        Target::Tcp(admin.clone()),
+        Target::Tcp(api_tcp.clone()),
+        Target::Unix(socket.clone()),
+    ];
+    let counters: Vec<Arc<AtomicUsize>> = targets.iter().map(|_| Default::default()).collect();
+    let attackers: Vec<_> = (targets.iter().zip(&counters))
+        .map(|(target, opened)| attacker(target.clone(), HELD, churn, stop.clone(), opened.clone()))
+        .collect();
+    wait_for(
+        PATIENCE,
+        "2,000 half-sent requests to each listener",
+        || async {
+            counters
+                .iter()
+                .all(|c| c.load(Ordering::Relaxed) >= HELD)
+                .then_some(())
+        },
+    )
+    .await;
+
+    // A client on the socket, 20 times over 5 s of the flood.
+    let mut took = Vec::new();
+    for _ in 0..20 {
+        let began = std::time::Instant::now();
+        let answer = ygg_agent::api::client::call(&socket, "GET", "/v1/instances", None).await;
+        took.push(began.elapsed());
+        let (status, _) = answer.unwrap_or_else(|e| panic!("the socket client failed: {e}"));
+        assert_eq!(status, 200);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let opened: Vec<usize> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    stop.store(true, Ordering::Relaxed);
+    for attacker in attackers {
+        attacker.join().unwrap();
+    }
+    took.sort();
+    eprintln!(
+        "socket client under the {what} flood: median {:?}, max {:?}; connections opened (admin, API TCP, API socket): {opened:?}",
+        took[took.len() / 2],
+        took[took.len() - 1]
+    );
+    assert!(took[took.len() - 1] < answer_within, "{took:?}");
+
+    // Still registered, never deleted, nothing ran out of files.
+    let entries = try_entries(&etcd.endpoints(), PREFIX).await.unwrap();
+    assert!(entries.contains_key(&key), "{entries:?}");
+    assert_eq!(deletes.load(Ordering::SeqCst), 0, "{}", agent.log());
+    watching.abort();
+    let log = agent.log();
+    assert!(!log.contains("os error 24"), "{log}");
+    assert!(!log.contains("instance unhealthy"), "{log}");
+    // The listeners said they were full (and did not stop serving).
+    assert!(log.contains("connection limit reached"), "{log}");
+}
+
+/// A client sending its request a byte a second is closed at the header
+/// deadline (5 s), not served for minutes.
+#[tokio::test]
+async fn a_client_sending_a_byte_a_second_is_closed_at_the_header_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let etcd = Etcd::start().await;
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut config = ConfigFile::new(etcd.endpoints());
+    config.agent_extra = format!("  admin:\n    listen: {admin}\n");
+    let agent = Agent::start(&config);
+    agent.wait_for_log("admin server listening", PATIENCE).await;
+    let mut stream = tokio::net::TcpStream::connect(&admin).await.unwrap();
+    let began = std::time::Instant::now();
+    let request =
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut buf = [0u8; 256];
+    let mut closed = false;
+    for byte in request {
+        if stream.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(_)) => panic!("answered a request sent a byte a second"),
+            Err(_) => {}
+        }
+    }
+    let took = began.elapsed();
+    eprintln!("a byte a second: closed after {took:?}");
+    assert!(closed, "still open after {took:?}");
+    assert!(took >= Duration::from_secs(4), "{took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+/// The second, unprivileged local user (`ygg-hostile`, created on first
+/// use): its uid, or `None` (the reason printed) when not running as root.
+fn other_user(test: &str) -> Option<u32> {
+    static USER: std::sync::OnceLock<Result<u32, String>> = std::sync::OnceLock::new();
+    let user = USER.get_or_init(|| {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not running as root: cannot act as a second local user".into());
+        }
+        let uid = || {
+            let out = std::process::Command::new("id")
+                .args(["-u", "ygg-hostile"])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+        };
+        if let Some(uid) = uid() {
+            return Ok(uid);
+        }
+        let status = std::process::Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "ygg-hostile",
+            ])
+            .status()
+            .map_err(|e| format!("useradd: {e}"))?;
+        if !status.success() {
+            return Err(format!("useradd ygg-hostile: {status}"));
+        }
+        uid().ok_or_else(|| "useradd made no ygg-hostile".to_string())
+    });
+    match user {
+        Ok(uid) => Some(*uid),
+        Err(why) => {
+            eprintln!("SKIPPED the second-user part of {test}: {why}");
+            None
+        }
+    }
+}
+
+/// Runs `args` as the second user; panics unless it succeeds.
+fn as_other_user(args: &[&str]) {
+    let status = std::process::Command::new("runuser")
+        .args(["-u", "ygg-hostile", "--"])
+        .args(args)
+        .status()
+        .expect("runuser");
+    assert!(status.success(), "{args:?} as ygg-hostile: {status}");
+}
+
+/// A folder like `/tmp`: root's, everyone may make entries, sticky.
+fn shared_tmp() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let base = tempfile::Builder::new()
+        .prefix("ygg-tmp-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    base
+}
+
+/// An agent whose local API socket is `socket`.
+fn agent_with_socket(etcd: &Etcd, socket: &std::path::Path) -> Agent {
+    let mut config = ConfigFile::new(etcd.endpoints());
+    let agent = Agent::prepare(&config);
+    config.agent_extra = format!(
+        "  stateDir: {}\n  api:\n    socket: {}\n",
+        agent.dir.path().join("state").display(),
+        socket.display()
+    );
+    agent.rewrite_config(&config);
+    agent
+}
+
+/// Another user makes the socket's folder first (as in `$TMPDIR`, the
+/// fallback when there is no runtime folder): the agent refuses it, says
+/// why, and `check` says so too; a folder everyone may write is refused
+/// the same way.
+#[tokio::test]
+async fn a_socket_folder_another_user_prepared_is_refused() {
+    let etcd = Etcd::start().await;
+    let base = shared_tmp();
+    let mut cases = vec![("0777, root's", base.path().join("open"), "has mode 0777")];
+    std::fs::create_dir(&cases[0].1).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cases[0].1, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let theirs = base.path().join("ygg-agent-0");
+    if let Some(uid) = other_user("a_socket_folder_another_user_prepared_is_refused") {
+        as_other_user(&["mkdir", "-m", "0755", theirs.to_str().unwrap()]);
+        cases.push(("another user's", theirs, "is owned by uid"));
+        let _ = uid;
+    }
+    for (what, folder, why) in cases {
+        let socket = folder.join("agent.sock");
+        let mut agent = agent_with_socket(&etcd, &socket);
+        let (code, _, stderr) =
+            run_cli(&["check", "--config", agent.config_path.to_str().unwrap()]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(
+            stderr.contains("agent.api.socket") && stderr.contains(why),
+            "{what}: {stderr}"
+        );
+        agent.spawn(&[]);
+        agent
+            .wait_for_log("cannot start the local API", PATIENCE)
+            .await;
+        let log = agent.log();
+        assert!(
+            log.contains(why) && log.contains("set agent.api.socket"),
+            "{what}: {log}"
+        );
+        assert!(!socket.exists(), "{what}: a socket was made there");
+    }
+}
+
+/// The agent opens its socket folder once: a folder moved away and
+/// replaced after start (by someone who could: root here) changes nothing.
+/// The agent keeps serving on the socket it bound and, stopping, removes
+/// only that one; the command line refuses the impostor's socket (another
+/// user's, in another user's folder) before sending anything.
+#[tokio::test]
+async fn a_socket_folder_swapped_after_start_changes_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let etcd = Etcd::start().await;
+    let base = shared_tmp();
+    let folder = base.path().join("ygg");
+    let socket = folder.join("agent.sock");
+    let mut agent = agent_with_socket(&etcd, &socket);
+    agent.spawn(&[]);
+    agent.wait_for_log("local API listening", PATIENCE).await;
+    assert_eq!(
+        std::fs::metadata(&folder).unwrap().permissions().mode() & 0o7777,
+        0o750
+    );
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o660
+    );
+
+    let moved = base.path().join("ygg.moved");
+    std::fs::rename(&folder, &moved).unwrap();
+    std::fs::create_dir(&folder).unwrap();
+    // The impostor: a socket in the new folder, both another user's.
+    let impostor = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    impostor.set_nonblocking(true).unwrap();
+    let other = other_user("a_socket_folder_swapped_after_start_changes_nothing");
+    if let Some(uid) = other {
+        std::os::unix::fs::lchown(&folder, Some(uid), Some(uid)).unwrap();
+        std::os::unix::fs::lchown(&socket, Some(uid), Some(uid)).unwrap();
+    } else {
+        std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let (code, _, stderr) = run_cli(&[
+        "maint",
+        "enable",
+        "--reason",
+        "deploy",
+        "--socket",
+        socket.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(stderr.contains("refusing to talk to"), "{stderr}");
+    assert!(
+        matches!(impostor.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the command line connected to the impostor"
+    );
+
+    // The agent still serves where it bound.
+    let (code, stdout, stderr) = run_cli(&[
+        "instances",
+        "--socket",
+        moved.join("agent.sock").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+
+    // Stopping removes its own socket, not the impostor's.
+    agent.signal(libc::SIGTERM);
+    agent.wait_exit(PATIENCE);
+    assert!(
+        !moved.join("agent.sock").exists(),
+        "its own socket left behind"
+    );
+    assert!(socket.exists(), "the impostor's socket was removed");
+}
+
+/// The durations (ms) `/status` reports for the check described `check`,
+/// sampled every `every` for `window` (each new run once); panics if the
+/// check is ever not passing.
+async fn sample_durations(admin: &str, check: &str, every: Duration, window: Duration) -> Vec<f64> {
+    let end = std::time::Instant::now() + window;
+    let mut seen = Vec::new();
+    let mut last = None;
+    while std::time::Instant::now() < end {
+        if let Some((200, body)) = http_get(admin, "/status").await {
+            let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let found = status["instances"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|i| i["checks"].as_array().cloned().unwrap_or_default())
+                .find(|c| c["check"] == check);
+            if let Some(found) = found {
+                assert_eq!(found["status"], "passing", "{found}");
+                let ms = found["duration_ms"].as_f64();
+                if let Some(value) = ms
+                    && ms != last
+                {
+                    seen.push(value);
+                    last = ms;
+                }
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+    seen
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// A built-in `tcp` check keeps its timing while 12 check plugins spin
+/// through their CPU budgets (they run on a thread of their own).
+#[tokio::test]
+async fn spinning_check_plugins_leave_a_tcp_checks_timing_alone() {
+    let _heavy = heavy_test().await;
+    let etcd = Etcd::start().await;
+    let port = free_port();
+    let _service = accept_and_drop(port).await;
+    let spin_port = free_port();
+    let _spin_target = accept_and_drop(spin_port).await;
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut config = ConfigFile::new(etcd.endpoints());
+    let steady = format!(
+        "    - name: steady\n      version: \"1\"\n      endpoints: [{{scheme: tcp, address: \"127.0.0.1:{port}\"}}]\n      checks:\n        - tcp: ~\n          interval: 100ms\n          timeout: 90ms\n"
+    );
+    config.instances = steady.clone();
+    config.agent_extra = format!(
+        "  checks: {{interval: 300ms, timeout: 250ms, failuresBeforeCritical: 3}}\n  plugins:\n    dir: plugins\n    interval: 1s\n    timeout: 200ms\n    memoryLimit: 32MiB\n    cacheDir: cache\n  admin:\n    listen: {admin}\n"
+    );
+    let mut agent = Agent::prepare(&config);
+    install_plugin(&agent.plugins_dir(), "check_escape", "check_escape");
+    agent.spawn(&[]);
+    let check = format!("tcp 127.0.0.1:{port}");
+    wait_for(PATIENCE, "the tcp check passing", || async {
+        http_get(&admin, "/status")
+            .await
+            .filter(|(_, body)| body.contains("\"passing\""))
+    })
+    .await;
+    let every = Duration::from_millis(50);
+    let mut unloaded = sample_durations(&admin, &check, every, Duration::from_secs(3)).await;
+
+    // Twelve check plugins spinning until their budget traps them, again
+    // and again.
+    config.instances = steady
+        + &(0..12)
+            .map(|i| {
+                format!(
+                    "    - name: spin{i}\n      version: \"1\"\n      endpoints: [{{scheme: tcp, address: \"127.0.0.1:{spin_port}\"}}]\n      checks:\n        - plugin: check_escape\n          settings: {{then: spin}}\n"
+                )
+            })
+            .collect::<String>();
+    agent.rewrite_config(&config);
+    wait_for(
+        PATIENCE,
+        "the spinning plugins' checks critical",
+        || async {
+            http_get(&admin, "/status")
+                .await
+                .filter(|(_, body)| body.matches("\"critical\"").count() >= 12)
+        },
+    )
+    .await;
+    let mut loaded = sample_durations(&admin, &check, every, Duration::from_secs(5)).await;
+    for samples in [&mut unloaded, &mut loaded] {
+        samples.sort_by(f64::total_cmp);
+        assert!(samples.len() >= 10, "{samples:?}");
+    }
+    let (u50, u95) = (percentile(&unloaded, 0.5), percentile(&unloaded, 0.95));
+    let (l50, l95) = (percentile(&loaded, 0.5), percentile(&loaded, 0.95));
+    eprintln!(
+        "tcp check latency: unloaded median {u50:.2} ms, p95 {u95:.2} ms ({} runs); 12 plugins spinning: median {l50:.2} ms, p95 {l95:.2} ms, max {:.2} ms ({} runs)",
+        unloaded.len(),
+        loaded[loaded.len() - 1],
+        loaded.len()
+    );
+    // The budget is 20 ms over the unloaded figure; loosely here (a busy
+    // machine): the median within it, every run well inside its timeout.
+    assert!(
+        l50 < u50 + 20.0,
+        "median {l50} ms against {u50} ms unloaded"
+    );
+    assert!(loaded[loaded.len() - 1] < 90.0, "{loaded:?}");
+    assert!(
+        try_entries(&etcd.endpoints(), PREFIX)
+            .await
+            .unwrap()
+            .keys()
+            .any(|k| k.contains("/steady/")),
+        "the steady instance left etcd"
+    );
+}
