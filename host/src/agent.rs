@@ -523,7 +523,7 @@ impl Supervisor {
             options.metrics.clone(),
             &tracker,
             stops.registry.clone(),
-            crate::registry::lease_record::folder(config.agent.local.state_dir.as_deref()),
+            crate::state_dir::lease_record_folder(config.agent.local.state_dir.as_deref()),
         );
         let registry_status = registry.status();
         let systemd = Notifier::from_env();

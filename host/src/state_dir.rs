@@ -119,6 +119,15 @@ pub fn writer(
     tx
 }
 
+/// The folder the registry's lease record (`registry::lease_record`) lives in: `agent.stateDir` if set, else systemd's
+/// `$STATE_DIRECTORY`. Not the XDG/home fallback of maintenance: two agents
+/// started by hand by one user would share it and adopt each other's lease.
+pub fn lease_record_folder(configured: Option<&Path>) -> Option<PathBuf> {
+    configured
+        .map(Path::to_path_buf)
+        .or_else(|| systemd::directory("STATE_DIRECTORY"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,6 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::RegistryConfig;
-use crate::systemd;
 
 const RECORD_FILE: &str = "registry.json";
 const VERSION: u32 = 1;
@@ -80,15 +79,6 @@ impl LeaseRecord {
         }
         None
     }
-}
-
-/// The folder the record lives in: `agent.stateDir` if set, else systemd's
-/// `$STATE_DIRECTORY`. Not the XDG/home fallback of maintenance: two agents
-/// started by hand by one user would share it and adopt each other's lease.
-pub fn folder(configured: Option<&Path>) -> Option<PathBuf> {
-    configured
-        .map(Path::to_path_buf)
-        .or_else(|| systemd::directory("STATE_DIRECTORY"))
 }
 
 /// Reads the record of `dir`. Blocking. Missing: `None`; unreadable or
