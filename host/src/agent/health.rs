@@ -1,0 +1,204 @@
+//! Health: the running checks (a [`CheckHost`]), each instance's service
+//! label, the `withheld` set (instances a critical check holds out of the
+//! target) and the status rows built from them. Every method returns at
+//! once; the checks themselves run on their own thread and report each
+//! status change (a `CheckReport`) through the channel whose receiver is the
+//! supervisor's inbox.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tracing::{info, warn};
+
+use crate::checks::{self, CheckHost, CheckId, CheckReport};
+use crate::config::{self, CheckStatus, Config};
+use crate::metrics::{CheckLabel, Metrics};
+use crate::record;
+use crate::status::{CheckStatusView, InstanceState, InstanceStatus};
+
+/// The health checks and what they hold out.
+pub(super) struct Health {
+    checks: CheckHost,
+    /// Instances held out of the target: a health check is critical.
+    withheld: BTreeSet<String>,
+    /// Each configured instance's service label, by registry key.
+    services: BTreeMap<String, String>,
+    metrics: Metrics,
+}
+
+impl Health {
+    pub fn new(checks: CheckHost, metrics: Metrics) -> Health {
+        Health {
+            checks,
+            withheld: BTreeSet::new(),
+            services: BTreeMap::new(),
+            metrics,
+        }
+    }
+
+    /// The instances a critical check holds out.
+    pub fn withheld(&self) -> &BTreeSet<String> {
+        &self.withheld
+    }
+
+    /// Whether `key` is an instance of the effective config (as of the
+    /// last [`Health::set`]).
+    pub fn knows(&self, key: &str) -> bool {
+        self.services.contains_key(key)
+    }
+
+    /// Makes the running health checks those of `effective` (an unchanged
+    /// check keeps its state and schedule), forgets the metric series of
+    /// checks that are gone, and updates what is withheld. True when the
+    /// withheld set changed.
+    pub fn set(&mut self, effective: &Config) -> bool {
+        let prefix = &effective.registry.prefix;
+        let wanted = checks::from_config(&effective.agent, |i| record::registry_key(prefix, i));
+        let services = effective
+            .agent
+            .instances
+            .iter()
+            .map(|i| (record::registry_key(prefix, i), i.service_label()))
+            .collect();
+        let labels =
+            |host: &CheckHost, services: &BTreeMap<String, String>| -> BTreeSet<CheckLabel> {
+                host.iter()
+                    .map(|view| check_label(services, view.id, view.config))
+                    .collect()
+            };
+        let before = labels(&self.checks, &self.services);
+        self.services = services;
+        // Each new check gets its metric series; its task updates them
+        // after every run.
+        let metrics = &self.metrics;
+        let names = &self.services;
+        self.checks.set_with_series(wanted, |id, config| {
+            let label = check_label(names, id, config);
+            Some(checks::CheckSeries {
+                status: metrics.check_status.get_or_create_owned(&label),
+                seconds: metrics.check_seconds.get_or_create_owned(&label),
+            })
+        });
+        let after = labels(&self.checks, &self.services);
+        for gone in before.difference(&after) {
+            self.metrics.check_status.remove(gone);
+            self.metrics.check_seconds.remove(gone);
+        }
+        self.update_withheld(None)
+    }
+
+    /// A check's status changed (or it ran, for a host that reports every
+    /// run): recorded. True when the withheld set changed.
+    pub fn take(&mut self, run: CheckReport) -> bool {
+        let cause = run.changed.then(|| run.clone());
+        if !self.checks.record(run) {
+            return false; // from a check since removed or changed
+        }
+        // Only a run that changed its check's status can change what is
+        // withheld: a thousand steady checks cost no more than this.
+        match cause {
+            Some(cause) => self.update_withheld(Some(&cause)),
+            None => false,
+        }
+    }
+
+    /// Recomputes which instances are withheld; logs each instance whose
+    /// health changed, with the reason. True when the set changed.
+    fn update_withheld(&mut self, cause: Option<&CheckReport>) -> bool {
+        let withheld = self.checks.withheld();
+        if withheld == self.withheld {
+            return false;
+        }
+        for key in withheld.difference(&self.withheld) {
+            let service = self.services.get(key).map_or("", String::as_str);
+            let failed = cause.filter(|r| &r.id.instance_key == key);
+            match failed.and_then(|r| Some((r, self.checks.get(&r.id)?))) {
+                Some((run, view)) => warn!(
+                    %service, %key,
+                    "instance unhealthy: check {} failed {} time{} in a row: {}",
+                    checks::describe(&view.config.probe),
+                    run.consecutive,
+                    if run.consecutive == 1 { "" } else { "s" },
+                    run.last.as_ref().err().map_or("", String::as_str),
+                ),
+                None => info!(%service, %key, "instance withheld until its health checks pass"),
+            }
+        }
+        for key in self.withheld.difference(&withheld) {
+            if let Some(service) = self.services.get(key) {
+                info!(%service, %key, "instance healthy again");
+            }
+        }
+        self.metrics.instances_withheld.set(withheld.len() as i64);
+        self.withheld = withheld;
+        true
+    }
+
+    /// What `ygg-agent status` shows for each instance of `effective`;
+    /// `held_out` are the keys kept out of the target for any reason.
+    pub fn rows(&self, effective: &Config, held_out: &BTreeSet<String>) -> Vec<InstanceStatus> {
+        let prefix = &effective.registry.prefix;
+        effective
+            .agent
+            .instances
+            .iter()
+            .enumerate()
+            .map(|(index, instance)| {
+                let key = record::registry_key(prefix, instance);
+                let count = effective.agent.checks.get(index).map_or(0, Vec::len);
+                let checks = (0..count)
+                    .filter_map(|position| {
+                        let id = CheckId {
+                            instance_key: key.clone(),
+                            index: position,
+                        };
+                        self.row(&id)
+                    })
+                    .collect();
+                InstanceStatus {
+                    state: if held_out.contains(&key) {
+                        InstanceState::Withheld
+                    } else {
+                        InstanceState::Registered
+                    },
+                    service: instance.service_label(),
+                    key,
+                    checks,
+                }
+            })
+            .collect()
+    }
+
+    fn row(&self, id: &CheckId) -> Option<CheckStatusView> {
+        let view = self.checks.get(id)?;
+        let latest = self.checks.latest(id);
+        Some(CheckStatusView {
+            check: checks::describe(&view.config.probe),
+            status: match view.status {
+                CheckStatus::Passing => "passing",
+                CheckStatus::Critical => "critical",
+            }
+            .to_string(),
+            output: latest
+                .as_ref()
+                .map_or_else(String::new, |last| match &last.last {
+                    Ok(output) => output.clone(),
+                    Err(reason) => reason.clone(),
+                }),
+            duration_ms: latest
+                .as_ref()
+                .map(|last| last.duration.as_secs_f64() * 1000.0),
+        })
+    }
+}
+
+/// The metric labels of a check: its instance's service and the check.
+fn check_label(
+    services: &BTreeMap<String, String>,
+    id: &CheckId,
+    config: &config::CheckConfig,
+) -> CheckLabel {
+    CheckLabel {
+        service: services.get(&id.instance_key).cloned().unwrap_or_default(),
+        check: checks::describe(&config.probe),
+    }
+}
