@@ -434,9 +434,8 @@ impl Supervisor {
                 self.moved(moved);
             }
             Event::CheckReport(report) => {
-                if self.health.take(report) {
-                    self.target.mark();
-                }
+                let changed = self.health.take(report);
+                self.target.mark_keys(changed);
             }
             Event::StatusRequest(reply) => {
                 let _ = reply.send(self.status());
@@ -454,23 +453,38 @@ impl Supervisor {
     }
 
     /// The instances moved or what is held out changed: the checks, the
-    /// plugin metadata and the target follow, and the plugins collect for
-    /// new instances.
+    /// plugin metadata and the records of what moved follow (all of them
+    /// after a folder scan or a node-wide change), and the plugins collect
+    /// for new instances.
     fn moved(&mut self, moved: Moved) {
-        if moved.instances {
+        if moved.all {
             let effective = self.instances.effective();
-            if self.health.set(effective) {
-                self.target.mark();
-            }
+            let _ = self.health.set(effective);
             if let Some(plugins) = self.plugins.as_mut() {
                 let health = &self.health;
                 plugins.retain(|key| health.knows(key));
                 plugins.start_round(effective, None);
             }
-        }
-        if moved.instances || moved.held_out {
             self.target.mark();
+            return;
         }
+        for key in &moved.instances {
+            let found = self.instances.find(key);
+            let changed = self.health.set_instance(key, found);
+            self.target.mark_keys(changed);
+            if found.is_none()
+                && let Some(plugins) = self.plugins.as_mut()
+            {
+                plugins.retain(|other| other != key);
+            }
+        }
+        if !moved.instances.is_empty()
+            && let Some(plugins) = self.plugins.as_mut()
+        {
+            plugins.start_round(self.instances.effective(), None);
+        }
+        self.target.mark_keys(moved.instances);
+        self.target.mark_keys(moved.held_out);
     }
 
     /// Moves the start-up phase on: once the loads are done (or their wait
@@ -521,8 +535,25 @@ impl Supervisor {
         }
         let (instances, health) = (&self.instances, &self.health);
         let plugins = self.plugins.as_ref();
-        let clashes = self.target.publish(|| build(instances, health, plugins));
-        if let Some(plugins) = self.plugins.as_mut() {
+        // One instance's record can be built alone unless plugin metadata
+        // (clashes between plugins) or the naming format (two instances
+        // may share a key) ties it to the others.
+        let alone = plugins.is_none_or(|p| p.metadata().values().all(|m| m.is_empty()))
+            && self.config.agent.publish.etcd_naming.is_none();
+        let none = PluginMetadata::new();
+        let one = |key: &str| {
+            if instances.is_held_out(key, health.withheld()) {
+                return None;
+            }
+            let (instance, _) = instances.find(key)?;
+            let effective = instances.effective();
+            desired::instance_record(effective, instance, key, &none, &mut Vec::new())
+        };
+        let one: Option<&dyn Fn(&str) -> Option<desired::DesiredRecord>> = alone.then_some(&one);
+        let clashes = self
+            .target
+            .publish(|| build(instances, health, plugins), one);
+        if let (Some(plugins), Some(clashes)) = (self.plugins.as_mut(), clashes) {
             plugins.report_clashes(clashes);
         }
     }
@@ -594,8 +625,7 @@ impl Supervisor {
         self.target
             .set_min_rewrite_interval(min_rewrite_interval(&self.config));
         let scanner = &self.wiring.scanner;
-        let moved = self
-            .instances
+        self.instances
             .reconfigure(&self.config, local, keys_moved, scanner);
         // The checks follow the new instances; plugin metadata of
         // instances that no longer exist is dropped (no round yet: the
@@ -634,9 +664,7 @@ impl Supervisor {
         if let Some(wanted) = *admin {
             self.admin.want(wanted);
         }
-        if moved.instances || moved.held_out {
-            self.target.mark();
-        }
+        self.target.mark();
         if keys_moved {
             // New or moved instances get their plugin metadata right away.
             if let Some(plugins) = self.plugins.as_mut() {

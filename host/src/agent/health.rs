@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use tracing::{info, warn};
 
 use crate::checks::{self, CheckHost, CheckId, CheckReport};
-use crate::config::{self, CheckStatus, Config};
+use crate::config::{self, CheckConfig, CheckStatus, Config};
 use crate::metrics::{CheckLabel, Metrics};
-use crate::record;
+use crate::record::{self, Instance};
 use crate::status::{CheckStatusView, InstanceState, InstanceStatus};
 
 /// The health checks and what they hold out.
@@ -48,9 +48,9 @@ impl Health {
 
     /// Makes the running health checks those of `effective` (an unchanged
     /// check keeps its state and schedule), forgets the metric series of
-    /// checks that are gone, and updates what is withheld. True when the
-    /// withheld set changed.
-    pub fn set(&mut self, effective: &Config) -> bool {
+    /// checks that are gone, and updates what is withheld. Returns the
+    /// instances whose withheld state changed.
+    pub fn set(&mut self, effective: &Config) -> BTreeSet<String> {
         let prefix = &effective.registry.prefix;
         let wanted = checks::from_config(&effective.agent, |i| record::registry_key(prefix, i));
         let services = effective
@@ -86,28 +86,81 @@ impl Health {
         self.update_withheld(None)
     }
 
+    /// The checks of one instance (`key`; `found`: it and its checks, or
+    /// `None` when it is gone) follow it, the others stay untouched.
+    /// Returns the instances whose withheld state changed.
+    pub fn set_instance(
+        &mut self,
+        key: &str,
+        found: Option<(&Instance, &[CheckConfig])>,
+    ) -> BTreeSet<String> {
+        let before: Vec<CheckLabel> = (self.checks.of_instance(key))
+            .map(|view| check_label(&self.services, view.id, view.config))
+            .collect();
+        match found {
+            Some((instance, _)) => {
+                self.services
+                    .insert(key.to_string(), instance.service_label());
+            }
+            None => {
+                self.services.remove(key);
+            }
+        }
+        let checks = found.map_or(&[][..], |(_, checks)| checks);
+        if before.is_empty() && checks.is_empty() {
+            return BTreeSet::new();
+        }
+        let metrics = &self.metrics;
+        let names = &self.services;
+        self.checks
+            .set_instance_with_series(key, checks, |id, config| {
+                let label = check_label(names, id, config);
+                Some(checks::CheckSeries {
+                    status: metrics.check_status.get_or_create_owned(&label),
+                    seconds: metrics.check_seconds.get_or_create_owned(&label),
+                })
+            });
+        let after: BTreeSet<CheckLabel> = (self.checks.of_instance(key))
+            .map(|view| check_label(&self.services, view.id, view.config))
+            .collect();
+        for gone in before.into_iter().filter(|label| !after.contains(label)) {
+            // Another instance of the service may have the same check.
+            let shared = (self.checks.iter())
+                .any(|view| check_label(&self.services, view.id, view.config) == gone);
+            if !shared {
+                self.metrics.check_status.remove(&gone);
+                self.metrics.check_seconds.remove(&gone);
+            }
+        }
+        self.update_withheld(None)
+    }
+
     /// A check's status changed (or it ran, for a host that reports every
-    /// run): recorded. True when the withheld set changed.
-    pub fn take(&mut self, run: CheckReport) -> bool {
+    /// run): recorded. Returns the instances whose withheld state changed.
+    pub fn take(&mut self, run: CheckReport) -> BTreeSet<String> {
         let cause = run.changed.then(|| run.clone());
         if !self.checks.record(run) {
-            return false; // from a check since removed or changed
+            return BTreeSet::new(); // from a check since removed or changed
         }
         // Only a run that changed its check's status can change what is
         // withheld: a thousand steady checks cost no more than this.
         match cause {
             Some(cause) => self.update_withheld(Some(&cause)),
-            None => false,
+            None => BTreeSet::new(),
         }
     }
 
     /// Recomputes which instances are withheld; logs each instance whose
-    /// health changed, with the reason. True when the set changed.
-    fn update_withheld(&mut self, cause: Option<&CheckReport>) -> bool {
+    /// health changed, with the reason. Returns those instances.
+    fn update_withheld(&mut self, cause: Option<&CheckReport>) -> BTreeSet<String> {
         let withheld = self.checks.withheld();
         if withheld == self.withheld {
-            return false;
+            return BTreeSet::new();
         }
+        let changed = withheld
+            .symmetric_difference(&self.withheld)
+            .cloned()
+            .collect();
         for key in withheld.difference(&self.withheld) {
             let service = self.services.get(key).map_or("", String::as_str);
             let failed = cause.filter(|r| &r.id.instance_key == key);
@@ -130,7 +183,7 @@ impl Health {
         }
         self.metrics.instances_withheld.set(withheld.len() as i64);
         self.withheld = withheld;
-        true
+        changed
     }
 
     /// What `ygg-agent status` shows for each instance of `effective`;

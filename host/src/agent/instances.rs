@@ -21,30 +21,41 @@ use crate::local::{Held, LocalState, Source};
 use crate::record;
 use crate::state_dir::{self, Maintenance};
 
-/// What a change to the instances moved.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// What a change to the instances moved: the supervisor updates only
+/// that (the instance, its checks, its records) unless `all`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 #[must_use]
 pub(super) struct Moved {
-    /// The instances in force changed: their checks, plugin metadata and
-    /// the target follow, and the plugins collect for them.
-    pub instances: bool,
-    /// What the operator holds out changed: the target follows.
-    pub held_out: bool,
+    /// Anything may have moved (a reload, a folder scan, node-wide
+    /// maintenance or drain).
+    pub all: bool,
+    /// Instances that came, went or changed, by registry key.
+    pub instances: BTreeSet<String>,
+    /// Instances whose held-out state may have changed, by registry key.
+    pub held_out: BTreeSet<String>,
 }
 
 impl Moved {
-    const INSTANCES: Moved = Moved {
-        instances: true,
-        held_out: false,
-    };
-    const HELD_OUT: Moved = Moved {
-        instances: false,
-        held_out: true,
-    };
-    const NOTHING: Moved = Moved {
-        instances: false,
-        held_out: false,
-    };
+    fn all() -> Moved {
+        Moved {
+            all: true,
+            ..Moved::default()
+        }
+    }
+
+    fn instances(keys: impl IntoIterator<Item = String>) -> Moved {
+        Moved {
+            instances: keys.into_iter().collect(),
+            ..Moved::default()
+        }
+    }
+
+    fn held_out(keys: impl IntoIterator<Item = String>) -> Moved {
+        Moved {
+            held_out: keys.into_iter().collect(),
+            ..Moved::default()
+        }
+    }
 }
 
 /// Where one instance in force comes from.
@@ -354,7 +365,7 @@ impl Instances {
         old: &config::LocalConfig,
         keys_moved: bool,
         scanner: &Scanner,
-    ) -> Moved {
+    ) {
         let local = &config.agent.local;
         self.check_defaults
             .send_replace(local.check_defaults.clone());
@@ -376,7 +387,6 @@ impl Instances {
             }
         }
         self.refresh(config);
-        Moved::INSTANCES
     }
 
     /// A finished scan of the instances folder, applied file by file.
@@ -386,12 +396,12 @@ impl Instances {
             taken.insert(source.key.clone(), source.origin.clone());
         }
         let Some(folder) = self.folder.as_mut() else {
-            return Moved::NOTHING;
+            return Moved::default();
         };
         if scan.dir != folder.dir {
             // From before a reload moved the folder: the new folder's own
             // scan is under way.
-            return Moved::NOTHING;
+            return Moved::default();
         }
         if folder.input.finished(&scan.watch).is_some() {
             folder.scan(scanner);
@@ -404,10 +414,10 @@ impl Instances {
             .values()
             .any(|o| !matches!(o, instances_dir::FileOutcome::Refused(_)));
         if !changed {
-            return Moved::NOTHING;
+            return Moved::default();
         }
         self.refresh(config);
-        Moved::INSTANCES
+        Moved::all()
     }
 
     /// TTLs run out by now: their instances are held out.
@@ -416,11 +426,7 @@ impl Instances {
         for id in &expired {
             warn!(%id, "TTL missed: instance withheld until its app passes again");
         }
-        if expired.is_empty() {
-            Moved::NOTHING
-        } else {
-            Moved::HELD_OUT
-        }
+        Moved::held_out(expired.iter().filter_map(|id| self.key_of(id)))
     }
 
     /// Handles one local API call (at once: nothing here waits).
@@ -433,14 +439,14 @@ impl Instances {
         withheld: &BTreeSet<String>,
     ) -> (ApiReply, Moved) {
         match call {
-            ApiCall::List => (ApiReply::ok(self.listing(withheld)), Moved::NOTHING),
+            ApiCall::List => (ApiReply::ok(self.listing(withheld)), Moved::default()),
             ApiCall::Register { id, registration } => self.register(id, *registration, config),
             ApiCall::Deregister { id } => {
                 if self.local.api.remove(&id).is_some() {
                     info!(%id, "API deregistration");
-                    self.refresh(config);
+                    let key = self.remove_api(&id);
                     let reply = ApiReply::ok(serde_json::json!({"id": id, "deregistered": true}));
-                    return (reply, Moved::INSTANCES);
+                    return (reply, Moved::instances(key));
                 }
                 let reply = match self.sources.iter().find(|s| s.id == id) {
                     Some(other) => ApiReply::error(
@@ -449,42 +455,120 @@ impl Instances {
                     ),
                     None => ApiReply::error(404, format!("no instance {id}")),
                 };
-                (reply, Moved::NOTHING)
+                (reply, Moved::default())
             }
             ApiCall::Pass { id } => match self.local.pass(&id, Instant::now()) {
                 Ok(back) => {
                     let reply = ApiReply::ok(serde_json::json!({"id": id, "passed": true}));
                     if back {
                         info!(%id, "TTL passed again: instance back in rotation");
-                        return (reply, Moved::HELD_OUT);
+                        return (reply, Moved::held_out(self.key_of(&id)));
                     }
-                    (reply, Moved::NOTHING)
+                    (reply, Moved::default())
                 }
-                Err(why) if self.local.api.contains_key(&id) => {
-                    (ApiReply::error(409, format!("{id}: {why}")), Moved::NOTHING)
-                }
-                Err(why) => (ApiReply::error(404, format!("{id}: {why}")), Moved::NOTHING),
+                Err(why) if self.local.api.contains_key(&id) => (
+                    ApiReply::error(409, format!("{id}: {why}")),
+                    Moved::default(),
+                ),
+                Err(why) => (
+                    ApiReply::error(404, format!("{id}: {why}")),
+                    Moved::default(),
+                ),
             },
-            ApiCall::Maintenance { id, reason } => (self.maintenance(id, reason), Moved::HELD_OUT),
+            ApiCall::Maintenance { id, reason } => {
+                let moved = match id.as_deref() {
+                    Some(id) => Moved::held_out(self.key_of(id)),
+                    None => Moved::all(),
+                };
+                (self.maintenance(id, reason), moved)
+            }
             ApiCall::Drain { id: Some(id) } => {
                 if !self.sources.iter().any(|s| s.id == id) {
                     return (
                         ApiReply::error(404, format!("no instance {id}")),
-                        Moved::NOTHING,
+                        Moved::default(),
                     );
                 }
                 info!(%id, "drain: deleting the key; out of rotation until its maintenance is ended");
                 self.local.drained.insert(id.clone());
+                let moved = Moved::held_out(self.key_of(&id));
                 let reply = ApiReply::ok(serde_json::json!({"id": id, "drained": true}));
-                (reply, Moved::HELD_OUT)
+                (reply, moved)
             }
             ApiCall::Drain { id: None } => {
                 info!("drain: deleting every key; out of rotation until node maintenance is ended");
                 self.local.node_drained = true;
                 let reply = ApiReply::ok(serde_json::json!({"id": null, "drained": true}));
-                (reply, Moved::HELD_OUT)
+                (reply, Moved::all())
             }
         }
+    }
+
+    /// The registry key of the instance with API id `id`.
+    fn key_of(&self, id: &str) -> Option<String> {
+        self.sources
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| s.key.clone())
+    }
+
+    /// The instance with registry key `key` and its checks.
+    pub fn find(&self, key: &str) -> Option<(&record::Instance, &[config::CheckConfig])> {
+        let at = self.sources.iter().position(|s| s.key == key)?;
+        let agent = &self.effective.agent;
+        Some((&agent.instances[at], &agent.checks[at]))
+    }
+
+    /// Whether the instance with registry key `key` is held out: `withheld`
+    /// by a check, or by the operator or a missed TTL.
+    pub fn is_held_out(&self, key: &str, withheld: &BTreeSet<String>) -> bool {
+        withheld.contains(key)
+            || self
+                .sources
+                .iter()
+                .find(|s| s.key == key)
+                .is_some_and(|s| self.local.held(&s.id).is_some())
+    }
+
+    /// Puts API registration `id` (key `key`) in force in place: the API's
+    /// instances come last, by id, as `refresh` orders them. Returns the
+    /// key it replaces, if another.
+    fn upsert_api(&mut self, id: &str, key: &str) -> Option<String> {
+        let registration = &self.local.api[id].registration;
+        let source = InstanceSource {
+            id: id.to_string(),
+            kind: Source::Api,
+            origin: format!("API registration {id}"),
+            key: key.to_string(),
+        };
+        let first = (self.sources.iter())
+            .position(|s| s.kind == Source::Api)
+            .unwrap_or(self.sources.len());
+        let agent = &mut self.effective.agent;
+        match self.sources[first..].binary_search_by(|s| s.id.as_str().cmp(id)) {
+            Ok(i) => {
+                let at = first + i;
+                agent.instances[at] = registration.instance.clone();
+                agent.checks[at] = registration.checks.clone();
+                let old = std::mem::replace(&mut self.sources[at], source).key;
+                (old != key).then_some(old)
+            }
+            Err(i) => {
+                let at = first + i;
+                agent.instances.insert(at, registration.instance.clone());
+                agent.checks.insert(at, registration.checks.clone());
+                self.sources.insert(at, source);
+                None
+            }
+        }
+    }
+
+    /// Takes API registration `id` out of force; returns its key.
+    fn remove_api(&mut self, id: &str) -> Option<String> {
+        let at = (self.sources.iter()).position(|s| s.kind == Source::Api && s.id == id)?;
+        self.effective.agent.instances.remove(at);
+        self.effective.agent.checks.remove(at);
+        Some(self.sources.remove(at).key)
     }
 
     fn register(
@@ -502,7 +586,7 @@ impl Instances {
             .find(|s| s.id == id && s.kind != Source::Api)
         {
             let reply = ApiReply::error(409, format!("the id {id} is taken by {}", other.origin));
-            return (reply, Moved::NOTHING);
+            return (reply, Moved::default());
         }
         let holder = self
             .sources
@@ -516,16 +600,16 @@ impl Instances {
                     holder.origin
                 ),
             );
-            return (reply, Moved::NOTHING);
+            return (reply, Moved::default());
         }
         let ttl = registration.ttl;
         let replaced = self.local.api.contains_key(&id);
         info!(%id, %key, service = %registration.instance.service_label(), ?ttl, replaced, "API registration");
         self.local
             .register(id.clone(), registration, Instant::now());
-        self.refresh(config);
+        let old = self.upsert_api(&id, &key);
         let reply = ApiReply::ok(serde_json::json!({"id": id, "key": key, "replaced": replaced}));
-        (reply, Moved::INSTANCES)
+        (reply, Moved::instances(old.into_iter().chain([key])))
     }
 
     /// Maintenance on (`reason`) or off, for `id` or the node; persisted.
