@@ -549,7 +549,7 @@ impl Supervisor {
             let effective = instances.effective();
             desired::instance_record(effective, instance, key, &none, &mut Vec::new())
         };
-        let one: Option<&dyn Fn(&str) -> Option<desired::DesiredRecord>> = alone.then_some(&one);
+        let one: Option<target::OneRecord<'_>> = alone.then_some(&one);
         let clashes = self
             .target
             .publish(|| build(instances, health, plugins), one);

@@ -16,6 +16,10 @@ use crate::registry::RegistryHandle;
 /// stream cannot hold the target back.
 const MAX_BURST: u32 = 256;
 
+/// Builds the record of one instance by registry key (`None`: it has
+/// none now).
+pub(super) type OneRecord<'a> = &'a dyn Fn(&str) -> Option<DesiredRecord>;
+
 /// The registry and what goes to it.
 pub(super) struct Publisher {
     registry: RegistryHandle,
@@ -97,7 +101,7 @@ impl Publisher {
     pub fn publish(
         &mut self,
         all: impl FnOnce() -> (Target, Vec<Clash>),
-        one: Option<&dyn Fn(&str) -> Option<DesiredRecord>>,
+        one: Option<OneRecord<'_>>,
     ) -> Option<Vec<Clash>> {
         let dirty = self.dirty.take().unwrap_or_default();
         let (target, clashes) = match (one, self.last.as_mut()) {
