@@ -528,6 +528,46 @@ impl CheckHost {
         }
     }
 
+    /// [`CheckHost::set_with_series`] for the checks of one instance
+    /// (`key`, by position), leaving every other instance's alone.
+    pub fn set_instance_with_series(
+        &mut self,
+        key: &str,
+        checks: &[CheckConfig],
+        series: impl Fn(&CheckId, &CheckConfig) -> Option<CheckSeries>,
+    ) {
+        let stale: Vec<CheckId> = self
+            .of_instance(key)
+            .filter(|view| checks.get(view.id.index) != Some(view.config))
+            .map(|view| view.id.clone())
+            .collect();
+        for id in stale {
+            self.checks.remove(&id);
+        }
+        for (index, config) in checks.iter().enumerate() {
+            let id = CheckId {
+                instance_key: key.to_string(),
+                index,
+            };
+            if !self.checks.contains_key(&id) {
+                let series = series(&id, config);
+                let running = self.start(id.clone(), config.clone(), series);
+                self.checks.insert(id, running);
+            }
+        }
+    }
+
+    /// The checks of instance `key`, in position order.
+    pub fn of_instance(&self, key: &str) -> impl Iterator<Item = CheckView<'_>> {
+        let id = |index| CheckId {
+            instance_key: key.to_string(),
+            index,
+        };
+        self.checks
+            .range(id(0)..=id(usize::MAX))
+            .map(|(id, running)| running.view(id))
+    }
+
     fn start(&mut self, id: CheckId, config: CheckConfig, series: Option<CheckSeries>) -> Running {
         let generation = self.next_generation;
         self.next_generation += 1;

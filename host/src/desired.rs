@@ -112,15 +112,7 @@ pub fn build(
                 });
             }
         }
-        if publish.yggdrasil {
-            let metadata = merged_metadata(instance, &key, plugins, &mut clashes);
-            let record = DesiredRecord {
-                value: record::record_value(instance, &metadata),
-                service: instance.service_label(),
-                endpoints: instance.endpoints.iter().map(ToString::to_string).collect(),
-                kind: RecordKind::Instance,
-                source,
-            };
+        if let Some(record) = instance_record(config, instance, &key, plugins, &mut clashes) {
             records.insert(key, record);
         }
     }
@@ -133,6 +125,29 @@ pub fn build(
         },
         clashes,
     )
+}
+
+/// The Yggdrasil record `build` writes for `instance` (registry key
+/// `key`) with `plugins`' metadata, or `None` when `publish.yggdrasil` is
+/// off. Clashes found on the way are added to `clashes`.
+pub fn instance_record(
+    config: &Config,
+    instance: &Instance,
+    key: &str,
+    plugins: &PluginMetadata,
+    clashes: &mut Vec<Clash>,
+) -> Option<DesiredRecord> {
+    if !config.agent.publish.yggdrasil {
+        return None;
+    }
+    let metadata = merged_metadata(instance, key, plugins, clashes);
+    Some(DesiredRecord {
+        value: record::record_value(instance, &metadata),
+        service: instance.service_label(),
+        endpoints: instance.endpoints.iter().map(ToString::to_string).collect(),
+        kind: RecordKind::Instance,
+        source: digest(instance),
+    })
 }
 
 /// Identifies the configured instance (not its plugin output).

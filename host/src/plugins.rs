@@ -131,21 +131,21 @@ pub struct Changes {
 }
 
 /// Where the host sends what it does beside the supervisor's loop; the
-/// supervisor reads both receivers.
+/// supervisor's inbox holds the receivers.
 #[derive(Clone)]
 pub struct Outbox {
     pub results: mpsc::Sender<RoundResult>,
-    pub scans: mpsc::Sender<Scan>,
     pub loads: mpsc::Sender<LoadOutcome>,
     /// The loaded check plugins, for the health checks (read with
     /// `borrow`; the host replaces the map whenever one loads or goes).
     pub check_plugins: watch::Sender<CheckPlugins>,
 }
 
-/// The plugins of one agent. Every method returns at once: scans and loads
-/// run beside the caller and come back through the [`Outbox`] as a
-/// [`Scan`] (hand it to [`PluginHost::apply_scan`]) or a [`LoadOutcome`]
-/// (hand it to [`PluginHost::finish_load`]).
+/// The plugins of one agent. Every method returns at once: the caller
+/// runs scans ([`PluginHost::scan_job`]) beside itself and hands each
+/// [`Scan`] to [`PluginHost::apply_scan`]; loads run beside the caller and
+/// come back through the [`Outbox`] as a [`LoadOutcome`] (hand it to
+/// [`PluginHost::finish_load`]).
 pub struct PluginHost {
     engine: Arc<PluginEngine>,
     config: PluginsConfig,
@@ -162,9 +162,6 @@ pub struct PluginHost {
     /// are not plugin names) with their message, so a folder full of junk
     /// is reported once, not on every event. Pruned on every scan.
     warned: HashMap<PathBuf, String>,
-    /// A scan is running; `rescan` asks for another one after it.
-    scanning: bool,
-    rescan: bool,
     outbox: Outbox,
     metrics: Metrics,
     tracker: TaskTracker,
@@ -227,8 +224,6 @@ impl PluginHost {
             failed: HashMap::new(),
             known: HashMap::new(),
             warned: HashMap::new(),
-            scanning: false,
-            rescan: false,
             outbox,
             metrics,
             tracker,
@@ -261,14 +256,15 @@ impl PluginHost {
         self.outbox.check_plugins.send_replace(Arc::new(map));
     }
 
-    /// No scan and no load is under way.
+    /// No load is under way.
     pub fn is_settled(&self) -> bool {
-        !self.scanning && !self.rescan && self.pending.is_empty()
+        self.pending.is_empty()
     }
 
     /// Takes a new `agent.plugins` config: another folder unloads
     /// everything; other settings or limits reload what they change once
-    /// the scan this starts comes back. Returns the plugins stopped now.
+    /// the next scan comes back (the caller starts it). Returns the
+    /// plugins stopped now.
     pub fn reconfigure(&mut self, config: PluginsConfig) -> Changes {
         let mut changes = Changes::default();
         if config.dir != self.config.dir {
@@ -288,33 +284,15 @@ impl PluginHost {
         self.metrics
             .plugins_loaded
             .set((self.loaded.len() + self.checks.len()) as i64);
-        self.scan();
         changes
     }
 
-    /// Scans the folder beside the caller (one scan at a time; a request
-    /// during a scan runs one more after it). The [`Scan`] arrives through
-    /// the outbox.
-    pub fn scan(&mut self) {
-        if self.scanning {
-            self.rescan = true;
-            return;
-        }
-        self.scanning = true;
-        self.rescan = false;
+    /// A scan of the folder as it is now, to run on a blocking thread; its
+    /// [`Scan`] goes to [`PluginHost::apply_scan`].
+    pub fn scan_job(&self) -> impl FnOnce() -> Scan + Send + 'static {
         let dir = self.config.dir.clone();
         let known = self.known.clone();
-        let scans = self.outbox.scans.clone();
-        let cancel = self.cancel.clone();
-        self.tracker.spawn(async move {
-            let scan = tokio::task::spawn_blocking(move || folder::scan(&dir, &known));
-            tokio::select! {
-                () = cancel.cancelled() => {}
-                Ok(scan) = scan => {
-                    let _ = scans.send(scan).await;
-                }
-            }
-        });
+        move || folder::scan(&dir, &known)
     }
 
     /// Compares a scan with what is loaded: unloads plugins whose file is
@@ -322,11 +300,7 @@ impl PluginHost {
     /// bytes, settings or limits changed. The old version of a plugin keeps
     /// serving until its new version is ready.
     pub fn apply_scan(&mut self, scan: Scan) -> Changes {
-        self.scanning = false;
         let mut changes = Changes::default();
-        if self.rescan {
-            self.scan();
-        }
         if scan.dir != self.config.dir {
             // A scan of the folder before a reconfigure: stale.
             return changes;
@@ -611,12 +585,17 @@ impl PluginHost {
     }
 
     /// Offers a round to every plugin that is due (each plugin is asked
-    /// every `interval`, or at its suggested interval when longer), or to
-    /// `only` when given. A plugin still busy with its last round skips one.
-    /// Returns how many plugins took the round.
-    pub fn start_round(&mut self, round: &Round, only: Option<&[String]>) -> usize {
+    /// every `interval`, the collect timer's period, or at its suggested
+    /// interval when longer), or to `only` when given. A plugin still busy
+    /// with its last round skips one. Returns how many plugins took the
+    /// round.
+    pub fn start_round(
+        &mut self,
+        round: &Round,
+        only: Option<&[String]>,
+        interval: Duration,
+    ) -> usize {
         let now = Instant::now();
-        let interval = self.config.interval;
         let mut offered = 0;
         for (name, loaded) in self.loaded.iter_mut() {
             let forced = only.is_some_and(|names| names.contains(name));

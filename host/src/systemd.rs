@@ -31,8 +31,20 @@ impl Notifier {
         }
     }
 
+    /// Sends `states` as one datagram, without waiting: a notification
+    /// socket whose queue is full (a service manager that does not read)
+    /// drops it rather than stalling the supervisor's loop.
     fn send(states: &[NotifyState]) {
-        if let Err(error) = sd_notify::notify(false, states) {
+        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+            return;
+        };
+        let message: String = states.iter().map(|s| format!("{s}\n")).collect();
+        let sent = std::os::unix::net::UnixDatagram::unbound().and_then(|socket| {
+            socket.set_nonblocking(true)?;
+            socket.connect(&path)?;
+            socket.send(message.as_bytes())
+        });
+        if let Err(error) = sent {
             debug!(%error, "cannot notify systemd");
         }
     }

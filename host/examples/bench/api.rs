@@ -123,7 +123,10 @@ pub(crate) async fn api_registrations(etcd: &Etcd, rows: &mut Vec<Row>) {
             format!("p50 {ours50:.2?}, p99 {ours99:.2?}"),
             format!("raw etcd put → watch: p50 {raw50:.2?}, p99 {raw99:.2?}"),
         )
-        .budget("p99 <= 50 ms", ours99 <= Duration::from_millis(50)),
+        .budget(
+            format!("p99 <= 5 ms (is {:.2} ms)", ours99.as_secs_f64() * 1000.0),
+            ours99 <= Duration::from_millis(5),
+        ),
     );
 
     // Sustained: API_SUSTAINED more from API_CLIENTS clients at once, until
@@ -199,7 +202,10 @@ pub(crate) async fn api_registrations(etcd: &Etcd, rows: &mut Vec<Row>) {
             format!("{ours_rate:.0}/s (all answered in {answered:.2?}, all in etcd after {ours:.2?})"),
             format!("raw etcd puts, {API_CLIENTS} writers: {raw_rate:.0}/s"),
         )
-        .budget(">= 200/s", ours_rate >= 200.0),
+        .budget(
+            format!(">= 0.5x raw (is {:.2}x)", ours_rate / raw_rate),
+            ours_rate >= 0.5 * raw_rate,
+        ),
     );
     client.lease_revoke(lease).await.unwrap();
     agent.signal(libc::SIGTERM);

@@ -20,7 +20,16 @@
 //! 6. `state`: the state writer writes the last maintenance and ends.
 //! 7. The agent's token, for anything left; then the tracker is waited on.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::desired;
+use crate::registry::RegistryHandle;
 
 /// The agent's token and one child per concern (see the module docs for
 /// what each stops and when).
@@ -55,6 +64,33 @@ impl Stops {
     pub fn all(&self) {
         self.agent.cancel();
     }
+}
+
+/// Step 4, the drain (`agent.drainDelay`): deletes every key while the
+/// lease stays alive, waits for etcd to confirm (up to `deadline`), then
+/// waits `delay` so callers' resolvers drop the endpoints before the agent
+/// goes. A second signal still exits at once (`cli.rs` handles it).
+pub(crate) async fn drain_keys(
+    registry: &RegistryHandle,
+    config: &Config,
+    deadline: Instant,
+    delay: Duration,
+) {
+    let mut status = registry.status();
+    registry.set_target(desired::Target {
+        config: config.registry.clone(),
+        records: BTreeMap::new(),
+    });
+    let deleted = status.wait_for(|s| s.desired == 0 && s.connected);
+    match tokio::time::timeout_at(deadline, deleted).await {
+        Ok(Ok(_)) => {
+            info!(drain_delay = ?delay, "drain: every key deleted; waiting drainDelay before revoking the lease")
+        }
+        _ => {
+            warn!(drain_delay = ?delay, "drain: etcd did not confirm the deletes within shutdownTimeout; waiting drainDelay anyway")
+        }
+    }
+    tokio::time::sleep(delay).await;
 }
 
 #[cfg(test)]

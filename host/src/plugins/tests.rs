@@ -2,14 +2,12 @@ use super::*;
 
 struct Harness {
     host: PluginHost,
-    scans: mpsc::Receiver<Scan>,
     loads: mpsc::Receiver<LoadOutcome>,
     _results: mpsc::Receiver<RoundResult>,
 }
 
 fn harness(dir: &Path, cache: &Path) -> Harness {
     let (results, _results) = mpsc::channel(8);
-    let (scans_tx, scans) = mpsc::channel(8);
     let (loads_tx, loads) = mpsc::channel(8);
     let config = PluginsConfig {
         dir: dir.to_path_buf(),
@@ -22,7 +20,6 @@ fn harness(dir: &Path, cache: &Path) -> Harness {
     };
     let outbox = Outbox {
         results,
-        scans: scans_tx,
         loads: loads_tx,
         check_plugins: watch::channel(CheckPlugins::default()).0,
     };
@@ -36,7 +33,6 @@ fn harness(dir: &Path, cache: &Path) -> Harness {
     .unwrap();
     Harness {
         host,
-        scans,
         loads,
         _results,
     }
@@ -44,8 +40,9 @@ fn harness(dir: &Path, cache: &Path) -> Harness {
 
 impl Harness {
     async fn scan(&mut self) -> Changes {
-        self.host.scan();
-        let scan = self.scans.recv().await.unwrap();
+        let scan = tokio::task::spawn_blocking(self.host.scan_job())
+            .await
+            .unwrap();
         self.host.apply_scan(scan)
     }
 }
@@ -117,21 +114,4 @@ async fn only_the_newest_load_of_a_plugin_counts() {
     };
     assert_eq!(h.host.finish_load(late), Changes::default());
     assert!(h.host.failed.is_empty());
-}
-
-#[tokio::test]
-async fn a_scan_requested_during_a_scan_runs_after_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let mut h = harness(dir.path(), cache.path());
-    h.host.scan();
-    h.host.scan();
-    assert!(!h.host.is_settled());
-    let scan = h.scans.recv().await.unwrap();
-    h.host.apply_scan(scan);
-    // The second scan was started by the first one's end.
-    assert!(!h.host.is_settled());
-    let scan = h.scans.recv().await.unwrap();
-    h.host.apply_scan(scan);
-    assert!(h.host.is_settled());
 }

@@ -1,0 +1,716 @@
+//! The instances in force: the config's, the instances folder's and the
+//! local API's, each with where it comes from ([`InstanceSource`]), and
+//! what the operator holds out ([`LocalState`]: maintenance, drains,
+//! missed TTLs). Every method returns at once and says what [`Moved`];
+//! the supervisor makes the checks, the plugins and the target follow.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use super::input::{Folder, FolderInput, Found, Scanner};
+use super::shutdown::Stops;
+use crate::api::{self, ApiCall, ApiReply, ApiRequest, ApiServer};
+use crate::config::{self, Config};
+use crate::instances_dir::{self, DirScan, InstancesDir};
+use crate::local::{Held, LocalState, Source};
+use crate::record;
+use crate::state_dir::{self, Maintenance};
+
+/// What a change to the instances moved: the supervisor updates only
+/// that (the instance, its checks, its records) unless `all`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[must_use]
+pub(super) struct Moved {
+    /// Anything may have moved (a reload, a folder scan, node-wide
+    /// maintenance or drain).
+    pub all: bool,
+    /// Instances that came, went or changed, by registry key.
+    pub instances: BTreeSet<String>,
+    /// Instances whose held-out state may have changed, by registry key.
+    pub held_out: BTreeSet<String>,
+}
+
+impl Moved {
+    fn all() -> Moved {
+        Moved {
+            all: true,
+            ..Moved::default()
+        }
+    }
+
+    fn instances(keys: impl IntoIterator<Item = String>) -> Moved {
+        Moved {
+            instances: keys.into_iter().collect(),
+            ..Moved::default()
+        }
+    }
+
+    fn held_out(keys: impl IntoIterator<Item = String>) -> Moved {
+        Moved {
+            held_out: keys.into_iter().collect(),
+            ..Moved::default()
+        }
+    }
+}
+
+/// Where one instance in force comes from.
+#[derive(Debug, Clone)]
+pub(super) struct InstanceSource {
+    /// Its id in the local API: the API registration's id, else the last
+    /// segment of its key.
+    id: String,
+    kind: Source,
+    /// `agent.yaml agent.instances[0]`, `…/a.yaml [2]`, `API registration app-1`.
+    origin: String,
+    key: String,
+}
+
+impl InstanceSource {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn kind(&self) -> Source {
+        self.kind
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+}
+
+/// `agent.instancesDir` while it is configured.
+struct InstancesFolder {
+    dir: PathBuf,
+    /// `agent.checks` when the folder was set up: a change scans again.
+    defaults: config::CheckTiming,
+    state: InstancesDir,
+    input: FolderInput,
+}
+
+impl InstancesFolder {
+    fn new(dir: PathBuf, defaults: config::CheckTiming, scanner: &Scanner) -> InstancesFolder {
+        let input = FolderInput::new(Folder::Instances, &dir);
+        let mut folder = InstancesFolder {
+            dir,
+            defaults,
+            state: InstancesDir::default(),
+            input,
+        };
+        folder.scan(scanner);
+        folder
+    }
+
+    /// Scans beside the loop (one at a time; one asked for meanwhile runs
+    /// after it).
+    fn scan(&mut self, scanner: &Scanner) {
+        let (dir, defaults) = (self.dir.clone(), self.defaults.clone());
+        self.input.scan(false, scanner, move |_| {
+            Found::Instances(instances_dir::scan(&dir, &defaults))
+        });
+    }
+}
+
+/// The instances in force and what holds some of them out.
+pub(super) struct Instances {
+    /// The running config with the instances of every other source (the
+    /// instances folder, the API) appended, checks beside them: what the
+    /// target, the checks, the plugins' rounds and `/status` are built
+    /// from.
+    effective: Config,
+    /// Where each instance of `effective` comes from, index for index.
+    sources: Vec<InstanceSource>,
+    /// The config file, for the origin of its instances.
+    config_path: PathBuf,
+    folder: Option<InstancesFolder>,
+    /// API registrations, maintenance, drains.
+    local: LocalState,
+    api: Option<ApiServer>,
+    /// `agent.checks` for the API server's validation of registrations
+    /// (the API server holds the receiver).
+    check_defaults: watch::Sender<config::CheckTiming>,
+    /// Writes maintenance to the state folder, if there is one (the
+    /// writer task holds the receiver).
+    state_writer: Option<watch::Sender<Maintenance>>,
+}
+
+/// What [`Instances::new`] takes besides the config.
+pub(super) struct LocalParts {
+    pub maintenance: Maintenance,
+    pub api: Option<ApiServer>,
+    pub check_defaults: watch::Sender<config::CheckTiming>,
+    pub state_writer: Option<watch::Sender<Maintenance>>,
+}
+
+impl LocalParts {
+    /// Starts the local API server (its calls go to `calls`; the
+    /// supervisor's inbox holds the receiver), reads the maintenance in
+    /// force from the state folder and starts its writer.
+    pub async fn start(
+        config: &Config,
+        calls: mpsc::Sender<ApiRequest>,
+        tracker: &TaskTracker,
+        stops: &Stops,
+    ) -> LocalParts {
+        let local = &config.agent.local;
+        let (check_defaults, defaults_rx) = watch::channel(local.check_defaults.clone());
+        let api = match local.api.as_ref() {
+            Some(api_config) => {
+                match api::start(api_config, calls, defaults_rx, tracker, &stops.api).await {
+                    Ok(server) => Some(server),
+                    Err(error) => {
+                        error!(%error, "cannot start the local API; running without it (fix agent.api and restart)");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        // Maintenance outlives restarts: read before the first target.
+        let state_dir = (local.api.is_some() || local.state_dir.is_some())
+            .then(|| state_dir::resolve(local.state_dir.as_deref()))
+            .flatten();
+        let maintenance = match state_dir.clone() {
+            Some(dir) => tokio::task::spawn_blocking(move || state_dir::load(&dir))
+                .await
+                .unwrap_or_default(),
+            None => Maintenance::default(),
+        };
+        if maintenance != Maintenance::default() {
+            info!(node = ?maintenance.node, instances = maintenance.instances.len(), "maintenance in force from the state folder");
+        }
+        let state_writer = state_dir
+            .map(|dir| state_dir::writer(dir, maintenance.clone(), tracker, stops.state.clone()));
+        LocalParts {
+            maintenance,
+            api,
+            check_defaults,
+            state_writer,
+        }
+    }
+}
+
+impl Instances {
+    /// The instances of `config` (and of its instances folder, whose first
+    /// scan starts now).
+    pub fn new(
+        config: &Config,
+        config_path: PathBuf,
+        parts: LocalParts,
+        scanner: &Scanner,
+    ) -> Instances {
+        let local = &config.agent.local;
+        let folder = local
+            .instances_dir
+            .clone()
+            .map(|dir| InstancesFolder::new(dir, local.check_defaults.clone(), scanner));
+        let mut instances = Instances {
+            effective: config.clone(),
+            sources: Vec::new(),
+            config_path,
+            folder,
+            local: LocalState::new(parts.maintenance),
+            api: parts.api,
+            check_defaults: parts.check_defaults,
+            state_writer: parts.state_writer,
+        };
+        instances.refresh(config);
+        instances
+    }
+
+    /// Where each instance of [`Instances::effective`] came from, in the
+    /// same order.
+    pub fn sources(&self) -> &[InstanceSource] {
+        &self.sources
+    }
+
+    /// The operator's and the apps' holds (maintenance, drains, TTLs).
+    pub fn local(&self) -> &LocalState {
+        &self.local
+    }
+
+    /// The instances folder's files (and the refused ones), when one is
+    /// configured.
+    pub fn refused(&self) -> Option<&InstancesDir> {
+        self.folder.as_ref().map(|folder| &folder.state)
+    }
+
+    /// The running config with every other source's instances appended.
+    pub fn effective(&self) -> &Config {
+        &self.effective
+    }
+
+    /// The instances folder has been scanned (or there is none).
+    pub fn scanned(&self) -> bool {
+        self.folder.as_ref().is_none_or(|f| f.state.scanned())
+    }
+
+    /// The next TTL of an API registration to run out.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.local.next_due()
+    }
+
+    pub fn input(&mut self) -> Option<&mut FolderInput> {
+        self.folder.as_mut().map(|f| &mut f.input)
+    }
+
+    /// Scans the instances folder (SIGHUP, or its changes settled).
+    pub fn scan(&mut self, scanner: &Scanner) {
+        if let Some(folder) = self.folder.as_mut() {
+            folder.scan(scanner);
+        }
+    }
+
+    /// Stops the API server (its socket file goes) and the folder's watch.
+    pub fn stop_inputs(&mut self) {
+        self.api = None;
+        self.folder = None;
+    }
+
+    /// Stops the state writer (it writes what it holds first).
+    pub fn stop_writer(&mut self) {
+        self.state_writer = None;
+    }
+
+    /// The registry keys held out of the target: `withheld` (a critical
+    /// health check) and what the operator holds out (maintenance, a
+    /// drain, a missed TTL).
+    pub fn held_out(&self, withheld: &BTreeSet<String>) -> BTreeSet<String> {
+        let mut out = withheld.clone();
+        for source in &self.sources {
+            if self.local.held(&source.id).is_some() {
+                out.insert(source.key.clone());
+            }
+        }
+        out
+    }
+
+    /// Rebuilds `effective` and `sources` from the running `config` and
+    /// every other source.
+    fn refresh(&mut self, config: &Config) {
+        let mut effective = config.clone();
+        let prefix = &config.registry.prefix;
+        let source = |id: String, kind: Source, origin: String, instance: &record::Instance| {
+            InstanceSource {
+                id,
+                kind,
+                origin,
+                key: record::registry_key(prefix, instance),
+            }
+        };
+        let path = self.config_path.display();
+        let mut sources: Vec<InstanceSource> = (config.agent.instances.iter().enumerate())
+            .map(|(i, instance)| {
+                let origin = format!("{path} agent.instances[{i}]");
+                source(
+                    record::instance_key(instance),
+                    Source::Config,
+                    origin,
+                    instance,
+                )
+            })
+            .collect();
+        if let Some(folder) = self.folder.as_ref() {
+            for (file, i, instance, checks) in folder.state.instances() {
+                effective.agent.instances.push(instance.clone());
+                effective.agent.checks.push(checks.to_vec());
+                let origin = format!("{} [{i}]", file.display());
+                sources.push(source(
+                    record::instance_key(instance),
+                    Source::File,
+                    origin,
+                    instance,
+                ));
+            }
+        }
+        for (id, entry) in &self.local.api {
+            let registration = &entry.registration;
+            effective
+                .agent
+                .instances
+                .push(registration.instance.clone());
+            effective.agent.checks.push(registration.checks.clone());
+            let origin = format!("API registration {id}");
+            sources.push(source(
+                id.clone(),
+                Source::Api,
+                origin,
+                &registration.instance,
+            ));
+        }
+        self.effective = effective;
+        self.sources = sources;
+    }
+
+    /// The instances of `config` that another source (the instances
+    /// folder, the API) already holds: the later source, the config, is
+    /// refused.
+    pub fn clashes(&self, config: &Config) -> Vec<String> {
+        let ours = self.config_sources(config);
+        self.effective
+            .agent
+            .instances
+            .iter()
+            .zip(&self.sources)
+            .filter(|(_, source)| source.kind != Source::Config)
+            .filter_map(|(instance, source)| {
+                let key = record::registry_key(&config.registry.prefix, instance);
+                let here = ours.get(&key)?;
+                Some(format!(
+                    "{here}: the same instance as {} ({}/{}, key {key})",
+                    source.origin, instance.namespace, instance.name
+                ))
+            })
+            .collect()
+    }
+
+    /// Where each configured instance's registry key comes from, for the
+    /// message about an instance that another source holds too.
+    fn config_sources(&self, config: &Config) -> BTreeMap<String, String> {
+        let path = self.config_path.display();
+        config
+            .agent
+            .instances
+            .iter()
+            .enumerate()
+            .map(|(i, instance)| {
+                let key = record::registry_key(&config.registry.prefix, instance);
+                (key, format!("{path} agent.instances[{i}]"))
+            })
+            .collect()
+    }
+
+    /// Follows a new running `config`: its instances, and its
+    /// `agent.instancesDir` and `agent.checks` (a new folder or new check
+    /// defaults start the folder over; otherwise, if `keys_moved`, the
+    /// folder is scanned again: a file refused for an instance the config
+    /// held may apply now).
+    pub fn reconfigure(
+        &mut self,
+        config: &Config,
+        old: &config::LocalConfig,
+        keys_moved: bool,
+        scanner: &Scanner,
+    ) {
+        let local = &config.agent.local;
+        self.check_defaults
+            .send_replace(local.check_defaults.clone());
+        if local.api != old.api || local.state_dir != old.state_dir {
+            warn!("agent.api and agent.stateDir changes apply when the agent restarts");
+        }
+        if local.instances_dir != old.instances_dir {
+            self.folder = local
+                .instances_dir
+                .clone()
+                .map(|dir| InstancesFolder::new(dir, local.check_defaults.clone(), scanner));
+        } else if let Some(folder) = self.folder.as_mut() {
+            // New defaults: the files' instances stay until the scan with
+            // them applies (their checks change, not their registration).
+            let defaults_changed = folder.defaults != local.check_defaults;
+            folder.defaults = local.check_defaults.clone();
+            if defaults_changed || keys_moved {
+                folder.scan(scanner);
+            }
+        }
+        self.refresh(config);
+    }
+
+    /// A finished scan of the instances folder, applied file by file.
+    pub fn take_scan(&mut self, scan: DirScan, config: &Config, scanner: &Scanner) -> Moved {
+        let mut taken = self.config_sources(config);
+        for source in self.sources.iter().filter(|s| s.kind == Source::Api) {
+            taken.insert(source.key.clone(), source.origin.clone());
+        }
+        let Some(folder) = self.folder.as_mut() else {
+            return Moved::default();
+        };
+        if scan.dir != folder.dir {
+            // From before a reload moved the folder: the new folder's own
+            // scan is under way.
+            return Moved::default();
+        }
+        if folder.input.finished(&scan.watch).is_some() {
+            folder.scan(scanner);
+        }
+        let prefix = config.registry.prefix.clone();
+        let outcomes = folder
+            .state
+            .apply(scan, |i| record::registry_key(&prefix, i), &taken);
+        let changed = outcomes
+            .values()
+            .any(|o| !matches!(o, instances_dir::FileOutcome::Refused(_)));
+        if !changed {
+            return Moved::default();
+        }
+        self.refresh(config);
+        Moved::all()
+    }
+
+    /// TTLs run out by now: their instances are held out.
+    pub fn expire(&mut self) -> Moved {
+        let expired = self.local.expire(Instant::now());
+        for id in &expired {
+            warn!(%id, "TTL missed: instance withheld until its app passes again");
+        }
+        Moved::held_out(expired.iter().filter_map(|id| self.key_of(id)))
+    }
+
+    /// Handles one local API call (at once: nothing here waits).
+    /// `withheld`: the instances a critical check holds out, for the
+    /// listing.
+    pub fn call(
+        &mut self,
+        call: ApiCall,
+        config: &Config,
+        withheld: &BTreeSet<String>,
+    ) -> (ApiReply, Moved) {
+        match call {
+            ApiCall::List => (ApiReply::ok(self.listing(withheld)), Moved::default()),
+            ApiCall::Register { id, registration } => self.register(id, *registration, config),
+            ApiCall::Deregister { id } => {
+                if self.local.api.remove(&id).is_some() {
+                    info!(%id, "API deregistration");
+                    let key = self.remove_api(&id);
+                    let reply = ApiReply::ok(serde_json::json!({"id": id, "deregistered": true}));
+                    return (reply, Moved::instances(key));
+                }
+                let reply = match self.sources.iter().find(|s| s.id == id) {
+                    Some(other) => ApiReply::error(
+                        409,
+                        format!("{id} comes from {}: remove it there", other.origin),
+                    ),
+                    None => ApiReply::error(404, format!("no instance {id}")),
+                };
+                (reply, Moved::default())
+            }
+            ApiCall::Pass { id } => match self.local.pass(&id, Instant::now()) {
+                Ok(back) => {
+                    let reply = ApiReply::ok(serde_json::json!({"id": id, "passed": true}));
+                    if back {
+                        info!(%id, "TTL passed again: instance back in rotation");
+                        return (reply, Moved::held_out(self.key_of(&id)));
+                    }
+                    (reply, Moved::default())
+                }
+                Err(why) if self.local.api.contains_key(&id) => (
+                    ApiReply::error(409, format!("{id}: {why}")),
+                    Moved::default(),
+                ),
+                Err(why) => (
+                    ApiReply::error(404, format!("{id}: {why}")),
+                    Moved::default(),
+                ),
+            },
+            ApiCall::Maintenance { id, reason } => {
+                let moved = match id.as_deref() {
+                    Some(id) => Moved::held_out(self.key_of(id)),
+                    None => Moved::all(),
+                };
+                (self.maintenance(id, reason), moved)
+            }
+            ApiCall::Drain { id: Some(id) } => {
+                if !self.sources.iter().any(|s| s.id == id) {
+                    return (
+                        ApiReply::error(404, format!("no instance {id}")),
+                        Moved::default(),
+                    );
+                }
+                info!(%id, "drain: deleting the key; out of rotation until its maintenance is ended");
+                self.local.drained.insert(id.clone());
+                let moved = Moved::held_out(self.key_of(&id));
+                let reply = ApiReply::ok(serde_json::json!({"id": id, "drained": true}));
+                (reply, moved)
+            }
+            ApiCall::Drain { id: None } => {
+                info!("drain: deleting every key; out of rotation until node maintenance is ended");
+                self.local.node_drained = true;
+                let reply = ApiReply::ok(serde_json::json!({"id": null, "drained": true}));
+                (reply, Moved::all())
+            }
+        }
+    }
+
+    /// The registry key of the instance with API id `id`.
+    fn key_of(&self, id: &str) -> Option<String> {
+        self.sources
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| s.key.clone())
+    }
+
+    /// The instance with registry key `key` and its checks.
+    pub fn find(&self, key: &str) -> Option<(&record::Instance, &[config::CheckConfig])> {
+        let at = self.sources.iter().position(|s| s.key == key)?;
+        let agent = &self.effective.agent;
+        Some((&agent.instances[at], &agent.checks[at]))
+    }
+
+    /// Whether the instance with registry key `key` is held out: `withheld`
+    /// by a check, or by the operator or a missed TTL.
+    pub fn is_held_out(&self, key: &str, withheld: &BTreeSet<String>) -> bool {
+        withheld.contains(key)
+            || self
+                .sources
+                .iter()
+                .find(|s| s.key == key)
+                .is_some_and(|s| self.local.held(&s.id).is_some())
+    }
+
+    /// Puts API registration `id` (key `key`) in force in place: the API's
+    /// instances come last, by id, as `refresh` orders them. Returns the
+    /// key it replaces, if another.
+    fn upsert_api(&mut self, id: &str, key: &str) -> Option<String> {
+        let registration = &self.local.api[id].registration;
+        let source = InstanceSource {
+            id: id.to_string(),
+            kind: Source::Api,
+            origin: format!("API registration {id}"),
+            key: key.to_string(),
+        };
+        let first = (self.sources.iter())
+            .position(|s| s.kind == Source::Api)
+            .unwrap_or(self.sources.len());
+        let agent = &mut self.effective.agent;
+        match self.sources[first..].binary_search_by(|s| s.id.as_str().cmp(id)) {
+            Ok(i) => {
+                let at = first + i;
+                agent.instances[at] = registration.instance.clone();
+                agent.checks[at] = registration.checks.clone();
+                let old = std::mem::replace(&mut self.sources[at], source).key;
+                (old != key).then_some(old)
+            }
+            Err(i) => {
+                let at = first + i;
+                agent.instances.insert(at, registration.instance.clone());
+                agent.checks.insert(at, registration.checks.clone());
+                self.sources.insert(at, source);
+                None
+            }
+        }
+    }
+
+    /// Takes API registration `id` out of force; returns its key.
+    fn remove_api(&mut self, id: &str) -> Option<String> {
+        let at = (self.sources.iter()).position(|s| s.kind == Source::Api && s.id == id)?;
+        self.effective.agent.instances.remove(at);
+        self.effective.agent.checks.remove(at);
+        Some(self.sources.remove(at).key)
+    }
+
+    fn register(
+        &mut self,
+        id: String,
+        registration: config::ApiInstance,
+        config: &Config,
+    ) -> (ApiReply, Moved) {
+        let key = record::registry_key(&config.registry.prefix, &registration.instance);
+        // The id of an instance from the config or a file (its key's last
+        // segment) is not free: maintenance and drains go by id.
+        if let Some(other) = self
+            .sources
+            .iter()
+            .find(|s| s.id == id && s.kind != Source::Api)
+        {
+            let reply = ApiReply::error(409, format!("the id {id} is taken by {}", other.origin));
+            return (reply, Moved::default());
+        }
+        let holder = self
+            .sources
+            .iter()
+            .find(|s| s.key == key && !(s.kind == Source::Api && s.id == id));
+        if let Some(holder) = holder {
+            let reply = ApiReply::error(
+                409,
+                format!(
+                    "the same instance as {} (key {key}): refused",
+                    holder.origin
+                ),
+            );
+            return (reply, Moved::default());
+        }
+        let ttl = registration.ttl;
+        let replaced = self.local.api.contains_key(&id);
+        info!(%id, %key, service = %registration.instance.service_label(), ?ttl, replaced, "API registration");
+        self.local
+            .register(id.clone(), registration, Instant::now());
+        let old = self.upsert_api(&id, &key);
+        let reply = ApiReply::ok(serde_json::json!({"id": id, "key": key, "replaced": replaced}));
+        (reply, Moved::instances(old.into_iter().chain([key])))
+    }
+
+    /// Maintenance on (`reason`) or off, for `id` or the node; persisted.
+    fn maintenance(&mut self, id: Option<String>, reason: Option<String>) -> ApiReply {
+        let maintenance = &mut self.local.maintenance;
+        match (&id, &reason) {
+            (Some(id), Some(reason)) => {
+                maintenance.instances.insert(id.clone(), reason.clone());
+            }
+            (Some(id), None) => {
+                maintenance.instances.remove(id);
+                self.local.drained.remove(id);
+            }
+            (None, Some(reason)) => maintenance.node = Some(reason.clone()),
+            (None, None) => {
+                maintenance.node = None;
+                self.local.node_drained = false;
+            }
+        }
+        let what = id.as_deref().unwrap_or("the node");
+        match &reason {
+            Some(reason) => info!(instance = %what, %reason, "maintenance on: out of rotation"),
+            None => info!(instance = %what, "maintenance off"),
+        }
+        if let Some(writer) = self.state_writer.as_ref() {
+            writer.send_replace(self.local.maintenance.clone());
+        }
+        ApiReply::ok(serde_json::json!({
+            "id": id,
+            "maintenance": reason.is_some(),
+            "reason": reason,
+            "persisted": self.state_writer.is_some(),
+        }))
+    }
+
+    /// `GET /v1/instances`: every instance, its source and its state.
+    fn listing(&self, withheld: &BTreeSet<String>) -> serde_json::Value {
+        let instances: Vec<serde_json::Value> = self
+            .effective
+            .agent
+            .instances
+            .iter()
+            .zip(&self.sources)
+            .map(|(instance, source)| {
+                let held = self.local.held(&source.id);
+                let state = match &held {
+                    Some(held) => held.state(),
+                    None if withheld.contains(&source.key) => "withheld",
+                    None => "registered",
+                };
+                let reason = match held {
+                    Some(Held::Maintenance(reason)) => Some(reason),
+                    _ => None,
+                };
+                serde_json::json!({
+                    "id": source.id,
+                    "source": source.kind.name(),
+                    "origin": source.origin,
+                    "service": instance.service_label(),
+                    "key": source.key,
+                    "state": state,
+                    "reason": reason,
+                    "ttl": self.local.ttl(&source.id).map(|ttl| format!("{ttl:?}")),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "instances": instances,
+            "maintenance": self.local.maintenance.node,
+            "drained": self.local.node_drained,
+        })
+    }
+}
