@@ -1045,7 +1045,20 @@ impl Supervisor {
                 }
             })
             .collect();
-        AgentStatus { instances }
+        let refused_plugins = self.plugins.as_ref().map_or_else(Vec::new, |p| {
+            p.host
+                .untrusted()
+                .iter()
+                .map(|(plugin, reason)| crate::status::RefusedPlugin {
+                    plugin: plugin.clone(),
+                    reason: reason.clone(),
+                })
+                .collect()
+        });
+        AgentStatus {
+            instances,
+            refused_plugins,
+        }
     }
 
     /// Starts a read of the config file beside the loop (one at a time; a

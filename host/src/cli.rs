@@ -279,6 +279,16 @@ fn check(path: &Path) -> ExitCode {
                 loaded.config.registry.client.endpoints.join(","),
                 loaded.config.registry.prefix,
             );
+            if let Some(plugins) = &agent.plugins {
+                let (error, warning) = crate::plugins::check_folders(plugins);
+                if let Some(warning) = warning {
+                    eprintln!("warning: {warning}");
+                }
+                if let Some(error) = error {
+                    eprintln!("error: {error}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(error) => {
@@ -497,6 +507,23 @@ fn plugin_check(file: &Path, config_path: Option<&Path>, calls: usize) -> ExitCo
         instance,
     };
     let label = sample.instance.service_label();
+    let trusted_keys = plugins
+        .map(crate::plugins::trusted_keys)
+        .unwrap_or_default();
+    match crate::plugins::check_signature(file, trusted_keys) {
+        None => {}
+        Some(Ok(signature)) => println!(
+            "plugin {name}: signature {} verified by a key in agent.plugins.trustedKeys",
+            signature.display()
+        ),
+        Some(Err(problem)) => {
+            eprintln!(
+                "error: plugin {name} ({}) is untrusted, the agent would refuse it: {problem}",
+                file.display()
+            );
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

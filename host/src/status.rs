@@ -16,6 +16,17 @@ use tokio::net::TcpStream;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AgentStatus {
     pub instances: Vec<InstanceStatus>,
+    /// Plugins refused by `agent.plugins.trustedKeys` (unsigned, changed
+    /// after signing, signed by another key), each with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_plugins: Vec<RefusedPlugin>,
+}
+
+/// A plugin the agent refuses to load.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedPlugin {
+    pub plugin: String,
+    pub reason: String,
 }
 
 /// One configured instance.
@@ -68,7 +79,22 @@ impl AgentStatus {
         let mut out = String::new();
         if self.instances.is_empty() {
             out.push_str("no instances configured\n");
-            return out;
+        }
+        self.instance_table(&mut out);
+        for refused in &self.refused_plugins {
+            let _ = writeln!(
+                out,
+                "plugin {}: refused — {}",
+                escape(&refused.plugin),
+                escape(&refused.reason)
+            );
+        }
+        out
+    }
+
+    fn instance_table(&self, out: &mut String) {
+        if self.instances.is_empty() {
+            return;
         }
         let width = self
             .instances
@@ -107,7 +133,6 @@ impl AgentStatus {
                 );
             }
         }
-        out
     }
 }
 
@@ -233,6 +258,7 @@ mod tests {
                     }],
                 },
             ],
+            refused_plugins: Vec::new(),
         }
     }
 
