@@ -46,6 +46,7 @@ pub use engine::{LoadError, PluginEngine, default_cache_dir};
 pub use folder::Scan;
 pub use instance::PluginInstance;
 pub use runner::{CallError, Limits, Round, RoundResult, wears_out};
+pub use signature::parse_public_key;
 
 /// What a plugin says about itself, from `describe`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -877,8 +878,8 @@ pub fn check_signature(path: &Path, trusted_keys: &[String]) -> Option<Result<Pa
 }
 
 /// `agent.plugins.trustedKeys` (base64 key lines).
-pub fn trusted_keys(_config: &PluginsConfig) -> &[String] {
-    &[]
+pub fn trusted_keys(config: &PluginsConfig) -> &[String] {
+    &config.trusted_keys
 }
 
 /// Plugin `name`'s settings (`agent.plugins.settings.<name>`), as `init` gets them.
@@ -1045,6 +1046,7 @@ mod tests {
             settings: BTreeMap::new(),
             cache_dir: Some(cache.to_path_buf()),
             min_rewrite_interval: None,
+            trusted_keys: Vec::new(),
         };
         let outbox = Outbox {
             results,
