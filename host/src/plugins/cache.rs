@@ -733,6 +733,47 @@ mod tests {
         assert_eq!(names(tmp.path()), [entry_name(2)]);
     }
 
+    /// Times loading every entry of the cache folder `$YGG_MEASURE_CACHE`
+    /// (made by an agent of this build) mapped, as the agent does, beside
+    /// reading it into memory first, as it did before: `cargo test -p
+    /// ygg-agent --lib measure_cache_load -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement: needs YGG_MEASURE_CACHE"]
+    fn measure_cache_load() {
+        let dir = PathBuf::from(std::env::var_os("YGG_MEASURE_CACHE").expect("YGG_MEASURE_CACHE"));
+        let engine = Engine::new(&super::super::engine::engine_config()).unwrap();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let mut mapped = Vec::new();
+            let mut copied = Vec::new();
+            for _ in 0..5 {
+                let started = std::time::Instant::now();
+                let file = File::open(&path).unwrap();
+                // SAFETY: an entry this build's agent wrote.
+                let component = unsafe { deserialize_open_file(&engine, &file) }.unwrap();
+                mapped.push(started.elapsed());
+                drop(component);
+                let started = std::time::Instant::now();
+                let bytes = std::fs::read(&path).unwrap();
+                // SAFETY: as above.
+                let component = unsafe { Component::deserialize(&engine, &bytes) }.unwrap();
+                copied.push(started.elapsed());
+                drop(component);
+            }
+            mapped.sort();
+            copied.sort();
+            eprintln!(
+                "{} ({:.1} MB): mapped median {:?} (min {:?}); read and copied median {:?} (min {:?})",
+                path.display(),
+                std::fs::metadata(&path).unwrap().len() as f64 / 1e6,
+                mapped[2],
+                mapped[0],
+                copied[2],
+                copied[0]
+            );
+        }
+    }
+
     #[test]
     fn names_are_told_apart() {
         assert!(is_entry_name(&entry_name(0xab)));

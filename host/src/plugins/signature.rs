@@ -101,6 +101,40 @@ RUQf6LRCGA9i559r3g7V1qNyJDApGip8MfqcadIgT9CuhV3EMhHoN1mGTkUidF/z7SrlQgXdy8ofjb7b
 trusted comment: timestamp:1633700835\tfile:test\tprehashed
 wLMDjy9FLAuxZ3q4NlEvkgtyhrr0gtTu6KC4KBJdITbbOeAi1zBIYo0v4iTgt8jJpIidRJnp94ABQkJAgAooBQ==";
 
+    /// Times verifying `$YGG_MEASURE_SIGNED` (a plugin with its
+    /// `.minisig`) by the key in `$YGG_MEASURE_KEY` (a `.pub` file), beside
+    /// hashing the same bytes with SHA-256 as every load does: `cargo test
+    /// -p ygg-agent --lib measure_verify -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement: needs YGG_MEASURE_SIGNED and YGG_MEASURE_KEY"]
+    fn measure_verify() {
+        use sha2::Digest;
+        let plugin = PathBuf::from(std::env::var_os("YGG_MEASURE_SIGNED").unwrap());
+        let key = std::fs::read_to_string(std::env::var_os("YGG_MEASURE_KEY").unwrap()).unwrap();
+        let keys = [parse_public_key(&key).unwrap()];
+        let bytes = std::fs::read(&plugin).unwrap();
+        let signature = read_signature(&plugin).unwrap().unwrap();
+        let mut verify_times = Vec::new();
+        let mut hash_times = Vec::new();
+        for _ in 0..5 {
+            let started = std::time::Instant::now();
+            verify(&keys, &bytes, Some(&signature)).unwrap();
+            verify_times.push(started.elapsed());
+            let started = std::time::Instant::now();
+            std::hint::black_box(sha2::Sha256::digest(&bytes));
+            hash_times.push(started.elapsed());
+        }
+        verify_times.sort();
+        hash_times.sort();
+        eprintln!(
+            "{} ({} bytes): verify median {:?}; SHA-256 median {:?}",
+            plugin.display(),
+            bytes.len(),
+            verify_times[2],
+            hash_times[2]
+        );
+    }
+
     #[test]
     fn keys_are_read_from_a_line_or_a_pub_file() {
         assert_eq!(parse_public_key(KEY).unwrap(), KEY);
