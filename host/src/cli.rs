@@ -507,6 +507,17 @@ fn plugin_check(file: &Path, config_path: Option<&Path>, calls: usize) -> ExitCo
         instance,
     };
     let label = sample.instance.service_label();
+    if let Some(plugins) = plugins {
+        let (refused, _) = crate::plugins::check_folders(plugins);
+        let in_folder = std::fs::canonicalize(file)
+            .ok()
+            .zip(std::fs::canonicalize(&plugins.dir).ok())
+            .is_some_and(|(file, dir)| file.parent() == Some(dir.as_path()));
+        if let Some(refused) = refused.filter(|_| in_folder) {
+            eprintln!("error: plugin {name} ({}): {refused}", file.display());
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    }
     let trusted_keys = plugins
         .map(crate::plugins::trusted_keys)
         .unwrap_or_default();

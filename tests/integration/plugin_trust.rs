@@ -58,10 +58,23 @@ fn a_plugins_folder_others_could_write_is_refused_by_check() {
         "{stderr}"
     );
     assert!(stderr.contains("mode 0777"), "{stderr}");
+    // `plugin check` of a file in that folder says the same.
+    let echo = agent.plugins_dir().join("echo.wasm");
+    let (code, _, stderr) = run_cli(&[
+        "plugin",
+        "check",
+        echo.to_str().unwrap(),
+        "--config",
+        agent.config_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("is refused, nothing in it would load"),
+        "{stderr}"
+    );
     chmod(&agent.plugins_dir(), 0o755);
 
     // A plugin file others can write.
-    let echo = agent.plugins_dir().join("echo.wasm");
     chmod(&echo, 0o666);
     let (code, stderr) = check(&agent);
     assert_eq!(code, 2, "{stderr}");
