@@ -46,7 +46,6 @@ pub use engine::{LoadError, PluginEngine, default_cache_dir};
 pub use folder::Scan;
 pub use instance::PluginInstance;
 pub use runner::{CallError, Limits, Round, RoundResult, wears_out};
-pub use signature::parse_public_key;
 
 /// What a plugin says about itself, from `describe`.
 #[derive(Debug, Clone, PartialEq, Eq)]

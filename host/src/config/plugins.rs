@@ -80,10 +80,24 @@ fn read_key(entry: &str, base: &Path) -> Result<String, String> {
             let path = base.join(path.trim());
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| format!("cannot read the key file {}: {e}", path.display()))?;
-            crate::plugins::parse_public_key(&text).map_err(|e| format!("{}: {e}", path.display()))
+            parse_public_key(&text).map_err(|e| format!("{}: {e}", path.display()))
         }
-        None => crate::plugins::parse_public_key(entry),
+        None => parse_public_key(entry),
     }
+}
+
+/// Parses one `trustedKeys` entry's key: the `RW…` base64 line alone, or a
+/// minisign `.pub` file's text (an "untrusted comment:" line, then the key
+/// line). Returns the base64 key line.
+pub fn parse_public_key(text: &str) -> Result<String, String> {
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))
+        .ok_or("no key in it")?;
+    minisign_verify::PublicKey::from_base64(line)
+        .map(|_| line.to_string())
+        .map_err(|e| format!("not a minisign public key (the `RW…` line of a .pub file): {e}"))
 }
 
 /// `settings.<plugin>`: a mapping of plain values (or null) per plugin.

@@ -25,20 +25,6 @@ pub fn signature_path(plugin: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Parses one `trustedKeys` entry's key: the `RW…` base64 line alone, or a
-/// minisign `.pub` file's text (an "untrusted comment:" line, then the key
-/// line). Returns the base64 key line.
-pub fn parse_public_key(text: &str) -> Result<String, String> {
-    let line = text
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))
-        .ok_or("no key in it")?;
-    PublicKey::from_base64(line)
-        .map(|_| line.to_string())
-        .map_err(|e| format!("not a minisign public key (the `RW…` line of a .pub file): {e}"))
-}
-
 /// Reads the signature file of `plugin`, if there is one. Blocking.
 pub fn read_signature(plugin: &Path) -> Result<Option<String>, String> {
     use std::io::Read;
@@ -93,6 +79,7 @@ pub fn verify(keys: &[String], bytes: &[u8], signature: Option<&str>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::parse_public_key;
 
     // From minisign-verify's documentation: a prehashed signature of `test`.
     const KEY: &str = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3";
