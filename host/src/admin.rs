@@ -1,17 +1,20 @@
-//! The admin HTTP server on `agent.admin.listen`: `/metrics` (Prometheus
-//! text), `/healthz` (the process is up), `/readyz` (every instance meant
-//! to be in etcd is registered under a live lease) and `/status` (each
-//! instance and its health checks, as JSON, for `ygg-agent status`). It
-//! only reads: the shared metrics, the registry's status channel, and the
-//! supervisor's answer to a status request.
+//! The admin HTTP server on `agent.admin.listen`: `/` (the status page,
+//! [`page`]), `/metrics` (Prometheus text), `/healthz` (the process is
+//! up), `/readyz` (every instance meant to be in etcd is registered under
+//! a live lease) and `/status` (the [`AgentStatus`] as JSON, for the page
+//! and `ygg-agent status`). It only reads: the shared metrics, the
+//! registry's status channel, and the supervisor's answer to a status
+//! request. Only GET; every answer says `nosniff`, no framing, no caching.
+
+mod page;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -76,21 +79,25 @@ impl Drop for AdminServer {
     }
 }
 
-/// Binds `listen` and serves on `tracker` until the returned handle drops.
+/// Binds `listen` and serves on `tracker` until the returned handle drops
+/// or `parent` is cancelled (open connections are closed gracefully).
 pub async fn start(
     listen: SocketAddr,
     sources: Sources,
     tracker: &TaskTracker,
+    parent: &CancellationToken,
 ) -> std::io::Result<AdminServer> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let local_addr = listener.local_addr()?;
     let router = Router::new()
+        .route("/", get(status_html))
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status", get(status_page))
+        .layer(axum::middleware::map_response(secure))
         .with_state(sources);
-    let stop = CancellationToken::new();
+    let stop = parent.child_token();
     let closed = CancellationToken::new();
     let stopped = stop.clone().cancelled_owned();
     let done = closed.clone();
@@ -103,7 +110,7 @@ pub async fn start(
         }
         done.cancel();
     });
-    info!(listen = %local_addr, "admin server listening (/metrics, /healthz, /readyz)");
+    info!(listen = %local_addr, "admin server listening (/ status page, /status, /metrics, /healthz, /readyz)");
     Ok(AdminServer {
         listen,
         local_addr,
@@ -123,8 +130,9 @@ pub async fn rebind(
     listen: SocketAddr,
     sources: Sources,
     tracker: &TaskTracker,
+    parent: &CancellationToken,
 ) -> Option<AdminServer> {
-    let error = match start(listen, sources.clone(), tracker).await {
+    let error = match start(listen, sources.clone(), tracker, parent).await {
         Ok(server) => return Some(server),
         Err(error) => error,
     };
@@ -138,11 +146,11 @@ pub async fn rebind(
     }
     let previous = old.listen;
     old.close().await;
-    match start(listen, sources.clone(), tracker).await {
+    match start(listen, sources.clone(), tracker, parent).await {
         Ok(server) => Some(server),
         Err(error) => {
             error!(%listen, %error, old = %previous, "cannot move the admin server; it keeps serving on the old address");
-            match start(previous, sources, tracker).await {
+            match start(previous, sources, tracker, parent).await {
                 Ok(server) => Some(server),
                 Err(error) => {
                     error!(listen = %previous, %error, "cannot bind the old admin address again; running without the admin server");
@@ -165,6 +173,40 @@ async fn metrics_page(State(state): State<Sources>) -> impl IntoResponse {
             prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
         )],
         state.metrics.render(),
+    )
+}
+
+/// The headers of every answer; a policy that allows nothing unless the
+/// answer brings its own (the page's).
+async fn secure(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in page::common_headers() {
+        headers.insert(name, value);
+    }
+    headers
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
+            "default-src 'none'; frame-ancestors 'none'",
+        ));
+    response
+}
+
+/// The status page: one document, its script and style inline, allowed by
+/// hash in its Content-Security-Policy.
+async fn status_html() -> impl IntoResponse {
+    let page = &*page::PAGE;
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            ),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_str(&page.policy).expect("the policy is ASCII"),
+            ),
+        ],
+        page.html.clone(),
     )
 }
 

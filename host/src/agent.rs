@@ -27,7 +27,7 @@ use tracing::{error, info, warn};
 use crate::admin::{self, AdminServer, StatusRequest};
 use crate::api::{self, ApiRequest, ApiServer};
 use crate::checks::{self, CheckHost, CheckId, CheckReport};
-use crate::config::{self, CheckStatus, Config, PluginsConfig};
+use crate::config::{self, Config, PluginsConfig};
 use crate::desired::{self, Clash, PluginMetadata, Throttle};
 use crate::instances_dir::{DirScan, InstancesDir};
 use crate::local::{LocalState, Source};
@@ -36,11 +36,14 @@ use crate::plugins::{self, LoadOutcome, PluginHost, PluginInstance, Round, Round
 use crate::record;
 use crate::registry::{RegistryHandle, RegistryStatus};
 use crate::state_dir::{self, Maintenance};
-use crate::status::{AgentStatus, CheckStatusView, InstanceState, InstanceStatus};
 use crate::systemd::Notifier;
 use crate::watch::{self as folder_watch, FolderWatch, Watched};
 
 mod local_control;
+mod shutdown;
+mod status;
+
+use shutdown::Stops;
 
 /// Quiet time after the last change signal before the config is re-read.
 const CONFIG_DEBOUNCE: Duration = Duration::from_millis(100);
@@ -303,6 +306,7 @@ impl PluginsRuntime {
             wiring.plugins.clone(),
             wiring.metrics.clone(),
             wiring.tracker.clone(),
+            &wiring.stops.plugins,
         ) {
             Ok(mut host) => {
                 host.scan();
@@ -329,6 +333,7 @@ impl PluginsRuntime {
         if !self.host.is_current(&result) {
             return false;
         }
+        self.host.note_result(&result);
         let per_instance = self.metadata.entry(result.plugin.to_string()).or_default();
         for (key, output) in result.outputs {
             per_instance.insert(key, output);
@@ -380,6 +385,9 @@ struct InstanceSource {
 struct Wiring {
     metrics: Metrics,
     tracker: TaskTracker,
+    /// The shutdown tree: every task spawned on `tracker` ends when its
+    /// concern's token is cancelled.
+    stops: Stops,
     plugins: plugins::Outbox,
     plugins_signals: mpsc::Sender<()>,
     config_reads: mpsc::Sender<ConfigRead>,
@@ -482,6 +490,7 @@ pub async fn run(options: RunOptions, config: Config, control: mpsc::Receiver<Co
 impl Supervisor {
     async fn start(options: RunOptions, config: Config, control: mpsc::Receiver<Control>) -> Self {
         let tracker = TaskTracker::new();
+        let stops = Stops::new();
         let (results_tx, results_rx) = mpsc::channel(PLUGIN_RESULTS_CAPACITY);
         let (scans_tx, scans_rx) = mpsc::channel(BESIDE_CAPACITY);
         let (loads_tx, loads_rx) = mpsc::channel(BESIDE_CAPACITY);
@@ -509,7 +518,13 @@ impl Supervisor {
 
         // Registration waits for the plugins' first round (boundedly): the
         // registry starts idle and gets its first target when that is over.
-        let registry = RegistryHandle::spawn(None, options.metrics.clone(), &tracker);
+        let registry = RegistryHandle::spawn_with_record(
+            None,
+            options.metrics.clone(),
+            &tracker,
+            stops.registry.clone(),
+            crate::registry::lease_record::folder(config.agent.local.state_dir.as_deref()),
+        );
         let registry_status = registry.status();
         let systemd = Notifier::from_env();
         let watchdog = systemd.watchdog_every.map(|every| {
@@ -522,6 +537,7 @@ impl Supervisor {
         let wiring = Wiring {
             metrics: options.metrics,
             tracker,
+            stops,
             plugins: plugins::Outbox {
                 results: results_tx,
                 scans: scans_tx,
@@ -541,6 +557,7 @@ impl Supervisor {
                     admin.listen,
                     admin_sources(&wiring, &registry_status),
                     &wiring.tracker,
+                    &wiring.stops.admin,
                 )
                 .await
             }
@@ -551,7 +568,11 @@ impl Supervisor {
             .plugins
             .as_ref()
             .and_then(|p| PluginsRuntime::start(p, &wiring));
-        let (checks, check_reports) = CheckHost::new(wiring.tracker.clone(), check_plugins);
+        let (checks, check_reports) = CheckHost::new(
+            wiring.tracker.clone(),
+            check_plugins,
+            wiring.stops.checks.clone(),
+        );
         let instances = config.agent.local.instances_dir.clone().map(|dir| {
             InstancesRuntime::new(dir, config.agent.local.check_defaults.clone(), &wiring)
         });
@@ -559,7 +580,8 @@ impl Supervisor {
         let (defaults_tx, defaults_rx) = watch::channel(config.agent.local.check_defaults.clone());
         let api = match config.agent.local.api.as_ref() {
             Some(api_config) => {
-                match api::start(api_config, api_tx, defaults_rx, &wiring.tracker).await {
+                let stop = &wiring.stops.api;
+                match api::start(api_config, api_tx, defaults_rx, &wiring.tracker, stop).await {
                     Ok(server) => Some(server),
                     Err(error) => {
                         error!(%error, "cannot start the local API; running without it (fix agent.api and restart)");
@@ -583,8 +605,10 @@ impl Supervisor {
         if maintenance != Maintenance::default() {
             info!(node = ?maintenance.node, instances = maintenance.instances.len(), "maintenance in force from the state folder");
         }
-        let state_writer =
-            state_dir.map(|dir| state_dir::writer(dir, maintenance.clone(), &wiring.tracker));
+        let state_writer = state_dir.map(|dir| {
+            let stop = wiring.stops.state.clone();
+            state_dir::writer(dir, maintenance.clone(), &wiring.tracker, stop)
+        });
         let mut supervisor = Supervisor {
             config_path: options.config_path,
             effective: config.clone(),
@@ -993,74 +1017,6 @@ impl Supervisor {
         true
     }
 
-    /// What `ygg-agent status` shows.
-    fn status(&self) -> AgentStatus {
-        let held_out = self.held_out();
-        let prefix = &self.effective.registry.prefix;
-        let instances = self
-            .effective
-            .agent
-            .instances
-            .iter()
-            .enumerate()
-            .map(|(index, instance)| {
-                let key = record::registry_key(prefix, instance);
-                let count = self.effective.agent.checks.get(index).map_or(0, Vec::len);
-                let checks = (0..count)
-                    .filter_map(|position| {
-                        let id = CheckId {
-                            instance_key: key.clone(),
-                            index: position,
-                        };
-                        let view = self.checks.get(&id)?;
-                        let latest = self.checks.latest(&id);
-                        Some(CheckStatusView {
-                            check: checks::describe(&view.config.probe),
-                            status: match view.status {
-                                CheckStatus::Passing => "passing",
-                                CheckStatus::Critical => "critical",
-                            }
-                            .to_string(),
-                            output: latest.as_ref().map_or_else(String::new, |last| {
-                                match &last.last {
-                                    Ok(output) => output.clone(),
-                                    Err(reason) => reason.clone(),
-                                }
-                            }),
-                            duration_ms: latest
-                                .as_ref()
-                                .map(|last| last.duration.as_secs_f64() * 1000.0),
-                        })
-                    })
-                    .collect();
-                InstanceStatus {
-                    state: if held_out.contains(&key) {
-                        InstanceState::Withheld
-                    } else {
-                        InstanceState::Registered
-                    },
-                    service: instance.service_label(),
-                    key,
-                    checks,
-                }
-            })
-            .collect();
-        let refused_plugins = self.plugins.as_ref().map_or_else(Vec::new, |p| {
-            p.host
-                .untrusted()
-                .iter()
-                .map(|(plugin, reason)| crate::status::RefusedPlugin {
-                    plugin: plugin.clone(),
-                    reason: reason.clone(),
-                })
-                .collect()
-        });
-        AgentStatus {
-            instances,
-            refused_plugins,
-        }
-    }
-
     /// Starts a read of the config file beside the loop (one at a time; a
     /// request meanwhile runs one more read after it). `forced` (SIGHUP)
     /// applies even when the bytes did not change.
@@ -1072,10 +1028,14 @@ impl Supervisor {
         self.reading.running = true;
         let path = self.config_path.clone();
         let reads = self.wiring.config_reads.clone();
+        let stop = self.wiring.stops.inputs.clone();
         self.wiring.tracker.spawn(async move {
-            if let Ok(read) = tokio::task::spawn_blocking(move || read_config(&path, forced)).await
-            {
-                let _ = reads.send(read).await;
+            let read = tokio::task::spawn_blocking(move || read_config(&path, forced));
+            tokio::select! {
+                () = stop.cancelled() => {}
+                Ok(read) = read => {
+                    let _ = reads.send(read).await;
+                }
             }
         });
     }
@@ -1282,39 +1242,59 @@ impl Supervisor {
         let sources = admin_sources(&self.wiring, &self.registry.status());
         let tracker = self.wiring.tracker.clone();
         let reply = self.wiring.admin.clone();
+        let stop = self.wiring.stops.admin.clone();
         self.wiring.tracker.spawn(async move {
-            let server = admin::rebind(old, listen, sources, &tracker).await;
+            let server = admin::rebind(old, listen, sources, &tracker, &stop).await;
             let _ = reply.send(server).await;
         });
     }
 
-    /// Stop watchers, stop plugins, deregister, all within shutdownTimeout.
+    /// Stops every concern in the order of the shutdown tree (see
+    /// `shutdown.rs`): inputs, servers, plugins and checks, the drain, the
+    /// registry (deregister, revoke), the state writer. `shutdownTimeout`
+    /// bounds it for an etcd that does not answer.
     async fn shutdown(self) {
         let timeout = self.config.agent.shutdown_timeout;
         let deadline = Instant::now() + timeout;
         info!(timeout = ?timeout, "shutting down: deregistering every instance");
         self.systemd.stopping();
+        let stops = self.wiring.stops.clone();
+        // 1. Nothing new comes in.
+        stops.inputs.cancel();
         drop(self.config_watch);
-        drop(self.admin);
-        // No API calls once stopping; the socket file goes with it.
+        drop(self.instances);
+        // 2. No API calls once stopping; the socket file goes with it.
+        stops.api.cancel();
         drop(self.api);
-        // Dropping the plugins cancels loads under way and stops every
-        // plugin task; a compile already running ends on its own thread.
+        stops.admin.cancel();
+        drop(self.admin);
+        // 3. Loads under way are cancelled (a compile already running ends
+        // on its own thread), every plugin task and health check stops.
+        stops.plugins.cancel();
         drop(self.plugins);
+        stops.checks.cancel();
+        drop(self.checks);
         drop(self.inbox);
+        // 4. The drain. Nothing is registered before start-up ends.
         let drain = self.config.agent.local.drain_delay;
-        // Nothing is registered before start-up ends: nothing to drain.
         let deadline = if drain.is_zero() || self.startup.is_some() {
             deadline
         } else {
             Supervisor::drain_keys(&self.registry, &self.config, deadline, drain).await;
             Instant::now() + timeout
         };
+        // 5. Deregister and revoke the lease.
         if !self.registry.stop(deadline).await {
             warn!(
                 "deregistration did not finish within shutdownTimeout; the lease will expire on its own"
             );
         }
+        stops.registry.cancel();
+        // 6. The last maintenance is written.
+        stops.state.cancel();
+        drop(self.state_writer);
+        // 7. Anything left.
+        stops.all();
         let tracker = self.wiring.tracker.clone();
         drop(self.wiring);
         tracker.close();
@@ -1322,7 +1302,10 @@ impl Supervisor {
             .await
             .is_err()
         {
-            warn!("some tasks did not stop within shutdownTimeout");
+            warn!(
+                tasks = tracker.len(),
+                "some tasks did not stop within shutdownTimeout"
+            );
         }
         info!("agent stopped");
     }
@@ -1334,8 +1317,9 @@ async fn serve_admin(
     listen: SocketAddr,
     sources: admin::Sources,
     tracker: &TaskTracker,
+    stop: &tokio_util::sync::CancellationToken,
 ) -> Option<AdminServer> {
-    match admin::start(listen, sources, tracker).await {
+    match admin::start(listen, sources, tracker, stop).await {
         Ok(server) => Some(server),
         Err(error) => {
             error!(%listen, %error, "cannot start the admin server; running without it (fix agent.admin.listen and reload)");

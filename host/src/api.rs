@@ -165,16 +165,18 @@ impl Drop for ApiServer {
 }
 
 /// Binds the socket (and the TCP address) and serves on `tracker` until the
-/// returned handle drops.
+/// returned handle drops or `parent` is cancelled (open connections are
+/// closed gracefully: a call in flight gets its answer).
 pub async fn start(
     config: &ApiConfig,
     calls: mpsc::Sender<ApiRequest>,
     defaults: watch::Receiver<CheckTiming>,
     tracker: &TaskTracker,
+    parent: &CancellationToken,
 ) -> std::io::Result<ApiServer> {
     let socket = config.socket.clone().unwrap_or_else(default_socket);
     let listener = bind_socket(&socket)?;
-    let stop = CancellationToken::new();
+    let stop = parent.child_token();
     let state = ApiState {
         calls,
         defaults,

@@ -77,10 +77,15 @@ enum Command {
         /// Only this service.
         service: Option<String>,
     },
-    /// Ask a running agent (through its admin listener) which instances
-    /// are registered or withheld by their health checks, and each check's
-    /// last result (exit 0, 1 if the agent does not answer, 2 usage).
+    /// Ask a running agent (through its admin listener) where each
+    /// instance stands (registered, pending, withheld, ttl-expired,
+    /// maintenance, drained) and why, each check's last result, the
+    /// plugins and the etcd session; with ID, that one instance's whole
+    /// story (exit 0, 1 if the agent does not answer or has no instance
+    /// ID, 2 usage).
     Status {
+        /// One instance: its id (`ygg-agent instances` lists them) or key.
+        id: Option<String>,
         /// Find the admin listener in this config file (`agent.admin.listen`).
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -212,10 +217,11 @@ pub fn main() -> ExitCode {
             json,
         ),
         Command::Status {
+            id,
             config,
             admin,
             json,
-        } => status(config.as_deref(), admin, json),
+        } => status(config.as_deref(), admin, id.as_deref(), json),
         Command::Plugin {
             command:
                 PluginCommand::Check {
@@ -354,7 +360,12 @@ fn run(path: &Path) -> ExitCode {
     code
 }
 
-fn status(config_path: Option<&Path>, admin: Option<std::net::SocketAddr>, json: bool) -> ExitCode {
+fn status(
+    config_path: Option<&Path>,
+    admin: Option<std::net::SocketAddr>,
+    id: Option<&str>,
+    json: bool,
+) -> ExitCode {
     let listen = match admin {
         Some(admin) => admin,
         None => {
@@ -393,6 +404,36 @@ fn status(config_path: Option<&Path>, admin: Option<std::net::SocketAddr>, json:
         }
     };
     match runtime.block_on(crate::status::fetch(address)) {
+        Ok(status) if id.is_some() => {
+            let id = id.unwrap_or_default();
+            let Some(instance) = status.instance(id) else {
+                let known: Vec<String> = (status.instances.iter())
+                    .map(|i| crate::status::escape(&i.id))
+                    .collect();
+                eprintln!(
+                    "error: the agent has no instance {} (its instances: {})",
+                    crate::status::escape(id),
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                );
+                return ExitCode::from(EXIT_RUNTIME);
+            };
+            if json {
+                match serde_json::to_string_pretty(instance) {
+                    Ok(text) => println!("{text}"),
+                    Err(error) => {
+                        eprintln!("error: {error}");
+                        return ExitCode::from(EXIT_RUNTIME);
+                    }
+                }
+            } else {
+                print!("{}", status.explain(instance));
+            }
+            ExitCode::SUCCESS
+        }
         Ok(status) => {
             if json {
                 match serde_json::to_string_pretty(&status) {

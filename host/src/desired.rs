@@ -212,6 +212,16 @@ impl Throttle {
     }
 }
 
+/// The metadata `build` writes for `instance` (its own, then the
+/// plugins'), for the status.
+pub fn instance_metadata(
+    instance: &Instance,
+    registry_key: &str,
+    plugins: &PluginMetadata,
+) -> BTreeMap<String, String> {
+    merged_metadata(instance, registry_key, plugins, &mut Vec::new())
+}
+
 fn merged_metadata(
     instance: &Instance,
     registry_key: &str,

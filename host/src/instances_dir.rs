@@ -120,6 +120,13 @@ impl InstancesDir {
         self.scanned
     }
 
+    /// Every refused file and why (its last good instances stay in force).
+    pub fn refused(&self) -> impl Iterator<Item = (&Path, &[String])> {
+        self.refused
+            .iter()
+            .map(|(path, why)| (path.as_path(), &why[..]))
+    }
+
     /// Every instance in force, in file order: (file, index, instance,
     /// its checks).
     pub fn instances(&self) -> impl Iterator<Item = (&Path, usize, &Instance, &[CheckConfig])> {

@@ -13,6 +13,7 @@ mod check;
 pub mod compile_child;
 mod engine;
 mod folder;
+mod inspect;
 mod instance;
 pub mod output;
 mod ownership;
@@ -29,7 +30,7 @@ mod wit_host;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use sha2::Digest;
 use tokio::sync::{mpsc, watch};
@@ -40,30 +41,14 @@ use tracing::{error, info, warn};
 
 use crate::config::PluginsConfig;
 use crate::metrics::{Metrics, PluginLabel, PluginResultLabel};
+use crate::status::PluginStatus;
 
 pub use check::{CheckPlugin, CheckPlugins, CheckTarget, MAX_CHECK_OUTPUT};
 pub use engine::{LoadError, PluginEngine, default_cache_dir};
 pub use folder::Scan;
+pub use inspect::{FileReport, check_file, load_check_plugin};
 pub use instance::PluginInstance;
-pub use runner::{CallError, Limits, Round, RoundResult, wears_out};
-
-/// What a plugin says about itself, from `describe`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PluginInfo {
-    pub name: String,
-    pub version: String,
-    pub suggested_interval: Option<Duration>,
-}
-
-impl From<v0_1_0::PluginInfo> for PluginInfo {
-    fn from(info: v0_1_0::PluginInfo) -> Self {
-        PluginInfo {
-            name: info.name,
-            version: info.version,
-            suggested_interval: info.suggested_interval_ms.map(Duration::from_millis),
-        }
-    }
-}
+pub use runner::{CallError, Limits, PluginInfo, Round, RoundResult, wears_out};
 
 /// What a load depends on: the same inputs give the same outcome, so a
 /// plugin is (re)loaded only when one of them changes.
@@ -200,11 +185,26 @@ pub struct PluginHost {
     outbox: Outbox,
     metrics: Metrics,
     tracker: TaskTracker,
-    /// Cancels every load when the host is dropped.
+    /// Cancels every scan, load and plugin task when the host is dropped
+    /// or its parent (the agent's plugins token) is cancelled.
     cancel: CancellationToken,
     /// Limits of the compile child of every cold compile.
     child_limits: compile_child::ChildLimits,
     next_id: u64,
+    /// What each plugin did since it was loaded, for the status (entries
+    /// of plugins in neither `loaded`, `checks` nor `failed` are ignored).
+    activity: HashMap<String, Activity>,
+}
+
+/// One plugin's record for the status: when it was loaded, its calls.
+#[derive(Debug, Clone, Default)]
+struct Activity {
+    loaded_at: Option<SystemTime>,
+    last_call: Option<SystemTime>,
+    calls: u64,
+    errors: u64,
+    last_error: Option<String>,
+    memory: Option<u64>,
 }
 
 impl Drop for PluginHost {
@@ -224,6 +224,8 @@ impl Drop for PluginHost {
 
 impl PluginHost {
     /// Creates the engine. Nothing is loaded until the first [`scan`].
+    /// Cancelling `stop` stops every task of the host (scans, loads,
+    /// plugin runners).
     ///
     /// [`scan`]: PluginHost::scan
     pub fn new(
@@ -231,6 +233,7 @@ impl PluginHost {
         outbox: Outbox,
         metrics: Metrics,
         tracker: TaskTracker,
+        stop: &CancellationToken,
     ) -> anyhow::Result<Self> {
         let cache_dir = config.cache_dir.clone().unwrap_or_else(default_cache_dir);
         let engine = Arc::new(PluginEngine::new(Some(cache_dir))?);
@@ -249,9 +252,10 @@ impl PluginHost {
             outbox,
             metrics,
             tracker,
-            cancel: CancellationToken::new(),
+            cancel: stop.child_token(),
             child_limits: compile_child::ChildLimits::from_env(),
             next_id: 0,
+            activity: HashMap::new(),
         })
     }
 
@@ -537,6 +541,13 @@ impl PluginHost {
                 } = *ready;
                 tracing::debug!(plugin = %name, from_cache, compile = ?compile_time, "plugin compiled");
                 self.failed.remove(&name);
+                self.activity.insert(
+                    name.clone(),
+                    Activity {
+                        loaded_at: Some(SystemTime::now()),
+                        ..Activity::default()
+                    },
+                );
                 let loaded_word = if replacing { "reloaded" } else { "loaded" };
                 match kind {
                     ReadyKind::Metadata { spec, live, info } => {
@@ -548,6 +559,7 @@ impl PluginHost {
                             self.outbox.results.clone(),
                             self.metrics.clone(),
                             &self.tracker,
+                            self.cancel.clone(),
                         );
                         info!(plugin = %name, version = %info.version, "plugin {loaded_word}");
                         if self.checks.remove(&name).is_some() {
@@ -589,6 +601,9 @@ impl PluginHost {
                     .get_or_create(&crate::metrics::ResultLabel { result })
                     .inc();
                 report_failure(&name, &outcome.path, &message);
+                let activity = self.activity.entry(name.clone()).or_default();
+                activity.errors += 1;
+                activity.last_error = Some(format!("load failed: {message}"));
                 // The running version stays unless it is the very same
                 // bytes, now refused (a trusted key was removed).
                 let same_bytes = self.loaded.get(&name).map(|l| l.inputs.digest)
@@ -617,6 +632,66 @@ impl PluginHost {
             .plugins_loaded
             .set((self.loaded.len() + self.checks.len()) as i64);
         changes
+    }
+
+    /// Counts a round's answer of the current version of its plugin (for
+    /// the status: last call, calls, errors, memory).
+    pub fn note_result(&mut self, result: &RoundResult) {
+        let activity = self.activity.entry(result.plugin.to_string()).or_default();
+        activity.last_call = Some(SystemTime::now());
+        activity.calls += result.outputs.len() as u64;
+        activity.errors += result.errors.len() as u64;
+        if let Some((key, error)) = result.errors.last() {
+            activity.last_error = Some(format!("{key}: {error}"));
+        }
+        if result.memory.is_some() {
+            activity.memory = result.memory;
+        }
+    }
+
+    /// Every plugin loaded (metadata and check) or failed, by name.
+    pub fn status(&self) -> Vec<PluginStatus> {
+        let memory_limit = self.config.memory_limit;
+        let row = |name: &str, version: &str, kind: &str, state: &str| {
+            let activity = self.activity.get(name).cloned().unwrap_or_default();
+            PluginStatus {
+                name: name.to_string(),
+                version: version.to_string(),
+                kind: kind.to_string(),
+                state: state.to_string(),
+                loaded_ms: activity.loaded_at.map(crate::status::unix_ms),
+                last_call_ms: activity.last_call.map(crate::status::unix_ms),
+                calls: activity.calls,
+                errors: activity.errors,
+                last_error: activity.last_error,
+                memory_bytes: activity.memory,
+                memory_limit_bytes: memory_limit,
+            }
+        };
+        let mut rows: Vec<PluginStatus> = self
+            .loaded
+            .iter()
+            .map(|(name, loaded)| row(name, &loaded.info.version, "metadata", "loaded"))
+            .chain((self.checks.keys()).map(|name| row(name, "", "check", "loaded")))
+            .chain(
+                (self.failed.keys())
+                    .filter(|name| {
+                        !self.loaded.contains_key(*name) && !self.checks.contains_key(*name)
+                    })
+                    .map(|name| {
+                        // Refused by its signature: `untrusted`, with why
+                        // in `last_error`.
+                        let state = if self.untrusted.contains_key(name) {
+                            "untrusted"
+                        } else {
+                            "failed"
+                        };
+                        row(name, "", "", state)
+                    }),
+            )
+            .collect();
+        rows.sort_by(|a, b| a.name.cmp(&b.name));
+        rows
     }
 
     /// Whether `result` comes from the currently loaded version of its plugin.
@@ -908,257 +983,5 @@ fn forget_metrics(metrics: &Metrics, name: &str) {
     }
 }
 
-/// Loads one check plugin file outside a plugin host (benchmarks, tools):
-/// compile, check it implements the `check` world, instantiate it once.
-/// The plugin keeps its own engine (and epoch ticker) alive.
-pub async fn load_check_plugin(
-    path: &Path,
-    settings: Vec<(String, String)>,
-    limits: Limits,
-) -> Result<Arc<CheckPlugin>, String> {
-    let bytes = folder::read_plugin_file(path).map_err(|e| e.to_string())?;
-    let name = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("plugin")
-        .to_string();
-    let engine = Arc::new(PluginEngine::new(None).map_err(|e| e.to_string())?);
-    let digest = sha2::Sha256::digest(&bytes).into();
-    let prepared = engine.prepare(&bytes, &digest).map_err(|e| e.to_string())?;
-    let engine::PreparedPre::Check(pre) = prepared.pre else {
-        return Err("a metadata plugin, not a check plugin (world `check`)".into());
-    };
-    let plugin = CheckPlugin::new(Arc::from(name.as_str()), engine, pre, settings, limits);
-    plugin
-        .try_instantiate()
-        .await
-        .map_err(|e| format!("instantiation {e}"))?;
-    Ok(Arc::new(plugin))
-}
-
-/// What `ygg-agent plugin check` found.
-#[derive(Debug)]
-pub struct CheckReport {
-    pub info: PluginInfo,
-    pub output: BTreeMap<String, String>,
-    /// Compiling the component to machine code (no cache).
-    pub compile: Duration,
-    /// Loading the same code from a compile cache.
-    pub cache_load: Duration,
-    /// Instantiating, `describe` and `init`.
-    pub instantiate: Duration,
-    /// Durations of the warm calls after the first, sorted (empty unless
-    /// more than one call was asked for).
-    pub warm_calls: Vec<Duration>,
-    /// The most linear memory the instance had after the calls, in bytes.
-    pub memory_peak: u64,
-}
-
-/// Loads one plugin file and runs it, for `ygg-agent plugin check`:
-/// compile (cold, then from a throwaway cache), describe, init with
-/// `settings`, and `calls` collects for `instance` on the same instance.
-pub async fn check_file(
-    path: &Path,
-    settings: Vec<(String, String)>,
-    limits: Limits,
-    instance: PluginInstance,
-    calls: usize,
-) -> Result<CheckReport, String> {
-    let bytes = folder::read_plugin_file(path).map_err(|e| e.to_string())?;
-    let name = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("plugin")
-        .to_string();
-    let cache = tempfile::tempdir().map_err(|e| format!("cannot create a temp cache: {e}"))?;
-    let engine = PluginEngine::new(Some(cache.path().to_path_buf())).map_err(|e| e.to_string())?;
-    let digest = sha2::Sha256::digest(&bytes).into();
-    let started = std::time::Instant::now();
-    let cold = engine.prepare(&bytes, &digest).map_err(|e| e.to_string())?;
-    let compile = started.elapsed();
-    drop(cold);
-    let started = std::time::Instant::now();
-    let prepared = engine.prepare(&bytes, &digest).map_err(|e| e.to_string())?;
-    let cache_load = started.elapsed();
-    let engine::PreparedPre::Metadata(pre) = prepared.pre else {
-        return Err(
-            "a check plugin (world `check`): use it in a check of kind `plugin` (agent.instances[].checks); `plugin check` runs metadata plugins"
-                .into(),
-        );
-    };
-    let spec = runner::Spec {
-        name: Arc::from(name.as_str()),
-        pre,
-        settings,
-        limits,
-    };
-    let system = Arc::new(system::read());
-    let started = std::time::Instant::now();
-    let (mut live, info) = runner::instantiate(&engine, &spec, system)
-        .await
-        .map_err(|e| format!("init {e}"))?;
-    let instantiate = started.elapsed();
-    let output = runner::collect_once(&mut live, &instance, limits.timeout)
-        .await
-        .map_err(|e| format!("collect {e}"))?;
-    let mut warm_calls = Vec::with_capacity(calls.saturating_sub(1));
-    for _ in 1..calls {
-        let started = std::time::Instant::now();
-        runner::collect_once(&mut live, &instance, limits.timeout)
-            .await
-            .map_err(|e| format!("collect {e}"))?;
-        warm_calls.push(started.elapsed());
-    }
-    warm_calls.sort();
-    let memory_peak = live.memory_peak();
-    Ok(CheckReport {
-        info: PluginInfo::from(info),
-        output,
-        compile,
-        cache_load,
-        instantiate,
-        warm_calls,
-        memory_peak,
-    })
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    struct Harness {
-        host: PluginHost,
-        scans: mpsc::Receiver<Scan>,
-        loads: mpsc::Receiver<LoadOutcome>,
-        _results: mpsc::Receiver<RoundResult>,
-    }
-
-    fn harness(dir: &Path, cache: &Path) -> Harness {
-        let (results, _results) = mpsc::channel(8);
-        let (scans_tx, scans) = mpsc::channel(8);
-        let (loads_tx, loads) = mpsc::channel(8);
-        let config = PluginsConfig {
-            dir: dir.to_path_buf(),
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_secs(1),
-            memory_limit: 16 << 20,
-            settings: BTreeMap::new(),
-            cache_dir: Some(cache.to_path_buf()),
-            min_rewrite_interval: None,
-            trusted_keys: Vec::new(),
-        };
-        let outbox = Outbox {
-            results,
-            scans: scans_tx,
-            loads: loads_tx,
-            check_plugins: watch::channel(CheckPlugins::default()).0,
-        };
-        let host = PluginHost::new(config, outbox, Metrics::new(), TaskTracker::new()).unwrap();
-        Harness {
-            host,
-            scans,
-            loads,
-            _results,
-        }
-    }
-
-    impl Harness {
-        async fn scan(&mut self) -> Changes {
-            self.host.scan();
-            let scan = self.scans.recv().await.unwrap();
-            self.host.apply_scan(scan)
-        }
-    }
-
-    #[tokio::test]
-    async fn only_the_newest_load_of_a_plugin_counts() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = tempfile::tempdir().unwrap();
-        let mut h = harness(dir.path(), cache.path());
-        std::fs::write(dir.path().join("a.wasm"), b"first junk").unwrap();
-        h.scan().await;
-        assert!(!h.host.is_settled(), "a load is under way");
-        let first = h.host.pending["a"].id;
-
-        // New bytes before the first load is handled: a second load
-        // supersedes it (and cancels it).
-        std::fs::write(dir.path().join("a.wasm"), b"second junk!").unwrap();
-        h.scan().await;
-        let second = h.host.pending["a"].id;
-        assert!(second > first);
-
-        // Whatever arrives of the first load changes nothing.
-        let stale = LoadOutcome {
-            name: "a".into(),
-            id: first,
-            path: dir.path().join("a.wasm"),
-            result: Err(FailedLoad {
-                inputs: h.host.pending["a"].inputs.clone(),
-                result: "error",
-                message: "stale".into(),
-            }),
-        };
-        assert_eq!(h.host.finish_load(stale), Changes::default());
-        assert!(h.host.failed.is_empty());
-        loop {
-            let outcome = h.loads.recv().await.unwrap();
-            let newest = outcome.id == second;
-            assert_eq!(h.host.finish_load(outcome), Changes::default());
-            if newest {
-                break;
-            }
-        }
-        assert!(h.host.is_settled());
-        let expected: [u8; 32] = sha2::Sha256::digest(b"second junk!").into();
-        assert_eq!(h.host.failed["a"].digest, expected);
-
-        // The same bytes again: not retried.
-        h.scan().await;
-        assert!(
-            h.host.is_settled(),
-            "a failed file is retried only when it changes"
-        );
-
-        // Gone: forgotten, and a load under way for it no longer counts.
-        std::fs::write(dir.path().join("a.wasm"), b"third junk").unwrap();
-        h.scan().await;
-        let third = h.host.pending["a"].id;
-        std::fs::remove_file(dir.path().join("a.wasm")).unwrap();
-        h.scan().await;
-        assert!(h.host.pending.is_empty() && h.host.failed.is_empty());
-        let late = LoadOutcome {
-            name: "a".into(),
-            id: third,
-            path: dir.path().join("a.wasm"),
-            result: Err(FailedLoad {
-                inputs: LoadInputs {
-                    digest: [0; 32],
-                    settings: Vec::new(),
-                    limits: Limits::of(None),
-                    trust: None,
-                },
-                result: "error",
-                message: "late".into(),
-            }),
-        };
-        assert_eq!(h.host.finish_load(late), Changes::default());
-        assert!(h.host.failed.is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_scan_requested_during_a_scan_runs_after_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = tempfile::tempdir().unwrap();
-        let mut h = harness(dir.path(), cache.path());
-        h.host.scan();
-        h.host.scan();
-        assert!(!h.host.is_settled());
-        let scan = h.scans.recv().await.unwrap();
-        h.host.apply_scan(scan);
-        // The second scan was started by the first one's end.
-        assert!(!h.host.is_settled());
-        let scan = h.scans.recv().await.unwrap();
-        h.host.apply_scan(scan);
-        assert!(h.host.is_settled());
-    }
-}
+mod tests;

@@ -12,14 +12,18 @@
 
 mod batch;
 mod keepalive;
+mod key_watch;
+pub mod lease_record;
 mod session;
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
@@ -29,11 +33,23 @@ use crate::desired::{RecordKind, Target};
 use crate::etcd::{self, EtcdError};
 use crate::metrics::Metrics;
 use keepalive::LeaseHealth;
+use key_watch::KeyNews;
+use lease_record::{LeaseRecord, RecordWriter};
 use session::Session;
 
 /// First retry delay after a failure; it doubles up to `retryInterval`, and
 /// each delay is multiplied by a random factor in [0.5, 1).
 const FIRST_RETRY: Duration = Duration::from_millis(100);
+
+/// The full comparison of every key with etcd, while a watch on our keys
+/// reports every change at once: a safety net, jittered by U(0.8, 1).
+/// Without a watch (it broke and is being restarted) the comparison runs
+/// every `retryInterval`, as before watches.
+const VERIFY_INTERVAL: Duration = Duration::from_secs(300);
+
+/// A watch that lived this long was not failing: its restart starts over
+/// from the first, quick delay.
+const WATCH_HEALTHY_AFTER: Duration = Duration::from_secs(10);
 
 /// What the actor knows about its registrations, for `/readyz`, systemd
 /// readiness and metrics.
@@ -48,6 +64,13 @@ pub struct RegistryStatus {
     pub registered: usize,
     /// Every desired record is registered under a live lease.
     pub ready: bool,
+    /// When the lease runs out without another renewal (for the status).
+    pub lease_expires_at: Option<Instant>,
+    /// The instance records (keys) that are desired but not yet held as
+    /// written under the lease: the status's `pending` instances.
+    pub pending: Vec<String>,
+    /// The last anti-entropy check, and how many keys it rewrote.
+    pub last_verify: Option<(std::time::SystemTime, usize)>,
 }
 
 impl RegistryStatus {
@@ -83,10 +106,31 @@ impl RegistryHandle {
     /// the actor connects to nothing until the first [`set_target`].
     ///
     /// [`set_target`]: RegistryHandle::set_target
+    ///
+    /// Cancelling `abort` ends the actor at once, without deregistering:
+    /// the backstop for a [`stop`] that overran its deadline.
+    ///
+    /// [`stop`]: RegistryHandle::stop
     pub fn spawn(
         target: Option<Target>,
         metrics: Metrics,
         tracker: &TaskTracker,
+        abort: CancellationToken,
+    ) -> RegistryHandle {
+        Self::spawn_with_record(target, metrics, tracker, abort, None)
+    }
+
+    /// [`spawn`], keeping the lease record in `record_dir` (see
+    /// [`lease_record`]): a lease recorded there by a previous process is
+    /// adopted if etcd still keeps it.
+    ///
+    /// [`spawn`]: RegistryHandle::spawn
+    pub fn spawn_with_record(
+        target: Option<Target>,
+        metrics: Metrics,
+        tracker: &TaskTracker,
+        abort: CancellationToken,
+        record_dir: Option<PathBuf>,
     ) -> RegistryHandle {
         let idle = target.is_none();
         let target = target.unwrap_or_else(|| Target {
@@ -102,6 +146,9 @@ impl RegistryHandle {
         let (stop_tx, stop_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
         let initial = target_rx.borrow().clone();
+        let (news_tx, news_rx) = mpsc::channel(key_watch::NEWS_CAPACITY);
+        let watch_retry =
+            Backoff::new(FIRST_RETRY, initial.config.retry_interval).with_jitter(0.5, 1.0);
         let retry = Backoff::new(FIRST_RETRY, initial.config.retry_interval).with_jitter(0.5, 1.0);
         let actor = Actor {
             target: initial,
@@ -115,12 +162,25 @@ impl RegistryHandle {
             retry,
             next_verify: Instant::now(),
             verify_due: false,
+            last_verify: None,
             connected: false,
             reconnect: false,
             tracker: tracker.clone(),
+            record_dir,
+            recorded: None,
+            record_writer: None,
+            key_watch: None,
+            watch_generation: 0,
+            news_tx,
+            news_rx,
+            watch_retry,
+            watch_retry_at: Instant::now(),
         };
         tracker.spawn(async move {
-            actor.run(idle).await;
+            tokio::select! {
+                () = actor.run(idle) => {}
+                () = abort.cancelled() => {}
+            }
             let _ = done_tx.send(());
         });
         RegistryHandle {
@@ -176,10 +236,29 @@ struct Actor {
     retry: Backoff,
     next_verify: Instant,
     verify_due: bool,
+    last_verify: Option<(std::time::SystemTime, usize)>,
     connected: bool,
     /// The last round could not connect: the next one builds a new client
     /// for the session (see `EtcdError::is_unavailable`).
     reconnect: bool,
+    /// Where the lease record is kept; `None`: nowhere.
+    record_dir: Option<PathBuf>,
+    /// A previous process's record, until the first session decides
+    /// whether to adopt its lease.
+    recorded: Option<LeaseRecord>,
+    record_writer: Option<RecordWriter>,
+    /// The watch on the current session's keys: its guard, the keys it
+    /// watches and when it started.
+    key_watch: Option<(DropGuard, Vec<String>, Instant)>,
+    /// The number of the last watch started: a `Lost` from an older one
+    /// (already replaced) is not about the current one.
+    watch_generation: u64,
+    /// The watch task's end and ours.
+    news_tx: mpsc::Sender<KeyNews>,
+    news_rx: mpsc::Receiver<KeyNews>,
+    /// Delays between restarts of a watch that keeps failing.
+    watch_retry: Backoff,
+    watch_retry_at: Instant,
 }
 
 enum Wake {
@@ -189,25 +268,46 @@ enum Wake {
 
 impl Actor {
     async fn run(mut self, idle: bool) {
+        if let Some(dir) = self.record_dir.clone() {
+            self.recorded = tokio::task::spawn_blocking({
+                let dir = dir.clone();
+                move || lease_record::load(&dir)
+            })
+            .await
+            .ok()
+            .flatten();
+            self.record_writer = Some(RecordWriter::start(dir));
+        }
         if idle {
             // Nothing to hold yet: wait for the first target (or a stop,
             // with nothing to deregister).
             tokio::select! {
-                _ = &mut self.stop_rx => return,
+                _ = &mut self.stop_rx => return self.clear_record().await,
                 changed = self.target_rx.changed() => {
                     if changed.is_err() {
-                        return;
+                        return self.clear_record().await;
                     }
                     self.target = self.target_rx.borrow_and_update().clone();
                 }
             }
         }
+        if let Some(record) = self.recorded.take() {
+            match record.mismatch(&self.target.config) {
+                Some(why) => {
+                    info!(lease = record.lease, %why, "ignoring the lease record of the previous process")
+                }
+                None => self.recorded = Some(record),
+            }
+        }
         let deadline = loop {
             self.publish_target_gauges();
-            let retry_at = match self.converge().await {
+            let converged = self.converge().await;
+            self.save_record();
+            let retry_at = match converged {
                 Ok(()) => {
                     self.retry.reset();
                     self.set_connected(true);
+                    self.ensure_key_watch();
                     None
                 }
                 Err(error) => {
@@ -245,6 +345,14 @@ impl Actor {
         loop {
             let verify_at =
                 (retry_at.is_none() && self.session.is_some()).then_some(self.next_verify);
+            let rotate_at = retry_at
+                .is_none()
+                .then(|| self.session.as_ref()?.lease.as_ref()?.rotate_at())
+                .flatten();
+            // A watch to restart once its backoff is over (a round does it).
+            let watch_wanted = retry_at.is_none()
+                && self.key_watch.is_none()
+                && self.session.as_ref().is_some_and(|s| s.written_count() > 0);
             let health = self
                 .session
                 .as_mut()
@@ -285,8 +393,94 @@ impl Actor {
                     self.verify_due = true;
                     return Wake::Work;
                 }
+                _ = sleep_until(rotate_at.unwrap_or_else(Instant::now)), if rotate_at.is_some() => {
+                    return Wake::Work;
+                }
+                Some(news) = self.news_rx.recv() => {
+                    if self.on_key_news(news) {
+                        return Wake::Work;
+                    }
+                }
+                _ = sleep_until(self.watch_retry_at), if watch_wanted => {
+                    return Wake::Work;
+                }
             }
         }
+    }
+
+    /// Follows what the watch on our keys reports; true when something must
+    /// be repaired (or the watch restarted) by a round.
+    fn on_key_news(&mut self, news: KeyNews) -> bool {
+        match news {
+            KeyNews::Changed {
+                key,
+                revision,
+                value,
+            } => {
+                let Some(session) = self.session.as_mut() else {
+                    return false;
+                };
+                if !session.note_change(&key, revision, value) {
+                    return false;
+                }
+                self.metrics.repairs.inc();
+                self.publish_status();
+                true
+            }
+            KeyNews::Lost(generation, reason) => {
+                if generation != self.watch_generation {
+                    // A watch we had already replaced.
+                    return false;
+                }
+                let Some((_, _, started)) = self.key_watch.take() else {
+                    return false;
+                };
+                if started.elapsed() >= WATCH_HEALTHY_AFTER {
+                    self.watch_retry.reset();
+                }
+                self.watch_retry.set_cap(self.target.config.retry_interval);
+                let delay = self.watch_retry.fail();
+                self.watch_retry_at = Instant::now() + delay;
+                warn!(%reason, retry_in = ?delay, "the watch on our keys ended; comparing every key and watching again");
+                // Blind meanwhile: compare now, and poll until watched.
+                self.verify_due = true;
+                true
+            }
+        }
+    }
+
+    /// Watches the current session's keys unless a watch already covers
+    /// exactly them (a new key, or a key gone, starts a new watch).
+    fn ensure_key_watch(&mut self) {
+        let Some(session) = self.session.as_ref() else {
+            return;
+        };
+        let list = session.watch_list();
+        let keys: Vec<String> = list.iter().map(|(k, _)| k.clone()).collect();
+        if self
+            .key_watch
+            .as_ref()
+            .is_some_and(|(_, watched, _)| *watched == keys)
+        {
+            return;
+        }
+        if keys.is_empty() {
+            self.key_watch = None;
+            return;
+        }
+        if self.key_watch.is_none() && Instant::now() < self.watch_retry_at {
+            return;
+        }
+        self.key_watch = None;
+        self.watch_generation += 1;
+        let guard = key_watch::spawn(
+            self.watch_generation,
+            session.client(),
+            list,
+            self.news_tx.clone(),
+            &self.tracker,
+        );
+        self.key_watch = Some((guard, keys, Instant::now()));
     }
 
     /// Follows what the keeper reports about the current lease; true when
@@ -343,10 +537,17 @@ impl Actor {
             let old = self.session.take().expect("checked above");
             info!("registry settings changed: moving the registrations to a new etcd session");
             self.retiring.push(old);
+            // The watch was the old session's (maybe another cluster).
+            self.key_watch = None;
         }
         if self.session.is_none() {
             let client = etcd::connect(&target.config.client).await?;
-            self.session = Some(Session::new(target.config.clone(), client));
+            let mut session = None;
+            if let Some(record) = self.recorded.take() {
+                session = self.resume(record, &client).await?;
+            }
+            self.session =
+                Some(session.unwrap_or_else(|| Session::new(target.config.clone(), client)));
         } else if self.reconnect {
             // An old client can keep failing with the error of its last
             // failed connect after etcd is back (found by the fleet test:
@@ -371,19 +572,109 @@ impl Actor {
         Ok(())
     }
 
+    /// Takes over the lease of the previous process's record if etcd still
+    /// keeps it: the returned session holds it and what etcd holds on it.
+    /// A lease that cannot be kept as it is (another TTL, `keepAlive:
+    /// false`) is retired once a new lease holds the keys; an expired one
+    /// is ignored. On an etcd error the record is kept for the next round.
+    async fn resume(
+        &mut self,
+        record: LeaseRecord,
+        client: &etcd_client::Client,
+    ) -> Result<Option<Session>, EtcdError> {
+        let config = self.target.config.clone();
+        let resumed = match Session::resume(
+            config,
+            client.clone(),
+            &record,
+            &self.metrics,
+            &self.tracker,
+        )
+        .await
+        {
+            Ok(resumed) => resumed,
+            Err(error) => {
+                self.recorded = Some(record);
+                return Err(error);
+            }
+        };
+        match resumed {
+            None => {
+                info!(
+                    lease = record.lease,
+                    "the lease of the previous process has expired; ignoring its record"
+                );
+                Ok(None)
+            }
+            Some((session, true)) => {
+                info!(
+                    lease = record.lease,
+                    keys = session.written_count(),
+                    "adopted the lease of the previous process"
+                );
+                Ok(Some(session))
+            }
+            Some((session, false)) => {
+                info!(
+                    lease = record.lease,
+                    "the previous process's lease does not fit the settings (TTL or keepAlive); moving its keys to a new lease"
+                );
+                self.retiring.push(session);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Publishes the current session's record to the writer.
+    fn save_record(&self) {
+        let (Some(writer), Some(session)) = (&self.record_writer, &self.session) else {
+            return;
+        };
+        if let Some(record) = session.record() {
+            writer.publish(record);
+        }
+    }
+
+    async fn clear_record(&mut self) {
+        if let Some(writer) = self.record_writer.take() {
+            writer.clear().await;
+        }
+    }
+
     /// Lease, repair, writes. The lease's keeper opens its stream alongside
     /// the first write, so a first registration costs two round trips
     /// (grant, write) like a hand-written one.
     async fn converge_session(&mut self, target: &Target) -> Result<(), EtcdError> {
         let session = self.session.as_mut().expect("converge sets the session");
+        if session
+            .lease
+            .as_ref()
+            .and_then(|l| l.rotate_at())
+            .is_some_and(|at| at <= Instant::now())
+        {
+            session
+                .rotate_lease(
+                    &target.records,
+                    &mut self.announced,
+                    &self.metrics,
+                    &self.tracker,
+                )
+                .await?;
+        }
         session.grant_lease(&self.metrics, &self.tracker).await?;
         if self.verify_due {
             let repaired = session.verify().await?;
+            self.last_verify = Some((std::time::SystemTime::now(), repaired));
             if repaired > 0 {
                 self.metrics.repairs.inc_by(repaired as u64);
             }
             self.verify_due = false;
-            self.next_verify = Instant::now() + jitter(self.target.config.retry_interval, 0.8, 1.0);
+            let every = if self.key_watch.is_some() {
+                VERIFY_INTERVAL
+            } else {
+                self.target.config.retry_interval
+            };
+            self.next_verify = Instant::now() + jitter(every, 0.8, 1.0);
         }
         session
             .reconcile(&target.records, &mut self.announced, &self.metrics)
@@ -406,9 +697,10 @@ impl Actor {
 
     fn publish_status(&self) {
         let now = Instant::now();
-        let keep_alive = self.target.config.keep_alive;
         // Instances count Yggdrasil records; ready needs every key (naming
         // keys too).
+        let mut pending = Vec::new();
+        let mut expires_at = None;
         let (lease, registered, held) = match &self.session {
             Some(session) => {
                 let live_lease = session
@@ -416,28 +708,40 @@ impl Actor {
                     .as_ref()
                     .filter(|l| l.expires_at().is_some_and(|at| at > now))
                     .map(|l| l.id);
-                let expected_lease = if keep_alive { live_lease } else { Some(0) };
+                expires_at = session
+                    .lease
+                    .as_ref()
+                    .and_then(|l| l.expires_at())
+                    .filter(|at| *at > now);
                 let (mut registered, mut held) = (0, 0);
-                if let Some(lease_id) = expected_lease {
+                if let Some(lease_id) = live_lease {
                     for (key, record) in &self.target.records {
                         if session.holds(key, record, lease_id) {
                             held += 1;
                             registered += usize::from(record.kind == RecordKind::Instance);
+                        } else if record.kind == RecordKind::Instance {
+                            pending.push(key.clone());
                         }
                     }
+                } else {
+                    pending.extend(self.instance_keys());
                 }
                 (live_lease, registered, held)
             }
-            None => (None, 0, 0),
+            None => {
+                pending.extend(self.instance_keys());
+                (None, 0, 0)
+            }
         };
         let status = RegistryStatus {
             connected: self.connected,
             lease,
             desired: self.target.instances(),
             registered,
-            ready: self.connected
-                && held == self.target.records.len()
-                && (lease.is_some() || !keep_alive),
+            ready: self.connected && held == self.target.records.len() && lease.is_some(),
+            lease_expires_at: expires_at,
+            pending,
+            last_verify: self.last_verify,
         };
         self.metrics.instances_registered.set(registered as i64);
         self.status_tx.send_if_modified(|current| {
@@ -450,9 +754,19 @@ impl Actor {
         });
     }
 
+    /// The target's instance record keys.
+    fn instance_keys(&self) -> impl Iterator<Item = String> + '_ {
+        self.target
+            .records
+            .iter()
+            .filter(|(_, record)| record.kind == RecordKind::Instance)
+            .map(|(key, _)| key.clone())
+    }
+
     /// Stop: no renewal or write after this point (a late heartbeat must not
     /// bring back what we delete), then delete our keys and revoke the lease.
     async fn deregister(mut self, deadline: Instant) {
+        self.key_watch = None;
         for session in self.session.iter_mut().chain(self.retiring.iter_mut()) {
             session.stop_renewing();
         }
@@ -473,6 +787,7 @@ impl Actor {
         for session in self.retiring.iter_mut() {
             session.delete_all(&[], deadline, &self.metrics).await;
         }
+        let _ = tokio::time::timeout_at(deadline, self.clear_record()).await;
         let _ = self.status_tx.send(RegistryStatus::default());
         self.metrics.instances_registered.set(0);
     }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, warn};
 
@@ -85,20 +86,33 @@ pub fn save(dir: &Path, maintenance: &Maintenance) -> std::io::Result<()> {
 
 /// Starts the writer task on `tracker`: each new value of the returned
 /// sender is written (the latest wins when several come at once). The task
-/// ends when the sender drops, after writing what it holds.
+/// ends when the sender drops or `stop` is cancelled, after writing what
+/// it holds.
 pub fn writer(
     dir: PathBuf,
     initial: Maintenance,
     tracker: &TaskTracker,
+    stop: CancellationToken,
 ) -> watch::Sender<Maintenance> {
     let (tx, mut rx) = watch::channel(initial);
     tracker.spawn(async move {
-        while rx.changed().await.is_ok() {
+        loop {
+            let last = tokio::select! {
+                changed = rx.changed() => changed.is_err(),
+                () = stop.cancelled() => true,
+            };
+            // A value not written yet is written before the task ends.
+            if last && !rx.has_changed().unwrap_or(false) {
+                break;
+            }
             let state = rx.borrow_and_update().clone();
             let target = dir.clone();
             let written = tokio::task::spawn_blocking(move || save(&target, &state)).await;
             if let Ok(Err(error)) = written {
                 warn!(dir = %dir.display(), %error, "cannot write the maintenance file; it applies until the agent restarts");
+            }
+            if last {
+                break;
             }
         }
     });

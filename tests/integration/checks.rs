@@ -2,7 +2,6 @@
 //! HTTP server, a gRPC server serving `grpc.health.v1`) and a real etcd: an
 //! instance is in etcd only while its service answers.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -10,8 +9,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::support::*;
-
-const PREFIX: &str = "/yggdrasil/registry/";
 
 /// Fast checks for tests: a run every 300 ms, 2 failures to go critical.
 const FAST_CHECKS: &str = "  checks: {interval: 300ms, timeout: 200ms, failuresBeforeCritical: 2, successBeforePassing: 1}\n";
@@ -22,36 +19,6 @@ fn instance(name: &str, port: u16, checks: &str) -> String {
     format!(
         "    - name: {name}\n      version: \"1\"\n      endpoints: [{{scheme: grpc, address: \"127.0.0.1:{port}\"}}]\n      checks:\n{checks}"
     )
-}
-
-/// The services registered now, by name.
-async fn registered(etcd: &Etcd) -> Option<BTreeMap<String, Entry>> {
-    let entries = try_entries(&etcd.endpoints(), PREFIX).await?;
-    Some(
-        entries
-            .into_iter()
-            .map(|(key, entry)| {
-                let name = key.split('/').nth_back(1).unwrap_or_default().to_string();
-                (name, entry)
-            })
-            .collect(),
-    )
-}
-
-/// Waits until exactly `names` are registered.
-async fn wait_registered(etcd: &Etcd, names: &[&str]) -> BTreeMap<String, Entry> {
-    let mut wanted: Vec<String> = names.iter().map(ToString::to_string).collect();
-    wanted.sort();
-    wait_for(PATIENCE, &format!("exactly {names:?} registered"), || {
-        let wanted = wanted.clone();
-        async move {
-            registered(etcd)
-                .await
-                .filter(|r| r.keys().cloned().collect::<Vec<_>>() == wanted)
-        }
-    })
-    .await
-    .0
 }
 
 #[tokio::test]

@@ -2,9 +2,9 @@
 //!
 //! Every test injects a real fault (kill -9, SIGSTOP/SIGCONT, a wiped data
 //! dir, another client deleting or overwriting our key, the agent killed or
-//! stopped) and a separate watch client, the gap observer (`observer.rs`
-//! beside this file), measures the window in which our keys were missing
-//! or stale. Each test prints one line
+//! stopped) and a separate watch client, the gap observer
+//! (`support/observer.rs`), measures the window in which our keys were
+//! missing or stale. Each test prints one line
 //! `FAULT <scenario>: window <measured> (bound <bound>)` and asserts the
 //! bound. Waits use generous limits; only the measured window is asserted
 //! against the documented bound.
@@ -21,171 +21,19 @@
 //! The 3-member cluster tests and the thousand-instance tests hold
 //! `heavy_test()` for their whole run, so no two of them share the machine.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use sha1::{Digest, Sha1};
-
-use crate::observer::{Observer, Status, Window, utc_now};
+use crate::support::faults::*;
+use crate::support::observer::{Status, utc_now};
 use crate::support::*;
 
-pub(crate) const PREFIX: &str = "/yggdrasil/registry/";
-pub(crate) const TTL: Duration = Duration::from_secs(4);
-pub(crate) const RETRY_INTERVAL: Duration = Duration::from_secs(1);
-
-/// After etcd is healthy again: one retryInterval for the agent's next
-/// attempt (its backoff is capped there) plus one second for the requests
-/// and scheduling on a loaded machine.
-pub(crate) const RECOVERY: Duration = Duration::from_secs(2);
-
-/// etcd's lessor looks for expired leases every 500 ms, so an expired lease
-/// (and its keys) goes up to this much after its deadline.
-pub(crate) const ETCD_EXPIRY_CHECK: Duration = Duration::from_millis(500);
-
-/// Scheduling slack on a loaded 2-core machine: our own polling (10 ms), the
-/// observer's event delivery, a process being descheduled.
-pub(crate) const SLACK: Duration = Duration::from_millis(500);
+const TTL: Duration = Duration::from_secs(4);
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Long enough after a fault for a lease that nobody renews any more to
 /// expire (etcd extends every lease by its TTL plus the election timeout
 /// when a leader takes over): a late loss would show up in the window.
-pub(crate) const HOLD: Duration = Duration::from_secs(10);
-
-pub(crate) fn ms(d: Duration) -> String {
-    format!("{}ms", d.as_millis())
-}
-
-/// Prints the one line a run's numbers are collected from, and a detail line.
-pub(crate) fn report(scenario: &str, measured: Duration, bound: Duration, detail: &str) {
-    // A line of its own even after libtest's "test name ... " prefix.
-    println!(
-        "\nFAULT {scenario}: window {} (bound {})",
-        ms(measured),
-        ms(bound)
-    );
-    println!("      {scenario}: {detail}");
-}
-
-pub(crate) fn describe(w: &Window) -> String {
-    format!(
-        "{} bad interval(s), {} bad in total{}, observer blind {}{}",
-        w.intervals,
-        ms(w.bad_total),
-        if w.inexact {
-            " (some from unobservable time, counted pessimistically)"
-        } else {
-            ""
-        },
-        ms(w.blind),
-        if w.still_bad.is_empty() {
-            String::new()
-        } else {
-            format!(", still bad: {:?}", w.still_bad)
-        }
-    )
-}
-
-pub(crate) fn seed_expected() -> BTreeMap<String, String> {
-    BTreeMap::from([(SEED_KEY.to_string(), SEED_VALUE.to_string())])
-}
-
-/// The keys and values `support::instances(service, n)` must produce,
-/// computed here from SPEC §3 (not with the agent's own code).
-pub(crate) fn instances_expected(service: &str, n: usize) -> BTreeMap<String, String> {
-    (0..n)
-        .map(|i| {
-            let address = format!("10.0.0.1:{}", 10000 + i);
-            let identity = format!(
-                r#"{{"namespace":"default","name":"{service}","version":"1","endpoints":[{{"scheme":"http","address":"{address}"}}]}}"#
-            );
-            let key = format!(
-                "/yggdrasil/registry/default/{service}/{}",
-                hex::encode(Sha1::digest(identity.as_bytes()))
-            );
-            let value = format!(
-                r#"{{"namespace":"default","name":"{service}","version":"1","region":"","zone":"","campus":"","metadata":null,"endpoints":[{{"scheme":"http","address":"{address}","metadata":null}}]}}"#
-            );
-            (key, value)
-        })
-        .collect()
-}
-
-/// Starts the agent and the observer and waits until every key is good.
-pub(crate) async fn start(
-    etcd: &Etcd,
-    config: &ConfigFile,
-    expected: &BTreeMap<String, String>,
-) -> (Agent, Observer) {
-    let agent = Agent::start(config);
-    let observer = Observer::start(etcd.endpoints(), PREFIX, expected.clone()).await;
-    observer.wait_all_good(PATIENCE).await;
-    (agent, observer)
-}
-
-/// A client of the running members only (a balanced client that still
-/// lists a killed member sends some requests there).
-pub(crate) async fn live_client(etcd: &Etcd) -> etcd_client::Client {
-    let endpoints: Vec<String> = etcd
-        .members
-        .iter()
-        .filter(|m| m.is_running())
-        .map(|m| m.endpoint())
-        .collect();
-    etcd_client::Client::connect(endpoints, None)
-        .await
-        .expect("etcd client")
-}
-
-/// etcd holds exactly `expected` under the prefix, every key on one lease,
-/// and that lease is the only one.
-pub(crate) async fn assert_exactly(etcd: &Etcd, expected: &BTreeMap<String, String>) {
-    let mut client = live_client(etcd).await;
-    let held = entries(&mut client, PREFIX).await;
-    assert_eq!(
-        held.len(),
-        expected.len(),
-        "etcd holds {} keys under the prefix, expected {}",
-        held.len(),
-        expected.len()
-    );
-    for (key, value) in expected {
-        let entry = held.get(key).unwrap_or_else(|| panic!("{key} is missing"));
-        assert_eq!(&entry.value, value, "{key} holds another value");
-    }
-    let lease = held.values().next().map(|e| e.lease).unwrap_or(0);
-    assert!(
-        held.values().all(|e| e.lease == lease && lease != 0),
-        "keys are not all on one lease"
-    );
-    assert_eq!(
-        leases(&mut client).await,
-        vec![lease],
-        "one lease per agent"
-    );
-}
-
-/// Asserts the window and that nothing unexpected appeared under the prefix.
-pub(crate) fn assert_window(observer: &Observer, w: &Window, bound: Duration, what: &str) {
-    assert!(
-        w.still_bad.is_empty(),
-        "{what}: keys still missing or stale: {:?}\n{}",
-        w.still_bad,
-        observer.notes()
-    );
-    assert!(
-        w.window <= bound,
-        "{what}: window {} exceeds the bound {} ({})\n{}",
-        ms(w.window),
-        ms(bound),
-        describe(w),
-        observer.notes()
-    );
-    assert!(
-        observer.unexpected_seen().is_empty(),
-        "{what}: keys we did not expect appeared under the prefix: {:?}",
-        observer.unexpected_seen()
-    );
-}
+const HOLD: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------
 // 1. A 3-member cluster, the agent configured with every member.
@@ -224,6 +72,7 @@ async fn cluster_leader_kill9_leaves_no_gap() {
     );
     assert_window(&observer, &w, Duration::ZERO, "leader killed");
     assert_exactly(&etcd, &expected).await;
+    assert_every_key_on_a_live_lease(&mut live_client(&etcd).await).await;
 }
 
 /// A follower killed: nothing changes for the agent beyond, at most, a
@@ -259,6 +108,7 @@ async fn cluster_follower_kill9_leaves_no_gap() {
     );
     assert_window(&observer, &w, Duration::ZERO, "follower killed");
     assert_exactly(&etcd, &expected).await;
+    assert_every_key_on_a_live_lease(&mut live_client(&etcd).await).await;
 }
 
 /// Two of three killed (the leader among them) for two TTLs, then both
@@ -305,6 +155,7 @@ async fn cluster_quorum_lost_then_back_recovers_within_retry_interval() {
     );
     assert_window(&observer, &w, RECOVERY, "quorum lost and back");
     assert_exactly(&etcd, &expected).await;
+    assert_every_key_on_a_live_lease(&mut live_client(&etcd).await).await;
 }
 
 /// Each member in turn paused (SIGSTOP) for two TTLs, then resumed: for
@@ -364,6 +215,7 @@ async fn cluster_member_paused_half_open_leaves_no_gap() {
     );
     assert_window(&observer, &w, Duration::ZERO, "member paused");
     assert_exactly(&etcd, &expected).await;
+    assert_every_key_on_a_live_lease(&mut live_client(&etcd).await).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -397,6 +249,7 @@ async fn etcd_kill9_and_restart_recovers_within_retry_interval() {
     );
     assert_window(&observer, &w, RECOVERY, "etcd restarted");
     assert_exactly(&etcd, &expected).await;
+    assert_every_key_on_a_live_lease(&mut live_client(&etcd).await).await;
 }
 
 /// kill -9, data wiped, restarted empty: every key and the lease are gone;
@@ -429,6 +282,7 @@ async fn etcd_wiped_recovers_within_retry_interval() {
     );
     assert_window(&observer, &w, RECOVERY, "etcd wiped");
     assert_exactly(&etcd, &expected).await;
+    assert_every_key_on_a_live_lease(&mut live_client(&etcd).await).await;
     assert!(agent.log().contains("lease lost"));
 }
 
@@ -468,6 +322,7 @@ async fn etcd_paused_half_a_ttl_leaves_no_gap() {
     );
     assert_window(&observer, &w, Duration::ZERO, "etcd paused briefly");
     assert_exactly(&etcd, &expected).await;
+    assert_every_key_on_a_live_lease(&mut live_client(&etcd).await).await;
 }
 
 /// etcd paused (SIGSTOP) for two TTLs, then resumed: the lease expired
@@ -515,6 +370,7 @@ async fn etcd_paused_two_ttls_recovers_after_the_lease_expiry() {
     );
     assert_window(&observer, &w, bound, "etcd paused");
     assert_exactly(&etcd, &expected).await;
+    assert_every_key_on_a_live_lease(&mut live_client(&etcd).await).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -582,6 +438,7 @@ async fn measure_repairs(scenario: &str, disturbance: Disturbance) {
         ),
     );
     assert_exactly(&etcd, &expected).await;
+    assert_every_key_on_a_live_lease(&mut live_client(&etcd).await).await;
 }
 
 /// Anti-entropy runs every retryInterval × U(0.8, 1): a deleted key is back
@@ -658,6 +515,7 @@ async fn a_killed_agent_s_keys_expire_within_the_ttl_and_come_back_the_same() {
     );
     assert_window(&observer, &w, RECOVERY, "agent restarted");
     assert_exactly(&etcd, &expected).await;
+    assert_every_key_on_a_live_lease(&mut live_client(&etcd).await).await;
 }
 
 /// SIGKILL and an immediate restart: the new agent writes the same keys on
@@ -697,6 +555,7 @@ async fn a_killed_and_at_once_restarted_agent_leaves_no_gap() {
     );
     assert_window(&observer, &w, Duration::ZERO, "agent restarted at once");
     assert_exactly(&etcd, &expected).await;
+    assert_every_key_on_a_live_lease(&mut live_client(&etcd).await).await;
     assert!(!leases(&mut client).await.contains(&old_lease));
 }
 
@@ -757,6 +616,7 @@ async fn sigterm_with_etcd_down_exits_within_shutdown_timeout() {
     );
     let mut client = etcd.client().await;
     assert!(entries(&mut client, PREFIX).await.is_empty());
+    assert_every_key_on_a_live_lease(&mut client).await;
 }
 
 /// SIGTERM while etcd hangs (SIGSTOP): every request of the graceful stop
@@ -782,6 +642,7 @@ async fn sigterm_with_etcd_paused_exits_within_shutdown_timeout() {
     );
     assert_eq!(status.code(), Some(0), "log:\n{}", agent.log());
     assert!(took <= bound, "exit took {}, bound {}", ms(took), ms(bound));
+    assert_every_key_on_a_live_lease(&mut etcd.client().await).await;
 }
 
 /// A stop racing the keepalive and an anti-entropy repair (Nacos 9746: a late
@@ -853,6 +714,7 @@ async fn a_stop_racing_keepalive_and_repair_never_writes_after_deregistering() {
         ),
     );
     assert!(worst <= bound);
+    assert_every_key_on_a_live_lease(&mut client).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -867,6 +729,7 @@ async fn thousand_instances_through(wipe: bool) {
     let expected = instances_expected("bulk", N);
     let (_agent, observer) = start(&etcd, &config, &expected).await;
     assert_exactly(&etcd, &expected).await;
+    assert_every_key_on_a_live_lease(&mut live_client(&etcd).await).await;
     let t_restart = Instant::now();
     if wipe {
         etcd.wipe_and_restart().await;
@@ -897,6 +760,7 @@ async fn thousand_instances_through(wipe: bool) {
     );
     assert_window(&observer, &w, RECOVERY, scenario);
     assert_exactly(&etcd, &expected).await;
+    assert_every_key_on_a_live_lease(&mut live_client(&etcd).await).await;
 }
 
 /// 1,000 instances through kill -9 and a restart with the data: every key

@@ -10,7 +10,6 @@ use ygg_agent::api::client::call;
 
 use crate::support::*;
 
-const PREFIX: &str = "/yggdrasil/registry/";
 /// The seed instance's id in the API: the last segment of its key.
 const SEED_ID: &str = "5b51df33a06ef6bde3a81b1ad8d1792ed24de006";
 
@@ -243,6 +242,7 @@ async fn malformed_oversized_and_unknown_bodies_are_refused_and_change_nothing()
     wait_keys(&etcd, "example-registry-server", 1).await;
     let before = try_entries(&etcd.endpoints(), PREFIX).await.unwrap();
     let (_, listing_before) = ask(&socket, "GET", "/v1/instances").await;
+    let watch = KeyWatch::start(&etcd, PREFIX).await;
 
     let raw = |body: &[u8]| Some(body.to_vec());
     let mut big = app(2, None);
@@ -274,7 +274,9 @@ async fn malformed_oversized_and_unknown_bodies_are_refused_and_change_nothing()
         assert!(text.contains(wanted), "{path}: wanted {wanted:?} in {text}");
     }
     // Nothing changed: neither etcd nor the agent's view.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    watch
+        .assert_unchanged_for(Duration::from_millis(300), "refused calls")
+        .await;
     let after = try_entries(&etcd.endpoints(), PREFIX).await.unwrap();
     assert_eq!(
         before.keys().collect::<Vec<_>>(),
@@ -390,7 +392,10 @@ async fn maintenance_survives_a_restart_and_api_registrations_do_not() {
     agent
         .wait_for_log("maintenance in force from the state folder", PATIENCE)
         .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let watch = KeyWatch::start(&etcd, PREFIX).await;
+    watch
+        .assert_unchanged_for(Duration::from_secs(1), "maintenance from the state folder")
+        .await;
     assert_eq!(keys_of(&etcd, SEED).await, 0);
 
     assert_eq!(ask(&socket, "DELETE", &path).await.0, 200);

@@ -5,8 +5,6 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-const PREFIX: &str = "/yggdrasil/registry/";
-
 /// `agent.drainDelay`: on SIGTERM every key goes first while the lease
 /// stays alive, and the agent exits (revoking the lease) only `drainDelay`
 /// after the deletes.

@@ -4,16 +4,15 @@
 
 mod support;
 
-mod big_component;
 mod check_plugins;
 mod checks;
 mod config_errors;
 mod faults;
 mod fuzz_regressions;
+mod lifecycle;
 mod local_api;
 mod local_control;
 mod netfaults;
-mod observer;
 mod operations;
 mod plugin_memory;
 mod plugin_trust;
@@ -21,4 +20,6 @@ mod plugins;
 mod polyglot;
 mod registration;
 mod reload;
+mod shutdown;
+mod status_page;
 mod supervisor;

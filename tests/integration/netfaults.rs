@@ -15,11 +15,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::faults::{
-    ETCD_EXPIRY_CHECK, PREFIX, RECOVERY, SLACK, assert_exactly, assert_window, describe,
-    live_client, ms, report, seed_expected, start,
+use crate::support::faults::{
+    ETCD_EXPIRY_CHECK, RECOVERY, SLACK, assert_every_key_on_a_live_lease, assert_exactly,
+    assert_window, describe, instances_expected, live_client, ms, report, seed_expected, start,
 };
-use crate::observer::{Observer, Status};
+use crate::support::observer::{Observer, Status};
 use crate::support::*;
 
 const TTL: Duration = Duration::from_secs(3);
@@ -49,27 +49,6 @@ fn proxies_for(etcd: &Etcd) -> Vec<FaultProxy> {
         .iter()
         .map(|m| FaultProxy::start(&m.endpoint()))
         .collect()
-}
-
-/// The lease guard: every key under the prefix is on a lease that etcd
-/// still keeps.
-pub(crate) async fn assert_every_key_on_a_live_lease(client: &mut etcd_client::Client) {
-    for (key, entry) in entries(client, PREFIX).await {
-        assert_ne!(
-            entry.lease, 0,
-            "{key} is on no lease: it would never expire"
-        );
-        let ttl = client
-            .lease_time_to_live(entry.lease, None)
-            .await
-            .expect("lease time-to-live")
-            .ttl();
-        assert!(
-            ttl > 0,
-            "{key} is on lease {} that etcd no longer keeps (TTL {ttl})",
-            entry.lease
-        );
-    }
 }
 
 /// The checks every scenario ends with.
@@ -506,9 +485,7 @@ async fn a_lease_revoked_during_metadata_rewrites_never_leaves_a_key_without_one
     config.instances = format!("{SEED_INSTANCE}{}", instances("other", 2));
     config.agent_extra = "  plugins:\n    dir: plugins\n    interval: 100ms\n    timeout: 500ms\n    memoryLimit: 16MiB\n    cacheDir: cache\n".into();
     let expected: Vec<String> = {
-        let mut keys: Vec<String> = crate::faults::instances_expected("other", 2)
-            .into_keys()
-            .collect();
+        let mut keys: Vec<String> = instances_expected("other", 2).into_keys().collect();
         keys.push(SEED_KEY.to_string());
         keys
     };

@@ -8,8 +8,6 @@ use etcd_client::{Client, ConnectOptions};
 
 use crate::support::*;
 
-const PREFIX: &str = "/yggdrasil/registry/";
-
 async fn scrape(addr: &str) -> String {
     let (status, body) = http_get(addr, "/metrics").await.expect("metrics answer");
     assert_eq!(status, 200);

@@ -6,15 +6,6 @@ use std::time::Duration;
 
 use crate::support::*;
 
-const PREFIX: &str = "/yggdrasil/registry/";
-
-/// `agent.plugins` for tests: quick rounds, tight limits, a private cache.
-fn plugins_section(settings: &str) -> String {
-    format!(
-        "  plugins:\n    dir: plugins\n    interval: 1s\n    timeout: 500ms\n    memoryLimit: 16MiB\n    cacheDir: cache\n    settings:\n{settings}"
-    )
-}
-
 #[tokio::test]
 async fn example_plugins_put_the_seeds_metadata_in_etcd_and_keep_it_fresh() {
     let etcd = Etcd::start().await;
@@ -484,11 +475,14 @@ async fn an_unreadable_plugins_folder_unloads_nothing() {
     let dir = agent.plugins_dir();
     std::fs::rename(&dir, agent.dir.path().join("plugins.moved")).unwrap();
     std::fs::write(&dir, "not a folder").unwrap();
+    let watch = KeyWatch::start(&etcd, PREFIX).await;
     agent.signal(libc::SIGHUP);
     agent
         .wait_for_log("cannot read the plugins folder", PATIENCE)
         .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    watch
+        .assert_unchanged_for(Duration::from_secs(2), "plugins folder unreadable")
+        .await;
     assert!(!agent.log().contains("plugin unloaded"), "{}", agent.log());
     let mut client = etcd.client().await;
     let now = metadata_of(&entries(&mut client, PREFIX).await, SEED_KEY).unwrap();

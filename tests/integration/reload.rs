@@ -5,11 +5,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use etcd_client::{EventType, WatchOptions};
-
 use crate::support::*;
 
-const PREFIX: &str = "/yggdrasil/registry/";
 /// Edits are applied within a second; tests allow more on a loaded machine.
 const APPLIED: Duration = Duration::from_secs(5);
 
@@ -47,7 +44,7 @@ fn value_has(entries: &BTreeMap<String, Entry>, service: &str, needle: &str) -> 
 
 /// An agent registering `instances` (YAML list items) on `etcd`, its
 /// config (for later edits) and what etcd holds once all `count` are there.
-async fn registered(
+async fn start_registered(
     etcd: &Etcd,
     instances: String,
     count: usize,
@@ -90,7 +87,7 @@ fn save_by_rename(path: &Path, text: &str) {
 #[tokio::test]
 async fn instance_changes_apply_as_a_diff_without_touching_the_rest() {
     let etcd = Etcd::start().await;
-    let (agent, mut config, before) = registered(
+    let (agent, mut config, before) = start_registered(
         &etcd,
         format!(
             "{}{}",
@@ -147,43 +144,34 @@ async fn instance_changes_apply_as_a_diff_without_touching_the_rest() {
 #[tokio::test]
 async fn an_identity_change_swaps_keys_in_one_transaction() {
     let etcd = Etcd::start().await;
-    let (agent, mut config, before) = registered(&etcd, instance("svc", "1", 2001, "dev"), 1).await;
+    let (agent, mut config, before) =
+        start_registered(&etcd, instance("svc", "1", 2001, "dev"), 1).await;
     let old_key = before.keys().next().unwrap().clone();
 
-    let mut client = etcd.client().await;
-    let mut stream = client
-        .watch(PREFIX, Some(WatchOptions::new().with_prefix()))
-        .await
-        .unwrap();
+    let watch = KeyWatch::start(&etcd, PREFIX).await;
     // A new version is a new identity; moving the port too.
     config.instances = instance("svc", "2", 2002, "dev");
     agent.rewrite_config(&config);
-    let mut delete_rev = None;
-    let mut put_rev = None;
-    let deadline = tokio::time::Instant::now() + APPLIED;
-    while delete_rev.is_none() || put_rev.is_none() {
-        let response = tokio::time::timeout_at(deadline, stream.message())
-            .await
-            .expect("no watch events")
-            .unwrap()
-            .unwrap();
-        for event in response.events() {
-            let kv = event.kv().unwrap();
-            match event.event_type() {
-                EventType::Delete if kv.key_str().unwrap() == old_key => {
-                    delete_rev = Some(kv.mod_revision())
-                }
-                EventType::Put if kv.key_str().unwrap() != old_key => {
-                    put_rev = Some(kv.mod_revision())
-                }
-                _ => {}
-            }
-        }
-    }
+    watch.wait_count(KeyChange::Delete, 1, APPLIED).await;
+    watch.wait_count(KeyChange::Put, 1, APPLIED).await;
+    let events = watch.events();
+    let revision_of = |kind: KeyChange, old: bool| {
+        events
+            .iter()
+            .find(|e| e.kind == kind && (e.key == old_key) == old)
+            .map(|e| e.revision)
+    };
+    let delete_rev = revision_of(KeyChange::Delete, true);
+    assert!(
+        delete_rev.is_some(),
+        "the old key was not deleted: {events:?}"
+    );
     assert_eq!(
-        delete_rev, put_rev,
+        delete_rev,
+        revision_of(KeyChange::Put, false),
         "the old key's delete and the new key's put must share one revision"
     );
+    let mut client = etcd.client().await;
     let after = entries(&mut client, PREFIX).await;
     assert_eq!(after.len(), 1);
     assert!(
@@ -199,7 +187,7 @@ async fn an_identity_change_swaps_keys_in_one_transaction() {
 #[tokio::test]
 async fn a_ttl_change_moves_keys_to_a_new_lease_and_revokes_the_old() {
     let etcd = Etcd::start().await;
-    let (agent, mut config, before) = registered(
+    let (agent, mut config, before) = start_registered(
         &etcd,
         format!(
             "{}{}",
@@ -244,13 +232,12 @@ async fn an_endpoint_change_moves_the_registrations_to_another_etcd() {
     let there = wait_state(&new, "registered on the new etcd", |e| e.len() == 1).await;
     assert_eq!(there[SEED_KEY].value, SEED_VALUE);
     wait_state(&old, "gone from the old etcd", |e| e.is_empty()).await;
-    let mut old_client = old.client().await;
+    let old_client = old.client().await;
     let (_, _) = wait_for(APPLIED, "old lease revoked", || {
         let mut c = old_client.clone();
         async move { leases(&mut c).await.is_empty().then_some(()) }
     })
     .await;
-    let _ = &mut old_client;
 }
 
 #[tokio::test]
@@ -373,8 +360,11 @@ async fn rapid_successive_edits_end_in_the_last_one() {
         value_has(e, "svc", "\"env\":\"e20\"")
     })
     .await;
-    // And it stays the last one.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // And it stays the last one: no late write of an older edit.
+    let watch = KeyWatch::start(&etcd, PREFIX).await;
+    watch
+        .assert_unchanged_for(Duration::from_secs(1), "after the last edit")
+        .await;
     let mut client = etcd.client().await;
     let now = entries(&mut client, PREFIX).await;
     assert!(value_has(&now, "svc", "\"env\":\"e20\""));
@@ -383,7 +373,7 @@ async fn rapid_successive_edits_end_in_the_last_one() {
 #[tokio::test]
 async fn bad_files_change_nothing_and_the_next_good_save_applies() {
     let etcd = Etcd::start().await;
-    let (agent, mut config, good) = registered(
+    let (agent, mut config, good) = start_registered(
         &etcd,
         format!(
             "{}{}",
@@ -429,13 +419,16 @@ async fn bad_files_change_nothing_and_the_next_good_save_applies() {
         ),
     ];
     for (i, (error, break_it)) in bad_cases.iter().enumerate() {
+        let watch = KeyWatch::start(&etcd, PREFIX).await;
         break_it();
         agent
             .wait_for_log_count("config reload failed", i + 1, PATIENCE)
             .await;
         wait_failure_detail(&agent, error).await;
         // Nothing deregistered, nothing rewritten.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        watch
+            .assert_unchanged_for(Duration::from_millis(500), &format!("a bad file ({error})"))
+            .await;
         let mut client = etcd.client().await;
         assert_eq!(
             entries(&mut client, PREFIX).await,
@@ -490,6 +483,7 @@ async fn every_malformed_config_on_reload_changes_nothing() {
     let config = ConfigFile::new(etcd.endpoints());
     let agent = Agent::start(&config);
     let good = wait_state(&etcd, "registered", |e| e.len() == 1).await;
+    let watch = KeyWatch::start(&etcd, PREFIX).await;
     for (i, (text, needle)) in MALFORMED_CONFIGS.iter().enumerate() {
         std::fs::write(&agent.config_path, text).unwrap();
         agent
@@ -497,9 +491,12 @@ async fn every_malformed_config_on_reload_changes_nothing() {
             .await;
         wait_failure_detail(&agent, needle).await;
     }
-    // Nothing was deregistered or rewritten by any of them, and the agent
-    // still renews: the key is the same write, on a live lease.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Nothing was deregistered or rewritten by any of them (the watch saw
+    // every change since the first), and the agent still renews: the key
+    // is the same write, on a live lease.
+    watch
+        .assert_unchanged_for(Duration::from_millis(500), "malformed configs")
+        .await;
     let mut client = etcd.client().await;
     let now = entries(&mut client, PREFIX).await;
     assert_eq!(now, good, "a malformed config changed etcd");

@@ -7,18 +7,8 @@ use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::big_component;
+use crate::support::big_component;
 use crate::support::*;
-
-const PREFIX: &str = "/yggdrasil/registry/";
-
-/// `agent.plugins` for these tests: quick rounds and a private cache, so
-/// every compile is cold.
-fn plugins_section(settings: &str) -> String {
-    format!(
-        "  plugins:\n    dir: plugins\n    interval: 1s\n    timeout: 500ms\n    memoryLimit: 16MiB\n    cacheDir: cache\n    settings:\n{settings}"
-    )
-}
 
 /// A copy of the echo test plugin that takes seconds to compile (about
 /// 4 s on the reference machine; more on a busy one).

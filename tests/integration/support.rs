@@ -1,22 +1,44 @@
 //! Test support: real etcd processes on loopback ports in temp dirs
 //! (`etcd`), the agent binary as a child process (`agent`), its config files
 //! (`config`), its HTTP endpoints (`http`), a fault proxy between the
-//! agent and etcd (`proxy`) and a fleet of agents (`fleet`). Everything started here is
-//! killed when its handle drops. Tests `use crate::support::*`.
+//! agent and etcd (`proxy`), a fleet of agents (`fleet`), what etcd holds
+//! under the registry prefix and a watch that counts its changes (`keys`),
+//! the Python and JavaScript plugins with one compile cache per test run
+//! (`polyglot`), `/proc/<pid>/status` (`process`), headless Chromium
+//! through WebDriver (`browser`). Everything started here
+//! is killed when its handle drops. Tests `use crate::support::*`.
+//!
+//! Used by name rather than glob: the gap observer (`observer`), the
+//! helpers the fault tests share (`faults`) and a plugin that takes seconds
+//! to compile (`big_component`).
 
 // Explicit paths, so `host/examples/bench.rs` can include this file with
 // `#[path]` and still find the submodules (a `#[path]` module looks for its
 // children beside it, not in a folder named after it).
 #[path = "support/agent.rs"]
 mod agent;
+#[path = "support/big_component.rs"]
+pub mod big_component;
+#[path = "support/browser.rs"]
+mod browser;
 #[path = "support/config.rs"]
 mod config;
 #[path = "support/etcd.rs"]
 mod etcd;
+#[path = "support/faults.rs"]
+pub mod faults;
 #[path = "support/fleet.rs"]
 mod fleet;
 #[path = "support/http.rs"]
 mod http;
+#[path = "support/keys.rs"]
+mod keys;
+#[path = "support/observer.rs"]
+pub mod observer;
+#[path = "support/polyglot.rs"]
+mod polyglot;
+#[path = "support/process.rs"]
+mod process;
 #[path = "support/proxy.rs"]
 mod proxy;
 
@@ -24,10 +46,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 pub use agent::*;
+pub use browser::*;
 pub use config::*;
 pub use etcd::*;
 pub use fleet::*;
 pub use http::*;
+pub use keys::*;
+pub use polyglot::*;
+pub use process::*;
 pub use proxy::*;
 
 /// Generous bound for things that should happen "soon" (process start, etc.).

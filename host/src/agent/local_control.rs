@@ -60,11 +60,14 @@ impl InstancesRuntime {
         self.scanning = true;
         let (dir, defaults) = (self.dir.clone(), self.defaults.clone());
         let scans = wiring.instance_scans.clone();
+        let stop = wiring.stops.inputs.clone();
         wiring.tracker.spawn(async move {
-            let scanned =
-                tokio::task::spawn_blocking(move || instances_dir::scan(&dir, &defaults)).await;
-            if let Ok(scan) = scanned {
-                let _ = scans.send(scan).await;
+            let scanned = tokio::task::spawn_blocking(move || instances_dir::scan(&dir, &defaults));
+            tokio::select! {
+                () = stop.cancelled() => {}
+                Ok(scan) = scanned => {
+                    let _ = scans.send(scan).await;
+                }
             }
         });
     }

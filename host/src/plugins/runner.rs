@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 use wasmtime::{Store, UpdateDeadline};
@@ -44,6 +45,24 @@ impl Limits {
         Limits {
             timeout: config.map_or(crate::config::DEFAULT_PLUGIN_TIMEOUT, |c| c.timeout),
             memory: config.map_or(crate::config::DEFAULT_PLUGIN_MEMORY, |c| c.memory_limit),
+        }
+    }
+}
+
+/// What a plugin says about itself, from `describe`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub suggested_interval: Option<Duration>,
+}
+
+impl From<v0_1_0::PluginInfo> for PluginInfo {
+    fn from(info: v0_1_0::PluginInfo) -> Self {
+        PluginInfo {
+            name: info.name,
+            version: info.version,
+            suggested_interval: info.suggested_interval_ms.map(Duration::from_millis),
         }
     }
 }
@@ -233,6 +252,8 @@ pub struct RoundResult {
     pub generation: u64,
     pub outputs: BTreeMap<String, BTreeMap<String, String>>,
     pub errors: Vec<(String, CallError)>,
+    /// Peak linear memory of the instance that answered, if one did.
+    pub memory: Option<u64>,
 }
 
 /// The supervisor's end of a running plugin. Dropping it stops the task.
@@ -247,7 +268,9 @@ impl RunnerHandle {
     }
 }
 
-/// Starts the task that owns `live`.
+/// Starts the task that owns `live`. It ends when the handle drops (after
+/// the round under way) or at once when `stop` is cancelled.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     engine: Arc<PluginEngine>,
     spec: Spec,
@@ -256,6 +279,7 @@ pub fn spawn(
     results: mpsc::Sender<RoundResult>,
     metrics: Metrics,
     tracker: &TaskTracker,
+    stop: CancellationToken,
 ) -> RunnerHandle {
     // One round in flight and one queued is plenty: rounds are periodic.
     let (rounds_tx, mut rounds_rx) = mpsc::channel::<Round>(1);
@@ -270,11 +294,17 @@ pub fn spawn(
             metrics,
             generation,
         };
-        while let Some(round) = rounds_rx.recv().await {
-            let result = runner.run_round(round).await;
-            if results.send(result).await.is_err() {
-                break;
+        let rounds = async {
+            while let Some(round) = rounds_rx.recv().await {
+                let result = runner.run_round(round).await;
+                if results.send(result).await.is_err() {
+                    break;
+                }
             }
+        };
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = rounds => {}
         }
     });
     RunnerHandle { rounds: rounds_tx }
@@ -311,6 +341,7 @@ impl Runner {
             generation: self.generation,
             outputs: BTreeMap::new(),
             errors: Vec::new(),
+            memory: None,
         };
         if self.live.is_none() {
             let now = Instant::now();
@@ -375,6 +406,7 @@ impl Runner {
                 }
             }
         }
+        result.memory = self.live.as_ref().map(Live::memory_peak);
         let poisoned = result.errors.iter().any(|(_, e)| e.poisons());
         if poisoned {
             self.backoff();

@@ -6,15 +6,18 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{
+    Client, Compare, CompareOp, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
+};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::DropGuard;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::batch::{self, MAX_TXN_BYTES, MAX_TXN_OPS, Op};
 use super::keepalive::{self, LeaseHealth};
+use super::lease_record::{LeaseRecord, RecordedKey};
 use crate::config::RegistryConfig;
 use crate::desired::{DesiredRecord, RecordKind};
 use crate::etcd::{EtcdError, before, within};
@@ -56,16 +59,26 @@ impl Written {
 
 pub(super) struct Lease {
     pub(super) id: i64,
-    /// What the lease's keeper task reports.
+    /// What the lease's keeper task reports (for a lease nobody renews,
+    /// `Alive` until its TTL from the grant, from `fixed`).
     pub(super) health: watch::Receiver<LeaseHealth>,
     /// Dropping it stops the keeper: no renewal after that.
     keeper: Option<DropGuard>,
+    /// `keepAlive: false`: the lease is never renewed; the sender of its
+    /// fixed health, and when the actor moves the keys to a new lease.
+    fixed: Option<(watch::Sender<LeaseHealth>, Instant)>,
 }
 
 impl Lease {
     /// When etcd will drop the lease unless renewed, as far as we know.
     pub(super) fn expires_at(&self) -> Option<Instant> {
         self.health.borrow().expires_at()
+    }
+
+    /// `keepAlive: false`: when the keys move to a new lease, a third of
+    /// the TTL before this one ends, so they never go while we run.
+    pub(super) fn rotate_at(&self) -> Option<Instant> {
+        self.fixed.as_ref().map(|(_, at)| *at)
     }
 }
 
@@ -79,6 +92,11 @@ pub(super) struct Session {
     written: BTreeMap<String, Written>,
     max_ops: usize,
     max_bytes: usize,
+    /// Rewrites are routine (a `keepAlive: false` lease rotation): logged
+    /// at debug, not once per key every round.
+    routine: bool,
+    /// The revision of the last full comparison.
+    verified_at: i64,
 }
 
 impl Session {
@@ -91,6 +109,8 @@ impl Session {
             written: BTreeMap::new(),
             max_ops: MAX_TXN_OPS,
             max_bytes: MAX_TXN_BYTES,
+            routine: false,
+            verified_at: 0,
         }
     }
 
@@ -137,17 +157,20 @@ impl Session {
         self.config.client.dial_timeout
     }
 
-    /// With `keepAlive: true`, grants a lease unless we hold one, and starts
-    /// its keeper.
+    /// Grants a lease unless we hold one. With `keepAlive: true` its keeper
+    /// starts; with `false` nobody renews it (as Yggdrasil's Go `putOnce`):
+    /// every key is still on a lease of `ttl`, so none outlives the agent
+    /// by more than `ttl`.
     pub(super) async fn grant_lease(
         &mut self,
         metrics: &Metrics,
         tracker: &TaskTracker,
     ) -> Result<(), EtcdError> {
-        if !self.config.keep_alive || self.lease.is_some() {
+        if self.lease.is_some() {
             return Ok(());
         }
         let ttl = self.config.ttl;
+        let asked = Instant::now();
         let granted = within(
             self.limit(),
             self.client.lease_grant(ttl.as_secs() as i64, None),
@@ -155,6 +178,19 @@ impl Session {
         .await?;
         metrics.lease_grants.inc();
         info!(lease = granted.id(), ttl = ?ttl, "lease granted");
+        if !self.config.keep_alive {
+            // Counted from the request: etcd's clock started no earlier.
+            let granted_ttl = Duration::from_secs(granted.ttl().max(1) as u64);
+            let expires_at = asked + granted_ttl;
+            let (fixed, health) = watch::channel(LeaseHealth::Alive { expires_at });
+            self.lease = Some(Lease {
+                id: granted.id(),
+                health,
+                keeper: None,
+                fixed: Some((fixed, expires_at - granted_ttl / 3)),
+            });
+            return Ok(());
+        }
         let (health, keeper) = keepalive::spawn(
             self.config.client.clone(),
             granted.id(),
@@ -166,8 +202,256 @@ impl Session {
             id: granted.id(),
             health,
             keeper: Some(keeper),
+            fixed: None,
         });
         Ok(())
+    }
+
+    /// `keepAlive: false`: moves every key to a new lease before the current
+    /// one ends (grant, rewrite on it, revoke the old one, which then holds
+    /// nothing). Returns whether it rotated.
+    pub(super) async fn rotate_lease(
+        &mut self,
+        records: &BTreeMap<String, DesiredRecord>,
+        announced: &mut HashSet<String>,
+        metrics: &Metrics,
+        tracker: &TaskTracker,
+    ) -> Result<(), EtcdError> {
+        let Some(old) = self.lease.take() else {
+            return Ok(());
+        };
+        if let Err(error) = self.grant_lease(metrics, tracker).await {
+            self.lease = Some(old);
+            return Err(error);
+        }
+        self.routine = true;
+        let rewritten = self.reconcile(records, announced, metrics).await;
+        self.routine = false;
+        rewritten?;
+        debug!(
+            old = old.id,
+            new = self.lease_id(),
+            "keys moved to a new lease (keepAlive: false)"
+        );
+        let deadline = Instant::now() + self.limit();
+        match before(deadline, self.client.lease_revoke(old.id)).await {
+            Ok(_) => {}
+            Err(error) if error.is_lease_not_found() => {}
+            Err(error) => {
+                warn!(lease = old.id, %error, "cannot revoke the previous lease; it expires on its own")
+            }
+        }
+        Ok(())
+    }
+
+    /// What this session holds, for the lease record: the lease and the
+    /// keys written on it.
+    pub(super) fn record(&self) -> Option<LeaseRecord> {
+        let lease = self.lease.as_ref()?.id;
+        let mut record = LeaseRecord::new(&self.config, lease);
+        record.keys = self
+            .written
+            .iter()
+            .filter(|(_, w)| w.lease == lease)
+            .map(|(key, w)| {
+                let recorded = RecordedKey {
+                    value: w.value.clone(),
+                    mod_revision: w.mod_revision,
+                    service: w.service.clone(),
+                    naming: w.kind == RecordKind::Naming,
+                };
+                (key.clone(), recorded)
+            })
+            .collect();
+        Some(record)
+    }
+
+    /// A previous process's lease, from its record. `None` when etcd no
+    /// longer keeps it. Otherwise a session holding it, with what etcd
+    /// holds on it now (the keys attached to the lease, read back; the
+    /// record's revisions spare the reads when nothing changed), and
+    /// whether it can be adopted (kept alive) as it is: a lease of another
+    /// TTL, or one under `keepAlive: false`, is only retired once a new
+    /// lease holds the keys.
+    pub(super) async fn resume(
+        config: RegistryConfig,
+        mut client: Client,
+        record: &LeaseRecord,
+        metrics: &Metrics,
+        tracker: &TaskTracker,
+    ) -> Result<Option<(Session, bool)>, EtcdError> {
+        let limit = config.client.dial_timeout;
+        let alive = match within(
+            limit,
+            client.lease_time_to_live(
+                record.lease,
+                Some(LeaseTimeToLiveOptions::new().with_keys()),
+            ),
+        )
+        .await
+        {
+            Ok(alive) if alive.ttl() > 0 => alive,
+            Ok(_) => return Ok(None),
+            Err(error) if error.is_lease_not_found() => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let id = record.lease;
+        let mut session = Session::new(config, client);
+        let attached: Vec<String> = alive
+            .keys()
+            .iter()
+            .filter_map(|k| String::from_utf8(k.clone()).ok())
+            .collect();
+        session.read_back(id, &attached, record).await?;
+        let granted = Duration::from_secs(alive.granted_ttl().max(1) as u64);
+        let adoptable = session.config.keep_alive && granted == session.config.ttl;
+        let lease = if adoptable {
+            let (health, keeper) = keepalive::spawn(
+                session.config.client.clone(),
+                id,
+                granted,
+                metrics.clone(),
+                tracker,
+            );
+            Lease {
+                id,
+                health,
+                keeper: Some(keeper),
+                fixed: None,
+            }
+        } else {
+            let expires_at = Instant::now() + Duration::from_secs(alive.ttl() as u64);
+            let (fixed, health) = watch::channel(LeaseHealth::Alive { expires_at });
+            Lease {
+                id,
+                health,
+                keeper: None,
+                fixed: Some((fixed, expires_at)),
+            }
+        };
+        session.lease = Some(lease);
+        Ok(Some((session, adoptable)))
+    }
+
+    /// Fills `written` with what etcd holds under `keys` on lease `id`:
+    /// one transaction per batch checks the recorded revisions; only when
+    /// one differs (or a key is not in the record: the record may lag
+    /// behind the last writes) does etcd send the keys back.
+    async fn read_back(
+        &mut self,
+        id: i64,
+        keys: &[String],
+        record: &LeaseRecord,
+    ) -> Result<(), EtcdError> {
+        let chunk_size = self.max_ops;
+        for chunk in keys.chunks(chunk_size) {
+            let compares: Vec<Compare> = chunk
+                .iter()
+                .map(|key| {
+                    let rev = record.keys.get(key).map_or(0, |r| r.mod_revision);
+                    Compare::mod_revision(key.as_str(), CompareOp::Equal, rev)
+                })
+                .collect();
+            let gets: Vec<TxnOp> = chunk
+                .iter()
+                .map(|key| TxnOp::get(key.as_str(), None))
+                .collect();
+            let response = within(
+                self.limit(),
+                self.client.txn(Txn::new().when(compares).or_else(gets)),
+            )
+            .await?;
+            let mut held: Vec<(String, String, i64)> = Vec::with_capacity(chunk.len());
+            if response.succeeded() {
+                // Every key as recorded (one not recorded compared with
+                // revision 0: it is gone).
+                for key in chunk {
+                    if let Some(r) = record.keys.get(key) {
+                        held.push((key.clone(), r.value.clone(), r.mod_revision));
+                    }
+                }
+            } else {
+                for (key, op) in chunk.iter().zip(response.op_responses()) {
+                    let TxnOpResponse::Get(get) = op else {
+                        continue;
+                    };
+                    if let Some(kv) = get.kvs().first().filter(|kv| kv.lease() == id) {
+                        let value = String::from_utf8_lossy(kv.value()).into_owned();
+                        held.push((key.clone(), value, kv.mod_revision()));
+                    }
+                }
+            }
+            for (key, value, mod_revision) in held {
+                let recorded = record.keys.get(&key);
+                let written = Written {
+                    value,
+                    service: recorded.map(|r| r.service.clone()).unwrap_or_default(),
+                    mod_revision,
+                    lease: id,
+                    kind: if recorded.is_some_and(|r| r.naming) {
+                        RecordKind::Naming
+                    } else {
+                        RecordKind::Instance
+                    },
+                };
+                self.written.insert(key, written);
+            }
+        }
+        Ok(())
+    }
+
+    /// The keys to watch, each with the revision to watch after: our last
+    /// write of it, or the last full comparison if that is later (a watch
+    /// from before it may have been compacted away).
+    pub(super) fn watch_list(&self) -> Vec<(String, i64)> {
+        self.written
+            .iter()
+            .map(|(k, w)| (k.clone(), w.mod_revision.max(self.verified_at)))
+            .collect()
+    }
+
+    pub(super) fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// A watch saw `key` written (`value` on `lease`) or deleted (`None`)
+    /// at `revision`. Our own writes are not newer than what we recorded;
+    /// a newer write of the same content on our lease is adopted. Anything
+    /// else is damage: forgotten, so the next reconcile puts the key back.
+    /// Returns whether it was damage.
+    pub(super) fn note_change(
+        &mut self,
+        key: &str,
+        revision: i64,
+        value: Option<(Vec<u8>, i64)>,
+    ) -> bool {
+        let lease_id = self.lease_id();
+        let Some(written) = self.written.get_mut(key) else {
+            return false;
+        };
+        if revision <= written.mod_revision {
+            return false;
+        }
+        let what = written.what();
+        match value {
+            Some((value, lease)) if value == written.value.as_bytes() && lease == lease_id => {
+                written.mod_revision = revision;
+                return false;
+            }
+            Some(_) => {
+                warn!(key = %key, service = %written.service, "{what} was changed by someone else; putting it back")
+            }
+            None => {
+                warn!(key = %key, service = %written.service, "{what} was deleted by someone else; putting it back")
+            }
+        }
+        self.written.remove(key);
+        true
+    }
+
+    /// The keys this session holds.
+    pub(super) fn written_count(&self) -> usize {
+        self.written.len()
     }
 
     pub(super) fn lease_id(&self) -> i64 {
@@ -186,6 +470,7 @@ impl Session {
             .map(|(k, w)| (k.clone(), w.mod_revision))
             .collect();
         let mut damaged = Vec::new();
+        let mut verified_at = i64::MAX;
         for chunk in keys.chunks(self.max_ops) {
             let compares: Vec<Compare> = chunk
                 .iter()
@@ -200,6 +485,11 @@ impl Session {
                 self.client.txn(Txn::new().when(compares).or_else(gets)),
             )
             .await?;
+            if let Some(header) = response.header() {
+                // The earliest of the batches: each key was as we wrote it
+                // at that revision or later.
+                verified_at = verified_at.min(header.revision());
+            }
             if response.succeeded() {
                 continue;
             }
@@ -233,6 +523,9 @@ impl Session {
         }
         for key in &damaged {
             self.written.remove(key);
+        }
+        if verified_at != i64::MAX {
+            self.verified_at = verified_at;
         }
         Ok(damaged.len())
     }
@@ -314,6 +607,8 @@ impl Session {
                             for endpoint in &record.endpoints {
                                 info!(key = %key, %service, "  - {endpoint}");
                             }
+                        } else if self.routine {
+                            debug!(key = %key, service = %record.service, "instance moved to a new lease");
                         } else {
                             info!(key = %key, service = %record.service, "instance re-registered");
                         }

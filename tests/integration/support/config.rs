@@ -83,6 +83,15 @@ impl ConfigFile {
     }
 }
 
+/// `agent.plugins` (indented for `ConfigFile::agent_extra`) for tests:
+/// quick rounds, tight limits, and a cache private to the agent's folder,
+/// so every compile is cold. `settings` are YAML map items indented by 6.
+pub fn plugins_section(settings: &str) -> String {
+    format!(
+        "  plugins:\n    dir: plugins\n    interval: 1s\n    timeout: 500ms\n    memoryLimit: 16MiB\n    cacheDir: cache\n    settings:\n{settings}"
+    )
+}
+
 /// Malformed config files, each with the message (and YAML path) it must
 /// produce. Used at start-up (`check`, `run`) and on reload.
 pub const MALFORMED_CONFIGS: &[(&str, &str)] = &[

@@ -83,16 +83,7 @@ impl Fleet {
     pub fn rss_mib(&self) -> Vec<f64> {
         self.agents
             .iter()
-            .map(|a| {
-                let status = std::fs::read_to_string(format!("/proc/{}/status", a.pid()))
-                    .unwrap_or_default();
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-                    .unwrap_or(0.0)
-                    / 1024.0
-            })
+            .map(|a| super::rss_mib(a.pid()))
             .collect()
     }
 

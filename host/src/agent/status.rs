@@ -1,0 +1,176 @@
+//! The supervisor's answer to a status request (`/status`, the status
+//! page, `ygg-agent status`): [`AgentStatus`] filled from what the
+//! supervisor owns (the effective config and each instance's source, the
+//! operator's holds, the health checks and their recent runs, the plugin
+//! host) and from the registry's status channel. An `impl Supervisor`
+//! beside `agent.rs`, like `local_control.rs`; it only reads, never waits.
+
+use std::collections::BTreeSet;
+use std::time::SystemTime;
+
+use tokio::time::Instant;
+
+use super::Supervisor;
+use crate::checks::{self, CheckId};
+use crate::config::CheckStatus;
+use crate::desired::{self, PluginMetadata};
+use crate::local::Held;
+use crate::record;
+use crate::status::{
+    self, AgentStatus, CheckStatusView, CriticalCheck, HeldBy, InstanceState, InstanceStatus,
+    RefusedFile, SessionStatus, unix_ms,
+};
+
+impl Supervisor {
+    /// What `/status` serves, fresh.
+    pub(super) fn status(&self) -> AgentStatus {
+        let registry = self.registry.status().borrow().clone();
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let lease = registry.lease.map(|id| format!("{id:x}"));
+        let pending: BTreeSet<&str> = registry.pending.iter().map(String::as_str).collect();
+        let prefix = &self.effective.registry.prefix;
+        let no_plugins = PluginMetadata::new();
+        let instances = (self.effective.agent.instances.iter().enumerate())
+            .map(|(index, instance)| {
+                let key = record::registry_key(prefix, instance);
+                let source = self.sources.get(index);
+                let id = source.map_or_else(|| record::instance_key(instance), |s| s.id.clone());
+                let count = self.effective.agent.checks.get(index).map_or(0, Vec::len);
+                let checks: Vec<CheckStatusView> = (0..count)
+                    .filter_map(|position| {
+                        self.check_status(&CheckId {
+                            instance_key: key.clone(),
+                            index: position,
+                        })
+                    })
+                    .collect();
+                let held = self.local.held(&id).map(|held| match held {
+                    Held::Maintenance(reason) => HeldBy::Maintenance {
+                        node: !self.local.maintenance.instances.contains_key(&id),
+                        reason,
+                    },
+                    Held::Drained => HeldBy::Drained {
+                        node: !self.local.drained.contains(&id),
+                    },
+                    Held::TtlExpired => HeldBy::TtlExpired {
+                        ttl: self.local.ttl(&id),
+                    },
+                });
+                let critical = checks
+                    .iter()
+                    .find(|c| c.status == "critical")
+                    .filter(|_| self.withheld.contains(&key))
+                    .map(|c| CriticalCheck {
+                        check: &c.check,
+                        output: &c.output,
+                        since_ms: c.since_ms,
+                    });
+                let confirmed = !pending.contains(key.as_str()) && registry.connected;
+                let (state, mut reason) = status::decide(
+                    held.as_ref(),
+                    critical.as_ref(),
+                    confirmed && self.startup.is_none(),
+                    lease.as_deref(),
+                    registry.connected,
+                );
+                if state == InstanceState::Pending && self.startup.is_some() {
+                    reason = "starting: registration begins once the plugins have answered".into();
+                }
+                let since_ms = match state {
+                    InstanceState::Withheld => critical.as_ref().and_then(|c| c.since_ms),
+                    InstanceState::TtlExpired => (self.local.api.get(&id))
+                        .and_then(|entry| entry.due)
+                        .map(|due| unix_ms(wall - now.saturating_duration_since(due))),
+                    _ => None,
+                };
+                let ttl = self.local.ttl(&id).map(|t| format!("{t:?}"));
+                let metadata = desired::instance_metadata(
+                    instance,
+                    &key,
+                    self.plugins.as_ref().map_or(&no_plugins, |p| &p.metadata),
+                );
+                InstanceStatus {
+                    id,
+                    service: instance.service_label(),
+                    source: source.map_or("config", |s| s.source.name()).to_string(),
+                    origin: source.map_or_else(String::new, |s| s.origin.clone()),
+                    state,
+                    reason,
+                    since_ms,
+                    lease: (state == InstanceState::Registered)
+                        .then(|| lease.clone())
+                        .flatten(),
+                    ttl,
+                    endpoints: instance.endpoints.iter().map(ToString::to_string).collect(),
+                    metadata,
+                    key,
+                    checks,
+                }
+            })
+            .collect();
+        let refused = self.instances.as_ref().map_or_else(Vec::new, |dir| {
+            dir.state
+                .refused()
+                .map(|(file, reasons)| RefusedFile {
+                    file: file.display().to_string(),
+                    state: InstanceState::Refused,
+                    reasons: reasons.to_vec(),
+                })
+                .collect()
+        });
+        let registry_config = &self.config.registry;
+        AgentStatus {
+            now_ms: unix_ms(wall),
+            instances,
+            refused,
+            plugins: self
+                .plugins
+                .as_ref()
+                .map_or_else(Vec::new, |p| p.host.status()),
+            etcd: SessionStatus {
+                endpoints: (registry_config.client.endpoints.iter())
+                    .map(|e| status::endpoint_without_credentials(e))
+                    .collect(),
+                connected: registry.connected,
+                lease,
+                ttl_s: registry_config.ttl.as_secs(),
+                ttl_left_ms: registry.lease_expires_at.map(|at| {
+                    u64::try_from(at.saturating_duration_since(now).as_millis()).unwrap_or(0)
+                }),
+                last_repair_check_ms: registry.last_verify.map(|(at, _)| unix_ms(at)),
+                last_repaired: registry.last_verify.map_or(0, |(_, n)| n as u64),
+                desired: registry.desired,
+                registered: registry.registered,
+                ready: registry.ready,
+            },
+            maintenance: self.local.maintenance.node.clone(),
+            drained: self.local.node_drained,
+        }
+    }
+
+    /// One check's view: status, last output, since when, recent runs.
+    fn check_status(&self, id: &CheckId) -> Option<CheckStatusView> {
+        let view = self.checks.get(id)?;
+        let latest = self.checks.latest(id);
+        let (history, since) = self.checks.history(id)?;
+        Some(CheckStatusView {
+            check: checks::describe(&view.config.probe),
+            status: match view.status {
+                CheckStatus::Passing => "passing",
+                CheckStatus::Critical => "critical",
+            }
+            .to_string(),
+            output: latest
+                .as_ref()
+                .map_or_else(String::new, |last| match &last.last {
+                    Ok(output) | Err(output) => output.clone(),
+                }),
+            duration_ms: latest
+                .as_ref()
+                .map(|last| last.duration.as_secs_f64() * 1000.0),
+            since_ms: Some(unix_ms(since)),
+            history,
+        })
+    }
+}
