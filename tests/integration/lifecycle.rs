@@ -351,7 +351,10 @@ const WATCH_REPAIR: Duration = Duration::from_secs(3);
 /// Deletes the seed key, then overwrites it, from another client; each
 /// time the agent's watch on its own keys sees it and puts it back at
 /// once. Returns how long each took.
-async fn damage_and_time(etcd: &Etcd, observer: &crate::observer::Observer) -> Vec<Duration> {
+async fn damage_and_time(
+    etcd: &Etcd,
+    observer: &crate::support::observer::Observer,
+) -> Vec<Duration> {
     let mut client = etcd.client().await;
     let mut took = Vec::new();
     for overwrite in [false, true] {

@@ -385,7 +385,7 @@ async fn a_cancelled_load_kills_its_compile_child() {
     config.agent_extra = plugins_section("");
     let mut agent = Agent::prepare(&config);
     let base = std::fs::read(plugin_file("echo")).unwrap();
-    let big = crate::big_component::padded_component(&base, 8000, 200);
+    let big = crate::support::big_component::padded_component(&base, 8000, 200);
     let tmp = agent.plugins_dir().join(".big.tmp");
     std::fs::write(&tmp, big).unwrap();
     std::fs::rename(&tmp, agent.plugins_dir().join("big.wasm")).unwrap();
