@@ -298,6 +298,16 @@ fn check(path: &Path) -> ExitCode {
                 loaded.config.registry.client.endpoints.join(","),
                 loaded.config.registry.prefix,
             );
+            if let Some(plugins) = &agent.plugins {
+                let (error, warning) = crate::plugins::check_folders(plugins);
+                if let Some(warning) = warning {
+                    eprintln!("warning: {warning}");
+                }
+                if let Some(error) = error {
+                    eprintln!("error: {error}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(error) => {
@@ -560,6 +570,34 @@ fn plugin_check(file: &Path, config_path: Option<&Path>, calls: usize) -> ExitCo
         instance,
     };
     let label = sample.instance.service_label();
+    if let Some(plugins) = plugins {
+        let (refused, _) = crate::plugins::check_folders(plugins);
+        let in_folder = std::fs::canonicalize(file)
+            .ok()
+            .zip(std::fs::canonicalize(&plugins.dir).ok())
+            .is_some_and(|(file, dir)| file.parent() == Some(dir.as_path()));
+        if let Some(refused) = refused.filter(|_| in_folder) {
+            eprintln!("error: plugin {name} ({}): {refused}", file.display());
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    }
+    let trusted_keys = plugins
+        .map(crate::plugins::trusted_keys)
+        .unwrap_or_default();
+    match crate::plugins::check_signature(file, trusted_keys) {
+        None => {}
+        Some(Ok(signature)) => println!(
+            "plugin {name}: signature {} verified by a key in agent.plugins.trustedKeys",
+            signature.display()
+        ),
+        Some(Err(problem)) => {
+            eprintln!(
+                "error: plugin {name} ({}) is untrusted, the agent would refuse it: {problem}",
+                file.display()
+            );
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

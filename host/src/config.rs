@@ -48,6 +48,7 @@ pub use local::{
 pub use plugins::{
     DEFAULT_PLUGIN_INTERVAL, DEFAULT_PLUGIN_MEMORY, DEFAULT_PLUGIN_TIMEOUT, DEFAULT_PLUGINS_DIR,
     MAX_PLUGIN_MEMORY, MIN_PLUGIN_INTERVAL, MIN_PLUGIN_MEMORY, MIN_PLUGIN_TIMEOUT, PluginsConfig,
+    parse_public_key,
 };
 pub use publish::{EtcdNaming, Publish};
 pub use registry::{

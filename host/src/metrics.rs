@@ -20,6 +20,9 @@ pub struct ResultLabel {
 pub const OK: ResultLabel = ResultLabel { result: "ok" };
 pub const ERROR: ResultLabel = ResultLabel { result: "error" };
 
+/// The results `plugin_loads_total` counts.
+pub const PLUGIN_LOAD_RESULTS: [&str; 4] = ["ok", "error", "untrusted", "compile_failed"];
+
 /// A health check: its instance's service and the check
 /// (`tcp 127.0.0.1:8080`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
@@ -56,6 +59,12 @@ pub struct Metrics {
     pub plugin_call_seconds: Family<PluginLabel, Histogram>,
     pub plugin_restarts: Family<PluginLabel, Counter>,
     pub plugins_loaded: Gauge,
+    /// Plugin loads by result: `ok`, `error` (not a usable plugin),
+    /// `untrusted` (refused by its signature), `compile_failed` (the
+    /// compile child crashed, was killed or ran out of its limits).
+    pub plugin_loads: Family<ResultLabel, Counter>,
+    /// 1 while the plugins folder is refused (another user could write it).
+    pub plugins_folder_refused: Gauge,
     /// 1 passing, 0 critical.
     pub check_status: Family<CheckLabel, Gauge>,
     pub check_seconds: Family<CheckLabel, Histogram>,
@@ -86,6 +95,11 @@ impl Metrics {
             Family::<PluginLabel, Histogram>::new_with_constructor(plugin_latency_histogram);
         let plugin_restarts = Family::<PluginLabel, Counter>::default();
         let plugins_loaded = Gauge::default();
+        let plugin_loads = Family::<ResultLabel, Counter>::default();
+        for result in PLUGIN_LOAD_RESULTS {
+            let _ = plugin_loads.get_or_create(&ResultLabel { result });
+        }
+        let plugins_folder_refused = Gauge::default();
         let check_status = Family::<CheckLabel, Gauge>::default();
         let check_seconds =
             Family::<CheckLabel, Histogram>::new_with_constructor(check_latency_histogram);
@@ -182,6 +196,16 @@ impl Metrics {
             "Plugins currently loaded",
             plugins_loaded.clone(),
         );
+        registry.register(
+            "plugin_loads",
+            "Plugin loads, by result (ok, error, untrusted, compile_failed)",
+            plugin_loads.clone(),
+        );
+        registry.register(
+            "plugins_folder_refused",
+            "1 while the plugins folder is refused because another user could write it",
+            plugins_folder_refused.clone(),
+        );
         Metrics {
             registrations,
             deregistrations,
@@ -197,6 +221,8 @@ impl Metrics {
             plugin_call_seconds,
             plugin_restarts,
             plugins_loaded,
+            plugin_loads,
+            plugins_folder_refused,
             check_status,
             check_seconds,
             instances_withheld,

@@ -10,12 +10,15 @@
 mod background;
 mod cache;
 mod check;
+pub mod compile_child;
 mod engine;
 mod folder;
 mod inspect;
 mod instance;
 pub mod output;
+mod ownership;
 mod runner;
+mod signature;
 mod state;
 mod stdio;
 pub mod system;
@@ -54,6 +57,17 @@ struct LoadInputs {
     digest: [u8; 32],
     settings: Vec<(String, String)>,
     limits: Limits,
+    /// With `trustedKeys` set: the keys and the signature file's digest, so
+    /// a new signature or another set of keys loads the plugin again.
+    trust: Option<TrustInputs>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TrustInputs {
+    /// Base64 key lines (`agent.plugins.trustedKeys`, files read).
+    keys: Vec<String>,
+    /// SHA-256 of `<name>.wasm.minisig`, if there is one.
+    signature: Option<[u8; 32]>,
 }
 
 /// A plugin that is loaded and running.
@@ -108,7 +122,7 @@ pub struct LoadOutcome {
     /// Which request this answers: only the newest request's outcome counts.
     id: u64,
     path: PathBuf,
-    result: Result<Box<Ready>, (LoadInputs, String)>,
+    result: Result<Box<Ready>, FailedLoad>,
 }
 
 impl std::fmt::Debug for LoadOutcome {
@@ -153,6 +167,9 @@ pub struct PluginHost {
     /// Check plugins, by name (a name is in `loaded` or here, not both).
     checks: BTreeMap<String, LoadedCheck>,
     pending: HashMap<String, Pending>,
+    /// Plugins refused by their signature, by name, with why (for status
+    /// and `plugins_untrusted`).
+    untrusted: BTreeMap<String, String>,
     /// Files that failed to load, by name, with what they were loaded with:
     /// not retried until the bytes, settings or limits change.
     failed: HashMap<String, LoadInputs>,
@@ -168,6 +185,8 @@ pub struct PluginHost {
     /// Cancels every scan, load and plugin task when the host is dropped
     /// or its parent (the agent's plugins token) is cancelled.
     cancel: CancellationToken,
+    /// Limits of the compile child of every cold compile.
+    child_limits: compile_child::ChildLimits,
     next_id: u64,
     /// What each plugin did since it was loaded, for the status (entries
     /// of plugins in neither `loaded`, `checks` nor `failed` are ignored).
@@ -221,6 +240,7 @@ impl PluginHost {
             loaded: BTreeMap::new(),
             checks: BTreeMap::new(),
             pending: HashMap::new(),
+            untrusted: BTreeMap::new(),
             failed: HashMap::new(),
             known: HashMap::new(),
             warned: HashMap::new(),
@@ -228,6 +248,7 @@ impl PluginHost {
             metrics,
             tracker,
             cancel: stop.child_token(),
+            child_limits: compile_child::ChildLimits::from_env(),
             next_id: 0,
             activity: HashMap::new(),
         })
@@ -244,6 +265,12 @@ impl PluginHost {
     /// Names of the loaded plugins, sorted.
     pub fn loaded(&self) -> Vec<String> {
         self.loaded.keys().cloned().collect()
+    }
+
+    /// Plugins refused by their signature (`agent.plugins.trustedKeys`),
+    /// with why.
+    pub fn untrusted(&self) -> &BTreeMap<String, String> {
+        &self.untrusted
     }
 
     /// Publishes the check plugins as they are now.
@@ -310,13 +337,24 @@ impl PluginHost {
         let files = match scan.files {
             Ok(files) => {
                 self.warned.remove(&self.config.dir);
+                self.metrics.plugins_folder_refused.set(0);
                 files
             }
-            Err(message) => {
+            Err(folder::FolderError::Unreadable(message)) => {
                 let dir = self.config.dir.clone();
                 self.warn_once(&dir, &message, || {
                     warn!(dir = %dir.display(), error = %message, "cannot read the plugins folder");
                 });
+                return changes;
+            }
+            // Refused: nothing new loads from it; what runs was loaded
+            // while it passed, and keeps running until its file goes.
+            Err(folder::FolderError::Refused(message)) => {
+                let dir = self.config.dir.clone();
+                self.warn_once(&dir, &message, || {
+                    error!(dir = %dir.display(), problem = %message, "plugins folder refused: another user could have written it or a plugin in it, so nothing in it loads");
+                });
+                self.metrics.plugins_folder_refused.set(1);
                 return changes;
             }
         };
@@ -357,13 +395,14 @@ impl PluginHost {
             self.publish_checks();
         }
         self.failed.retain(|name, _| files.contains_key(name));
+        self.untrusted.retain(|name, _| files.contains_key(name));
         self.pending.retain(|name, _| files.contains_key(name));
         self.known.clear();
         for (name, file) in files {
             match file.digest {
                 Ok((digest, stamp)) => {
                     self.known.insert(name.clone(), (digest, stamp));
-                    self.load_if_changed(&name, file.path, digest);
+                    self.load_if_changed(&name, file.path, digest, file.signature);
                 }
                 Err(error) => {
                     let message = error.to_string();
@@ -388,11 +427,22 @@ impl PluginHost {
 
     /// Starts loading `path` as plugin `name` unless the same bytes with the
     /// same settings and limits are already loaded, loading, or failed.
-    fn load_if_changed(&mut self, name: &str, path: PathBuf, digest: [u8; 32]) {
+    fn load_if_changed(
+        &mut self,
+        name: &str,
+        path: PathBuf,
+        digest: [u8; 32],
+        signature: Option<[u8; 32]>,
+    ) {
+        let keys = trusted_keys(&self.config);
         let inputs = LoadInputs {
             digest,
             settings: settings_for(Some(&self.config), name),
             limits: Limits::of(Some(&self.config)),
+            trust: (!keys.is_empty()).then(|| TrustInputs {
+                keys: keys.to_vec(),
+                signature,
+            }),
         };
         let running = self.loaded.get(name).map(|l| &l.inputs);
         let running = running.or(self.checks.get(name).map(|c| &c.inputs));
@@ -414,6 +464,7 @@ impl PluginHost {
             name: name.to_string(),
             path,
             inputs: inputs.clone(),
+            child_limits: self.child_limits,
         };
         info!(plugin = %name, file = %task.path.display(), "loading plugin");
         let loads = self.outbox.loads.clone();
@@ -451,6 +502,11 @@ impl PluginHost {
         let replacing = self.loaded.contains_key(&name) || self.checks.contains_key(&name);
         match outcome.result {
             Ok(ready) => {
+                self.metrics
+                    .plugin_loads
+                    .get_or_create(&crate::metrics::OK)
+                    .inc();
+                self.untrusted.remove(&name);
                 let Ready {
                     inputs,
                     kind,
@@ -509,15 +565,41 @@ impl PluginHost {
                     }
                 }
             }
-            Err((inputs, message)) => {
+            Err(FailedLoad {
+                inputs,
+                result,
+                message,
+            }) => {
+                self.metrics
+                    .plugin_loads
+                    .get_or_create(&crate::metrics::ResultLabel { result })
+                    .inc();
                 report_failure(&name, &outcome.path, &message);
                 let activity = self.activity.entry(name.clone()).or_default();
                 activity.errors += 1;
                 activity.last_error = Some(format!("load failed: {message}"));
-                self.failed.insert(name.clone(), inputs);
-                if replacing {
+                // The running version stays unless it is the very same
+                // bytes, now refused (a trusted key was removed).
+                let same_bytes = self.loaded.get(&name).map(|l| l.inputs.digest)
+                    == Some(inputs.digest)
+                    || self.checks.get(&name).map(|c| c.inputs.digest) == Some(inputs.digest);
+                if result == "untrusted" && same_bytes {
+                    if self.loaded.remove(&name).is_some() {
+                        forget_metrics(&self.metrics, &name);
+                        changes.stopped.push(name.clone());
+                    }
+                    if self.checks.remove(&name).is_some() {
+                        self.publish_checks();
+                    }
+                    warn!(plugin = %name, "plugin unloaded: its running version is no longer trusted");
+                } else if replacing {
                     warn!(plugin = %name, "the previous version keeps running");
                 }
+                self.untrusted.remove(&name);
+                if result == "untrusted" {
+                    self.untrusted.insert(name.clone(), message);
+                }
+                self.failed.insert(name.clone(), inputs);
             }
         }
         self.metrics
@@ -570,7 +652,16 @@ impl PluginHost {
                     .filter(|name| {
                         !self.loaded.contains_key(*name) && !self.checks.contains_key(*name)
                     })
-                    .map(|name| row(name, "", "", "failed")),
+                    .map(|name| {
+                        // Refused by its signature: `untrusted`, with why
+                        // in `last_error`.
+                        let state = if self.untrusted.contains_key(name) {
+                            "untrusted"
+                        } else {
+                            "failed"
+                        };
+                        row(name, "", "", state)
+                    }),
             )
             .collect();
         rows.sort_by(|a, b| a.name.cmp(&b.name));
@@ -628,6 +719,24 @@ struct Load {
     name: String,
     path: PathBuf,
     inputs: LoadInputs,
+    child_limits: compile_child::ChildLimits,
+}
+
+/// A load that failed: what it was loaded with, the `plugin_loads_total`
+/// result, and why.
+struct FailedLoad {
+    inputs: LoadInputs,
+    result: &'static str,
+    message: String,
+}
+
+/// The `plugin_loads_total` result of a failed load.
+fn load_result_label(error: &LoadError) -> &'static str {
+    match error {
+        LoadError::Untrusted(_) => "untrusted",
+        LoadError::CompileChild(_) => "compile_failed",
+        _ => "error",
+    }
 }
 
 impl Load {
@@ -637,38 +746,107 @@ impl Load {
             name,
             path,
             mut inputs,
+            child_limits,
         } = self;
         let started = std::time::Instant::now();
+        let fail = |inputs: LoadInputs, error: LoadError| LoadOutcome {
+            name: name.clone(),
+            id,
+            path: path.clone(),
+            result: Err(FailedLoad {
+                inputs,
+                result: load_result_label(&error),
+                message: error.to_string(),
+            }),
+        };
+        // Reading, verifying and mapping block: keep them off the async
+        // workers, on a thread of low priority. Nobody waits for it at
+        // shutdown; its result is dropped.
         let file = path.clone();
-        let compiler = engine.clone();
-        // Reading and compiling block (the compile for seconds, for a large
-        // component): keep them off the async workers, on a thread of low
-        // priority. Nobody waits for it at shutdown; its result is dropped.
-        let prepared = match background::spawn("ygg-plugin-load", move || {
-            let prepared = folder::read_plugin_file(&file).and_then(|bytes| {
-                // The file may have changed since the scan: what loads is
-                // what was read now, and the inputs say so.
-                let digest: [u8; 32] = sha2::Sha256::digest(&bytes).into();
-                compiler.prepare(&bytes, &digest).map(|p| (p, digest))
-            });
-            engine::release_freed_memory();
-            prepared
-        }) {
+        let keys = inputs.trust.as_ref().map(|t| t.keys.clone());
+        let cached = engine.clone();
+        let read = background::spawn("ygg-plugin-load", move || {
+            let bytes = folder::read_trusted_plugin_file(&file)?;
+            // The file may have changed since the scan: what loads is what
+            // was read now, and the inputs say so.
+            let digest: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+            let mut signature_digest = None;
+            if let Some(keys) = keys {
+                let signature = signature::read_signature(&file).map_err(LoadError::Untrusted)?;
+                signature_digest = signature
+                    .as_deref()
+                    .map(|text| <[u8; 32]>::from(sha2::Sha256::digest(text.as_bytes())));
+                signature::verify(&keys, &bytes, signature.as_deref())
+                    .map_err(LoadError::Untrusted)?;
+            }
+            // Only verified bytes get here: a refused plugin never runs
+            // from the cache.
+            let prepared = cached.prepare_cached(&bytes, &digest)?;
+            Ok::<_, LoadError>((bytes, digest, signature_digest, prepared))
+        });
+        let read = match read {
             Ok(answer) => answer.await.map_err(|e| e.to_string()),
             Err(error) => Err(error.to_string()),
+        };
+        let (bytes, digest, signature_digest, prepared) = match read {
+            Ok(Ok(read)) => read,
+            Ok(Err(error)) => return fail(inputs, error),
+            Err(error) => {
+                return fail(
+                    inputs,
+                    LoadError::Read(format!("the loader thread failed: {error}")),
+                );
+            }
+        };
+        inputs.digest = digest;
+        if let Some(trust) = &mut inputs.trust {
+            trust.signature = signature_digest;
+        }
+        let prepared = match prepared {
+            Some(prepared) => prepared,
+            None => {
+                // Not in the cache: compile in a child process (killed if
+                // this task is dropped), then map its code.
+                let code = match compile_child::compile(&bytes, child_limits).await {
+                    Ok(code) => code,
+                    Err(compile_child::ChildError::Compile(message)) => {
+                        return fail(inputs, LoadError::Compile(message));
+                    }
+                    Err(error) => return fail(inputs, LoadError::CompileChild(error.to_string())),
+                };
+                drop(bytes);
+                let compiled = engine.clone();
+                let mapped = background::spawn("ygg-plugin-load", move || {
+                    let prepared = compiled.prepare_compiled(&code, &digest);
+                    engine::release_freed_memory();
+                    prepared
+                });
+                let mapped = match mapped {
+                    Ok(answer) => answer.await.map_err(|e| e.to_string()),
+                    Err(error) => Err(error.to_string()),
+                };
+                match mapped {
+                    Ok(Ok(prepared)) => prepared,
+                    Ok(Err(error)) => return fail(inputs, error),
+                    Err(error) => {
+                        return fail(
+                            inputs,
+                            LoadError::Read(format!("the loader thread failed: {error}")),
+                        );
+                    }
+                }
+            }
         };
         let fail = |inputs: LoadInputs, message: String| LoadOutcome {
             name: name.clone(),
             id,
             path: path.clone(),
-            result: Err((inputs, message)),
+            result: Err(FailedLoad {
+                inputs,
+                result: "error",
+                message,
+            }),
         };
-        let (prepared, digest) = match prepared {
-            Ok(Ok(prepared)) => prepared,
-            Ok(Err(error)) => return fail(inputs, error.to_string()),
-            Err(error) => return fail(inputs, format!("the compiler task failed: {error}")),
-        };
-        inputs.digest = digest;
         let compile_time = started.elapsed();
         let name_arc: Arc<str> = Arc::from(name.as_str());
         let kind = match prepared.pre {
@@ -714,6 +892,47 @@ impl Load {
             })),
         }
     }
+}
+
+/// What `ygg-agent check` says of the plugins config's folders: an error
+/// when the agent would refuse the plugins folder (nothing in it would
+/// load), a warning when it would not use the compile cache folder.
+pub fn check_folders(config: &PluginsConfig) -> (Option<String>, Option<String>) {
+    let error = config
+        .dir
+        .exists()
+        .then(|| ownership::check_plugins_folder(&config.dir, ownership::effective_uid()).err())
+        .flatten()
+        .map(|problem| {
+            format!(
+                "the plugins folder {} is refused, nothing in it would load: {problem}",
+                config.dir.display()
+            )
+        });
+    let cache_dir = config.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let warning = cache::check_cache_dir(&cache_dir).err();
+    (error, warning)
+}
+
+/// What `plugin check` says of a plugin file's signature under
+/// `trusted_keys` (`None` when no keys are set): `Ok` with the signature
+/// file verified, or why the agent would refuse it.
+pub fn check_signature(path: &Path, trusted_keys: &[String]) -> Option<Result<PathBuf, String>> {
+    if trusted_keys.is_empty() {
+        return None;
+    }
+    let verified = folder::read_plugin_file(path)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| {
+            let text = signature::read_signature(path)?;
+            signature::verify(trusted_keys, &bytes, text.as_deref())
+        });
+    Some(verified.map(|()| signature::signature_path(path)))
+}
+
+/// `agent.plugins.trustedKeys` (base64 key lines).
+pub fn trusted_keys(config: &PluginsConfig) -> &[String] {
+    &config.trusted_keys
 }
 
 /// Plugin `name`'s settings (`agent.plugins.settings.<name>`), as `init` gets them.

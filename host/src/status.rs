@@ -178,7 +178,8 @@ pub struct PluginStatus {
     pub version: String,
     /// `metadata` or `check`.
     pub kind: String,
-    /// `loaded` or `failed`.
+    /// `loaded`, `failed`, or `untrusted` (refused by
+    /// `agent.plugins.trustedKeys`).
     pub state: String,
     pub loaded_ms: Option<u64>,
     /// When its last round answered (metadata plugins; a check plugin is

@@ -15,6 +15,8 @@ mod local_api;
 mod local_control;
 mod netfaults;
 mod operations;
+mod plugin_memory;
+mod plugin_trust;
 mod plugins;
 mod polyglot;
 mod registration;

@@ -35,6 +35,10 @@ pub struct PluginsConfig {
     /// often per instance; `None`: whenever a round changes it (at most
     /// once per `interval`).
     pub min_rewrite_interval: Option<Duration>,
+    /// `trustedKeys`: minisign public keys (base64 key lines; `file:`
+    /// entries are read here). Not empty: only plugins signed by one of
+    /// them load.
+    pub trusted_keys: Vec<String>,
 }
 
 pub(super) fn read_plugins(mut map: Section, base: &Path) -> PluginsConfig {
@@ -48,9 +52,52 @@ pub(super) fn read_plugins(mut map: Section, base: &Path) -> PluginsConfig {
         settings: map.section("settings").value().map(read_settings).unwrap_or_default(),
         cache_dir: map.path("cacheDir", base).value(),
         min_rewrite_interval: map.duration("minRewriteInterval").nonzero().value(),
+        trusted_keys: read_trusted_keys(&mut map, base),
     };
     map.finish(Unknown::Error);
     config
+}
+
+/// `trustedKeys`: each entry a minisign public key, the `RW…` line itself
+/// or `file:PATH` (relative to the config file) of a `.pub` file.
+fn read_trusted_keys(map: &mut Section, base: &Path) -> Vec<String> {
+    let Some(list) = map.list("trustedKeys").value() else {
+        return Vec::new();
+    };
+    if list.is_empty() {
+        list.error(
+            "lists no key: remove it to load unsigned plugins, or list minisign public keys",
+        );
+    }
+    list.items()
+        .filter_map(|item| item.string().parse(|entry| read_key(&entry, base)).valid())
+        .collect()
+}
+
+fn read_key(entry: &str, base: &Path) -> Result<String, String> {
+    match entry.strip_prefix("file:") {
+        Some(path) => {
+            let path = base.join(path.trim());
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read the key file {}: {e}", path.display()))?;
+            parse_public_key(&text).map_err(|e| format!("{}: {e}", path.display()))
+        }
+        None => parse_public_key(entry),
+    }
+}
+
+/// Parses one `trustedKeys` entry's key: the `RW…` base64 line alone, or a
+/// minisign `.pub` file's text (an "untrusted comment:" line, then the key
+/// line). Returns the base64 key line.
+pub fn parse_public_key(text: &str) -> Result<String, String> {
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))
+        .ok_or("no key in it")?;
+    minisign_verify::PublicKey::from_base64(line)
+        .map(|_| line.to_string())
+        .map_err(|e| format!("not a minisign public key (the `RW…` line of a .pub file): {e}"))
 }
 
 /// `settings.<plugin>`: a mapping of plain values (or null) per plugin.
@@ -71,6 +118,28 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::config::tests::{SEED, assert_has, errors, ok};
+
+    #[test]
+    fn trusted_keys_are_lines_or_files_and_checked() {
+        let key = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3";
+        let plugins = |config: &Config| config.agent.plugins.clone().unwrap();
+        assert!(plugins(&ok(SEED).config).trusted_keys.is_empty());
+        let text = SEED.replace(
+            "    interval: 30s\n",
+            &format!("    interval: 30s\n    trustedKeys: [{key}]\n"),
+        );
+        assert_eq!(plugins(&ok(&text).config).trusted_keys, [key]);
+        let text = SEED.replace(
+            "    interval: 30s\n",
+            "    interval: 30s\n    trustedKeys: [RWnotakey, \"file:/nonexistent/k.pub\"]\n",
+        );
+        let errors = errors(&text).join("\n");
+        assert!(errors.contains("not a minisign public key"), "{errors}");
+        assert!(
+            errors.contains("cannot read the key file /nonexistent/k.pub"),
+            "{errors}"
+        );
+    }
 
     #[test]
     fn min_rewrite_interval_is_read_and_off_by_default() {

@@ -3,25 +3,29 @@
 //! total size (least recently used first).
 //!
 //! Loading an entry runs native code from it, so nothing is loaded from a
-//! folder or a file another user could have written: the folder must be
-//! owned by the agent's effective uid and not writable by group or others,
-//! and so must each entry, checked on the open file right before it is
-//! read. A symlinked folder (systemd's `DynamicUser=` makes
-//! `$CACHE_DIRECTORY` one) is resolved once at start: the folder it points
-//! to is checked and used from then on, so re-pointing the link later
-//! redirects nothing.
+//! folder or a file another user could have written: the folder and every
+//! folder above it must pass [`ownership`]'s rule (the agent creates what
+//! is missing, mode 0700), and each entry must be owned by the agent's
+//! effective uid and not writable by group or others, checked on the open
+//! file right before it is mapped. The folder is opened once, at start,
+//! and every read, write, rename and delete goes through that descriptor
+//! (`openat`, `renameat`, `unlinkat`): renaming the folder, re-pointing a
+//! symlink to it (systemd's `DynamicUser=` makes `$CACHE_DIRECTORY` one) or
+//! putting another folder at its path later redirects nothing.
 
 use std::collections::HashSet;
-use std::fs::{File, Metadata};
-use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, Once};
 use std::time::{Duration, SystemTime};
 
+use rustix::fs::{AtFlags, Mode, OFlags};
 use tracing::{info, warn};
 use wasmtime::Engine;
 use wasmtime::component::Component;
+
+use super::ownership;
 
 /// An entry not loaded for this long is deleted.
 pub const MAX_UNUSED_AGE: Duration = Duration::from_secs(30 * 24 * 60 * 60);
@@ -43,8 +47,11 @@ const COMPATIBILITY_HEX_LEN: usize = 16;
 
 /// The compile cache of one engine.
 pub struct CompileCache {
-    /// The checked folder, symlinks resolved.
+    /// The checked folder, symlinks resolved, as it was named at start
+    /// (for messages only: nothing is opened by this path).
     dir: PathBuf,
+    /// The folder itself, opened once.
+    fd: OwnedFd,
     /// Engine settings and version, folded into entry names so a different
     /// agent build never loads another's compiled code.
     compatibility: String,
@@ -70,59 +77,45 @@ pub const BOUNDS: Bounds = Bounds {
 };
 
 impl CompileCache {
-    /// Creates `dir` (mode 0700) if it does not exist and checks that only
-    /// the agent can write it. `None`, after one warning, when it cannot be
-    /// used: the agent then compiles every plugin without a cache.
-    /// `compatibility` is 16 hex digits identifying the engine build.
+    /// Creates `dir` (mode 0700) if it does not exist, opens it and checks
+    /// that only the agent (or root) can write it or any folder above it.
+    /// `None`, after one warning, when it cannot be used: the agent then
+    /// compiles every plugin without a cache. `compatibility` is 16 hex
+    /// digits identifying the engine build.
     pub fn open(dir: &Path, compatibility: String) -> Option<CompileCache> {
         debug_assert!(is_hex(&compatibility, COMPATIBILITY_HEX_LEN));
-        if let Err(error) = create_private_dir(dir) {
-            warn!(dir = %dir.display(), %error, "cannot create the plugin cache folder; compiling without a cache");
-            return None;
-        }
-        let euid = effective_uid();
-        let checked = std::fs::canonicalize(dir).and_then(|resolved| {
-            let metadata = std::fs::metadata(&resolved)?;
-            Ok((resolved, metadata))
-        });
-        let resolved = match checked {
-            Ok((resolved, metadata)) => match private_to(&metadata, euid, "folder") {
-                Ok(()) => resolved,
-                Err(problem) => {
-                    warn!(
-                        dir = %dir.display(),
-                        resolved = %resolved.display(),
-                        %problem,
-                        "the plugin cache folder is not private to the agent's user; compiling without a cache (make it owned by the agent's user and not writable by group or others, e.g. mode 0700)"
-                    );
-                    return None;
-                }
-            },
-            Err(error) => {
-                warn!(dir = %dir.display(), %error, "cannot check the plugin cache folder; compiling without a cache");
-                return None;
+        match open_cache_dir(dir) {
+            Ok((resolved, fd)) => Some(CompileCache {
+                dir: resolved,
+                fd,
+                compatibility,
+                euid: ownership::effective_uid(),
+                swept: Once::new(),
+                warned: Mutex::new(HashSet::new()),
+            }),
+            Err(problem) => {
+                warn!(dir = %dir.display(), %problem, "not using the plugin cache folder; compiling without a cache");
+                None
             }
-        };
-        Some(CompileCache {
-            dir: resolved,
-            compatibility,
-            euid,
-            swept: Once::new(),
-            warned: Mutex::new(HashSet::new()),
-        })
+        }
     }
 
+    fn entry_name(&self, digest: &str) -> String {
+        format!("{digest}-{}{ENTRY_SUFFIX}", self.compatibility)
+    }
+
+    #[cfg(test)]
     fn entry_path(&self, digest: &str) -> PathBuf {
-        self.dir
-            .join(format!("{digest}-{}{ENTRY_SUFFIX}", self.compatibility))
+        self.dir.join(self.entry_name(digest))
     }
 
     /// The machine code cached for the plugin whose SHA-256 is `digest`
     /// (hex), if there is a trustworthy entry; loading it marks it used.
     pub fn load(&self, engine: &Engine, digest: &str) -> Option<Component> {
-        let path = self.entry_path(digest);
-        let (mut file, len) = match open_private_file(&path, self.euid) {
-            Ok(Some(opened)) => opened,
+        let name = self.entry_name(digest);
+        let path = self.dir.join(&name);
+        let file = match open_private_file(&self.fd, &name, self.euid) {
+            Ok(Some(file)) => file,
             Ok(None) => return None,
             Err(problem) => {
                 self.warn_once(&path, || {
@@ -131,17 +124,14 @@ impl CompileCache {
                 return None;
             }
         };
-        let mut compiled = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-        if let Err(error) = file.read_to_end(&mut compiled) {
-            warn!(file = %path.display(), %error, "unusable cache entry; recompiling");
-            return None;
-        }
-        // SAFETY: the bytes come from an open regular file (not a symlink)
-        // owned by the agent's user and writable by no one else, in a folder
-        // with the same property, named by the SHA-256 of the source and
-        // this engine's compatibility hash: only `Component::serialize` of
-        // this build, run by this agent's user, wrote it.
-        match unsafe { Component::deserialize(engine, &compiled) } {
+        // SAFETY: `file` is an open regular file (not a symlink) owned by
+        // the agent's user and writable by no one else, in a folder with
+        // the same property, named by the SHA-256 of the source and this
+        // engine's compatibility hash: only `Component::serialize` of this
+        // build, run by this agent's user, wrote it. Entries are replaced
+        // by rename and deleted by unlink, never rewritten in place, so the
+        // mapped pages stay what was checked.
+        match unsafe { deserialize_open_file(engine, &file) } {
             Ok(component) => {
                 if let Err(error) = file.set_modified(SystemTime::now()) {
                     tracing::debug!(file = %path.display(), %error, "cannot mark a cache entry used");
@@ -149,7 +139,7 @@ impl CompileCache {
                 Some(component)
             }
             Err(error) => {
-                warn!(file = %path.display(), %error, "unusable cache entry; recompiling");
+                warn!(file = %path.display(), error = %format!("{error:#}"), "unusable cache entry; recompiling");
                 None
             }
         }
@@ -158,14 +148,31 @@ impl CompileCache {
     /// Writes `component`'s machine code as the entry for `digest`, then
     /// evicts what the bounds no longer allow.
     pub fn store(&self, digest: &str, component: &Component) {
-        let path = self.entry_path(digest);
+        let name = self.entry_name(digest);
         match component.serialize() {
             Ok(compiled) => {
-                if let Err(error) = write_atomically(&path, &compiled) {
-                    warn!(path = %path.display(), %error, "cannot write the plugin cache");
+                let write = |file: &mut File| std::io::Write::write_all(file, &compiled);
+                if let Err(error) = write_atomically(&self.fd, &name, write) {
+                    warn!(path = %self.dir.join(&name).display(), %error, "cannot write the plugin cache");
                 }
             }
             Err(error) => warn!(%error, "cannot serialise a compiled plugin"),
+        }
+        self.evict();
+    }
+
+    /// Writes the compiled code in `code` (a compile child's output) as
+    /// the entry for `digest`, copied in the kernel, then evicts what the
+    /// bounds no longer allow.
+    pub fn store_code(&self, digest: &str, code: &File) {
+        let name = self.entry_name(digest);
+        let copy = |file: &mut File| {
+            let mut code = code;
+            std::io::Seek::rewind(&mut code)?;
+            std::io::copy(&mut code, file).map(drop)
+        };
+        if let Err(error) = write_atomically(&self.fd, &name, copy) {
+            warn!(path = %self.dir.join(&name).display(), %error, "cannot write the plugin cache");
         }
         self.evict();
     }
@@ -176,7 +183,7 @@ impl CompileCache {
     }
 
     fn evict(&self) {
-        match evict(&self.dir, self.euid, SystemTime::now(), BOUNDS) {
+        match evict(&self.fd, self.euid, SystemTime::now(), BOUNDS) {
             Ok(evicted) if evicted.files > 0 => info!(
                 dir = %self.dir.display(),
                 files = evicted.files,
@@ -205,31 +212,42 @@ pub struct Evicted {
     pub bytes: u64,
 }
 
-/// Deletes, in `dir`, temp files older than `bounds.stale_temp`, entries
-/// unused (not modified) for `bounds.max_unused`, then the least recently
-/// used entries until the rest fit in `bounds.max_bytes`. Only regular
-/// files named like the agent's own entries or temp files and owned by
-/// `euid` are ever deleted, or counted.
-pub fn evict(dir: &Path, euid: u32, now: SystemTime, bounds: Bounds) -> std::io::Result<Evicted> {
+/// Deletes, in the folder `dir`, temp files older than
+/// `bounds.stale_temp`, entries unused (not modified) for
+/// `bounds.max_unused`, then the least recently used entries until the rest
+/// fit in `bounds.max_bytes`. Only regular files named like the agent's own
+/// entries or temp files and owned by `euid` are ever deleted, or counted.
+pub fn evict(
+    dir: &OwnedFd,
+    euid: u32,
+    now: SystemTime,
+    bounds: Bounds,
+) -> std::io::Result<Evicted> {
     let mut evicted = Evicted::default();
     let mut kept = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
+    for entry in rustix::fs::Dir::read_from(dir)? {
         let entry = entry?;
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+        let Ok(name) = entry.file_name().to_str().map(str::to_owned) else {
             continue;
         };
         let temp = is_temp_name(&name);
         if !temp && !is_entry_name(&name) {
             continue;
         }
-        // `DirEntry::metadata` does not follow symlinks.
-        let Ok(metadata) = entry.metadata() else {
+        let Ok(stat) = rustix::fs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) else {
             continue;
         };
-        if !metadata.file_type().is_file() || metadata.uid() != euid {
+        let is_file =
+            rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile;
+        if !is_file || stat.st_uid != euid {
             continue;
         }
-        let used = metadata.modified().unwrap_or(now);
+        let len = u64::try_from(stat.st_size).unwrap_or(0);
+        let used = SystemTime::UNIX_EPOCH
+            + Duration::new(
+                u64::try_from(stat.st_mtime).unwrap_or(0),
+                u32::try_from(stat.st_mtime_nsec).unwrap_or(0),
+            );
         let unused_for = now.duration_since(used).unwrap_or_default();
         let limit = if temp {
             bounds.stale_temp
@@ -237,31 +255,31 @@ pub fn evict(dir: &Path, euid: u32, now: SystemTime, bounds: Bounds) -> std::io:
             bounds.max_unused
         };
         if unused_for > limit {
-            remove(&entry.path(), metadata.len(), &mut evicted);
+            remove(dir, &name, len, &mut evicted);
         } else if !temp {
-            kept.push((used, metadata.len(), entry.path()));
+            kept.push((used, len, name));
         }
     }
     kept.sort();
     let mut total: u64 = kept.iter().map(|(_, len, _)| len).sum();
-    for (_, len, path) in kept {
+    for (_, len, name) in kept {
         if total <= bounds.max_bytes {
             break;
         }
-        remove(&path, len, &mut evicted);
+        remove(dir, &name, len, &mut evicted);
         total -= len;
     }
     Ok(evicted)
 }
 
-fn remove(path: &Path, len: u64, evicted: &mut Evicted) {
-    match std::fs::remove_file(path) {
+fn remove(dir: &OwnedFd, name: &str, len: u64, evicted: &mut Evicted) {
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
         Ok(()) => {
             evicted.files += 1;
             evicted.bytes += len;
         }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => warn!(file = %path.display(), %error, "cannot delete a plugin cache entry"),
+        Err(rustix::io::Errno::NOENT) => {}
+        Err(error) => warn!(file = %name, %error, "cannot delete a plugin cache entry"),
     }
 }
 
@@ -284,75 +302,135 @@ fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-fn effective_uid() -> u32 {
-    // SAFETY: geteuid cannot fail and touches no memory of ours.
-    unsafe { libc::geteuid() }
-}
-
 /// Owned by `euid` and not writable by group or others: what ssh's
 /// StrictModes asks of `authorized_keys`.
-fn private_to(metadata: &Metadata, euid: u32, what: &str) -> Result<(), String> {
-    if metadata.uid() != euid {
+fn private_to(stat: &rustix::fs::Stat, euid: u32) -> Result<(), String> {
+    if stat.st_uid != euid {
         return Err(format!(
-            "the {what} is owned by uid {}, and the agent runs as uid {euid}",
-            metadata.uid()
+            "the file is owned by uid {}, and the agent runs as uid {euid}",
+            stat.st_uid
         ));
     }
-    let mode = metadata.mode() & 0o7777;
+    let mode = stat.st_mode & 0o7777;
     if mode & 0o022 != 0 {
         return Err(format!(
-            "the {what} is writable by group or others (mode {mode:04o})"
+            "the file is writable by group or others (mode {mode:04o})"
         ));
     }
     Ok(())
 }
 
-/// Opens `path` without following a symlink and checks the open file
-/// itself (so it cannot be swapped between check and read). `Ok(None)`
-/// when there is no such file; `Err` says what is wrong with it.
-fn open_private_file(path: &Path, euid: u32) -> Result<Option<(File, u64)>, String> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        // O_NONBLOCK: a FIFO planted under an entry's name must not hang us.
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path);
-    let file = match file {
-        Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(error) if error.raw_os_error() == Some(libc::ELOOP) => {
-            return Err("it is a symbolic link".into());
-        }
+/// Opens `name` in the folder `dir` without following a symlink and checks
+/// the open file itself (so it cannot be swapped between check and read).
+/// `Ok(None)` when there is no such file; `Err` says what is wrong with it.
+fn open_private_file(dir: &OwnedFd, name: &str, euid: u32) -> Result<Option<File>, String> {
+    // O_NONBLOCK: a FIFO planted under an entry's name must not hang us.
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(rustix::io::Errno::LOOP) => return Err("it is a symbolic link".into()),
         Err(error) => return Err(format!("cannot open it: {error}")),
     };
-    let metadata = file
-        .metadata()
-        .map_err(|error| format!("cannot stat it: {error}"))?;
-    if !metadata.file_type().is_file() {
+    let stat = rustix::fs::fstat(&fd).map_err(|error| format!("cannot stat it: {error}"))?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
         return Err("it is not a regular file".into());
     }
-    private_to(&metadata, euid, "file")?;
-    Ok(Some((file, metadata.len())))
+    private_to(&stat, euid)?;
+    Ok(Some(File::from(fd)))
 }
 
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+/// Creates the cache folder (missing folders mode 0700), opens it and
+/// checks it and the folders above it; returns it with its resolved path.
+fn open_cache_dir(dir: &Path) -> Result<(PathBuf, OwnedFd), String> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
+        .map_err(|error| format!("cannot create {}: {error}", dir.display()))?;
+    let fd = ownership::open_private_folder(dir, ownership::effective_uid()).map_err(|problem| {
+        format!("{problem} (the cache must be private to the agent's user: set agent.plugins.cacheDir to a folder only it can write, or let the agent create one, mode 0700)")
+    })?;
+    let resolved = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    Ok((resolved, fd))
 }
 
-/// Writes to a temp file beside `path` (mode 0600), then renames it into
-/// place, so a crash never leaves a half-written entry under its final name.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .rand_bytes(TEMP_RANDOM_LEN)
-        .tempfile_in(dir)?;
-    std::io::Write::write_all(&mut tmp, bytes)?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+/// What `ygg-agent check` says of the cache folder `dir`: `Ok` when the
+/// agent would use it (or create it under folders that pass), else why not
+/// and what to set. Creates nothing.
+pub fn check_cache_dir(dir: &Path) -> Result<(), String> {
+    let mut existing = dir;
+    while !existing.exists() {
+        match existing.parent() {
+            Some(parent) => existing = parent,
+            None => break,
+        }
+    }
+    ownership::open_private_folder(existing, ownership::effective_uid())
+        .map(drop)
+        .map_err(|problem| {
+            format!("the plugin cache folder {}: {problem}; the agent would compile every plugin without a cache: set agent.plugins.cacheDir to a folder owned by the agent's user, mode 0700, under folders only it or root can write", dir.display())
+        })
+}
+
+/// Writes (with `write`) to a temp file in the folder `dir` (mode 0600), then renames it
+/// to `name`, so a crash never leaves a half-written entry under its final
+/// name.
+fn write_atomically(
+    dir: &OwnedFd,
+    name: &str,
+    write: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    use rand::Rng;
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut attempts = 0;
+    let (temp, fd) = loop {
+        let random: String = rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
+            .take(TEMP_RANDOM_LEN)
+            .map(char::from)
+            .collect();
+        let temp = format!("{TEMP_PREFIX}{random}");
+        match rustix::fs::openat(dir, temp.as_str(), flags, Mode::from_raw_mode(0o600)) {
+            Ok(fd) => break (temp, fd),
+            Err(rustix::io::Errno::EXIST) if attempts < 16 => attempts += 1,
+            Err(error) => return Err(error.into()),
+        }
+    };
+    let written = write(&mut File::from(fd))
+        .and_then(|()| rustix::fs::renameat(dir, temp.as_str(), dir, name).map_err(Into::into));
+    if written.is_err() {
+        let _ = rustix::fs::unlinkat(dir, temp.as_str(), AtFlags::empty());
+    }
+    written
+}
+
+/// Loads the machine code in the already-open, already-checked `file`
+/// with its pages mapped from the file (no copy into the heap), which
+/// `Component::deserialize_file` does for a path: the path given is
+/// `/proc/self/fd/<n>`, which opens the very inode `file` holds whatever
+/// happened to its name since. Without `/proc`, the file is read through
+/// the same descriptor and copied.
+///
+/// # Safety
+/// As `Component::deserialize_file`: `file` must hold what
+/// `Component::serialize` of this engine wrote, and must not be modified
+/// while the component lives.
+pub(super) unsafe fn deserialize_open_file(
+    engine: &Engine,
+    file: &File,
+) -> wasmtime::Result<Component> {
+    use std::os::fd::AsRawFd;
+    let by_descriptor = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    if by_descriptor.exists() {
+        // SAFETY: the caller's promise, for the same inode.
+        return unsafe { Component::deserialize_file(engine, &by_descriptor) };
+    }
+    let mut compiled = Vec::new();
+    std::io::Read::read_to_end(&mut &*file, &mut compiled)?;
+    // SAFETY: the caller's promise.
+    unsafe { Component::deserialize(engine, &compiled) }
 }
 
 #[cfg(test)]
@@ -416,6 +494,59 @@ mod tests {
     }
 
     const NOBODY: u32 = 65534;
+
+    fn held(dir: &Path) -> OwnedFd {
+        rustix::fs::open(
+            dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_folder_under_one_another_user_owns_is_not_used() {
+        let tmp = tempfile::tempdir().unwrap();
+        let parent = tmp.path().join("theirs");
+        std::fs::create_dir(&parent).unwrap();
+        let dir = parent.join("cache");
+        std::fs::create_dir(&dir).unwrap();
+        chown(&parent, NOBODY);
+        assert!(CompileCache::open(&dir, COMPATIBILITY.into()).is_none());
+        let problem = check_cache_dir(&dir).unwrap_err();
+        assert!(problem.contains("owned by uid 65534"), "{problem}");
+        assert!(problem.contains("agent.plugins.cacheDir"), "{problem}");
+        // Not yet created: the folders it would be created under are checked.
+        assert!(check_cache_dir(&parent.join("later/cache")).is_err());
+        chown(&parent, ownership::effective_uid());
+        assert_eq!(check_cache_dir(&parent.join("later/cache")), Ok(()));
+    }
+
+    #[test]
+    fn a_folder_swapped_after_start_changes_nothing() {
+        let engine = Engine::default();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cache");
+        let cache = CompileCache::open(&dir, COMPATIBILITY.into()).unwrap();
+        cache.store(&digest(1), &component(&engine, "one"));
+        // Someone moves the folder away and puts their own in its place,
+        // holding B's code under A's name.
+        let moved = tmp.path().join("moved");
+        std::fs::rename(&dir, &moved).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        let theirs = CompileCache::open(&dir, COMPATIBILITY.into()).unwrap();
+        theirs.store(&digest(1), &component(&engine, "planted"));
+        theirs.store(&digest(2), &component(&engine, "planted"));
+
+        let loaded = cache
+            .load(&engine, &digest(1))
+            .expect("from the held folder");
+        assert_eq!(exports(&engine, &loaded), ["one"]);
+        assert!(cache.load(&engine, &digest(2)).is_none());
+        cache.store(&digest(3), &component(&engine, "three"));
+        assert!(moved.join(entry_name(3)).is_file());
+        assert!(!dir.join(entry_name(3)).exists());
+    }
 
     #[test]
     fn a_stored_component_loads_from_the_cache_and_is_marked_used() {
@@ -524,7 +655,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
         let now = SystemTime::now();
-        let euid = effective_uid();
+        let euid = ownership::effective_uid();
         file(dir, &entry_name(1), 10, now, 31 * DAY);
         file(dir, &entry_name(2), 10, now, 29 * DAY);
         file(dir, ".tmpAb12Cd", 10, now, 2 * HOUR);
@@ -539,7 +670,7 @@ mod tests {
         std::os::unix::fs::symlink(&target, dir.join(entry_name(6))).unwrap();
         std::fs::create_dir(dir.join(entry_name(7))).unwrap();
 
-        let evicted = evict(dir, euid, now, BOUNDS).unwrap();
+        let evicted = evict(&held(dir), euid, now, BOUNDS).unwrap();
         assert_eq!(
             evicted,
             Evicted {
@@ -574,7 +705,7 @@ mod tests {
             max_bytes: 250,
             ..BOUNDS
         };
-        let evicted = evict(dir, effective_uid(), now, bounds).unwrap();
+        let evicted = evict(&held(dir), ownership::effective_uid(), now, bounds).unwrap();
         assert_eq!(
             evicted,
             Evicted {
@@ -585,7 +716,7 @@ mod tests {
         assert_eq!(names(dir), [entry_name(2), entry_name(4)]);
         // Within the bound nothing more goes.
         assert_eq!(
-            evict(dir, effective_uid(), now, bounds).unwrap(),
+            evict(&held(dir), ownership::effective_uid(), now, bounds).unwrap(),
             Evicted::default()
         );
     }
@@ -600,6 +731,47 @@ mod tests {
         assert_eq!(names(tmp.path()).len(), 2, "opening deletes nothing");
         cache.sweep_once();
         assert_eq!(names(tmp.path()), [entry_name(2)]);
+    }
+
+    /// Times loading every entry of the cache folder `$YGG_MEASURE_CACHE`
+    /// (made by an agent of this build) mapped, as the agent does, beside
+    /// reading it into memory first, as it did before: `cargo test -p
+    /// ygg-agent --lib measure_cache_load -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement: needs YGG_MEASURE_CACHE"]
+    fn measure_cache_load() {
+        let dir = PathBuf::from(std::env::var_os("YGG_MEASURE_CACHE").expect("YGG_MEASURE_CACHE"));
+        let engine = Engine::new(&super::super::engine::engine_config()).unwrap();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let mut mapped = Vec::new();
+            let mut copied = Vec::new();
+            for _ in 0..5 {
+                let started = std::time::Instant::now();
+                let file = File::open(&path).unwrap();
+                // SAFETY: an entry this build's agent wrote.
+                let component = unsafe { deserialize_open_file(&engine, &file) }.unwrap();
+                mapped.push(started.elapsed());
+                drop(component);
+                let started = std::time::Instant::now();
+                let bytes = std::fs::read(&path).unwrap();
+                // SAFETY: as above.
+                let component = unsafe { Component::deserialize(&engine, &bytes) }.unwrap();
+                copied.push(started.elapsed());
+                drop(component);
+            }
+            mapped.sort();
+            copied.sort();
+            eprintln!(
+                "{} ({:.1} MB): mapped median {:?} (min {:?}); read and copied median {:?} (min {:?})",
+                path.display(),
+                std::fs::metadata(&path).unwrap().len() as f64 / 1e6,
+                mapped[2],
+                mapped[0],
+                copied[2],
+                copied[0]
+            );
+        }
     }
 
     #[test]

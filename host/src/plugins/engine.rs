@@ -30,6 +30,10 @@ pub const MAX_PLUGIN_BYTES: u64 = 64 << 20;
 pub enum LoadError {
     #[error("cannot read it: {0}")]
     Read(String),
+    #[error("refused: {0}")]
+    Untrusted(String),
+    #[error("cannot compile it: {0}")]
+    CompileChild(String),
     #[error("it is {0} bytes; plugins are limited to {MAX_PLUGIN_BYTES} bytes")]
     TooLarge(u64),
     #[error(
@@ -78,6 +82,15 @@ const WIT_VERSIONS: &[WitVersion] = &[
     },
 ];
 
+/// The engine settings: the agent's engine and the compile child's must
+/// be built from the same, or the child's code does not load.
+pub fn engine_config() -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config.wasm_component_model(true);
+    config
+}
+
 /// The engine, its linker and the compile cache.
 pub struct PluginEngine {
     engine: Engine,
@@ -92,10 +105,7 @@ impl PluginEngine {
     /// agent's user alone can write it (see [`CompileCache::open`]).
     pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
         background::init_compile_pool();
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        config.wasm_component_model(true);
-        let engine = Engine::new(&config)?;
+        let engine = Engine::new(&engine_config())?;
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -119,6 +129,10 @@ impl PluginEngine {
         })
     }
 
+    pub fn has_cache(&self) -> bool {
+        self.cache.is_some()
+    }
+
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
@@ -134,6 +148,59 @@ impl PluginEngine {
     pub fn prepare(&self, bytes: &[u8], digest: &[u8; 32]) -> Result<Prepared, LoadError> {
         check_header(bytes)?;
         let (component, from_cache) = self.compile(bytes, &hex::encode(digest))?;
+        self.link(component, from_cache)
+    }
+
+    /// The cached code of `bytes` (SHA-256 `digest`), ready to
+    /// instantiate, or `None` when the cache has no trustworthy entry for
+    /// it: then [`compile_child::compile`] it and hand the code to
+    /// [`PluginEngine::prepare_compiled`]. Blocking (the cache's first use
+    /// cleans it).
+    ///
+    /// [`compile_child::compile`]: super::compile_child::compile
+    pub fn prepare_cached(
+        &self,
+        bytes: &[u8],
+        digest: &[u8; 32],
+    ) -> Result<Option<Prepared>, LoadError> {
+        check_header(bytes)?;
+        let Some(cache) = &self.cache else {
+            return Ok(None);
+        };
+        cache.sweep_once();
+        match cache.load(&self.engine, &hex::encode(digest)) {
+            Some(component) => self.link(component, true).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Takes the code a compile child wrote for the plugin whose SHA-256
+    /// is `digest`: stores it in the cache and maps it from there, or,
+    /// with no cache, maps it from `code` itself. Blocking.
+    pub fn prepare_compiled(
+        &self,
+        code: &std::fs::File,
+        digest: &[u8; 32],
+    ) -> Result<Prepared, LoadError> {
+        let digest = hex::encode(digest);
+        let mut component = None;
+        if let Some(cache) = &self.cache {
+            cache.store_code(&digest, code);
+            component = cache.load(&self.engine, &digest);
+        }
+        let component = match component {
+            Some(component) => component,
+            // SAFETY: `code` is a sealed memfd only this process holds,
+            // written by a compile child running this very binary
+            // (`/proc/self/exe`) with the same engine settings.
+            None => unsafe { super::cache::deserialize_open_file(&self.engine, code) }
+                .map_err(|e| LoadError::Compile(format!("cannot load the compiled code: {e:#}")))?,
+        };
+        self.link(component, false)
+    }
+
+    /// Checks the world `component` implements and pre-instantiates it.
+    fn link(&self, component: Component, from_cache: bool) -> Result<Prepared, LoadError> {
         let world = check_world(&self.engine, &component)?;
         let pre = self
             .linker

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::engine::{LoadError, MAX_PLUGIN_BYTES};
+use super::ownership;
 use crate::config;
 use crate::watch::{self, Watched};
 
@@ -43,6 +44,8 @@ pub struct ScannedFile {
     pub path: PathBuf,
     /// The content's SHA-256, or why the file cannot be used.
     pub digest: Result<([u8; 32], Stamp), LoadError>,
+    /// The SHA-256 of its signature file (`<name>.wasm.minisig`), if any.
+    pub signature: Option<[u8; 32]>,
 }
 
 /// What one scan of the folder found.
@@ -50,14 +53,24 @@ pub struct ScannedFile {
 pub struct Scan {
     /// The folder that was scanned (a reconfigure may have moved on since).
     pub dir: PathBuf,
-    /// Plugin files by plugin name, or why the folder cannot be read.
-    pub files: Result<BTreeMap<String, ScannedFile>, String>,
+    /// Plugin files by plugin name, or why the folder cannot be used.
+    pub files: Result<BTreeMap<String, ScannedFile>, FolderError>,
     /// `.wasm` files whose name is not a plugin name.
     pub ignored: BTreeSet<PathBuf>,
     /// The folders to watch for this folder's changes (symlinks followed).
     pub watch: BTreeSet<PathBuf>,
     /// How many files were read and hashed (the others kept their digest).
     pub hashed: usize,
+}
+
+/// Why a scan found no usable plugin files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FolderError {
+    /// The folder cannot be read (missing, no permission).
+    Unreadable(String),
+    /// The folder, a folder above it or a file in it could have been
+    /// written by another user: nothing in it is loaded.
+    Refused(String),
 }
 
 /// Scans `dir`; `known` holds each plugin's digest and stamp from the last
@@ -74,10 +87,14 @@ pub fn scan(dir: &Path, known: &HashMap<String, ([u8; 32], Stamp)>) -> Scan {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(error) => {
-            scan.files = Err(error.to_string());
+            scan.files = Err(FolderError::Unreadable(error.to_string()));
             return scan;
         }
     };
+    if let Err(problem) = ownership::check_plugins_folder(dir, ownership::effective_uid()) {
+        scan.files = Err(FolderError::Refused(problem));
+        return scan;
+    }
     let mut files = BTreeMap::new();
     for entry in entries.flatten() {
         let path = entry.path();
@@ -110,7 +127,18 @@ pub fn scan(dir: &Path, known: &HashMap<String, ([u8; 32], Stamp)>) -> Scan {
                 }
             }
         };
-        files.insert(stem.to_string(), ScannedFile { path, digest });
+        let signature = super::signature::read_signature(&path)
+            .ok()
+            .flatten()
+            .map(|text| Sha256::digest(text.as_bytes()).into());
+        files.insert(
+            stem.to_string(),
+            ScannedFile {
+                path,
+                digest,
+                signature,
+            },
+        );
     }
     scan.files = Ok(files);
     scan
@@ -119,6 +147,29 @@ pub fn scan(dir: &Path, known: &HashMap<String, ([u8; 32], Stamp)>) -> Scan {
 fn hash_file(path: &Path) -> Result<[u8; 32], LoadError> {
     let bytes = read_plugin_file(path)?;
     Ok(Sha256::digest(&bytes).into())
+}
+
+/// Reads a plugin file of the agent's plugins folder: the open file must
+/// still be one only the agent's user or root can write (the folder was
+/// checked by the scan). Blocking.
+pub fn read_trusted_plugin_file(path: &Path) -> Result<Vec<u8>, LoadError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| LoadError::Read(e.to_string()))?;
+    ownership::check_open_plugin_file(&file, path, ownership::effective_uid())
+        .map_err(LoadError::Untrusted)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PLUGIN_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| LoadError::Read(e.to_string()))?;
+    if bytes.len() as u64 > MAX_PLUGIN_BYTES {
+        return Err(LoadError::TooLarge(bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 /// Reads a plugin file, refusing what is not a regular file or too large.

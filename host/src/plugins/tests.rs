@@ -17,6 +17,7 @@ fn harness(dir: &Path, cache: &Path) -> Harness {
         settings: BTreeMap::new(),
         cache_dir: Some(cache.to_path_buf()),
         min_rewrite_interval: None,
+        trusted_keys: Vec::new(),
     };
     let outbox = Outbox {
         results,
@@ -69,7 +70,11 @@ async fn only_the_newest_load_of_a_plugin_counts() {
         name: "a".into(),
         id: first,
         path: dir.path().join("a.wasm"),
-        result: Err((h.host.pending["a"].inputs.clone(), "stale".into())),
+        result: Err(FailedLoad {
+            inputs: h.host.pending["a"].inputs.clone(),
+            result: "error",
+            message: "stale".into(),
+        }),
     };
     assert_eq!(h.host.finish_load(stale), Changes::default());
     assert!(h.host.failed.is_empty());
@@ -103,14 +108,16 @@ async fn only_the_newest_load_of_a_plugin_counts() {
         name: "a".into(),
         id: third,
         path: dir.path().join("a.wasm"),
-        result: Err((
-            LoadInputs {
+        result: Err(FailedLoad {
+            inputs: LoadInputs {
                 digest: [0; 32],
                 settings: Vec::new(),
                 limits: Limits::of(None),
+                trust: None,
             },
-            "late".into(),
-        )),
+            result: "error",
+            message: "late".into(),
+        }),
     };
     assert_eq!(h.host.finish_load(late), Changes::default());
     assert!(h.host.failed.is_empty());
