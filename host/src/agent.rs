@@ -374,6 +374,8 @@ struct InstanceSource {
     /// `agent.yaml agent.instances[0]`, `…/a.yaml [2]`, `API registration app-1`.
     origin: String,
     key: String,
+    /// What its maintenance and drains are kept by (`local::identity`).
+    identity: String,
 }
 
 /// What the supervisor hands to things it starts beside the loop.
@@ -778,7 +780,8 @@ impl Supervisor {
             Event::TtlDue => {
                 let expired = self.local.expire(Instant::now());
                 for id in &expired {
-                    warn!(%id, "TTL missed: instance withheld until its app passes again");
+                    let (service, key) = self.service_and_key(id);
+                    warn!(%id, %service, %key, "TTL missed: instance withheld until its app passes again");
                 }
                 if !expired.is_empty() {
                     self.publish();

@@ -15,6 +15,7 @@ mod local_control;
 mod netfaults;
 mod observer;
 mod operations;
+mod operator;
 mod plugins;
 mod polyglot;
 mod registration;

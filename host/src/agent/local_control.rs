@@ -18,7 +18,7 @@ use crate::api::{ApiCall, ApiReply};
 use crate::config::{self, Config};
 use crate::desired;
 use crate::instances_dir::{self, DirScan, InstancesDir};
-use crate::local::{Held, Source};
+use crate::local::{self, Held, Source};
 use crate::record;
 use crate::registry::RegistryHandle;
 use crate::watch::FolderWatch;
@@ -99,6 +99,7 @@ impl Supervisor {
         let prefix = &self.config.registry.prefix;
         let source = |id: String, source: Source, origin: String, instance: &record::Instance| {
             InstanceSource {
+                identity: local::identity(source, &id, instance),
                 id,
                 source,
                 origin,
@@ -147,6 +148,58 @@ impl Supervisor {
         }
         self.effective = effective;
         self.sources = sources;
+        self.prune_maintenance();
+    }
+
+    /// Drops the maintenance of instances that are gone (logged), once
+    /// every source has been read (not while the instances folder's first
+    /// scan is under way), and writes the file if that changed anything.
+    fn prune_maintenance(&mut self) {
+        if self.instances.as_ref().is_some_and(|i| !i.state.scanned()) {
+            return;
+        }
+        let current: Vec<(String, String)> = (self.sources.iter())
+            .map(|s| (s.id.clone(), s.identity.clone()))
+            .collect();
+        let before = self.local.maintenance.clone();
+        for (identity, reason) in self.local.prune_maintenance(&current) {
+            info!(%identity, %reason, "maintenance dropped: no such instance any more");
+        }
+        if self.local.maintenance != before
+            && let Some(writer) = self.state_writer.as_ref()
+        {
+            writer.send_replace(self.local.maintenance.clone());
+        }
+    }
+
+    /// The service label and registry key of the instance `id`, for log
+    /// lines (empty when it is not known).
+    pub(super) fn service_and_key(&self, id: &str) -> (String, String) {
+        (self.effective.agent.instances.iter())
+            .zip(&self.sources)
+            .find(|(_, source)| source.id == id)
+            .map(|(instance, source)| (instance.service_label(), source.key.clone()))
+            .unwrap_or_default()
+    }
+
+    /// The 404 for an id no instance has, with the ids that exist.
+    fn unknown_id(&self, id: &str) -> ApiReply {
+        const SHOWN: usize = 20;
+        let known: Vec<&str> = self.sources.iter().map(|s| s.id.as_str()).collect();
+        let mut message = format!("no instance {id}; ");
+        if known.is_empty() {
+            message.push_str("the agent has no instances");
+        } else {
+            message.push_str("known ids (`ygg-agent instances`): ");
+            message.push_str(&known[..known.len().min(SHOWN)].join(", "));
+            if known.len() > SHOWN {
+                message.push_str(&format!(" and {} more", known.len() - SHOWN));
+            }
+        }
+        ApiReply {
+            status: 404,
+            body: serde_json::json!({"error": message, "known": known}),
+        }
     }
 
     /// The registry keys held out of the target: a critical health check,
@@ -154,7 +207,7 @@ impl Supervisor {
     pub(super) fn held_out(&self) -> BTreeSet<String> {
         let mut out = self.withheld.clone();
         for source in &self.sources {
-            if self.local.held(&source.id).is_some() {
+            if self.local.held(&source.id, &source.identity).is_some() {
                 out.insert(source.key.clone());
             }
         }
@@ -181,8 +234,18 @@ impl Supervisor {
             ApiCall::List => ApiReply::ok(self.api_listing()),
             ApiCall::Register { id, registration } => self.api_register(id, *registration),
             ApiCall::Deregister { id } => {
-                if self.local.api.remove(&id).is_some() {
-                    info!(%id, "API deregistration");
+                if let Some(entry) = self.local.api.remove(&id) {
+                    let instance = &entry.registration.instance;
+                    let key = record::registry_key(&self.config.registry.prefix, instance);
+                    info!(%id, service = %instance.service_label(), %key, "API deregistration");
+                    // Its maintenance and drain end with it.
+                    let identity = local::identity(Source::Api, &id, instance);
+                    self.local.drained.remove(&identity);
+                    if self.local.maintenance.instances.remove(&identity).is_some()
+                        && let Some(writer) = self.state_writer.as_ref()
+                    {
+                        writer.send_replace(self.local.maintenance.clone());
+                    }
                     self.instances_moved();
                     return ApiReply::ok(serde_json::json!({"id": id, "deregistered": true}));
                 }
@@ -191,13 +254,14 @@ impl Supervisor {
                         409,
                         format!("{id} comes from {}: remove it there", other.origin),
                     ),
-                    None => ApiReply::error(404, format!("no instance {id}")),
+                    None => self.unknown_id(&id),
                 }
             }
             ApiCall::Pass { id } => match self.local.pass(&id, Instant::now()) {
                 Ok(back) => {
                     if back {
-                        info!(%id, "TTL passed again: instance back in rotation");
+                        let (service, key) = self.service_and_key(&id);
+                        info!(%id, %service, %key, "TTL passed again: instance back in rotation");
                         self.publish();
                     }
                     ApiReply::ok(serde_json::json!({"id": id, "passed": true}))
@@ -209,11 +273,13 @@ impl Supervisor {
             },
             ApiCall::Maintenance { id, reason } => self.api_maintenance(id, reason),
             ApiCall::Drain { id: Some(id) } => {
-                if !self.sources.iter().any(|s| s.id == id) {
-                    return ApiReply::error(404, format!("no instance {id}"));
-                }
-                info!(%id, "drain: deleting the key; out of rotation until its maintenance is ended");
-                self.local.drained.insert(id.clone());
+                let Some(source) = self.sources.iter().find(|s| s.id == id) else {
+                    return self.unknown_id(&id);
+                };
+                let identity = source.identity.clone();
+                let (service, key) = self.service_and_key(&id);
+                info!(%id, %service, %key, "drain: deleting the key; out of rotation until its maintenance is ended");
+                self.local.drained.insert(identity);
                 self.publish();
                 ApiReply::ok(serde_json::json!({"id": id, "drained": true}))
             }
@@ -269,14 +335,24 @@ impl Supervisor {
         id: Option<String>,
         reason: Option<String>,
     ) -> ApiReply {
+        // Kept by identity, so it outlives a version bump (`local::identity`).
+        let identity = match &id {
+            Some(id) => match self.sources.iter().find(|s| s.id == *id) {
+                Some(source) => Some(source.identity.clone()),
+                None => return self.unknown_id(id),
+            },
+            None => None,
+        };
         let maintenance = &mut self.local.maintenance;
-        match (&id, &reason) {
-            (Some(id), Some(reason)) => {
-                maintenance.instances.insert(id.clone(), reason.clone());
+        match (&identity, &reason) {
+            (Some(identity), Some(reason)) => {
+                maintenance
+                    .instances
+                    .insert(identity.clone(), reason.clone());
             }
-            (Some(id), None) => {
-                maintenance.instances.remove(id);
-                self.local.drained.remove(id);
+            (Some(identity), None) => {
+                maintenance.instances.remove(identity);
+                self.local.drained.remove(identity);
             }
             (None, Some(reason)) => maintenance.node = Some(reason.clone()),
             (None, None) => {
@@ -284,10 +360,20 @@ impl Supervisor {
                 self.local.node_drained = false;
             }
         }
-        let what = id.as_deref().unwrap_or("the node");
-        match &reason {
-            Some(reason) => info!(instance = %what, %reason, "maintenance on: out of rotation"),
-            None => info!(instance = %what, "maintenance off"),
+        match (&id, &reason) {
+            (Some(id), reason) => {
+                let (service, key) = self.service_and_key(id);
+                match reason {
+                    Some(reason) => {
+                        info!(%id, %service, %key, %reason, "maintenance on: out of rotation")
+                    }
+                    None => info!(%id, %service, %key, "maintenance off"),
+                }
+            }
+            (None, Some(reason)) => {
+                info!(instance = "the node", %reason, "maintenance on: out of rotation")
+            }
+            (None, None) => info!(instance = "the node", "maintenance off"),
         }
         if let Some(writer) = self.state_writer.as_ref() {
             writer.send_replace(self.local.maintenance.clone());
@@ -310,15 +396,26 @@ impl Supervisor {
             .iter()
             .zip(&self.sources)
             .map(|(instance, source)| {
-                let held = self.local.held(&source.id);
+                let held = self.local.held(&source.id, &source.identity);
                 let state = match &held {
                     Some(held) => held.state(),
                     None if self.withheld.contains(&source.key) => "withheld",
                     None => "registered",
                 };
+                let ttl = self.local.ttl(&source.id);
                 let reason = match held {
-                    Some(Held::Maintenance(reason)) => Some(reason),
-                    _ => None,
+                    Some(Held::Maintenance(reason)) => reason,
+                    Some(Held::Drained) => {
+                        "drained by the operator (`maint disable` ends it)".into()
+                    }
+                    Some(Held::TtlExpired) => format!(
+                        "no pass within its ttl of {}",
+                        ttl.map_or_else(String::new, |t| format!("{t:?}"))
+                    ),
+                    None if state == "withheld" => {
+                        "a health check is critical (`ygg-agent status` shows it)".into()
+                    }
+                    None => String::new(),
                 };
                 serde_json::json!({
                     "id": source.id,
@@ -327,11 +424,33 @@ impl Supervisor {
                     "service": instance.service_label(),
                     "key": source.key,
                     "state": state,
-                    "reason": reason,
-                    "ttl": self.local.ttl(&source.id).map(|ttl| format!("{ttl:?}")),
+                    "reason": (!reason.is_empty()).then_some(reason),
+                    "ttl": ttl.map(|ttl| format!("{ttl:?}")),
+                    "identity": source.identity,
                 })
             })
             .collect();
+        // A refused file of the instances folder, with its first problem
+        // (`check --config` prints them all).
+        let refused = (self.instances.iter())
+            .flat_map(|dir| dir.state.refused())
+            .map(|(path, problems)| {
+                let more = match problems.len() {
+                    0 | 1 => String::new(),
+                    n => format!(" (and {} more)", n - 1),
+                };
+                serde_json::json!({
+                    "id": null,
+                    "source": Source::File.name(),
+                    "origin": path.display().to_string(),
+                    "service": null,
+                    "key": null,
+                    "state": "refused",
+                    "reason": format!("{}{more}", problems.first().map_or("", String::as_str)),
+                    "ttl": null,
+                })
+            });
+        let instances: Vec<serde_json::Value> = instances.into_iter().chain(refused).collect();
         serde_json::json!({
             "instances": instances,
             "maintenance": self.local.maintenance.node,
