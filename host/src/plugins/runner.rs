@@ -48,6 +48,24 @@ impl Limits {
     }
 }
 
+/// What a plugin says about itself, from `describe`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub suggested_interval: Option<Duration>,
+}
+
+impl From<v0_1_0::PluginInfo> for PluginInfo {
+    fn from(info: v0_1_0::PluginInfo) -> Self {
+        PluginInfo {
+            name: info.name,
+            version: info.version,
+            suggested_interval: info.suggested_interval_ms.map(Duration::from_millis),
+        }
+    }
+}
+
 /// Everything needed to build (and rebuild) a plugin instance.
 pub struct Spec {
     pub name: Arc<str>,

@@ -1,0 +1,79 @@
+//! `fleet`: 200 agents against a 3-member cluster (only when asked for).
+
+use std::time::Duration;
+
+use crate::common::*;
+use crate::support::{self, Etcd};
+
+/// 200 agent processes with 5 instances each (TTL 10 s, retryInterval 3 s)
+/// against a 3-member cluster; every member killed for 5 s and started
+/// again, with its data and then wiped.
+pub(crate) async fn fleet(rows: &mut Vec<Row>) {
+    const AGENTS: usize = 200;
+    const PER_AGENT: usize = 5;
+    let retry_interval = Duration::from_secs(3);
+    let mut etcd = Etcd::start_cluster(3).await;
+    let fleet = support::Fleet::start(etcd.endpoints(), AGENTS, PER_AGENT, "10s", "3s");
+    let registered = fleet.wait_registered(&etcd, Duration::from_secs(300)).await;
+    eprintln!(
+        "bench: fleet registered {} keys in {registered:.2?}",
+        fleet.keys()
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let rss = fleet.rss_mib();
+    let budget = retry_interval + Duration::from_secs(1);
+    for wipe in [false, true] {
+        let what = if wipe { "wiped" } else { "with their data" };
+        let recovery = fleet
+            .outage(
+                &mut etcd,
+                Duration::from_secs(5),
+                wipe,
+                Duration::from_secs(120),
+            )
+            .await;
+        let mut contact: Vec<Duration> = recovery.first_contact.iter().flatten().copied().collect();
+        println!(
+            "\nfleet, members restarted {what}: each agent's first successful request after the cluster answered ({} of {AGENTS} agents; keepalive reopened or lease granted):\n{}",
+            contact.len(),
+            support::histogram(&contact, Duration::from_millis(250))
+        );
+        let spread = if contact.is_empty() {
+            "no agent logged one".to_string()
+        } else {
+            format!(
+                "p10 {:.0?}, p50 {:.0?}, p90 {:.0?}, max {:.0?} ({} agents)",
+                percentile(&mut contact, 10),
+                percentile(&mut contact, 50),
+                percentile(&mut contact, 90),
+                percentile(&mut contact, 100),
+                contact.len()
+            )
+        };
+        rows.push(
+            Row::new(
+                format!(
+                    "fleet: {AGENTS} agents x {PER_AGENT} instances, all 3 members killed 5 s and restarted {what}: {} keys back (from the cluster answering {:.0?} after the restart)",
+                    fleet.keys(),
+                    recovery.answered_after
+                ),
+                format!("{:.2?}", recovery.all_back),
+                format!(
+                    "agents' first request after: {spread}; etcd peak {:.0} requests/s (3 members)",
+                    recovery.peak_requests_per_s
+                ),
+            )
+            .budget(
+                format!("<= retryInterval + 1 s = {budget:?}"),
+                recovery.all_back <= budget,
+            ),
+        );
+    }
+    let mean = rss.iter().sum::<f64>() / rss.len() as f64;
+    let max = rss.iter().copied().fold(0.0, f64::max);
+    rows.push(Row::new(
+        format!("fleet: agent RSS, each of {AGENTS} (5 instances, no plugins)"),
+        format!("mean {mean:.1} MiB, max {max:.1} MiB"),
+        format!("{:.0} MiB for the fleet", rss.iter().sum::<f64>()),
+    ));
+}
