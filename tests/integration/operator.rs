@@ -360,3 +360,38 @@ async fn the_command_line_says_what_it_does() {
     ]);
     assert_eq!(code, 2, "{err}");
 }
+
+/// A missing `agent.instancesDir` is an empty folder at start too: the
+/// agent runs and registers a file dropped into the folder once it
+/// appears. `check` reads the folder's files; `*.yml` files count.
+#[tokio::test]
+async fn a_missing_instances_folder_is_watched_until_it_appears() {
+    let etcd = Etcd::start().await;
+    let mut config = ConfigFile::new(etcd.endpoints());
+    let mut agent = Agent::prepare(&config);
+    let folder = agent.dir.path().join("instances.d");
+    config.agent_extra = format!("  instancesDir: {}\n", folder.display());
+    agent.rewrite_config(&config);
+    let path = agent.config_path.to_str().unwrap().to_string();
+    let (code, out, err) = run_cli(&["check", "--config", &path]);
+    assert_eq!(code, 0, "{out}{err}");
+    agent.spawn(&[]);
+    wait_keys(&etcd, SEED, 1).await;
+
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(
+        folder.join("web.yml"),
+        "- name: web\n  endpoints: [{scheme: http, address: \"127.0.0.1:9\"}]\n",
+    )
+    .unwrap();
+    wait_keys(&etcd, "web", 1).await;
+
+    // `check` reads the files: a broken one makes the config invalid.
+    std::fs::write(folder.join("broken.yaml"), "- name: api\n  endpoints: []\n").unwrap();
+    let (code, _, err) = run_cli(&["check", "--config", &path]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("broken.yaml: [0].endpoints: at least one endpoint (line 2)"),
+        "{err}"
+    );
+}
