@@ -395,3 +395,28 @@ async fn a_missing_instances_folder_is_watched_until_it_appears() {
         "{err}"
     );
 }
+
+/// README's check-plugin example is valid and draws no warning (it used
+/// to register a `redis` endpoint no Yggdrasil client sees).
+#[test]
+fn the_readme_check_plugin_example_is_valid_without_warnings() {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let block = readme
+        .split("```yaml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .find(|b| b.contains("plugin: redis_check"))
+        .expect("README has the check-plugin example");
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    let path = dir.path().join("agent.yaml");
+    std::fs::write(
+        &path,
+        block.replace("/etc/ygg-agent/plugins", plugins.to_str().unwrap()),
+    )
+    .unwrap();
+    let (code, out, err) = run_cli(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!err.contains("warning"), "{err}");
+}
