@@ -22,9 +22,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Path as UrlPath, State};
-use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::{Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde_json::json;
@@ -303,37 +303,38 @@ fn router(state: ApiState) -> Router {
             put(node_maintenance_on).delete(node_maintenance_off),
         )
         .route("/v1/drain", post(node_drain))
-        .fallback(|_: Authorized| async {
-            ApiReply::error(404, "no such route (see README: Local API)")
+        .fallback(|| async { ApiReply::error(404, "no such route (see README: Local API)") })
+        .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
+            ApiReply::error(
+                405,
+                format!(
+                    "{method} is not a method of {} (see README: Local API)",
+                    uri.path()
+                ),
+            )
         })
+        // Outside the routing: on TCP the token is checked before anything
+        // else, so an unknown route or method answers 401 too.
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
 }
 
-/// The request is allowed: on the socket always, on TCP with the token.
-struct Authorized;
-
-impl FromRequestParts<ApiState> for Authorized {
-    type Rejection = ApiReply;
-
-    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiReply> {
-        let Some(token) = state.token.as_deref() else {
-            return Ok(Authorized);
-        };
-        let given = parts
-            .headers
+/// Lets a request through: on the socket always (its file mode is the
+/// access control), on TCP with the token.
+async fn authorize(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    if let Some(token) = state.token.as_deref() {
+        let given = request
+            .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or_default();
-        if constant_time_eq(given.as_bytes(), token.as_bytes()) {
-            Ok(Authorized)
-        } else {
-            Err(ApiReply::error(
-                401,
-                "a bearer token is required (agent.api.tokenFile)",
-            ))
+        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            return ApiReply::error(401, "a bearer token is required (agent.api.tokenFile)")
+                .into_response();
         }
     }
+    next.run(request).await
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -374,12 +375,11 @@ async fn ask(state: &ApiState, call: ApiCall) -> ApiReply {
     }
 }
 
-async fn list(_: Authorized, State(state): State<ApiState>) -> ApiReply {
+async fn list(State(state): State<ApiState>) -> ApiReply {
     ask(&state, ApiCall::List).await
 }
 
 async fn register(
-    _: Authorized,
     State(state): State<ApiState>,
     UrlPath(id): UrlPath<String>,
     body: Body,
@@ -408,31 +408,19 @@ async fn with_id(state: &ApiState, id: String, call: impl FnOnce(String) -> ApiC
     }
 }
 
-async fn deregister(
-    _: Authorized,
-    State(state): State<ApiState>,
-    UrlPath(id): UrlPath<String>,
-) -> ApiReply {
+async fn deregister(State(state): State<ApiState>, UrlPath(id): UrlPath<String>) -> ApiReply {
     with_id(&state, id, |id| ApiCall::Deregister { id }).await
 }
 
-async fn pass(
-    _: Authorized,
-    State(state): State<ApiState>,
-    UrlPath(id): UrlPath<String>,
-) -> ApiReply {
+async fn pass(State(state): State<ApiState>, UrlPath(id): UrlPath<String>) -> ApiReply {
     with_id(&state, id, |id| ApiCall::Pass { id }).await
 }
 
-async fn drain(
-    _: Authorized,
-    State(state): State<ApiState>,
-    UrlPath(id): UrlPath<String>,
-) -> ApiReply {
+async fn drain(State(state): State<ApiState>, UrlPath(id): UrlPath<String>) -> ApiReply {
     with_id(&state, id, |id| ApiCall::Drain { id: Some(id) }).await
 }
 
-async fn node_drain(_: Authorized, State(state): State<ApiState>) -> ApiReply {
+async fn node_drain(State(state): State<ApiState>) -> ApiReply {
     ask(&state, ApiCall::Drain { id: None }).await
 }
 
@@ -442,7 +430,6 @@ async fn reason_of(body: Body) -> Result<String, ApiReply> {
 }
 
 async fn maintenance_on(
-    _: Authorized,
     State(state): State<ApiState>,
     UrlPath(id): UrlPath<String>,
     body: Body,
@@ -462,11 +449,7 @@ async fn maintenance_on(
     }
 }
 
-async fn maintenance_off(
-    _: Authorized,
-    State(state): State<ApiState>,
-    UrlPath(id): UrlPath<String>,
-) -> ApiReply {
+async fn maintenance_off(State(state): State<ApiState>, UrlPath(id): UrlPath<String>) -> ApiReply {
     with_id(&state, id, |id| ApiCall::Maintenance {
         id: Some(id),
         reason: None,
@@ -474,7 +457,7 @@ async fn maintenance_off(
     .await
 }
 
-async fn node_maintenance_on(_: Authorized, State(state): State<ApiState>, body: Body) -> ApiReply {
+async fn node_maintenance_on(State(state): State<ApiState>, body: Body) -> ApiReply {
     match reason_of(body).await {
         Ok(reason) => {
             let call = ApiCall::Maintenance {
@@ -487,7 +470,7 @@ async fn node_maintenance_on(_: Authorized, State(state): State<ApiState>, body:
     }
 }
 
-async fn node_maintenance_off(_: Authorized, State(state): State<ApiState>) -> ApiReply {
+async fn node_maintenance_off(State(state): State<ApiState>) -> ApiReply {
     let call = ApiCall::Maintenance {
         id: None,
         reason: None,

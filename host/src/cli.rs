@@ -111,42 +111,58 @@ enum Command {
         json: bool,
     },
     /// Register an instance (a YAML or JSON file in the agent.instances[]
-    /// schema, optionally with `ttl`) through the local API.
+    /// schema, optionally with `ttl`) through the local API (exit 0
+    /// registered, 1 agent unreachable or failing, 2 refused or unusable
+    /// file).
     Register {
         #[command(flatten)]
         socket: SocketArg,
-        /// Its id (default: the file name without its extension).
+        /// Its id, `[A-Za-z0-9._-]{1,128}` (default: the file name without
+        /// its extension).
         #[arg(long)]
         id: Option<String>,
+        /// The instance: one mapping as in agent.instances[] (YAML or JSON).
         file: PathBuf,
     },
-    /// Deregister an instance registered through the local API.
+    /// Deregister an instance registered through the local API (exit 0
+    /// done, 1 agent unreachable or failing, 2 refused: unknown id, or an
+    /// instance from the config or a file).
     Deregister {
         #[command(flatten)]
         socket: SocketArg,
+        /// The id it was registered with (`ygg-agent instances` lists them).
         id: String,
     },
-    /// Renew the TTL of an API registration.
+    /// Renew the TTL of an API registration (exit 0 done, 1 agent
+    /// unreachable or failing, 2 refused: unknown id or no `ttl`).
     Pass {
         #[command(flatten)]
         socket: SocketArg,
+        /// The id it was registered with.
         id: String,
     },
     /// Take an instance (or, without ID, the node) out of rotation and keep
-    /// it out across restarts, or put it back.
+    /// it out across restarts, or put it back (exit 0 done, 1 agent
+    /// unreachable or failing, 2 refused: unknown id).
     Maint {
         #[command(flatten)]
         socket: SocketArg,
         action: MaintAction,
+        /// The instance's id as `ygg-agent instances` lists it; without it,
+        /// the whole node.
         id: Option<String>,
+        /// Why, shown by `instances` and kept with the maintenance (enable only).
         #[arg(long)]
         reason: Option<String>,
     },
     /// Delete the key of an instance (or, without ID, every key) now and keep
-    /// it out until `maint disable`, without stopping the agent.
+    /// it out until `maint disable`, without stopping the agent (exit 0
+    /// done, 1 agent unreachable or failing, 2 refused: unknown id).
     Drain {
         #[command(flatten)]
         socket: SocketArg,
+        /// The instance's id as `ygg-agent instances` lists it; without it,
+        /// every instance.
         id: Option<String>,
     },
 }
@@ -155,7 +171,9 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct SocketArg {
     /// The agent's socket (default: $RUNTIME_DIRECTORY/agent.sock, else
-    /// /run/ygg-agent/agent.sock, else $XDG_RUNTIME_DIR/ygg-agent/agent.sock).
+    /// /run/ygg-agent/agent.sock if that folder exists, else
+    /// $XDG_RUNTIME_DIR/ygg-agent/agent.sock, else
+    /// $TMPDIR/ygg-agent-<uid>/agent.sock).
     #[arg(long, env = "YGG_AGENT_SOCKET")]
     socket: Option<PathBuf>,
 }
@@ -169,7 +187,8 @@ enum MaintAction {
 #[derive(Debug, Subcommand)]
 enum PluginCommand {
     /// Load a plugin, run describe, init and one collect on a sample
-    /// instance, and print the output (exit 0 ok, 1 plugin failed).
+    /// instance, and print the output (exit 0 ok, 1 plugin failed, 2 the
+    /// --config file is missing or invalid).
     Check {
         /// The plugin component (.wasm).
         file: PathBuf,
@@ -290,6 +309,15 @@ fn check(path: &Path) -> ExitCode {
                 }
             }
             let agent = &loaded.config.agent;
+            let (files, refused) = check_instances_dir(&agent.local);
+            if refused > 0 {
+                eprintln!(
+                    "error: {}: {refused} of {files} instance file{} in agent.instancesDir refused (above)",
+                    path.display(),
+                    if files == 1 { "" } else { "s" }
+                );
+                return ExitCode::from(EXIT_USAGE);
+            }
             println!(
                 "{}: valid ({} instance{}, etcd {}, prefix {})",
                 path.display(),
@@ -315,6 +343,37 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::from(EXIT_USAGE)
         }
     }
+}
+
+/// `check`: the files of `agent.instancesDir` too, with the agent's own
+/// reader (every error and warning printed with the file's path). Returns
+/// (files read, files refused).
+fn check_instances_dir(local: &config::LocalConfig) -> (usize, usize) {
+    let Some(dir) = local.instances_dir.as_deref() else {
+        return (0, 0);
+    };
+    let scan = crate::instances_dir::scan(dir, &local.check_defaults);
+    if let Some(error) = &scan.error {
+        eprintln!("error: agent.instancesDir: {error}");
+        return (0, 1);
+    }
+    let mut refused = 0;
+    for (file, read) in &scan.files {
+        match read {
+            Ok(instances) => {
+                for warning in &instances.warnings {
+                    eprintln!("warning: {}: {warning}", file.display());
+                }
+            }
+            Err(problems) => {
+                refused += 1;
+                for problem in problems {
+                    eprintln!("error: {}: {problem}", file.display());
+                }
+            }
+        }
+    }
+    (scan.files.len(), refused)
 }
 
 /// What `check` prints for a file it cannot use: the error (every problem,
@@ -497,6 +556,9 @@ fn list(
     if let Some(endpoints) = endpoints {
         client.endpoints = endpoints;
     }
+    if let Some(warning) = prefix.as_deref().and_then(prefix_warning) {
+        eprintln!("warning: {warning}");
+    }
     let query = crate::list::Query {
         prefix: prefix.unwrap_or(registry.prefix),
         namespace,
@@ -537,6 +599,18 @@ fn list(
             ExitCode::from(EXIT_RUNTIME)
         }
     }
+}
+
+/// `list --prefix` is read as written; one without a leading `/` (which
+/// the config refuses) finds nothing the agent wrote, so say why.
+fn prefix_warning(prefix: &str) -> Option<String> {
+    (!prefix.is_empty() && !prefix.starts_with('/')).then(|| {
+        format!(
+            "--prefix `{}` does not start with `/`, so it matches no key the agent writes (the config refuses such a prefix); did you mean `/{}`?",
+            crate::status::escape(prefix),
+            crate::status::escape(prefix)
+        )
+    })
 }
 
 fn plugin_check(file: &Path, config_path: Option<&Path>, calls: usize) -> ExitCode {

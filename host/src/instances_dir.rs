@@ -1,4 +1,4 @@
-//! `agent.instancesDir`: a folder of `*.yaml` files, each a list of
+//! `agent.instancesDir`: a folder of `*.yaml` (or `*.yml`) files, each a list of
 //! instances in the `agent.instances[]` schema, applied live. This module
 //! owns what each file contributes (its last good content); the supervisor
 //! owns the watch and the debounce, and starts [`scan`] on a blocking thread
@@ -26,7 +26,7 @@ const MAX_FILE_BYTES: u64 = 4 << 20;
 pub struct DirScan {
     /// The folder scanned (a reload may have moved it since).
     pub dir: PathBuf,
-    /// Every `*.yaml` file and what it holds, or why it cannot be used.
+    /// Every `*.yaml`/`*.yml` file and what it holds, or why it cannot be used.
     pub files: BTreeMap<PathBuf, Result<InstancesFile, Vec<String>>>,
     /// The folder could not be listed (other than gone): nothing changes.
     pub error: Option<String>,
@@ -34,7 +34,7 @@ pub struct DirScan {
     pub watch: BTreeSet<PathBuf>,
 }
 
-/// Reads and validates every `*.yaml` file in `dir`. Blocking. A folder
+/// Reads and validates every `*.yaml` and `*.yml` file in `dir`. Blocking. A folder
 /// that does not exist holds no files.
 pub fn scan(dir: &Path, defaults: &CheckTiming) -> DirScan {
     let watch = folder_watch::folders_to_watch(dir, Watched::Folder);
@@ -63,7 +63,8 @@ pub fn scan(dir: &Path, defaults: &CheckTiming) -> DirScan {
         let name = entry.file_name();
         let name = name.to_string_lossy();
         // Editors' and `kubectl`'s temporary files start with a dot.
-        if !name.ends_with(".yaml") || name.starts_with('.') || !path.is_file() {
+        let yaml = name.ends_with(".yaml") || name.ends_with(".yml");
+        if !yaml || name.starts_with('.') || !path.is_file() {
             continue;
         }
         files.insert(path.clone(), read_file(&path, defaults));

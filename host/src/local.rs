@@ -10,7 +10,31 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::ApiInstance;
+use crate::record::{INSTANCE_ID_KEY, Instance};
 use crate::state_dir::Maintenance;
+
+/// What maintenance and drains are kept by: an identity that survives a
+/// version bump (the instance's key, a hash of its version too, does not).
+/// An API registration: `api <id>`. An instance from the config or a file:
+/// `<namespace>/<name>/<metadata.instance_id>` when it sets one, else
+/// `<namespace>/<name> <scheme>://<address> …` (its endpoints, sorted),
+/// so it follows the instance from one `version` to the next, and from the
+/// config file to the instances folder.
+pub fn identity(source: Source, id: &str, instance: &Instance) -> String {
+    if source == Source::Api {
+        return format!("api {id}");
+    }
+    let service = format!("{}/{}", instance.namespace, instance.name);
+    if let Some(instance_id) = instance.metadata.get(INSTANCE_ID_KEY) {
+        return format!("{service}/{instance_id}");
+    }
+    let mut endpoints: Vec<String> = (instance.endpoints.iter())
+        .map(|e| format!("{}://{}", e.scheme, e.address))
+        .collect();
+    endpoints.sort();
+    endpoints.dedup();
+    format!("{service} {}", endpoints.join(" "))
+}
 
 /// Where an instance comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,9 +86,10 @@ impl Held {
 pub struct LocalState {
     /// API registrations by id; never persisted (README says why).
     pub api: BTreeMap<String, ApiEntry>,
-    /// Maintenance in force (persisted).
+    /// Maintenance in force (persisted), instances by [`identity`].
     pub maintenance: Maintenance,
-    /// Instances drained by id, until maintenance ends or the agent stops.
+    /// Instances drained, by [`identity`], until maintenance ends or the
+    /// agent stops.
     pub drained: BTreeSet<String>,
     pub node_drained: bool,
 }
@@ -80,7 +105,8 @@ impl LocalState {
     /// Registers (or replaces) `id`; its TTL starts now, a drain of it ends.
     pub fn register(&mut self, id: String, registration: ApiInstance, now: Instant) {
         let due = registration.ttl.map(|ttl| now + ttl);
-        self.drained.remove(&id);
+        self.drained
+            .remove(&identity(Source::Api, &id, &registration.instance));
         self.api.insert(
             id,
             ApiEntry {
@@ -124,22 +150,49 @@ impl LocalState {
         expired
     }
 
-    /// Why the instance `id` is out of rotation, if it is. Maintenance
-    /// first (it outlives the rest), then a drain, then a missed TTL.
-    pub fn held(&self, id: &str) -> Option<Held> {
-        if let Some(reason) = self.maintenance.instances.get(id) {
+    /// Why the instance `id` (with this [`identity`]) is out of rotation,
+    /// if it is. Maintenance first (it outlives the rest), then a drain,
+    /// then a missed TTL.
+    pub fn held(&self, id: &str, identity: &str) -> Option<Held> {
+        if let Some(reason) = self.maintenance.instances.get(identity) {
             return Some(Held::Maintenance(reason.clone()));
         }
         if let Some(reason) = &self.maintenance.node {
             return Some(Held::Maintenance(reason.clone()));
         }
-        if self.node_drained || self.drained.contains(id) {
+        if self.node_drained || self.drained.contains(identity) {
             return Some(Held::Drained);
         }
         self.api
             .get(id)
             .filter(|e| e.expired)
             .map(|_| Held::TtlExpired)
+    }
+
+    /// Keeps the maintenance entries of instances that exist; returns the
+    /// ones dropped (identity, reason). `current` holds every instance's
+    /// (id, identity). An entry written by an older agent under an id
+    /// that is still in use moves to that instance's identity; an entry of
+    /// an API registration is kept while none is registered (after a
+    /// restart the app registers again, and stays in maintenance).
+    pub fn prune_maintenance(&mut self, current: &[(String, String)]) -> Vec<(String, String)> {
+        let entries = std::mem::take(&mut self.maintenance.instances);
+        let mut dropped = Vec::new();
+        for (held, reason) in entries {
+            let known = current
+                .iter()
+                .find(|(id, identity)| *identity == held || *id == held);
+            match known {
+                Some((_, identity)) => {
+                    self.maintenance.instances.insert(identity.clone(), reason);
+                }
+                None if held.starts_with("api ") => {
+                    self.maintenance.instances.insert(held, reason);
+                }
+                None => dropped.push((held, reason)),
+            }
+        }
+        dropped
     }
 
     /// The TTL of `id`, if it has one.
@@ -151,7 +204,6 @@ impl LocalState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Instance;
 
     fn registration(ttl: Option<u64>) -> ApiInstance {
         ApiInstance {
@@ -178,16 +230,16 @@ mod tests {
         let t = start + Duration::from_secs(10);
         assert_eq!(state.pass("app", t), Ok(false));
         assert!(state.expire(start + Duration::from_secs(20)).is_empty());
-        assert_eq!(state.held("app"), None);
+        assert_eq!(state.held("app", "api app"), None);
 
         // Missing it holds the instance out, once.
         let late = t + Duration::from_secs(15);
         assert_eq!(state.expire(late), ["app"]);
         assert!(state.expire(late).is_empty());
-        assert_eq!(state.held("app"), Some(Held::TtlExpired));
+        assert_eq!(state.held("app", "api app"), Some(Held::TtlExpired));
         assert_eq!(state.next_due(), None);
         assert_eq!(state.pass("app", late), Ok(true));
-        assert_eq!(state.held("app"), None);
+        assert_eq!(state.held("app", "api app"), None);
     }
 
     #[test]
@@ -195,20 +247,93 @@ mod tests {
         let mut state = LocalState::default();
         let now = Instant::now();
         state.register("a".into(), registration(None), now);
-        state.drained.insert("a".into());
-        assert_eq!(state.held("a"), Some(Held::Drained));
+        state.drained.insert("api a".into());
+        assert_eq!(state.held("a", "api a"), Some(Held::Drained));
         state
             .maintenance
             .instances
-            .insert("a".into(), "deploy".into());
-        assert_eq!(state.held("a"), Some(Held::Maintenance("deploy".into())));
+            .insert("api a".into(), "deploy".into());
+        assert_eq!(
+            state.held("a", "api a"),
+            Some(Held::Maintenance("deploy".into()))
+        );
         state.maintenance.instances.clear();
         state.register("a".into(), registration(None), now);
-        assert_eq!(state.held("a"), None);
+        assert_eq!(state.held("a", "api a"), None);
         state.maintenance.node = Some("kernel".into());
         assert_eq!(
-            state.held("other"),
+            state.held("other", "api other"),
             Some(Held::Maintenance("kernel".into()))
+        );
+    }
+
+    #[test]
+    fn the_identity_survives_a_version_bump_but_not_a_new_address() {
+        let seed = Instance::seed_example();
+        let id = crate::record::instance_key(&seed);
+        let kept = identity(Source::Config, &id, &seed);
+        assert_eq!(
+            kept,
+            "default/example-registry-server grpc://127.0.0.1:54321 http://127.0.0.1:54321"
+        );
+        let mut bumped = seed.clone();
+        bumped.version = "1.0.1".into();
+        let bumped_id = crate::record::instance_key(&bumped);
+        assert_ne!(bumped_id, id, "the id (key) changes with the version");
+        assert_eq!(identity(Source::File, &bumped_id, &bumped), kept);
+        let mut moved = seed.clone();
+        moved.endpoints[0].address = "127.0.0.1:54322".into();
+        assert_ne!(identity(Source::Config, &id, &moved), kept);
+        let mut named = seed.clone();
+        named
+            .metadata
+            .insert(INSTANCE_ID_KEY.into(), "web-1".into());
+        assert_eq!(
+            identity(Source::Config, "web-1", &named),
+            "default/example-registry-server/web-1"
+        );
+        assert_eq!(identity(Source::Api, "app", &seed), "api app");
+    }
+
+    #[test]
+    fn stale_maintenance_is_dropped_and_old_ids_move_to_the_identity() {
+        let mut state = LocalState::default();
+        for (held, reason) in [
+            ("5b51", "by the old id"),
+            ("default/gone 127.0.0.1:1", "stale"),
+            ("api app", "waits for the app"),
+            ("default/kept grpc://127.0.0.1:2", "kept"),
+        ] {
+            state
+                .maintenance
+                .instances
+                .insert(held.into(), reason.into());
+        }
+        let current = [
+            (
+                "5b51".to_string(),
+                "default/seed grpc://127.0.0.1:3".to_string(),
+            ),
+            (
+                "e0f1".to_string(),
+                "default/kept grpc://127.0.0.1:2".to_string(),
+            ),
+        ];
+        let dropped = state.prune_maintenance(&current);
+        assert_eq!(
+            dropped,
+            [("default/gone 127.0.0.1:1".to_string(), "stale".to_string())]
+        );
+        let kept: Vec<(&str, &str)> = (state.maintenance.instances.iter())
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("api app", "waits for the app"),
+                ("default/kept grpc://127.0.0.1:2", "kept"),
+                ("default/seed grpc://127.0.0.1:3", "by the old id"),
+            ]
         );
     }
 }

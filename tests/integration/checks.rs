@@ -299,16 +299,16 @@ async fn etcd_naming_keys_follow_the_instance_record_through_checks_edits_and_st
     let mut config = ConfigFile::new(etcd.endpoints());
     config.instances = instance("greeter", port, "        - tcp: ~\n");
     config.agent_extra = format!(
-        "{FAST_CHECKS}  publish: [yggdrasil, etcd-naming]\n  etcdNaming: {{prefix: /naming}}\n"
+        "{FAST_CHECKS}  publish: [yggdrasil, etcd-naming]\n  etcdNaming: {{prefix: naming}}\n"
     );
     let mut agent = Agent::start(&config);
-    let naming = |port: u16| format!("/naming/default/greeter/127.0.0.1:{port}");
+    let naming = |port: u16| format!("naming/default/greeter/127.0.0.1:{port}");
     let endpoints = etcd.endpoints();
     // Every key of both formats.
     let keys_now = || {
         let endpoints = endpoints.clone();
         async move {
-            let mut all = try_entries(&endpoints, "/naming/").await?;
+            let mut all = try_entries(&endpoints, "naming/").await?;
             all.extend(try_entries(&endpoints, PREFIX).await?);
             Some(all)
         }

@@ -15,6 +15,7 @@ mod local_api;
 mod local_control;
 mod netfaults;
 mod operations;
+mod operator;
 mod plugin_memory;
 mod plugin_trust;
 mod plugins;

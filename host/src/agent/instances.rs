@@ -17,7 +17,7 @@ use super::shutdown::Stops;
 use crate::api::{self, ApiCall, ApiReply, ApiRequest, ApiServer};
 use crate::config::{self, Config};
 use crate::instances_dir::{self, DirScan, InstancesDir};
-use crate::local::{Held, LocalState, Source};
+use crate::local::{self, Held, LocalState, Source};
 use crate::record;
 use crate::state_dir::{self, Maintenance};
 
@@ -68,9 +68,16 @@ pub(super) struct InstanceSource {
     /// `agent.yaml agent.instances[0]`, `…/a.yaml [2]`, `API registration app-1`.
     origin: String,
     key: String,
+    /// What its maintenance and drains are kept by (`local::identity`).
+    identity: String,
 }
 
 impl InstanceSource {
+    /// What its maintenance and drains are kept by (`local::identity`).
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -283,7 +290,7 @@ impl Instances {
     pub fn held_out(&self, withheld: &BTreeSet<String>) -> BTreeSet<String> {
         let mut out = withheld.clone();
         for source in &self.sources {
-            if self.local.held(&source.id).is_some() {
+            if self.local.held(&source.id, &source.identity).is_some() {
                 out.insert(source.key.clone());
             }
         }
@@ -297,6 +304,7 @@ impl Instances {
         let prefix = &config.registry.prefix;
         let source = |id: String, kind: Source, origin: String, instance: &record::Instance| {
             InstanceSource {
+                identity: local::identity(kind, &id, instance),
                 id,
                 kind,
                 origin,
@@ -345,6 +353,7 @@ impl Instances {
         }
         self.effective = effective;
         self.sources = sources;
+        self.prune_maintenance();
     }
 
     /// The instances of `config` that another source (the instances
@@ -455,7 +464,8 @@ impl Instances {
     pub fn expire(&mut self) -> Moved {
         let expired = self.local.expire(Instant::now());
         for id in &expired {
-            warn!(%id, "TTL missed: instance withheld until its app passes again");
+            let (service, key) = self.service_and_key(id);
+            warn!(%id, %service, %key, "TTL missed: instance withheld until its app passes again");
         }
         Moved::held_out(expired.iter().filter_map(|id| self.key_of(id)))
     }
@@ -473,8 +483,18 @@ impl Instances {
             ApiCall::List => (ApiReply::ok(self.listing(withheld)), Moved::default()),
             ApiCall::Register { id, registration } => self.register(id, *registration, config),
             ApiCall::Deregister { id } => {
-                if self.local.api.remove(&id).is_some() {
-                    info!(%id, "API deregistration");
+                if let Some(entry) = self.local.api.remove(&id) {
+                    let instance = &entry.registration.instance;
+                    let key = record::registry_key(&config.registry.prefix, instance);
+                    info!(%id, service = %instance.service_label(), %key, "API deregistration");
+                    // Its maintenance and drain end with it.
+                    let identity = local::identity(Source::Api, &id, instance);
+                    self.local.drained.remove(&identity);
+                    if self.local.maintenance.instances.remove(&identity).is_some()
+                        && let Some(writer) = self.state_writer.as_ref()
+                    {
+                        writer.send_replace(self.local.maintenance.clone());
+                    }
                     let key = self.remove_api(&id);
                     let reply = ApiReply::ok(serde_json::json!({"id": id, "deregistered": true}));
                     return (reply, Moved::instances(key));
@@ -484,7 +504,7 @@ impl Instances {
                         409,
                         format!("{id} comes from {}: remove it there", other.origin),
                     ),
-                    None => ApiReply::error(404, format!("no instance {id}")),
+                    None => self.unknown_id(&id),
                 };
                 (reply, Moved::default())
             }
@@ -492,7 +512,8 @@ impl Instances {
                 Ok(back) => {
                     let reply = ApiReply::ok(serde_json::json!({"id": id, "passed": true}));
                     if back {
-                        info!(%id, "TTL passed again: instance back in rotation");
+                        let (service, key) = self.service_and_key(&id);
+                        info!(%id, %service, %key, "TTL passed again: instance back in rotation");
                         return (reply, Moved::held_out(self.key_of(&id)));
                     }
                     (reply, Moved::default())
@@ -514,14 +535,13 @@ impl Instances {
                 (self.maintenance(id, reason), moved)
             }
             ApiCall::Drain { id: Some(id) } => {
-                if !self.sources.iter().any(|s| s.id == id) {
-                    return (
-                        ApiReply::error(404, format!("no instance {id}")),
-                        Moved::default(),
-                    );
-                }
-                info!(%id, "drain: deleting the key; out of rotation until its maintenance is ended");
-                self.local.drained.insert(id.clone());
+                let Some(source) = self.sources.iter().find(|s| s.id == id) else {
+                    return (self.unknown_id(&id), Moved::default());
+                };
+                let identity = source.identity.clone();
+                let (service, key) = self.service_and_key(&id);
+                info!(%id, %service, %key, "drain: deleting the key; out of rotation until its maintenance is ended");
+                self.local.drained.insert(identity);
                 let moved = Moved::held_out(self.key_of(&id));
                 let reply = ApiReply::ok(serde_json::json!({"id": id, "drained": true}));
                 (reply, moved)
@@ -532,6 +552,57 @@ impl Instances {
                 let reply = ApiReply::ok(serde_json::json!({"id": null, "drained": true}));
                 (reply, Moved::all())
             }
+        }
+    }
+
+    /// The service label and registry key of the instance `id`, for log
+    /// lines (empty when it is not known).
+    fn service_and_key(&self, id: &str) -> (String, String) {
+        (self.effective.agent.instances.iter())
+            .zip(&self.sources)
+            .find(|(_, source)| source.id == id)
+            .map(|(instance, source)| (instance.service_label(), source.key.clone()))
+            .unwrap_or_default()
+    }
+
+    /// The 404 for an id no instance has, with the ids that exist.
+    fn unknown_id(&self, id: &str) -> ApiReply {
+        const SHOWN: usize = 20;
+        let known: Vec<&str> = self.sources.iter().map(|s| s.id.as_str()).collect();
+        let mut message = format!("no instance {id}; ");
+        if known.is_empty() {
+            message.push_str("the agent has no instances");
+        } else {
+            message.push_str("known ids (`ygg-agent instances`): ");
+            message.push_str(&known[..known.len().min(SHOWN)].join(", "));
+            if known.len() > SHOWN {
+                message.push_str(&format!(" and {} more", known.len() - SHOWN));
+            }
+        }
+        ApiReply {
+            status: 404,
+            body: serde_json::json!({"error": message, "known": known}),
+        }
+    }
+
+    /// Drops the maintenance of instances that are gone (logged), once
+    /// every source has been read (not while the instances folder's first
+    /// scan is under way), and writes the file if that changed anything.
+    fn prune_maintenance(&mut self) {
+        if self.folder.as_ref().is_some_and(|f| !f.state.scanned()) {
+            return;
+        }
+        let current: Vec<(String, String)> = (self.sources.iter())
+            .map(|s| (s.id.clone(), s.identity.clone()))
+            .collect();
+        let before = self.local.maintenance.clone();
+        for (identity, reason) in self.local.prune_maintenance(&current) {
+            info!(%identity, %reason, "maintenance dropped: no such instance any more");
+        }
+        if self.local.maintenance != before
+            && let Some(writer) = self.state_writer.as_ref()
+        {
+            writer.send_replace(self.local.maintenance.clone());
         }
     }
 
@@ -558,7 +629,7 @@ impl Instances {
                 .sources
                 .iter()
                 .find(|s| s.key == key)
-                .is_some_and(|s| self.local.held(&s.id).is_some())
+                .is_some_and(|s| self.local.held(&s.id, &s.identity).is_some())
     }
 
     /// Puts API registration `id` (key `key`) in force in place: the API's
@@ -567,6 +638,7 @@ impl Instances {
     fn upsert_api(&mut self, id: &str, key: &str) -> Option<String> {
         let registration = &self.local.api[id].registration;
         let source = InstanceSource {
+            identity: local::identity(Source::Api, id, &registration.instance),
             id: id.to_string(),
             kind: Source::Api,
             origin: format!("API registration {id}"),
@@ -645,14 +717,24 @@ impl Instances {
 
     /// Maintenance on (`reason`) or off, for `id` or the node; persisted.
     fn maintenance(&mut self, id: Option<String>, reason: Option<String>) -> ApiReply {
+        // Kept by identity, so it outlives a version bump (`local::identity`).
+        let identity = match &id {
+            Some(id) => match self.sources.iter().find(|s| s.id == *id) {
+                Some(source) => Some(source.identity.clone()),
+                None => return self.unknown_id(id),
+            },
+            None => None,
+        };
         let maintenance = &mut self.local.maintenance;
-        match (&id, &reason) {
-            (Some(id), Some(reason)) => {
-                maintenance.instances.insert(id.clone(), reason.clone());
+        match (&identity, &reason) {
+            (Some(identity), Some(reason)) => {
+                maintenance
+                    .instances
+                    .insert(identity.clone(), reason.clone());
             }
-            (Some(id), None) => {
-                maintenance.instances.remove(id);
-                self.local.drained.remove(id);
+            (Some(identity), None) => {
+                maintenance.instances.remove(identity);
+                self.local.drained.remove(identity);
             }
             (None, Some(reason)) => maintenance.node = Some(reason.clone()),
             (None, None) => {
@@ -660,10 +742,20 @@ impl Instances {
                 self.local.node_drained = false;
             }
         }
-        let what = id.as_deref().unwrap_or("the node");
-        match &reason {
-            Some(reason) => info!(instance = %what, %reason, "maintenance on: out of rotation"),
-            None => info!(instance = %what, "maintenance off"),
+        match (&id, &reason) {
+            (Some(id), reason) => {
+                let (service, key) = self.service_and_key(id);
+                match reason {
+                    Some(reason) => {
+                        info!(%id, %service, %key, %reason, "maintenance on: out of rotation")
+                    }
+                    None => info!(%id, %service, %key, "maintenance off"),
+                }
+            }
+            (None, Some(reason)) => {
+                info!(instance = "the node", %reason, "maintenance on: out of rotation")
+            }
+            (None, None) => info!(instance = "the node", "maintenance off"),
         }
         if let Some(writer) = self.state_writer.as_ref() {
             writer.send_replace(self.local.maintenance.clone());
@@ -685,15 +777,26 @@ impl Instances {
             .iter()
             .zip(&self.sources)
             .map(|(instance, source)| {
-                let held = self.local.held(&source.id);
+                let held = self.local.held(&source.id, &source.identity);
                 let state = match &held {
                     Some(held) => held.state(),
                     None if withheld.contains(&source.key) => "withheld",
                     None => "registered",
                 };
+                let ttl = self.local.ttl(&source.id);
                 let reason = match held {
-                    Some(Held::Maintenance(reason)) => Some(reason),
-                    _ => None,
+                    Some(Held::Maintenance(reason)) => reason,
+                    Some(Held::Drained) => {
+                        "drained by the operator (`maint disable` ends it)".into()
+                    }
+                    Some(Held::TtlExpired) => format!(
+                        "no pass within its ttl of {}",
+                        ttl.map_or_else(String::new, |t| format!("{t:?}"))
+                    ),
+                    None if state == "withheld" => {
+                        "a health check is critical (`ygg-agent status` shows it)".into()
+                    }
+                    None => String::new(),
                 };
                 serde_json::json!({
                     "id": source.id,
@@ -702,11 +805,33 @@ impl Instances {
                     "service": instance.service_label(),
                     "key": source.key,
                     "state": state,
-                    "reason": reason,
-                    "ttl": self.local.ttl(&source.id).map(|ttl| format!("{ttl:?}")),
+                    "reason": (!reason.is_empty()).then_some(reason),
+                    "ttl": ttl.map(|ttl| format!("{ttl:?}")),
+                    "identity": source.identity,
                 })
             })
             .collect();
+        // A refused file of the instances folder, with its first problem
+        // (`check --config` prints them all).
+        let refused = (self.folder.iter())
+            .flat_map(|folder| folder.state.refused())
+            .map(|(path, problems)| {
+                let more = match problems.len() {
+                    0 | 1 => String::new(),
+                    n => format!(" (and {} more)", n - 1),
+                };
+                serde_json::json!({
+                    "id": null,
+                    "source": Source::File.name(),
+                    "origin": path.display().to_string(),
+                    "service": null,
+                    "key": null,
+                    "state": "refused",
+                    "reason": format!("{}{more}", problems.first().map_or("", String::as_str)),
+                    "ttl": null,
+                })
+            });
+        let instances: Vec<serde_json::Value> = instances.into_iter().chain(refused).collect();
         serde_json::json!({
             "instances": instances,
             "maintenance": self.local.maintenance.node,

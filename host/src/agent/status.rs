@@ -64,13 +64,14 @@ pub(super) fn build(parts: &Parts<'_>) -> AgentStatus {
                     )
                 })
                 .collect();
-            let held = local.held(&id).map(|held| match held {
+            let identity = source.map_or("", |s| s.identity());
+            let held = local.held(&id, identity).map(|held| match held {
                 Held::Maintenance(reason) => HeldBy::Maintenance {
-                    node: !local.maintenance.instances.contains_key(&id),
+                    node: !local.maintenance.instances.contains_key(identity),
                     reason,
                 },
                 Held::Drained => HeldBy::Drained {
-                    node: !local.drained.contains(&id),
+                    node: !local.drained.contains(identity),
                 },
                 Held::TtlExpired => HeldBy::TtlExpired {
                     ttl: local.ttl(&id),

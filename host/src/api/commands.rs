@@ -49,6 +49,14 @@ pub enum Command {
 /// puts it), prints the outcome, and returns the exit code.
 pub fn run(socket: Option<PathBuf>, command: Command) -> u8 {
     let socket = socket.unwrap_or_else(super::default_socket);
+    // What `register` found wrong in its file, at the file's own lines:
+    // printed instead of the agent's reasons if the agent refuses it too.
+    let local_problems = match &command {
+        Command::Register { file, .. } => std::fs::read_to_string(file)
+            .ok()
+            .and_then(|text| registration_problems(file, &text)),
+        _ => None,
+    };
     let (method, path, body) = match request(&command) {
         Ok(request) => request,
         Err(error) => {
@@ -84,6 +92,10 @@ pub fn run(socket: Option<PathBuf>, command: Command) -> u8 {
             }
             EXIT_OK
         }
+        Ok((400, _)) if local_problems.is_some() => {
+            eprintln!("error: {}", local_problems.unwrap_or_default());
+            EXIT_REFUSED
+        }
         Ok((status, answer)) => {
             eprintln!(
                 "error: the agent answered {status}: {}",
@@ -118,8 +130,7 @@ fn request(command: &Command) -> Result<(&'static str, String, Option<Vec<u8>>),
             };
             let text = std::fs::read_to_string(file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            let json =
-                crate::config::to_json(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+            let json = registration_json(file, &text)?;
             ("PUT", id_path(&id)?, Some(json.to_string().into_bytes()))
         }
         Command::Deregister { id } => ("DELETE", id_path(id)?, None),
@@ -142,10 +153,59 @@ fn request(command: &Command) -> Result<(&'static str, String, Option<Vec<u8>>),
 
 /// `register FILE` without `--id`: the file's name without its extension.
 fn file_id(file: &Path) -> Result<String, String> {
-    file.file_stem()
+    let id = file
+        .file_stem()
         .and_then(|s| s.to_str())
-        .map(str::to_string)
-        .ok_or_else(|| format!("cannot take an id from {}: give --id", file.display()))
+        .ok_or_else(|| format!("cannot take an id from {}: give --id", file.display()))?;
+    body::check_id(id).map_err(|problem| {
+        format!(
+            "the id `{}` comes from the file name {}: {problem}; give one with --id",
+            escape(id),
+            file.display()
+        )
+    })?;
+    Ok(id.to_string())
+}
+
+/// The body `register` sends for `file`: its one instance as JSON. A list
+/// of instances (an instances-folder file) is refused here with what to do
+/// instead.
+fn registration_json(file: &Path, text: &str) -> Result<Value, String> {
+    let name = file.display();
+    if is_instances_list(text) {
+        return Err(format!(
+            "{name} is a list of instances, the format of the instances folder (agent.instancesDir): \
+             `register` takes one instance, a mapping (`name: …`, `endpoints: […]`); \
+             register each item from a file of its own, or put this file in the instances folder"
+        ));
+    }
+    crate::config::to_json(text).map_err(|e| format!("{name}: {e}"))
+}
+
+/// What the config's readers find wrong in `file` (with the file's own
+/// lines; the agent checks the JSON it is sent, whose lines are not the
+/// file's). Checked with the default `agent.checks` timings: the agent's
+/// own may accept what these refuse, so the agent decides.
+fn registration_problems(file: &Path, text: &str) -> Option<String> {
+    let defaults = crate::config::CheckTiming::default();
+    let issues = crate::config::parse_api_instance(text, &defaults).err()?;
+    let mut message = format!("{}: invalid instance:", file.display());
+    for issue in issues {
+        let _ = write!(message, "\n  {}", escape(&issue.to_string()));
+    }
+    Some(message)
+}
+
+/// Whether `text` is a YAML list at its top level whose items are
+/// mappings: the instances folder's format.
+fn is_instances_list(text: &str) -> bool {
+    match crate::config::parse_instances(text, &crate::config::CheckTiming::default()) {
+        Ok(_) => true,
+        // Refused for its shape (not a list) or its syntax: not a list.
+        Err(issues) => !issues
+            .iter()
+            .any(|i| i.path.is_empty() || i.path == "(syntax)"),
+    }
 }
 
 fn describe_error(answer: &Value) -> String {
@@ -193,8 +253,13 @@ pub fn table(answer: &Value) -> String {
         .iter()
         .map(|i| {
             let cell = |name: &str| i[name].as_str().unwrap_or_default().to_string();
+            // A refused file has no id: its path stands in.
+            let id = match i["id"].as_str() {
+                Some(id) => id.to_string(),
+                None => cell("origin"),
+            };
             [
-                cell("id"),
+                id,
                 cell("source"),
                 cell("state"),
                 cell("service"),

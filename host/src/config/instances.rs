@@ -141,7 +141,8 @@ fn read_endpoints(list: List) -> Vec<Endpoint> {
     // Where each of `endpoints` is in the list (entries in error are not).
     let mut indices: Vec<usize> = Vec::new();
     for (i, item) in list.items().enumerate() {
-        let Some(mut map) = item.section().value() else {
+        let example = "`{scheme: grpc, address: \"127.0.0.1:9000\"}`";
+        let Some(mut map) = item.section_like(example).value() else {
             continue;
         };
         #[rustfmt::skip]
@@ -233,13 +234,28 @@ fn check_scheme(scheme: &str) -> Result<(), String> {
     }
 }
 
+/// `host:port` (`[v6]:port`): a Yggdrasil client dials what it lists, and
+/// an address without a port is not dialable.
 fn check_address(address: &str) -> Result<(), String> {
-    if address.is_empty() || address.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    let not_an_address = || {
         Err(format!(
             "`{address}` is not an address (e.g. 10.0.0.1:8080)"
         ))
-    } else {
-        Ok(())
+    };
+    if address.is_empty() || address.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return not_an_address();
+    }
+    let port = address.rsplit_once(':').filter(|(host, _)| {
+        !host.is_empty() && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')))
+    });
+    match port {
+        Some((_, port)) if port.parse::<u16>().is_ok_and(|p| p > 0) => Ok(()),
+        Some(_) => Err(format!(
+            "`{address}` has no valid port (1-65535; e.g. 10.0.0.1:8080)"
+        )),
+        None => Err(format!(
+            "`{address}` has no port: write host:port (e.g. 10.0.0.1:8080)"
+        )),
     }
 }
 
@@ -302,9 +318,27 @@ mod tests {
         assert_eq!(
             errors,
             [
-                "agent.instances[0].endpoints[0]: expected a mapping (key: value lines), found a single value (line 5)",
+                "agent.instances[0].endpoints[0]: expected a mapping such as `{scheme: grpc, address: \"127.0.0.1:9000\"}`, found a single value (line 5)",
                 "agent.instances[0].endpoints[2]: grpc://x:1 is listed twice (also at agent.instances[0].endpoints[1]) (line 7)",
             ]
+        );
+    }
+
+    #[test]
+    fn an_address_needs_a_port_and_an_endpoint_written_as_a_url_gets_an_example() {
+        let errors = errors(
+            "agent:\n  instances:\n    - name: a\n      endpoints:\n        - {scheme: http, address: nope}\n        - {scheme: http, address: 'h:0'}\n        - grpc://127.0.0.1:9000\n",
+        );
+        assert_eq!(
+            errors,
+            [
+                "agent.instances[0].endpoints[0].address: `nope` has no port: write host:port (e.g. 10.0.0.1:8080) (line 5)",
+                "agent.instances[0].endpoints[1].address: `h:0` has no valid port (1-65535; e.g. 10.0.0.1:8080) (line 6)",
+                "agent.instances[0].endpoints[2]: expected a mapping such as `{scheme: grpc, address: \"127.0.0.1:9000\"}`, found a single value (line 7)",
+            ]
+        );
+        ok(
+            "agent:\n  instances:\n    - name: a\n      endpoints: [{scheme: grpc, address: '[::1]:9000'}, {scheme: http, address: 'web.local:80'}]\n",
         );
     }
 

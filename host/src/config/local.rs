@@ -10,7 +10,7 @@ use crate::record::Instance;
 use super::checks::{CheckConfig, CheckTiming};
 use super::instances::read_instance;
 use super::report::{ConfigIssue, Report};
-use super::rules::{folder, readable_file, socket_address};
+use super::rules::{folder_or_missing, readable_file, socket_address};
 use super::yaml::{Document, Section, Unknown};
 
 /// No wait between deleting the keys and revoking the lease.
@@ -64,7 +64,7 @@ pub(super) fn read_local(agent: &mut Section, base: &Path, defaults: &CheckTimin
     #[rustfmt::skip]
     let local = LocalConfig {
         drain_delay: agent.duration("drainDelay").or(DEFAULT_DRAIN_DELAY),
-        instances_dir: agent.path("instancesDir", base).check(|d| folder(d)).value(),
+        instances_dir: agent.path("instancesDir", base).check(|d| folder_or_missing(d)).value(),
         check_defaults: defaults.clone(),
         api: agent.section("api").value().and_then(|api| read_api(api, base)),
         state_dir: agent.path("stateDir", base).value(),

@@ -98,7 +98,7 @@ const PUBLISH_FORMATS: &str = "`yggdrasil` and `etcd-naming`";
 fn read_etcd_naming(mut map: Section) -> EtcdNaming {
     #[rustfmt::skip]
     let naming = EtcdNaming {
-        prefix: map.string_or_empty("prefix").check(|p| printable(p)).or_default(),
+        prefix: map.string_or_empty("prefix").check(|p| printable(p)).check(|p| naming_prefix(p)).or_default(),
         targets: map.string_map("targets").check(|targets| {
             let problems: Vec<String> = (targets.iter())
                 .filter_map(|(service, target)| {
@@ -120,6 +120,18 @@ fn naming_service(service: &str) -> Result<(), String> {
             check_segment("namespace", namespace).and_then(|()| check_segment("name", name))
         }
         _ => Err("name a service as `<namespace>/<name>`".into()),
+    }
+}
+
+/// `etcdNaming.prefix`: gRPC hands etcd's resolver the target without
+/// its leading `/` (`etcd:///services/greeter` looks up
+/// `services/greeter/…`), so a key under `/services` is never found.
+fn naming_prefix(prefix: &str) -> Result<(), String> {
+    match prefix.strip_prefix('/') {
+        Some(rest) => Err(format!(
+            "`{prefix}` must not begin with `/`: gRPC hands etcd's resolver the target without it (`etcd:///{rest}/greeter` reads keys under `{rest}/greeter/`), so keys under `{prefix}` are never found; write `{rest}`"
+        )),
+        None => Ok(()),
     }
 }
 
@@ -205,7 +217,7 @@ mod tests {
         assert_eq!(naming.target(instance), "default/example-registry-server");
 
         let text = with_publish(
-            "  publish: [etcd-naming]\n  etcdNaming:\n    prefix: /services\n    targets:\n      default/example-registry-server: example\n",
+            "  publish: [etcd-naming]\n  etcdNaming:\n    prefix: services\n    targets:\n      default/example-registry-server: example\n",
         );
         let loaded = ok(&text);
         let publish = &loaded.config.agent.publish;
@@ -213,7 +225,16 @@ mod tests {
         let naming = publish.etcd_naming.as_ref().unwrap();
         assert_eq!(
             naming.target(&loaded.config.agent.instances[0]),
-            "/services/example"
+            "services/example"
+        );
+        // A leading `/` is refused, with the reason: a gRPC client would
+        // never find the keys.
+        let errors = errors(&with_publish(
+            "  publish: [etcd-naming]\n  etcdNaming:\n    prefix: /services\n",
+        ));
+        assert!(
+            errors.iter().any(|e| e.starts_with("agent.etcdNaming.prefix: `/services` must not begin with `/`: gRPC hands etcd's resolver the target without it")),
+            "{errors:?}"
         );
     }
 
@@ -258,7 +279,7 @@ mod tests {
             ),
             "{warnings:?}"
         );
-        let warnings = self::warnings(&with_publish("  etcdNaming: {prefix: /x}\n"));
+        let warnings = self::warnings(&with_publish("  etcdNaming: {prefix: x}\n"));
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(
             warnings[0].contains("agent.etcdNaming: set, but `agent.publish` does not list etcd-naming: no naming keys are written (line 35)"),

@@ -15,6 +15,14 @@ pub(super) fn readable_file(path: &Path) -> Result<(), String> {
     }
 }
 
+/// A folder, or nothing yet (the agent watches for it to appear).
+pub(super) fn folder_or_missing(path: &Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        _ => folder(path),
+    }
+}
+
 pub(super) fn folder(path: &Path) -> Result<(), String> {
     if path.is_dir() {
         Ok(())

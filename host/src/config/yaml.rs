@@ -341,6 +341,15 @@ impl<'a> Value<'a> {
         }
     }
 
+    /// [`section`](Self::section), with an example of the mapping wanted
+    /// in the error (`grpc://…` written where `{scheme, address}` goes).
+    pub fn section_like(&self, example: &str) -> Field<'a, Section<'a>> {
+        match self.node {
+            Node::Mapping(_) => self.section(),
+            _ => self.wrong_kind(&format!("a mapping such as {example}")),
+        }
+    }
+
     pub fn list(&self) -> Field<'a, List<'a>> {
         match self.node {
             Node::Sequence(items) => self.field(Some(List {

@@ -152,8 +152,8 @@ pub const MALFORMED_CONFIGS: &[(&str, &str)] = &[
         "agent.api.listen: 0.0.0.0:9999 is not a loopback address",
     ),
     (
-        "agent:\n  instancesDir: /nonexistent/instances.d\n",
-        "agent.instancesDir: /nonexistent/instances.d is not a folder",
+        "agent:\n  instancesDir: /etc/hostname\n",
+        "agent.instancesDir: /etc/hostname is not a folder",
     ),
     ("agent: [oops\n", "YAML syntax error"),
     ("", "the file is empty"),

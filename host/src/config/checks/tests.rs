@@ -175,14 +175,22 @@ fn a_check_without_an_address_targets_the_instances_own_endpoint() {
 #[test]
 fn a_check_without_an_address_on_an_instance_without_that_endpoint_says_so() {
     let text = instance_with_checks(
-        "        - {scheme: tcp, address: '10.0.0.1:5432'}\n        - {scheme: grpc, address: '10.0.0.1'}\n",
+        "        - {scheme: tcp, address: '10.0.0.1:5432'}\n        - {scheme: grpc, address: '10.0.0.1:9000'}\n",
         "- tcp: ~\n- http: ~\n- grpc:",
     );
     assert_eq!(
         errors(&text),
         [
             "agent.instances[0].checks[1].http: no URL given and the instance has no http or https endpoint to check (line 9)",
-            "agent.instances[0].checks[2].grpc: no address given, and the instance's grpc endpoint cannot be checked: `10.0.0.1` has no port (expected host:port, e.g. 127.0.0.1:8080 or [::1]:8080) (line 10)",
+        ]
+    );
+    // An endpoint without a port is refused where it is written (see
+    // config::instances), before any check reads it.
+    let text = instance_with_checks("        - {scheme: grpc, address: '10.0.0.1'}\n", "- grpc:");
+    assert_eq!(
+        errors(&text),
+        [
+            "agent.instances[0].endpoints[0].address: `10.0.0.1` has no port: write host:port (e.g. 10.0.0.1:8080) (line 5)",
         ]
     );
     let text = instance_with_checks(
