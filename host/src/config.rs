@@ -147,7 +147,10 @@ pub fn parse(text: &str, base: &Path) -> Result<Loaded, Vec<ConfigIssue>> {
 
 /// [`parse`], keeping the warnings when there are errors: `Err((errors,
 /// warnings))`.
-fn validate(text: &str, base: &Path) -> Result<Loaded, (Vec<ConfigIssue>, Vec<ConfigIssue>)> {
+pub(crate) fn validate(
+    text: &str,
+    base: &Path,
+) -> Result<Loaded, (Vec<ConfigIssue>, Vec<ConfigIssue>)> {
     if text.trim().is_empty() {
         let empty = ConfigIssue {
             path: YamlPath::default().to_string(),

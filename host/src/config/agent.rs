@@ -78,7 +78,7 @@ pub(super) fn read_agent(mut agent: Section, base: &Path, report: &Report) -> Ag
         check_naming_targets(
             naming,
             &config.instances,
-            &agent.key_path("etcdNaming"),
+            (&agent.key_path("etcdNaming"), agent.key_line("etcdNaming")),
             report,
         );
     }

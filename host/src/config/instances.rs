@@ -87,9 +87,6 @@ pub(super) fn read_instances(
                 list.yaml_path()
             ));
         }
-        if let Some(warning) = invisible_endpoints(&instance) {
-            item.warning(warning);
-        }
         instances.push(instance);
         all_checks.push(checks);
     }
@@ -125,6 +122,10 @@ pub(super) fn read_instance(
         .map(read_endpoints)
         .unwrap_or_default();
     let endpoints = (report.error_count() == endpoint_errors).then_some(&instance.endpoints[..]);
+    // Said even when something else in the instance is wrong.
+    if let Some(warning) = invisible_endpoints(&instance) {
+        map.warning(warning);
+    }
     let checks = map.list("checks").value();
     let checks = checks
         .map(|list| read_checks(&list, &instance, endpoints, defaults))
@@ -280,6 +281,22 @@ mod tests {
                  client sees none of this instance (add the scheme to the resolver's `protocols` if a \
                  Yggdrasil client should see it) (line 11)",
             ]
+        );
+    }
+
+    #[test]
+    fn the_scheme_warning_stays_when_the_same_instance_also_has_an_error() {
+        let text = "agent:\n  instances:\n    - name: db\n      version: 1\n      zone: [not, a, string]\n      endpoints: [{scheme: tcp, address: '10.0.0.1:5432'}]\n";
+        let dir = tempfile::tempdir().unwrap();
+        let (errors, warnings) = crate::config::validate(text, dir.path()).unwrap_err();
+        assert!(!errors.is_empty());
+        let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with(
+                "agent.instances[0]: service default/db: endpoint tcp://10.0.0.1:5432 is invisible"
+            ) && warnings[0].ends_with("(line 3)"),
+            "{warnings:?}"
         );
     }
 

@@ -157,7 +157,7 @@ fn naming_target(target: &str) -> Result<(), String> {
 pub(super) fn check_naming_targets(
     naming: &EtcdNaming,
     instances: &[Instance],
-    at: &YamlPath,
+    (at, line): (&YamlPath, Option<usize>),
     report: &Report,
 ) {
     let targets: BTreeSet<String> = instances.iter().map(|i| naming.target(i)).collect();
@@ -168,7 +168,7 @@ pub(super) fn check_naming_targets(
             }
             report.warning(
                 at,
-                None,
+                line,
                 format!(
                     "etcd-naming target `{short}` is a prefix of `{long}`: etcd's resolver reads every key \
                      that starts with its target, so a client of `{short}` also gets the endpoints of `{long}` \
@@ -184,7 +184,7 @@ pub(super) fn check_naming_targets(
             if let Some(first) = seen.insert(key.clone(), label.clone()) {
                 report.warning(
                     at,
-                    None,
+                    line,
                     format!("services {first} and {label} both have the etcd-naming key `{key}`: only {first}'s is written"),
                 );
             }
@@ -277,6 +277,11 @@ mod tests {
             warnings[0].contains(
                 "etcd-naming target `default/example-registry-server` is a prefix of `default/example-registry-server-canary`"
             ),
+            "{warnings:?}"
+        );
+        // Where to look: the line of the agent's naming settings.
+        assert!(
+            warnings[0].ends_with(')') && warnings[0].contains("(line "),
             "{warnings:?}"
         );
         let warnings = self::warnings(&with_publish("  etcdNaming: {prefix: x}\n"));

@@ -113,6 +113,21 @@ pub struct Section<'a> {
 }
 
 impl<'a> Section<'a> {
+    /// Reports something about the mapping as a whole that works but may
+    /// not do what the user means, at the mapping's line.
+    pub fn warning(&self, message: impl Into<String>) {
+        (self.report).warning(&self.path, line_of(self.node.span()), message);
+    }
+
+    /// The line `key` is written on (its mapping's when absent), for
+    /// messages about it raised after it was read.
+    pub fn key_line(&self, key: &str) -> Option<usize> {
+        match self.node.get_node(key) {
+            Some(node) => line_of(node.span()),
+            None => line_of(self.node.span()),
+        }
+    }
+
     /// `path.key`, for messages that name a neighbouring setting.
     pub fn key_path(&self, key: &str) -> YamlPath {
         self.path.key(key)
@@ -313,11 +328,6 @@ impl<'a> Value<'a> {
     /// Reports a problem with this value (a rule across values).
     pub fn error(&self, message: impl Into<String>) {
         self.report.error(&self.path, self.line(), message);
-    }
-
-    /// Reports something that works but may not do what the user means.
-    pub fn warning(&self, message: impl Into<String>) {
-        self.report.warning(&self.path, self.line(), message);
     }
 
     fn field<T>(&self, value: Option<T>) -> Field<'a, T> {
