@@ -17,7 +17,7 @@ use super::shutdown::Stops;
 use crate::api::{self, ApiCall, ApiReply, ApiRequest, ApiServer};
 use crate::config::{self, Config};
 use crate::instances_dir::{self, DirScan, InstancesDir};
-use crate::local::{self, Held, LocalState, Source};
+use crate::local::{self, LocalState, Source};
 use crate::record;
 use crate::state_dir::{self, Maintenance};
 
@@ -88,6 +88,10 @@ impl InstanceSource {
 
     pub fn origin(&self) -> &str {
         &self.origin
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
     }
 }
 
@@ -480,7 +484,10 @@ impl Instances {
         withheld: &BTreeSet<String>,
     ) -> (ApiReply, Moved) {
         match call {
-            ApiCall::List => (ApiReply::ok(self.listing(withheld)), Moved::default()),
+            ApiCall::List => (
+                ApiReply::ok(super::status::listing(self, withheld)),
+                Moved::default(),
+            ),
             ApiCall::Register { id, registration } => self.register(id, *registration, config),
             ApiCall::Deregister { id } => {
                 if let Some(entry) = self.local.api.remove(&id) {
@@ -766,76 +773,5 @@ impl Instances {
             "reason": reason,
             "persisted": self.state_writer.is_some(),
         }))
-    }
-
-    /// `GET /v1/instances`: every instance, its source and its state.
-    fn listing(&self, withheld: &BTreeSet<String>) -> serde_json::Value {
-        let instances: Vec<serde_json::Value> = self
-            .effective
-            .agent
-            .instances
-            .iter()
-            .zip(&self.sources)
-            .map(|(instance, source)| {
-                let held = self.local.held(&source.id, &source.identity);
-                let state = match &held {
-                    Some(held) => held.state(),
-                    None if withheld.contains(&source.key) => "withheld",
-                    None => "registered",
-                };
-                let ttl = self.local.ttl(&source.id);
-                let reason = match held {
-                    Some(Held::Maintenance(reason)) => reason,
-                    Some(Held::Drained) => {
-                        "drained by the operator (`maint disable` ends it)".into()
-                    }
-                    Some(Held::TtlExpired) => format!(
-                        "no pass within its ttl of {}",
-                        ttl.map_or_else(String::new, |t| format!("{t:?}"))
-                    ),
-                    None if state == "withheld" => {
-                        "a health check is critical (`ygg-agent status` shows it)".into()
-                    }
-                    None => String::new(),
-                };
-                serde_json::json!({
-                    "id": source.id,
-                    "source": source.kind.name(),
-                    "origin": source.origin,
-                    "service": instance.service_label(),
-                    "key": source.key,
-                    "state": state,
-                    "reason": (!reason.is_empty()).then_some(reason),
-                    "ttl": ttl.map(|ttl| format!("{ttl:?}")),
-                    "identity": source.identity,
-                })
-            })
-            .collect();
-        // A refused file of the instances folder, with its first problem
-        // (`check --config` prints them all).
-        let refused = (self.folder.iter())
-            .flat_map(|folder| folder.state.refused())
-            .map(|(path, problems)| {
-                let more = match problems.len() {
-                    0 | 1 => String::new(),
-                    n => format!(" (and {} more)", n - 1),
-                };
-                serde_json::json!({
-                    "id": null,
-                    "source": Source::File.name(),
-                    "origin": path.display().to_string(),
-                    "service": null,
-                    "key": null,
-                    "state": "refused",
-                    "reason": format!("{}{more}", problems.first().map_or("", String::as_str)),
-                    "ttl": null,
-                })
-            });
-        let instances: Vec<serde_json::Value> = instances.into_iter().chain(refused).collect();
-        serde_json::json!({
-            "instances": instances,
-            "maintenance": self.local.maintenance.node,
-            "drained": self.local.node_drained,
-        })
     }
 }

@@ -16,7 +16,7 @@ use super::plugins::Plugins;
 use crate::checks::{self, CheckHost, CheckId};
 use crate::config::{CheckStatus, Config};
 use crate::desired::{self, PluginMetadata};
-use crate::local::Held;
+use crate::local::{Held, Source};
 use crate::record;
 use crate::registry::RegistryStatus;
 use crate::status::{
@@ -187,5 +187,71 @@ fn check_status(checks: &CheckHost, id: &CheckId) -> Option<CheckStatusView> {
             .map(|last| last.duration.as_secs_f64() * 1000.0),
         since_ms: Some(unix_ms(since)),
         history,
+    })
+}
+
+/// `GET /v1/instances`: every instance, its source and its state.
+pub(super) fn listing(instances: &Instances, withheld: &BTreeSet<String>) -> serde_json::Value {
+    let local = instances.local();
+    let listed: Vec<serde_json::Value> = (instances.effective().agent.instances.iter())
+        .zip(instances.sources())
+        .map(|(instance, source)| {
+            let held = local.held(source.id(), source.identity());
+            let state = match &held {
+                Some(held) => held.state(),
+                None if withheld.contains(source.key()) => "withheld",
+                None => "registered",
+            };
+            let ttl = local.ttl(source.id());
+            let reason = match held {
+                Some(Held::Maintenance(reason)) => reason,
+                Some(Held::Drained) => "drained by the operator (`maint disable` ends it)".into(),
+                Some(Held::TtlExpired) => format!(
+                    "no pass within its ttl of {}",
+                    ttl.map_or_else(String::new, |t| format!("{t:?}"))
+                ),
+                None if state == "withheld" => {
+                    "a health check is critical (`ygg-agent status` shows it)".into()
+                }
+                None => String::new(),
+            };
+            serde_json::json!({
+                "id": source.id(),
+                "source": source.kind().name(),
+                "origin": source.origin(),
+                "service": instance.service_label(),
+                "key": source.key(),
+                "state": state,
+                "reason": (!reason.is_empty()).then_some(reason),
+                "ttl": ttl.map(|ttl| format!("{ttl:?}")),
+                "identity": source.identity(),
+            })
+        })
+        .collect();
+    // A refused file of the instances folder, with its first problem
+    // (`check --config` prints them all).
+    let refused = (instances.refused().into_iter())
+        .flat_map(|dir| dir.refused())
+        .map(|(path, problems)| {
+            let more = match problems.len() {
+                0 | 1 => String::new(),
+                n => format!(" (and {} more)", n - 1),
+            };
+            serde_json::json!({
+                "id": null,
+                "source": Source::File.name(),
+                "origin": path.display().to_string(),
+                "service": null,
+                "key": null,
+                "state": "refused",
+                "reason": format!("{}{more}", problems.first().map_or("", String::as_str)),
+                "ttl": null,
+            })
+        });
+    let listed: Vec<serde_json::Value> = listed.into_iter().chain(refused).collect();
+    serde_json::json!({
+        "instances": listed,
+        "maintenance": local.maintenance.node,
+        "drained": local.node_drained,
     })
 }

@@ -1,4 +1,5 @@
 use super::*;
+use sha2::Digest;
 
 struct Harness {
     host: PluginHost,
