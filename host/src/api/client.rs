@@ -73,7 +73,7 @@ async fn exchange(
         .map_err(|e| e.to_string())?;
     let work = async {
         let response = sender.send_request(request).await.map_err(|e| {
-            if e.is_canceled() || e.is_incomplete_message() {
+            if closed_unanswered(&e) {
                 format!("{NOT_ANSWERED} ({e}; it may be full)")
             } else {
                 e.to_string()
@@ -101,6 +101,24 @@ async fn exchange(
             _ = &mut connection, if !connection_done => connection_done = true,
         }
     }
+}
+
+/// Whether the agent closed the connection before it answered: before
+/// the request was read (the listener was full), or while it was being
+/// written (a broken pipe or a reset under the write).
+fn closed_unanswered(error: &hyper::Error) -> bool {
+    if error.is_canceled() || error.is_incomplete_message() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+            return matches!(io.kind(), BrokenPipe | ConnectionReset | ConnectionAborted);
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// Connects to `socket`. A blocking connect, on a thread of its own: with
