@@ -87,6 +87,12 @@ async fn a_wrong_method_answers_json_and_tcp_checks_the_token_first() {
     let token_dir = tempfile::tempdir().unwrap();
     let token_file = token_dir.path().join("token");
     std::fs::write(&token_file, "s3cret\n").unwrap();
+    // A token file others may read is refused (as ssh refuses such a key).
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let mut config = ConfigFile::new(etcd.endpoints());
     let (agent, socket) = api_agent(
         &mut config,

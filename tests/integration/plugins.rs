@@ -16,8 +16,13 @@ async fn example_plugins_put_the_seeds_metadata_in_etcd_and_keep_it_fresh() {
         install_plugin(&agent.plugins_dir(), name, name);
     }
     agent.spawn(&[]);
-    let first = wait_metadata(&etcd, "plugin metadata", PATIENCE, |m| {
-        m.contains_key("heartbeat")
+    // Registration waits at most 2 s for the loads; a cold compile in its
+    // child process can take longer on a busy machine, and then the
+    // metadata follows in a later write.
+    let first = wait_metadata(&etcd, "every example plugin's metadata", PATIENCE, |m| {
+        ["heartbeat", "load", "hostname"]
+            .iter()
+            .all(|k| m.contains_key(*k))
     })
     .await;
     // The configured keys, plus every example plugin's keys.

@@ -296,7 +296,8 @@ async fn hostile_values_render_as_text_and_run_or_fetch_nothing() {
     let img =
         |n: u32| format!("\"><img src=http://127.0.0.1:{canary}/{n} onerror=window.__pwned={n}>");
     let script = |n: u32| format!("<script>window.__pwned={n}</script>");
-    // From a server: a failing http check's output is its body.
+    // From a server: a failing http check's body (never shown: the
+    // output is the status alone).
     let server = hostile_server(format!("{}{}", script(1), img(2))).await;
     // From the config: version, metadata (with control characters and a
     // javascript: URL); from a plugin: echo's output is its settings.
@@ -341,8 +342,6 @@ async fn hostile_values_render_as_text_and_run_or_fetch_nothing() {
             r#"const text = document.body.textContent;
                return arguments[0].every((s) => text.includes(s)) ? text : null;"#,
             vec![json!([
-                script(1),
-                img(2),
                 "<i>x".to_string(),
                 img(3),
                 "javascript:window.__pwned=4",
@@ -356,6 +355,12 @@ async fn hostile_values_render_as_text_and_run_or_fetch_nothing() {
         )
         .await;
     let text = text.as_str().unwrap();
+    // A checked service's body is never kept or shown (it may hold
+    // secrets): only its status reaches the page.
+    assert!(
+        !text.contains("__pwned=1") && !text.contains("/2 onerror"),
+        "{text}"
+    );
     // Control characters shown, not sent.
     assert!(text.contains("term=\\u{1b}[31mred\\u{7}"), "{text}");
     assert!(!text.contains('\u{1b}') && !text.contains('\u{7}'));
