@@ -426,8 +426,14 @@ impl Supervisor {
             Event::StartupDeadline => self.advance_startup(),
             Event::AdminRebound(server) => self.admin.rebound(server),
             Event::Api(request) => {
-                let withheld = self.health.withheld();
-                let (reply, moved) = self.instances.call(request.call, &self.config, withheld);
+                let (reply, moved) = match request.call {
+                    api::ApiCall::List => {
+                        let withheld = self.health.withheld();
+                        let listing = status::listing(&self.instances, withheld);
+                        (api::ApiReply::ok(listing), Moved::default())
+                    }
+                    call => self.instances.call(call, &self.config),
+                };
                 self.moved(moved);
                 let _ = request.reply.send(reply);
             }

@@ -7,12 +7,12 @@ fn check_lists_the_warnings_after_the_errors() {
     let text = "\
 yggdrasil:
   registry:
-config:
-  ttl: 10
-  colour: blue
+    config:
+      ttl: 10
+      colour: blue
 agent:
   instances:
-- {namespace: default, name: svc, version: 1.0.0, endpoints: [{scheme: grpc, address: \"127.0.0.1:1\"}]}
+    - {namespace: default, name: svc, version: 1.0.0, endpoints: [{scheme: grpc, address: \"127.0.0.1:1\"}]}
 ";
     std::fs::write(&path, text).unwrap();
     let error = config::load(&path).unwrap_err();
