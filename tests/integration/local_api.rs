@@ -59,25 +59,6 @@ async fn ask(socket: &Path, method: &str, path: &str) -> (u16, Value) {
         .expect("the agent answers")
 }
 
-/// Keys under the prefix, by service name.
-async fn keys_of(etcd: &Etcd, service: &str) -> usize {
-    try_entries(&etcd.endpoints(), PREFIX)
-        .await
-        .unwrap_or_default()
-        .keys()
-        .filter(|k| k.split('/').nth(4) == Some(service))
-        .count()
-}
-
-async fn wait_keys(etcd: &Etcd, service: &str, count: usize) {
-    wait_for(
-        PATIENCE,
-        &format!("{count} keys of {service}"),
-        || async move { (keys_of(etcd, service).await == count).then_some(()) },
-    )
-    .await;
-}
-
 fn state_of(listing: &Value, id: &str) -> String {
     listing["instances"]
         .as_array()

@@ -43,24 +43,6 @@ async fn ask(socket: &Path, method: &str, path: &str, body: Option<&Value>) -> (
     .expect("the agent answers")
 }
 
-async fn keys_of(etcd: &Etcd, service: &str) -> usize {
-    try_entries(&etcd.endpoints(), "/yggdrasil/registry/")
-        .await
-        .unwrap_or_default()
-        .keys()
-        .filter(|k| k.split('/').nth(4) == Some(service))
-        .count()
-}
-
-async fn wait_keys(etcd: &Etcd, service: &str, count: usize) {
-    wait_for(
-        PATIENCE,
-        &format!("{count} keys of {service}"),
-        || async move { (keys_of(etcd, service).await == count).then_some(()) },
-    )
-    .await;
-}
-
 /// One raw HTTP/1.0 request to the TCP listener: (status, body).
 async fn tcp_request(addr: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

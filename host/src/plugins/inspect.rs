@@ -24,11 +24,7 @@ pub async fn load_check_plugin(
     limits: Limits,
 ) -> Result<Arc<CheckPlugin>, String> {
     let bytes = folder::read_plugin_file(path).map_err(|e| e.to_string())?;
-    let name = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("plugin")
-        .to_string();
+    let name = plugin_name(path);
     let engine = Arc::new(PluginEngine::new(None).map_err(|e| e.to_string())?);
     let digest = sha2::Sha256::digest(&bytes).into();
     let prepared = engine.prepare(&bytes, &digest).map_err(|e| e.to_string())?;
@@ -72,11 +68,7 @@ pub async fn check_file(
     calls: usize,
 ) -> Result<FileReport, String> {
     let bytes = folder::read_plugin_file(path).map_err(|e| e.to_string())?;
-    let name = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("plugin")
-        .to_string();
+    let name = plugin_name(path);
     let cache = tempfile::tempdir().map_err(|e| format!("cannot create a temp cache: {e}"))?;
     let engine = PluginEngine::new(Some(cache.path().to_path_buf())).map_err(|e| e.to_string())?;
     let digest = sha2::Sha256::digest(&bytes).into();
@@ -127,4 +119,11 @@ pub async fn check_file(
         warm_calls,
         memory_peak,
     })
+}
+
+/// A plugin's name: its file name without `.wasm`.
+fn plugin_name(path: &Path) -> String {
+    (path.file_stem().and_then(|s| s.to_str()))
+        .unwrap_or("plugin")
+        .to_string()
 }

@@ -17,6 +17,27 @@ use super::{Entry, Etcd, PATIENCE, try_entries, wait_for};
 /// trailing slash.
 pub const PREFIX: &str = "/yggdrasil/registry/";
 
+/// How many keys under `PREFIX` belong to service `service` (the key's
+/// fourth segment).
+pub async fn keys_of(etcd: &Etcd, service: &str) -> usize {
+    try_entries(&etcd.endpoints(), PREFIX)
+        .await
+        .unwrap_or_default()
+        .keys()
+        .filter(|k| k.split('/').nth(4) == Some(service))
+        .count()
+}
+
+/// Waits until service `service` has exactly `count` keys under `PREFIX`.
+pub async fn wait_keys(etcd: &Etcd, service: &str, count: usize) {
+    wait_for(
+        PATIENCE,
+        &format!("{count} keys of {service}"),
+        || async move { (keys_of(etcd, service).await == count).then_some(()) },
+    )
+    .await;
+}
+
 /// The services registered under `PREFIX` now, by service name (the key's
 /// second-to-last part). `None` while etcd does not answer.
 pub async fn registered(etcd: &Etcd) -> Option<BTreeMap<String, Entry>> {
