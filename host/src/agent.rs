@@ -432,7 +432,7 @@ impl Supervisor {
                         let listing = status::listing(&self.instances, withheld);
                         (api::ApiReply::ok(listing), Moved::default())
                     }
-                    call => self.instances.call(call, &self.config),
+                    api::ApiCall::Change(change) => self.instances.call(change, &self.config),
                 };
                 self.moved(moved);
                 let _ = request.reply.send(reply);

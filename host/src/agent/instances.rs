@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 
 use super::input::{Folder, FolderInput, Found, Scanner};
 use super::shutdown::Stops;
-use crate::api::{self, ApiCall, ApiReply, ApiRequest, ApiServer};
+use crate::api::{self, ApiChange, ApiReply, ApiRequest, ApiServer};
 use crate::config::{self, Config};
 use crate::instances_dir::{self, DirScan, InstancesDir};
 use crate::local::{self, LocalState, Source};
@@ -475,16 +475,12 @@ impl Instances {
     }
 
     /// Handles one local API call that changes something (at once:
-    /// nothing here waits). The listing (`ApiCall::List`) is the
-    /// supervisor's (`status::listing`), which reads the checks too.
-    pub fn call(&mut self, call: ApiCall, config: &Config) -> (ApiReply, Moved) {
+    /// nothing here waits). The listing is the supervisor's
+    /// (`status::listing`), which reads the checks too.
+    pub fn call(&mut self, call: ApiChange, config: &Config) -> (ApiReply, Moved) {
         match call {
-            ApiCall::List => (
-                ApiReply::error(500, "the listing is answered by the supervisor"),
-                Moved::default(),
-            ),
-            ApiCall::Register { id, registration } => self.register(id, *registration, config),
-            ApiCall::Deregister { id } => {
+            ApiChange::Register { id, registration } => self.register(id, *registration, config),
+            ApiChange::Deregister { id } => {
                 if let Some(entry) = self.local.api.remove(&id) {
                     let instance = &entry.registration.instance;
                     let key = record::registry_key(&config.registry.prefix, instance);
@@ -510,7 +506,7 @@ impl Instances {
                 };
                 (reply, Moved::default())
             }
-            ApiCall::Pass { id } => match self.local.pass(&id, Instant::now()) {
+            ApiChange::Pass { id } => match self.local.pass(&id, Instant::now()) {
                 Ok(back) => {
                     let reply = ApiReply::ok(serde_json::json!({"id": id, "passed": true}));
                     if back {
@@ -529,14 +525,14 @@ impl Instances {
                     Moved::default(),
                 ),
             },
-            ApiCall::Maintenance { id, reason } => {
+            ApiChange::Maintenance { id, reason } => {
                 let moved = match id.as_deref() {
                     Some(id) => Moved::held_out(self.key_of(id)),
                     None => Moved::all(),
                 };
                 (self.maintenance(id, reason), moved)
             }
-            ApiCall::Drain { id: Some(id) } => {
+            ApiChange::Drain { id: Some(id) } => {
                 let Some(source) = self.sources.iter().find(|s| s.id == id) else {
                     return (self.unknown_id(&id), Moved::default());
                 };
@@ -548,7 +544,7 @@ impl Instances {
                 let reply = ApiReply::ok(serde_json::json!({"id": id, "drained": true}));
                 (reply, moved)
             }
-            ApiCall::Drain { id: None } => {
+            ApiChange::Drain { id: None } => {
                 info!("drain: deleting every key; out of rotation until node maintenance is ended");
                 self.local.node_drained = true;
                 let reply = ApiReply::ok(serde_json::json!({"id": null, "drained": true}));
