@@ -2,6 +2,8 @@
 //! timeouts), a deadline on every request, and errors that say what went
 //! wrong in words an operator can act on.
 
+mod failover;
+
 use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
@@ -161,7 +163,7 @@ pub async fn connect(config: &ClientConfig) -> Result<Client, EtcdError> {
     }
     within(
         config.dial_timeout,
-        Client::connect(&config.endpoints, Some(options)),
+        Client::connect_with_balanced_channel(&config.endpoints, Some(options), failover::Failover),
     )
     .await
 }
