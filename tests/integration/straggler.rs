@@ -124,3 +124,39 @@ async fn keys_are_back_at_once_while_one_member_still_refuses_connections() {
         ms(BOUND)
     );
 }
+
+/// One etcd with 20 agents (retryInterval 1 s, TTL 10 s), killed for 5 s
+/// and started again, with its data and then wiped: every key back within
+/// [`BOUND`] of etcd answering. The issue saw a fleet like this come back
+/// in step 2.8 s after etcd answered.
+#[tokio::test]
+async fn a_fleet_on_one_etcd_is_back_at_once_after_its_restart() {
+    let _heavy = heavy_test().await;
+    let mut etcd = Etcd::start().await;
+    let fleet = Fleet::start(etcd.endpoints(), 20, PER_AGENT, "10s", "1s");
+    fleet.wait_registered(&etcd, PATIENCE).await;
+    for wipe in [false, true] {
+        let recovery = fleet
+            .outage(&mut etcd, Duration::from_secs(5), wipe, PATIENCE)
+            .await;
+        let mut contact: Vec<Duration> = recovery.first_contact.iter().flatten().copied().collect();
+        contact.sort();
+        report(
+            if wipe {
+                "fleet-one-etcd-wiped"
+            } else {
+                "fleet-one-etcd-restart"
+            },
+            recovery.all_back,
+            BOUND,
+            &format!(
+                "{} keys; etcd answered {} after its start; agents back in touch: {} of 20, last {}",
+                fleet.keys(),
+                ms(recovery.answered_after),
+                contact.len(),
+                contact.last().map_or("-".into(), |d| ms(*d)),
+            ),
+        );
+        assert!(recovery.all_back <= BOUND, "{}", ms(recovery.all_back));
+    }
+}
