@@ -20,6 +20,14 @@
 //! only when none connects does the caller see the error. A streaming
 //! request (a watch, a keepalive) cannot be sent twice: it goes to the
 //! first member in that order, and its owner reopens it.
+//!
+//! Connections to the members are closed abortively (`SO_LINGER` 0: a
+//! reset, and whatever the kernel still holds unsent is dropped). An agent
+//! that exits while etcd cannot be reached (a partition) leaves nothing
+//! queued behind it: with an orderly close the kernel would go on
+//! retransmitting its last requests, a lease renewal among them, and a
+//! partition that heals after the exit would deliver that renewal and keep
+//! the dead agent's keys for another TTL.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -27,10 +35,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::io;
+
 use bytes::Bytes;
 use etcd_client::{BalancedChannelBuilder, Channel};
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::body::Body;
@@ -51,8 +63,12 @@ const STREAMING: [&str; 2] = [
     "/etcdserverpb.Lease/LeaseKeepAlive",
 ];
 
-/// Builds the channel for `Client::connect_with_balanced_channel`.
-pub struct Failover;
+/// Builds the channel for `Client::connect_with_balanced_channel`; a
+/// connection to a member not made within `connect_timeout` counts as
+/// refused.
+pub struct Failover {
+    pub connect_timeout: Option<Duration>,
+}
 
 impl BalancedChannelBuilder for Failover {
     type Error = tonic::transport::Error;
@@ -61,7 +77,7 @@ impl BalancedChannelBuilder for Failover {
         self,
         buffer_size: usize,
     ) -> Result<(Channel, mpsc::Sender<Change<Uri, Endpoint>>), Self::Error> {
-        let (members, changes) = Members::new(buffer_size);
+        let (members, changes) = Members::new(buffer_size, self.connect_timeout);
         Ok((Channel::Custom(BoxCloneSyncService::new(members)), changes))
     }
 }
@@ -76,6 +92,7 @@ struct State {
     members: Vec<Member>,
     /// Where the next request starts.
     next: usize,
+    connector: Abortive,
 }
 
 struct Member {
@@ -93,7 +110,8 @@ impl State {
                     self.members.retain(|m| m.uri != uri);
                     self.members.push(Member {
                         uri,
-                        channel: endpoint.connect_lazy(),
+                        // TLS, when configured, is layered on by tonic.
+                        channel: endpoint.connect_with_connector_lazy(self.connector.clone()),
                         refused_until: None,
                     });
                 }
@@ -158,12 +176,18 @@ fn copy(parts: &http::request::Parts, body: &Bytes) -> Request<Body> {
 }
 
 impl Members {
-    fn new(buffer_size: usize) -> (Members, mpsc::Sender<Change<Uri, Endpoint>>) {
+    fn new(
+        buffer_size: usize,
+        connect_timeout: Option<Duration>,
+    ) -> (Members, mpsc::Sender<Change<Uri, Endpoint>>) {
         let (changes_tx, changes) = mpsc::channel(buffer_size);
         let members = Members(Arc::new(Mutex::new(State {
             changes,
             members: Vec::new(),
             next: 0,
+            connector: Abortive {
+                timeout: connect_timeout,
+            },
         })));
         (members, changes_tx)
     }
@@ -238,6 +262,76 @@ impl Service<Request<Body>> for Members {
     }
 }
 
+/// Connects to a member over TCP (no delay), within `timeout`, closed
+/// abortively (see the module's comment). Its errors reach the caller as
+/// tonic's `ConnectError`.
+#[derive(Clone)]
+struct Abortive {
+    timeout: Option<Duration>,
+}
+
+impl Service<Uri> for Abortive {
+    type Response = TokioIo<TcpStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<TcpStream>>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, format!("no host in {uri}"))
+                })?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let port = uri
+                .port_u16()
+                .unwrap_or(if uri.scheme_str() == Some("https") {
+                    443
+                } else {
+                    80
+                });
+            let stream = match timeout {
+                Some(limit) => tokio::time::timeout(limit, connect(&host, port))
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("no connection to {host}:{port} within {limit:?}"),
+                        )
+                    })??,
+                None => connect(&host, port).await?,
+            };
+            stream.set_nodelay(true)?;
+            stream.set_zero_linger()?;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
+/// The first of `host`'s addresses that accepts a connection.
+async fn connect(host: &str, port: u16) -> io::Result<TcpStream> {
+    let mut last = None;
+    for address in tokio::net::lookup_host((host, port)).await? {
+        match TcpStream::connect(address).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) => last = Some(error),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{host} resolves to no address"),
+        )
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,7 +379,7 @@ mod tests {
     }
 
     async fn members(ports: &[u16]) -> Members {
-        let (members, changes) = Members::new(8);
+        let (members, changes) = Members::new(8, Some(Duration::from_secs(2)));
         for port in ports {
             let uri: Uri = format!("http://127.0.0.1:{port}").parse().unwrap();
             let endpoint = Endpoint::from(uri.clone());
