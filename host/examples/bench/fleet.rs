@@ -41,6 +41,7 @@ pub(crate) async fn fleet(rows: &mut Vec<Row>) {
                 Duration::from_secs(120),
             )
             .await;
+        explain_the_slowest(&fleet, &recovery);
         let mut contact: Vec<Duration> = recovery.first_contact.iter().flatten().copied().collect();
         println!(
             "\nfleet, members restarted {what}: each agent's first successful request after the cluster answered ({} of {agents} agents; keepalive reopened or lease granted):\n{}",
@@ -100,4 +101,40 @@ fn raise_open_files() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
+}
+
+/// What kept the agents: every failed request logged after the cluster
+/// answered, by its error, and the slowest agent's own lines since then.
+fn explain_the_slowest(fleet: &support::Fleet, recovery: &support::Recovery) {
+    let after = |line: &&str| support::log_time(line).is_some_and(|t| t >= recovery.answered_at);
+    let mut errors = std::collections::BTreeMap::<String, usize>::new();
+    for agent in &fleet.agents {
+        for line in agent.log().lines().filter(after) {
+            if let Some((_, error)) = line.split_once("etcd request failed; retrying error=") {
+                let kind: String = error.chars().take(70).collect();
+                *errors.entry(kind).or_default() += 1;
+            }
+        }
+    }
+    eprintln!("bench: failed requests after the cluster answered, by error: {errors:#?}");
+    let Some((slowest, _)) = recovery
+        .first_contact
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, c)| **c)
+    else {
+        return;
+    };
+    let log = fleet.agents[slowest].log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| support::log_time(l).is_some_and(|t| t >= recovery.answered_at - 2.0))
+        .filter(|l| l.contains("WARN") || l.contains("lease") || l.contains("keepalive"))
+        .filter(|l| !l.contains("putting it back"))
+        .collect();
+    eprintln!(
+        "bench: the slowest agent (a{slowest}) from 2 s before the cluster answered (at {:.3} s of the day):\n{}",
+        recovery.answered_at,
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    );
 }
