@@ -141,6 +141,17 @@ async fn a_fleet_on_one_etcd_is_back_at_once_after_its_restart() {
             .await;
         let mut contact: Vec<Duration> = recovery.first_contact.iter().flatten().copied().collect();
         contact.sort();
+        let failed_after: usize = fleet
+            .agents
+            .iter()
+            .map(|a| {
+                a.log()
+                    .lines()
+                    .filter(|l| l.contains("etcd request failed"))
+                    .filter(|l| log_time(l).is_some_and(|t| t >= recovery.answered_at))
+                    .count()
+            })
+            .sum();
         report(
             if wipe {
                 "fleet-one-etcd-wiped"
@@ -150,7 +161,7 @@ async fn a_fleet_on_one_etcd_is_back_at_once_after_its_restart() {
             recovery.all_back,
             BOUND,
             &format!(
-                "{} keys; etcd answered {} after its start; agents back in touch: {} of 20, last {}",
+                "{} keys; etcd answered {} after its start; agents back in touch: {} of 20, last {}; {failed_after} failed requests after the answer",
                 fleet.keys(),
                 ms(recovery.answered_after),
                 contact.len(),
