@@ -24,4 +24,5 @@ mod registration;
 mod reload;
 mod shutdown;
 mod status_page;
+mod straggler;
 mod supervisor;

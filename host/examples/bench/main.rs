@@ -7,8 +7,9 @@
 //!                                     # recovery, edits, stall, plugins,
 //!                                     # polyglot, checks, checkplugin, idle, api)
 //!     ./scripts/bench watchers        # 10 minutes; only when named
-//!     ./scripts/bench --fleet         # 200 agents against a 3-member cluster
-//!                                     # (only when asked for: about 2 minutes)
+//!     ./scripts/bench --fleet         # 1,000 agents against a 3-member cluster
+//!                                     # (only when asked for: about 5 minutes;
+//!                                     # YGG_FLEET_AGENTS=200 for fewer)
 //!
 //! Registration figures use the registry actor in-process against raw
 //! etcd-client code doing the same writes; the other rows run the real
@@ -103,7 +104,7 @@ async fn main() {
         check_plugin_call(&mut rows).await;
     }
     if wanted("fleet") {
-        eprintln!("bench: a fleet of 200 agents (about 2 minutes)");
+        eprintln!("bench: a fleet of agents (1,000 unless YGG_FLEET_AGENTS says otherwise)");
         fleet(&mut rows).await;
     }
     if wanted("idle") {
