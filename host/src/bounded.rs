@@ -24,8 +24,7 @@
 //! connection on the same tracker; cancelling the server's token stops the
 //! accept loop at once and gives each connection [`STOP_GRACE`] to finish.
 
-use std::future::Future;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -36,11 +35,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::warn;
+use tracing::{error, warn};
 
 /// Open files kept for the agent's own work, whatever its listeners hold.
 pub const RESERVED_FILES: u64 = 512;
@@ -78,29 +78,101 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 /// Pause after a failed accept (out of file descriptors: let some close).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(20);
 
-/// A listener the server accepts connections from.
+/// A listener the server accepts connections from. The accept loop takes
+/// connections as bare descriptors (`accept4`), asks who opened them, and
+/// hands only the ones it serves to the runtime: one it closes at once
+/// costs three system calls, never a registration with the reactor.
 pub trait Accept: Send + 'static {
     type Io: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send + 'static;
-    /// A new connection and the user id of the process that opened it,
-    /// when the listener can tell.
-    fn accept(&mut self) -> impl Future<Output = std::io::Result<(Self::Io, Option<u32>)>> + Send;
+    /// The listening socket, for the accept loop to own.
+    fn into_fd(self) -> std::io::Result<OwnedFd>;
+    /// The backlog to listen with, if not the one it was bound with.
+    const BACKLOG: Option<i32> = None;
+    /// The user id of the process that opened the connection `fd`, when
+    /// the listener can tell.
+    fn peer_uid(fd: &OwnedFd) -> Option<u32>;
+    /// The connection `fd` (non-blocking), for the runtime to serve.
+    fn io(fd: OwnedFd) -> std::io::Result<Self::Io>;
 }
 
 impl Accept for tokio::net::TcpListener {
     type Io = tokio::net::TcpStream;
-    async fn accept(&mut self) -> std::io::Result<(Self::Io, Option<u32>)> {
-        let (io, _) = tokio::net::TcpListener::accept(self).await?;
-        Ok((io, None))
+    fn into_fd(self) -> std::io::Result<OwnedFd> {
+        Ok(self.into_std()?.into())
+    }
+    fn peer_uid(_: &OwnedFd) -> Option<u32> {
+        None
+    }
+    fn io(fd: OwnedFd) -> std::io::Result<Self::Io> {
+        tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd))
     }
 }
 
 impl Accept for tokio::net::UnixListener {
     type Io = tokio::net::UnixStream;
-    async fn accept(&mut self) -> std::io::Result<(Self::Io, Option<u32>)> {
-        let (io, _) = tokio::net::UnixListener::accept(self).await?;
-        // SO_PEERCRED: the user of the process that connected.
-        let uid = io.peer_cred().ok().map(|c| c.uid());
-        Ok((io, uid))
+    /// Short, so a client waits behind few connections another user
+    /// queued (each is closed in microseconds, but a flood queues
+    /// thousands with the kernel's default of 4,096); a connect that finds
+    /// it full waits in the kernel (a blocking one, as the command line's)
+    /// or fails with `EAGAIN` (a non-blocking one) until the agent takes
+    /// one.
+    const BACKLOG: Option<i32> = Some(SOCKET_BACKLOG);
+    fn into_fd(self) -> std::io::Result<OwnedFd> {
+        Ok(self.into_std()?.into())
+    }
+    /// `SO_PEERCRED`: the user of the process that connected.
+    fn peer_uid(fd: &OwnedFd) -> Option<u32> {
+        let mut cred = libc::ucred {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        };
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: getsockopt into a local struct of the length given.
+        let done = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&raw mut cred).cast(),
+                &mut len,
+            )
+        };
+        (done == 0).then_some(cred.uid)
+    }
+    fn io(fd: OwnedFd) -> std::io::Result<Self::Io> {
+        tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(fd))
+    }
+}
+
+/// The API socket's backlog (see [`Accept::BACKLOG`]).
+pub const SOCKET_BACKLOG: i32 = 128;
+
+/// The next connection on `listener`, non-blocking and close-on-exec.
+async fn accept_fd(listener: &AsyncFd<OwnedFd>) -> std::io::Result<OwnedFd> {
+    loop {
+        let mut ready = listener.readable().await?;
+        let accepted = ready.try_io(|fd| {
+            // SAFETY: accept4 on our listening descriptor, no address
+            // asked; a descriptor it returns is ours to own.
+            let raw = unsafe {
+                libc::accept4(
+                    fd.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                )
+            };
+            if raw < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                // SAFETY: a new descriptor no one else owns.
+                Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+            }
+        });
+        if let Ok(result) = accepted {
+            return result;
+        }
     }
 }
 
@@ -333,7 +405,7 @@ fn admit(
 /// Serves `router` on `listener` under `limits` until `stop` is cancelled;
 /// `name` names the listener in log lines. Connections run on `tracker`.
 pub async fn serve<L: Accept>(
-    mut listener: L,
+    listener: L,
     router: Router,
     limits: Limits,
     name: &'static str,
@@ -347,6 +419,25 @@ pub async fn serve<L: Accept>(
         .max_buf_size(limits.max_header_bytes.max(8192))
         .max_headers(MAX_HEADERS);
     let builder = Arc::new(builder);
+    let listener = match listener.into_fd().and_then(|fd| {
+        if let Some(backlog) = L::BACKLOG {
+            // SAFETY: listen(2) again on a listening socket only sets its
+            // backlog.
+            if unsafe { libc::listen(fd.as_raw_fd(), backlog) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        // SAFETY: an OwnedFd: open, the same description as long as the
+        // AsyncFd owns it.
+        unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            .map_err(std::io::Error::from)
+    }) {
+        Ok(listener) => listener,
+        Err(error) => {
+            error!(listener = name, %error, "cannot serve the listener");
+            return;
+        }
+    };
     let own = crate::socket_dir::euid();
     let label = listener_label(name);
     let closed = |reason: &'static str| {
@@ -361,7 +452,7 @@ pub async fn serve<L: Accept>(
     // New connections over the cap, given `PROBATION` to show a whole
     // request head: (the connection, its peer, whether it did).
     let mut probation: futures_util::stream::FuturesUnordered<
-        futures_util::future::BoxFuture<'static, (L::Io, Peer, bool)>,
+        futures_util::future::BoxFuture<'static, (OwnedFd, Peer, bool)>,
     > = Default::default();
     let mut full = Throttled::new();
     let mut failing = Throttled::new();
@@ -376,8 +467,11 @@ pub async fn serve<L: Accept>(
                 }
                 (io, peer, true)
             }
-            accepted = listener.accept() => match accepted {
-                Ok((io, uid)) => (io, Peer::of(uid, own), false),
+            accepted = accept_fd(&listener) => match accepted {
+                Ok(fd) => {
+                    let peer = Peer::of(L::peer_uid(&fd), own);
+                    (fd, peer, false)
+                }
                 Err(error) => {
                     if let Some(more) = failing.due() {
                         warn!(listener = name, %error, more, "cannot accept a connection; trying again");
@@ -457,6 +551,15 @@ pub async fn serve<L: Accept>(
             busy: Arc::new(AtomicUsize::new(usize::from(primed))),
             close: CancellationToken::new(),
             ended: CancellationToken::new(),
+        };
+        let io = match L::io(io) {
+            Ok(io) => io,
+            Err(error) => {
+                if let Some(more) = failing.due() {
+                    warn!(listener = name, %error, more, "cannot serve an accepted connection");
+                }
+                continue;
+            }
         };
         tracker.spawn(run_connection(
             io,
