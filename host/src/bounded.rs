@@ -100,8 +100,10 @@ impl Accept for tokio::net::TcpListener {
     fn into_fd(self) -> std::io::Result<OwnedFd> {
         Ok(self.into_std()?.into())
     }
-    fn peer_uid(_: &OwnedFd) -> Option<u32> {
-        None
+    /// Looked up in the kernel's socket table ([`peer`]): known for a
+    /// peer on this node.
+    fn peer_uid(fd: &OwnedFd) -> Option<u32> {
+        peer::tcp_peer_uid(fd)
     }
     fn io(fd: OwnedFd) -> std::io::Result<Self::Io> {
         tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd))
@@ -698,6 +700,9 @@ impl Throttled {
         Some(std::mem::take(&mut self.held))
     }
 }
+
+#[path = "bounded/peer.rs"]
+mod peer;
 
 #[cfg(test)]
 #[path = "bounded/tests.rs"]

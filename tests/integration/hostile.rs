@@ -259,16 +259,20 @@ async fn flood(what: &str, churn: bool, median_within: Option<Duration>, answer_
         let (_, metrics) = http_get(&flooded.admin, "/metrics")
             .await
             .expect("/metrics");
-        let closed = metrics
-            .lines()
-            .find(|l| {
-                l.starts_with("ygg_agent_listener_connections_closed_total{")
-                    && l.contains("listener=\"api_socket\"")
-                    && l.contains("reason=\"user_share\"")
-            })
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or_default();
-        assert!(closed > 1000.0, "{metrics}");
+        // Every listener tells the second user from root (the TCP ones
+        // through the kernel's socket table).
+        for listener in ["admin", "api_tcp", "api_socket"] {
+            let closed = metrics
+                .lines()
+                .find(|l| {
+                    l.starts_with("ygg_agent_listener_connections_closed_total{")
+                        && l.contains(&format!("listener=\"{listener}\""))
+                        && l.contains("reason=\"user_share\"")
+                })
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or_default();
+            assert!(closed > 1000.0, "{listener}: {metrics}");
+        }
     } else {
         assert!(log.contains("connection limit reached"), "{log}");
     }
