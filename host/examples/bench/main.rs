@@ -5,7 +5,8 @@
 //!     ./scripts/bench                 # builds in release, then runs this
 //!     ./scripts/bench stall plugins   # only these sections (first, many,
 //!                                     # recovery, edits, stall, plugins,
-//!                                     # polyglot, checks, checkplugin, idle, api)
+//!                                     # polyglot, checks, checkplugin, idle, api,
+//!                                     # flood)
 //!     ./scripts/bench watchers        # 10 minutes; only when named
 //!     ./scripts/bench --fleet         # 1,000 agents against a 3-member cluster
 //!                                     # (only when asked for: about 5 minutes;
@@ -22,6 +23,7 @@ mod common;
 mod edits;
 mod first;
 mod fleet;
+mod flood;
 mod idle;
 mod many;
 mod plugins;
@@ -40,6 +42,7 @@ use common::machine;
 use edits::edits_and_drop_ins;
 use first::first_registration;
 use fleet::fleet;
+use flood::{FLOOD_CALLS, flood};
 use idle::{IDLE_WINDOW, idle_footprint};
 use many::{MANY, many_instances};
 use plugins::{plugin_costs, polyglot_costs};
@@ -110,6 +113,13 @@ async fn main() {
     if wanted("idle") {
         eprintln!("bench: idle footprint ({IDLE_WINDOW:?})");
         idle_footprint(&etcd, &mut rows).await;
+    }
+
+    if wanted("flood") {
+        eprintln!(
+            "bench: the operator's command line under a connection flood ({FLOOD_CALLS} calls twice; needs root)"
+        );
+        flood(&etcd, &mut rows).await;
     }
 
     if wanted("api") {
