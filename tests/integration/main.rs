@@ -25,3 +25,4 @@ mod reload;
 mod shutdown;
 mod status_page;
 mod supervisor;
+mod upgrade;

@@ -16,6 +16,7 @@ use super::input::{Folder, FolderInput, Found, Scanner};
 use super::shutdown::Stops;
 use crate::api::{self, ApiCall, ApiReply, ApiRequest, ApiServer};
 use crate::config::{self, Config};
+use crate::handover::{HandedSocket, HandedTcp, Incoming, Inherited};
 use crate::instances_dir::{self, DirScan, InstancesDir};
 use crate::local::{self, LocalState, Source};
 use crate::record;
@@ -153,6 +154,9 @@ pub(super) struct Instances {
 /// What [`Instances::new`] takes besides the config.
 pub(super) struct LocalParts {
     pub maintenance: Maintenance,
+    /// Drains handed over by the previous process on an upgrade.
+    pub drained: BTreeSet<String>,
+    pub node_drained: bool,
     pub api: Option<ApiServer>,
     pub check_defaults: watch::Sender<config::CheckTiming>,
     pub state_writer: Option<watch::Sender<Maintenance>>,
@@ -161,18 +165,35 @@ pub(super) struct LocalParts {
 impl LocalParts {
     /// Starts the local API server (its calls go to `calls`; the
     /// supervisor's inbox holds the receiver), reads the maintenance in
-    /// force from the state folder and starts its writer.
+    /// force from the state folder and starts its writer. On an upgrade,
+    /// `incoming` holds the listeners, maintenance and drains the previous
+    /// process handed over.
     pub async fn start(
         config: &Config,
         calls: mpsc::Sender<ApiRequest>,
         tracker: &TaskTracker,
         stops: &Stops,
+        incoming: Option<&mut Incoming>,
     ) -> LocalParts {
         let local = &config.agent.local;
         let (check_defaults, defaults_rx) = watch::channel(local.check_defaults.clone());
+        let mut none = Inherited::default();
+        let (inherited, handed) = match incoming {
+            Some(incoming) => (&mut incoming.listeners, Some(&incoming.handover)),
+            None => (&mut none, None),
+        };
         let api = match local.api.as_ref() {
             Some(api_config) => {
-                match api::start(api_config, calls, defaults_rx, tracker, &stops.api).await {
+                match api::start(
+                    api_config,
+                    calls,
+                    defaults_rx,
+                    tracker,
+                    &stops.api,
+                    inherited,
+                )
+                .await
+                {
                     Ok(server) => Some(server),
                     Err(error) => {
                         error!(%error, "cannot start the local API; running without it (fix agent.api and restart)");
@@ -186,11 +207,12 @@ impl LocalParts {
         let state_dir = (local.api.is_some() || local.state_dir.is_some())
             .then(|| state_dir::resolve(local.state_dir.as_deref()))
             .flatten();
-        let maintenance = match state_dir.clone() {
-            Some(dir) => tokio::task::spawn_blocking(move || state_dir::load(&dir))
+        let maintenance = match (handed, state_dir.clone()) {
+            (Some(handed), _) => handed.maintenance.clone(),
+            (None, Some(dir)) => tokio::task::spawn_blocking(move || state_dir::load(&dir))
                 .await
                 .unwrap_or_default(),
-            None => Maintenance::default(),
+            (None, None) => Maintenance::default(),
         };
         if maintenance != Maintenance::default() {
             info!(node = ?maintenance.node, instances = maintenance.instances.len(), "maintenance in force from the state folder");
@@ -199,6 +221,8 @@ impl LocalParts {
             .map(|dir| state_dir::writer(dir, maintenance.clone(), tracker, stops.state.clone()));
         LocalParts {
             maintenance,
+            drained: handed.map(|h| h.drained.clone()).unwrap_or_default(),
+            node_drained: handed.is_some_and(|h| h.node_drained),
             api,
             check_defaults,
             state_writer,
@@ -225,7 +249,11 @@ impl Instances {
             sources: Vec::new(),
             config_path,
             folder,
-            local: LocalState::new(parts.maintenance),
+            local: LocalState {
+                drained: parts.drained,
+                node_drained: parts.node_drained,
+                ..LocalState::new(parts.maintenance)
+            },
             api: parts.api,
             check_defaults: parts.check_defaults,
             state_writer: parts.state_writer,
@@ -281,6 +309,21 @@ impl Instances {
     pub fn stop_inputs(&mut self) {
         self.api = None;
         self.folder = None;
+    }
+
+    /// The local API's listeners, to hand over on an upgrade.
+    pub fn api_handed(&self) -> (Option<HandedSocket>, Option<HandedTcp>) {
+        match self.api.as_ref().map(ApiServer::handed) {
+            Some((socket, tcp)) => (Some(socket), tcp),
+            None => (None, None),
+        }
+    }
+
+    /// An upgrade handed the socket over: stopping leaves its file.
+    pub fn keep_socket_file(&mut self) {
+        if let Some(api) = self.api.as_mut() {
+            api.keep_socket_file();
+        }
     }
 
     /// Stops the state writer (it writes what it holds first).

@@ -1,0 +1,205 @@
+//! Upgrade in place, the old process's side (SIGUSR2; the protocol is in
+//! `crate::handover`). [`Upgrader::start`] starts the binary at the path
+//! this process was started from, with the handed listeners left open
+//! across the `exec`, and a task on the tracker gives it the description
+//! and waits (at most [`READY_TIMEOUT`]) for its `ready`. The outcome
+//! comes back to the supervisor as one [`UpgradeOutcome`] (its inbox holds
+//! the receiver). Meanwhile this process runs as before; one upgrade at a
+//! time.
+//!
+//! A new process that fails is killed with SIGKILL, never SIGTERM: it may
+//! already hold the shared lease, and a SIGTERM would make it delete every
+//! key and revoke it.
+
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Child;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::handover::{Handover, Launch, READY_LINE, READY_TIMEOUT, UPGRADE_FD_ENV};
+
+/// How long a new process that closed the channel has to exit before it
+/// is killed (so its exit status can be reported).
+const EXIT_WAIT: Duration = Duration::from_secs(1);
+
+/// How an upgrade ended.
+#[derive(Debug)]
+pub(super) enum UpgradeOutcome {
+    /// The new process (`pid`) holds everything now: this one stops
+    /// without deregistering.
+    Ready { pid: u32 },
+    /// It did not take over (the reason, for the log); it is gone.
+    Failed(String),
+}
+
+/// Upgrades: how this process was started, and the one under way.
+pub(super) struct Upgrader {
+    launch: Option<Launch>,
+    /// The new process while it is being waited for.
+    under_way: Option<u32>,
+    tracker: TaskTracker,
+    /// The shutdown tree's `inputs` token: a stop during an upgrade kills
+    /// the new process.
+    stop: CancellationToken,
+    /// The wait task's end; the supervisor's inbox holds the receiver.
+    outcomes: mpsc::Sender<UpgradeOutcome>,
+}
+
+impl Upgrader {
+    pub fn new(
+        launch: Option<Launch>,
+        tracker: TaskTracker,
+        stop: CancellationToken,
+        outcomes: mpsc::Sender<UpgradeOutcome>,
+    ) -> Upgrader {
+        Upgrader {
+            launch,
+            under_way: None,
+            tracker,
+            stop,
+            outcomes,
+        }
+    }
+
+    /// An upgrade is under way (its new process's pid).
+    pub fn under_way(&self) -> Option<u32> {
+        self.under_way
+    }
+
+    /// Starts the new binary and hands it `handover`. `Err`: it could not
+    /// be started (the reason); nothing changed.
+    pub fn start(&mut self, handover: Handover) -> Result<u32, String> {
+        let launch = self.launch.as_ref().ok_or(
+            "cannot tell which binary this agent was started from (argv[0] did not resolve at start)",
+        )?;
+        let program = launch.program.display().to_string();
+        let description = serde_json::to_vec(&handover)
+            .map_err(|e| format!("cannot write the handover description: {e}"))?;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| format!("cannot make the handover channel: {e}"))?;
+        let mut kept = handover.fds();
+        kept.push(theirs.as_raw_fd());
+        let mut command = tokio::process::Command::new(&launch.program);
+        command
+            .args(&launch.args)
+            .env(UPGRADE_FD_ENV, theirs.as_raw_fd().to_string())
+            // Its own pid is not ours: it reads WATCHDOG_USEC alone.
+            .env_remove("WATCHDOG_PID")
+            .kill_on_drop(false);
+        // SAFETY: between fork and exec the closure only calls fcntl on
+        // descriptors this process holds open (the listeners' duplicates
+        // and the channel, alive until `spawn` returns); no allocation.
+        unsafe {
+            command.pre_exec(move || {
+                for fd in &kept {
+                    if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| format!("cannot start the new binary {program}: {e}"))?;
+        drop(theirs);
+        let pid = child.id().unwrap_or_default();
+        ours.set_nonblocking(true)
+            .map_err(|e| format!("handover channel: {e}"))?;
+        let channel =
+            tokio::net::UnixStream::from_std(ours).map_err(|e| format!("handover channel: {e}"))?;
+        self.under_way = Some(pid);
+        let (stop, outcomes) = (self.stop.clone(), self.outcomes.clone());
+        self.tracker.spawn(async move {
+            let outcome = follow(child, channel, description, program, stop).await;
+            let _ = outcomes.send(outcome).await;
+        });
+        Ok(pid)
+    }
+
+    /// The upgrade under way ended.
+    pub fn ended(&mut self) {
+        self.under_way = None;
+    }
+
+    /// The agent stops: a new process still being waited for is killed at
+    /// once (the wait task reaps it), before anything is deregistered.
+    pub fn abandon(&mut self) {
+        if let Some(pid) = self.under_way.take() {
+            // SAFETY: kill(2) on our own child, not reaped yet (its wait
+            // task holds it), so the pid is still its.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Gives the new process its description and waits for its `ready`; on
+/// anything else it is killed (if still alive) and reaped.
+async fn follow(
+    mut child: Child,
+    mut channel: tokio::net::UnixStream,
+    description: Vec<u8>,
+    program: String,
+    stop: CancellationToken,
+) -> UpgradeOutcome {
+    let pid = child.id().unwrap_or_default();
+    let said = tokio::select! {
+        said = tokio::time::timeout(READY_TIMEOUT, converse(&mut channel, &description)) => said,
+        () = stop.cancelled() => Ok(Err(std::io::Error::other("this agent is stopping"))),
+    };
+    let why = match said {
+        Ok(Ok(true)) => return UpgradeOutcome::Ready { pid },
+        Ok(Ok(false)) => "closed the handover channel without saying ready".to_string(),
+        Ok(Err(error)) => format!("handover channel: {error}"),
+        Err(_) => format!("did not say ready within {READY_TIMEOUT:?}"),
+    };
+    drop(channel);
+    // Closed early: it is probably exiting; give it a moment so the
+    // reason is its exit status.
+    let exited = match tokio::time::timeout(EXIT_WAIT, child.wait()).await {
+        Ok(status) => status.ok(),
+        Err(_) => None,
+    };
+    let how = match exited {
+        Some(status) => format!("it exited ({status})"),
+        None => {
+            let _ = child.start_kill();
+            match child.wait().await {
+                Ok(status) => format!("killed it ({status})"),
+                Err(error) => format!("killed it ({error})"),
+            }
+        }
+    };
+    UpgradeOutcome::Failed(format!("the new binary {program} (pid {pid}) {why}; {how}"))
+}
+
+/// Writes the description, then reads: true once the new process wrote
+/// [`READY_LINE`], false if it closed the channel without it.
+async fn converse(
+    channel: &mut tokio::net::UnixStream,
+    description: &[u8],
+) -> std::io::Result<bool> {
+    channel.write_all(description).await?;
+    channel.shutdown().await?;
+    let mut said = Vec::with_capacity(READY_LINE.len());
+    let mut buffer = [0u8; 16];
+    while said.len() < READY_LINE.len() {
+        let n = channel.read(&mut buffer).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        said.extend_from_slice(&buffer[..n]);
+    }
+    Ok(said.starts_with(READY_LINE))
+}
+
+/// Why a state-changing local API call is refused while an upgrade is
+/// under way (the new process took the state it starts from already).
+pub(super) const BUSY: &str =
+    "the agent is handing over to a new binary (upgrade in place); retry in a moment";
