@@ -567,12 +567,7 @@ impl Supervisor {
         handover.maintenance = local.maintenance.clone();
         handover.drained = local.drained.clone();
         handover.node_drained = local.node_drained;
-        if !local.api.is_empty() {
-            warn!(
-                registrations = local.api.len(),
-                "upgrade: API registrations are not handed over; their apps must register again with the new process"
-            );
-        }
+        handover.api = self.instances.registrations_handed();
         (handover.api_socket, handover.api_tcp) = self.instances.api_handed();
         handover.admin = self.admin.handed();
         let lease = handover.lease.as_ref().map(|r| r.lease);

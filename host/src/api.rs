@@ -54,6 +54,9 @@ pub enum ApiCall {
     Register {
         id: String,
         registration: Box<ApiInstance>,
+        /// The JSON it was read from (an upgrade hands it to the next
+        /// process, which reads it again).
+        body: String,
     },
     Deregister {
         id: String,
@@ -463,7 +466,14 @@ async fn register(
     match body::registration(&bytes, &defaults) {
         Ok(registration) => {
             let registration = Box::new(registration);
-            ask(&state, ApiCall::Register { id, registration }).await
+            // UTF-8 already (`body::registration` checked it).
+            let body = String::from_utf8_lossy(&bytes).into_owned();
+            let call = ApiCall::Register {
+                id,
+                registration,
+                body,
+            };
+            ask(&state, call).await
         }
         Err(problems) => ApiReply::invalid(problems),
     }

@@ -11,8 +11,11 @@
 //!   sockets the old one listens on;
 //! - a [`Handover`] description (JSON) through an inherited socket pair
 //!   ([`UPGRADE_FD_ENV`] names its descriptor): the lease and what was
-//!   written on it (keys, values, revisions), maintenance and drains, and
-//!   which descriptor is which listener.
+//!   written on it (keys, values, revisions), maintenance, drains, the
+//!   local API's registrations (their JSON, where their TTLs stood), and
+//!   which descriptor is which listener. While it is out, a local API call
+//!   that would change that state is answered 503 (retry): the new process
+//!   would not see it.
 //!
 //! The new process validates its config, adopts the lease (a record as
 //! `registry::lease_record` keeps it: keys compared by revision, nothing
@@ -78,12 +81,26 @@ pub struct Handover {
     /// Instances drained, by `local::identity`.
     pub drained: BTreeSet<String>,
     pub node_drained: bool,
+    /// Registrations made through the local API (never on disk).
+    pub api: Vec<HandedRegistration>,
     /// The local API's Unix socket.
     pub api_socket: Option<HandedSocket>,
     /// The local API's TCP listener.
     pub api_tcp: Option<HandedTcp>,
     /// The admin listener.
     pub admin: Option<HandedTcp>,
+}
+
+/// One local API registration: the JSON it was made with and where its
+/// TTL stood.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandedRegistration {
+    pub id: String,
+    pub body: String,
+    /// Time left before its TTL runs out (none: no TTL, or run out).
+    pub ttl_left_ms: Option<u64>,
+    /// Its TTL ran out: held out until the next `pass`.
+    pub expired: bool,
 }
 
 /// A Unix listening socket: its descriptor, path and inode (the new

@@ -237,11 +237,28 @@ async fn sigusr2_hands_everything_to_the_new_binary_without_a_gap() {
     assert_eq!(status, 200, "{answer}");
     expected.remove(&keys[0]);
     expected.remove(&keys[1]);
-    let observer = Observer::start(etcd.endpoints(), PREFIX, expected.clone()).await;
-    wait_for(PATIENCE, "the held-out keys gone", || async {
-        (held(&etcd).await.len() == expected.len()).then_some(())
-    })
+    // And an app registered through the API, with a TTL (never on disk).
+    let app = br#"{"name": "app", "version": "1", "ttl": "60s",
+        "endpoints": [{"scheme": "http", "address": "127.0.0.1:7001"}]}"#;
+    let (status, answer) = call(&socket, "PUT", "/v1/instances/app-1", Some(app.to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let (now, _) = wait_for(
+        PATIENCE,
+        "the held-out keys gone, the app's there",
+        || async {
+            let now = held(&etcd).await;
+            (now.len() == expected.len() + 1).then_some(now)
+        },
+    )
     .await;
+    let (app_key, (app_value, _, _)) = now
+        .into_iter()
+        .find(|(k, _)| k.contains("/default/app/"))
+        .expect("the app's key");
+    expected.insert(app_key, app_value);
+    let observer = Observer::start(etcd.endpoints(), PREFIX, expected.clone()).await;
     observer.wait_all_good(PATIENCE).await;
 
     let before = held(&etcd).await;
@@ -307,6 +324,12 @@ async fn sigusr2_hands_everything_to_the_new_binary_without_a_gap() {
     let states = listing_states(&socket).await;
     assert_eq!(states[&maint], "maintenance", "{states:?}");
     assert_eq!(states[&drained], "drained", "{states:?}");
+    assert_eq!(states["app-1"], "registered", "{states:?}");
+    // Its TTL came along too: a pass is accepted.
+    let (status, answer) = call(&socket, "PUT", "/v1/instances/app-1/pass", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{answer}");
     // The very socket the old process bound: handed over, not bound anew.
     let inode = std::fs::metadata(&socket).map(|m| m.ino());
     assert_eq!(inode.ok(), Some(socket_inode), "the socket was bound anew");

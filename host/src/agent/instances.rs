@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -16,7 +17,7 @@ use super::input::{Folder, FolderInput, Found, Scanner};
 use super::shutdown::Stops;
 use crate::api::{self, ApiCall, ApiReply, ApiRequest, ApiServer};
 use crate::config::{self, Config};
-use crate::handover::{HandedSocket, HandedTcp, Incoming, Inherited};
+use crate::handover::{HandedRegistration, HandedSocket, HandedTcp, Incoming, Inherited};
 use crate::instances_dir::{self, DirScan, InstancesDir};
 use crate::local::{self, LocalState, Source};
 use crate::record;
@@ -149,14 +150,19 @@ pub(super) struct Instances {
     /// Writes maintenance to the state folder, if there is one (the
     /// writer task holds the receiver).
     state_writer: Option<watch::Sender<Maintenance>>,
+    /// The JSON each API registration was made with, by id: what an
+    /// upgrade hands over.
+    api_bodies: BTreeMap<String, String>,
 }
 
 /// What [`Instances::new`] takes besides the config.
 pub(super) struct LocalParts {
     pub maintenance: Maintenance,
-    /// Drains handed over by the previous process on an upgrade.
+    /// Drains and API registrations handed over by the previous process
+    /// on an upgrade.
     pub drained: BTreeSet<String>,
     pub node_drained: bool,
+    pub api_registrations: Vec<HandedRegistration>,
     pub api: Option<ApiServer>,
     pub check_defaults: watch::Sender<config::CheckTiming>,
     pub state_writer: Option<watch::Sender<Maintenance>>,
@@ -223,6 +229,7 @@ impl LocalParts {
             maintenance,
             drained: handed.map(|h| h.drained.clone()).unwrap_or_default(),
             node_drained: handed.is_some_and(|h| h.node_drained),
+            api_registrations: handed.map(|h| h.api.clone()).unwrap_or_default(),
             api,
             check_defaults,
             state_writer,
@@ -257,9 +264,61 @@ impl Instances {
             api: parts.api,
             check_defaults: parts.check_defaults,
             state_writer: parts.state_writer,
+            api_bodies: BTreeMap::new(),
         };
         instances.refresh(config);
+        instances.take_handed(parts.api_registrations, config);
         instances
+    }
+
+    /// The API registrations an upgrade handed over, registered again
+    /// from their JSON (with this config's rules) with their TTLs where
+    /// they stood.
+    fn take_handed(&mut self, handed: Vec<HandedRegistration>, config: &Config) {
+        let now = Instant::now();
+        let defaults = &config.agent.local.check_defaults;
+        for registration in handed {
+            let HandedRegistration {
+                id,
+                body,
+                ttl_left_ms,
+                expired,
+            } = registration;
+            let parsed = match api::body::registration(body.as_bytes(), defaults) {
+                Ok(parsed) => parsed,
+                Err(problems) => {
+                    warn!(%id, problems = %problems.join("; "), "upgrade: an API registration the previous process held is refused now; its app must register again");
+                    continue;
+                }
+            };
+            let (reply, _) = self.register(id.clone(), parsed, body, config);
+            if reply.status != 200 {
+                warn!(%id, answer = %reply.body, "upgrade: an API registration the previous process held is refused now");
+                continue;
+            }
+            if let Some(entry) = self.local.api.get_mut(&id) {
+                if entry.due.is_some() {
+                    entry.due = Some(now + Duration::from_millis(ttl_left_ms.unwrap_or(0)));
+                }
+                entry.expired = expired;
+            }
+        }
+    }
+
+    /// The API registrations, to hand over on an upgrade.
+    pub fn registrations_handed(&self) -> Vec<HandedRegistration> {
+        let now = Instant::now();
+        (self.local.api.iter())
+            .filter_map(|(id, entry)| {
+                Some(HandedRegistration {
+                    id: id.clone(),
+                    body: self.api_bodies.get(id)?.clone(),
+                    ttl_left_ms: (entry.due)
+                        .map(|due| due.saturating_duration_since(now).as_millis() as u64),
+                    expired: entry.expired,
+                })
+            })
+            .collect()
     }
 
     /// Where each instance of [`Instances::effective`] came from, in the
@@ -526,9 +585,14 @@ impl Instances {
                 ApiReply::error(500, "the listing is answered by the supervisor"),
                 Moved::default(),
             ),
-            ApiCall::Register { id, registration } => self.register(id, *registration, config),
+            ApiCall::Register {
+                id,
+                registration,
+                body,
+            } => self.register(id, *registration, body, config),
             ApiCall::Deregister { id } => {
                 if let Some(entry) = self.local.api.remove(&id) {
+                    self.api_bodies.remove(&id);
                     let instance = &entry.registration.instance;
                     let key = record::registry_key(&config.registry.prefix, instance);
                     info!(%id, service = %instance.service_label(), %key, "API deregistration");
@@ -723,6 +787,7 @@ impl Instances {
         &mut self,
         id: String,
         registration: config::ApiInstance,
+        body: String,
         config: &Config,
     ) -> (ApiReply, Moved) {
         let key = record::registry_key(&config.registry.prefix, &registration.instance);
@@ -755,6 +820,7 @@ impl Instances {
         info!(%id, %key, service = %registration.instance.service_label(), ?ttl, replaced, "API registration");
         self.local
             .register(id.clone(), registration, Instant::now());
+        self.api_bodies.insert(id.clone(), body);
         let old = self.upsert_api(&id, &key);
         let reply = ApiReply::ok(serde_json::json!({"id": id, "key": key, "replaced": replaced}));
         (reply, Moved::instances(old.into_iter().chain([key])))
