@@ -558,6 +558,10 @@ impl Supervisor {
             warn!(pid, "SIGUSR2 ignored: an upgrade is already under way");
             return;
         }
+        if self.incoming.is_some() {
+            warn!("SIGUSR2 ignored: this process is still taking over from the previous one");
+            return;
+        }
         let mut handover = Handover::new();
         handover.lease = self.target.registry().record();
         let now = Instant::now();
