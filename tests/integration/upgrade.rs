@@ -386,7 +386,7 @@ async fn a_broken_new_binary_or_a_refused_config_keeps_the_old_agent() {
     // Exits at once.
     install_file(&bin, "#!/bin/sh\nexit 1\n", 0o755);
     agent.signal(libc::SIGUSR2);
-    upgrade_failed(&agent, 2, "exited (exit status: 1)").await;
+    upgrade_failed(&agent, 2, "it exited").await;
     // Gone.
     std::fs::remove_file(bin.join("ygg-agent")).unwrap();
     agent.signal(libc::SIGUSR2);
@@ -403,7 +403,7 @@ async fn a_broken_new_binary_or_a_refused_config_keeps_the_old_agent() {
         .await
         .unwrap();
     assert_eq!(status, 503, "{answer}");
-    upgrade_failed(&agent, 4, "exited (exit status: 3)").await;
+    upgrade_failed(&agent, 4, "it exited").await;
     assert!(
         agent
             .log()
@@ -416,7 +416,7 @@ async fn a_broken_new_binary_or_a_refused_config_keeps_the_old_agent() {
     let config = std::fs::read_to_string(&agent.config_path).unwrap();
     std::fs::write(&agent.config_path, config.replace("ttl: 4s", "ttl: soon")).unwrap();
     agent.signal(libc::SIGUSR2);
-    upgrade_failed(&agent, 5, "exited (exit status: 2)").await;
+    upgrade_failed(&agent, 5, "it exited").await;
     assert!(
         agent.log().lines().any(|l| l.starts_with("error: ")),
         "the new binary did not say what it refused"

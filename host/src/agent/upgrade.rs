@@ -7,15 +7,18 @@
 //! the receiver). Meanwhile this process runs as before; one upgrade at a
 //! time.
 //!
-//! A new process that fails is killed with SIGKILL, never SIGTERM: it may
-//! already hold the shared lease, and a SIGTERM would make it delete every
-//! key and revoke it.
+//! The new process is started through an intermediate process that exits
+//! at once, so it is the service manager's child, not ours (systemd then
+//! supervises it as the main process it announces); its pid comes back
+//! on a pipe. A new process that fails is killed with SIGKILL, never
+//! SIGTERM: it may already hold the shared lease, and a SIGTERM would make
+//! it delete every key and revoke it.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,6 +28,7 @@ use crate::handover::{Handover, Launch, READY_LINE, READY_TIMEOUT, UPGRADE_FD_EN
 /// How long a new process that closed the channel has to exit before it
 /// is killed (so its exit status can be reported).
 const EXIT_WAIT: Duration = Duration::from_secs(1);
+const EXIT_POLL: Duration = Duration::from_millis(10);
 
 /// How an upgrade ended.
 #[derive(Debug)]
@@ -83,16 +87,20 @@ impl Upgrader {
             .map_err(|e| format!("cannot make the handover channel: {e}"))?;
         let mut kept = handover.fds();
         kept.push(theirs.as_raw_fd());
-        let mut command = tokio::process::Command::new(&launch.program);
+        // The new process's pid, written by the intermediate process.
+        let (pid_read, pid_write) =
+            pipe().map_err(|e| format!("cannot make the handover channel: {e}"))?;
+        let pid_write_fd = pid_write.as_raw_fd();
+        let mut command = std::process::Command::new(&launch.program);
         command
             .args(&launch.args)
             .env(UPGRADE_FD_ENV, theirs.as_raw_fd().to_string())
             // Its own pid is not ours: it reads WATCHDOG_USEC alone.
-            .env_remove("WATCHDOG_PID")
-            .kill_on_drop(false);
-        // SAFETY: between fork and exec the closure only calls fcntl on
-        // descriptors this process holds open (the listeners' duplicates
-        // and the channel, alive until `spawn` returns); no allocation.
+            .env_remove("WATCHDOG_PID");
+        // SAFETY: between fork and exec the closure calls only
+        // async-signal-safe functions (fcntl, fork, write, _exit) on
+        // descriptors this process holds open until `spawn` returns (the
+        // listeners' duplicates, the channel, the pid pipe); no allocation.
         unsafe {
             command.pre_exec(move || {
                 for fd in &kept {
@@ -100,14 +108,36 @@ impl Upgrader {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
-                Ok(())
+                // Forked once more, and this intermediate exits at once:
+                // the new process is then the child of the service
+                // manager (PID 1, or the nearest subreaper), not ours, so
+                // systemd supervises it fully once it says MAINPID= (a
+                // main process that is not systemd's child is one it
+                // "will most likely not notice" exiting, and on a stop it
+                // does not wait for it before SIGKILL).
+                match libc::fork() {
+                    -1 => Err(std::io::Error::last_os_error()),
+                    0 => Ok(()),
+                    pid => {
+                        let bytes = pid.to_ne_bytes();
+                        libc::write(pid_write_fd, bytes.as_ptr().cast(), bytes.len());
+                        libc::_exit(0);
+                    }
+                }
             });
         }
-        let child = command
-            .spawn()
-            .map_err(|e| format!("cannot start the new binary {program}: {e}"))?;
+        // Returns once the new binary's exec succeeded (or with its error:
+        // missing, not executable).
+        let spawned = command.spawn();
+        drop(pid_write);
+        let mut intermediate =
+            spawned.map_err(|e| format!("cannot start the new binary {program}: {e}"))?;
+        let _ = intermediate.wait();
         drop(theirs);
-        let pid = child.id().unwrap_or_default();
+        let mut bytes = [0u8; 4];
+        std::io::Read::read_exact(&mut std::fs::File::from(pid_read), &mut bytes)
+            .map_err(|e| format!("cannot learn the new process's pid: {e}"))?;
+        let pid = i32::from_ne_bytes(bytes) as u32;
         ours.set_nonblocking(true)
             .map_err(|e| format!("handover channel: {e}"))?;
         let channel =
@@ -115,7 +145,7 @@ impl Upgrader {
         self.under_way = Some(pid);
         let (stop, outcomes) = (self.stop.clone(), self.outcomes.clone());
         self.tracker.spawn(async move {
-            let outcome = follow(child, channel, description, program, stop).await;
+            let outcome = follow(pid, channel, description, program, stop).await;
             let _ = outcomes.send(outcome).await;
         });
         Ok(pid)
@@ -127,28 +157,57 @@ impl Upgrader {
     }
 
     /// The agent stops: a new process still being waited for is killed at
-    /// once (the wait task reaps it), before anything is deregistered.
+    /// once, before anything is deregistered.
     pub fn abandon(&mut self) {
         if let Some(pid) = self.under_way.take() {
-            // SAFETY: kill(2) on our own child, not reaped yet (its wait
-            // task holds it), so the pid is still its.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGKILL);
-            }
+            kill(pid);
+        }
+    }
+}
+
+/// A pipe, both ends close-on-exec.
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two descriptors it opens; checked.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both were just opened and are owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Whether `pid` still runs (a zombie does not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// SIGKILL to the new process if it still runs. It is not our child (see
+/// `start`), so it is checked first: a pid is not reused while its
+/// process runs or waits to be reaped.
+fn kill(pid: u32) {
+    if alive(pid) {
+        // SAFETY: kill(2) with a pid and a signal number; no memory.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGKILL);
         }
     }
 }
 
 /// Gives the new process its description and waits for its `ready`; on
-/// anything else it is killed (if still alive) and reaped.
+/// anything else it is killed if still alive (its service manager reaps
+/// it; its own log lines say why it failed).
 async fn follow(
-    mut child: Child,
+    pid: u32,
     mut channel: tokio::net::UnixStream,
     description: Vec<u8>,
     program: String,
     stop: CancellationToken,
 ) -> UpgradeOutcome {
-    let pid = child.id().unwrap_or_default();
     let said = tokio::select! {
         said = tokio::time::timeout(READY_TIMEOUT, converse(&mut channel, &description)) => said,
         () = stop.cancelled() => Ok(Err(std::io::Error::other("this agent is stopping"))),
@@ -160,21 +219,16 @@ async fn follow(
         Err(_) => format!("did not say ready within {READY_TIMEOUT:?}"),
     };
     drop(channel);
-    // Closed early: it is probably exiting; give it a moment so the
-    // reason is its exit status.
-    let exited = match tokio::time::timeout(EXIT_WAIT, child.wait()).await {
-        Ok(status) => status.ok(),
-        Err(_) => None,
-    };
-    let how = match exited {
-        Some(status) => format!("it exited ({status})"),
-        None => {
-            let _ = child.start_kill();
-            match child.wait().await {
-                Ok(status) => format!("killed it ({status})"),
-                Err(error) => format!("killed it ({error})"),
-            }
-        }
+    // Closed early: it is probably exiting; give it a moment.
+    let deadline = tokio::time::Instant::now() + EXIT_WAIT;
+    while alive(pid) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(EXIT_POLL).await;
+    }
+    let how = if alive(pid) {
+        kill(pid);
+        "killed it"
+    } else {
+        "it exited (its own lines above say why)"
     };
     UpgradeOutcome::Failed(format!("the new binary {program} (pid {pid}) {why}; {how}"))
 }
