@@ -5,7 +5,8 @@
 //!     ./scripts/bench                 # builds in release, then runs this
 //!     ./scripts/bench stall plugins   # only these sections (first, many,
 //!                                     # recovery, edits, stall, plugins,
-//!                                     # polyglot, checks, checkplugin, idle, api)
+//!                                     # polyglot, checks, checkplugin, idle, api,
+//!                                     # upgrade)
 //!     ./scripts/bench watchers        # 10 minutes; only when named
 //!     ./scripts/bench --fleet         # 200 agents against a 3-member cluster
 //!                                     # (only when asked for: about 2 minutes)
@@ -30,6 +31,7 @@ mod stall;
 #[allow(dead_code, unused_imports)]
 #[path = "../../../tests/integration/support.rs"]
 mod support;
+mod upgrade;
 mod watchers;
 
 use api::{API_CLIENTS, API_SUSTAINED, API_TRIALS, api_registrations};
@@ -45,6 +47,7 @@ use plugins::{plugin_costs, polyglot_costs};
 use recovery::recovery;
 use stall::stall_during_compile;
 use support::Etcd;
+use upgrade::{UPGRADE_INSTANCES, upgrade_in_place};
 use watchers::{WATCH_WINDOW, watchers};
 
 #[tokio::main]
@@ -116,6 +119,11 @@ async fn main() {
             "bench: local API registrations ({API_TRIALS} one by one, then {API_SUSTAINED} from {API_CLIENTS} clients)"
         );
         api_registrations(&etcd, &mut rows).await;
+    }
+
+    if wanted("upgrade") {
+        eprintln!("bench: upgrade in place with {UPGRADE_INSTANCES} instances");
+        upgrade_in_place(&mut rows).await;
     }
 
     println!();
