@@ -51,6 +51,8 @@ pub(super) struct Upgrader {
     stop: CancellationToken,
     /// The wait task's end; the supervisor's inbox holds the receiver.
     outcomes: mpsc::Sender<UpgradeOutcome>,
+    /// How long the new process has to say ready ([`READY_TIMEOUT`]).
+    ready_timeout: Duration,
 }
 
 impl Upgrader {
@@ -66,6 +68,7 @@ impl Upgrader {
             tracker,
             stop,
             outcomes,
+            ready_timeout: READY_TIMEOUT,
         }
     }
 
@@ -144,8 +147,9 @@ impl Upgrader {
             tokio::net::UnixStream::from_std(ours).map_err(|e| format!("handover channel: {e}"))?;
         self.under_way = Some(pid);
         let (stop, outcomes) = (self.stop.clone(), self.outcomes.clone());
+        let limit = self.ready_timeout;
         self.tracker.spawn(async move {
-            let outcome = follow(pid, channel, description, program, stop).await;
+            let outcome = follow(pid, channel, description, program, limit, stop).await;
             let _ = outcomes.send(outcome).await;
         });
         Ok(pid)
@@ -206,17 +210,18 @@ async fn follow(
     mut channel: tokio::net::UnixStream,
     description: Vec<u8>,
     program: String,
+    limit: Duration,
     stop: CancellationToken,
 ) -> UpgradeOutcome {
     let said = tokio::select! {
-        said = tokio::time::timeout(READY_TIMEOUT, converse(&mut channel, &description)) => said,
+        said = tokio::time::timeout(limit, converse(&mut channel, &description)) => said,
         () = stop.cancelled() => Ok(Err(std::io::Error::other("this agent is stopping"))),
     };
     let why = match said {
         Ok(Ok(true)) => return UpgradeOutcome::Ready { pid },
         Ok(Ok(false)) => "closed the handover channel without saying ready".to_string(),
         Ok(Err(error)) => format!("handover channel: {error}"),
-        Err(_) => format!("did not say ready within {READY_TIMEOUT:?}"),
+        Err(_) => format!("did not say ready within {limit:?}"),
     };
     drop(channel);
     // Closed early: it is probably exiting; give it a moment.
@@ -257,3 +262,86 @@ async fn converse(
 /// under way (the new process took the state it starts from already).
 pub(super) const BUSY: &str =
     "the agent is handing over to a new binary (upgrade in place); retry in a moment";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An upgrader whose "new binary" is `bash -c script` (the handover
+    /// channel's descriptor in `$YGG_AGENT_UPGRADE_FD`).
+    fn with_script(script: &str, limit: Duration) -> (Upgrader, mpsc::Receiver<UpgradeOutcome>) {
+        let (tx, rx) = mpsc::channel(1);
+        let launch = Launch {
+            program: "/bin/bash".into(),
+            args: vec!["-c".into(), script.into()],
+        };
+        let mut upgrader = Upgrader::new(
+            Some(launch),
+            TaskTracker::new(),
+            CancellationToken::new(),
+            tx,
+        );
+        upgrader.ready_timeout = limit;
+        (upgrader, rx)
+    }
+
+    #[tokio::test]
+    async fn a_process_that_reads_the_description_and_says_ready_takes_over() {
+        // Reads the whole description, then says ready on the same channel.
+        let script = r#"fd=$YGG_AGENT_UPGRADE_FD; cat <&$fd >/dev/null; echo ready >&$fd; sleep 5"#;
+        let (mut upgrader, mut outcomes) = with_script(script, Duration::from_secs(20));
+        let pid = upgrader.start(Handover::new()).unwrap();
+        assert_eq!(upgrader.under_way(), Some(pid));
+        // A grandchild: not ours (its parent exited), so systemd's own.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let ppid: u32 = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_ne!(ppid, std::process::id());
+        match outcomes.recv().await.unwrap() {
+            UpgradeOutcome::Ready { pid: ready } => assert_eq!(ready, pid),
+            other => panic!("{other:?}"),
+        }
+        kill(pid);
+    }
+
+    #[tokio::test]
+    async fn a_process_that_exits_or_hangs_is_reported_and_gone() {
+        let (mut upgrader, mut outcomes) = with_script("exit 4", Duration::from_secs(20));
+        let pid = upgrader.start(Handover::new()).unwrap();
+        match outcomes.recv().await.unwrap() {
+            UpgradeOutcome::Failed(why) => assert!(why.contains("it exited"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!alive(pid));
+
+        // Never says ready: killed at the bound.
+        let (mut upgrader, mut outcomes) = with_script("exec sleep 30", Duration::from_millis(300));
+        let pid = upgrader.start(Handover::new()).unwrap();
+        match outcomes.recv().await.unwrap() {
+            UpgradeOutcome::Failed(why) => {
+                assert!(why.contains("did not say ready within 300ms"), "{why}");
+                assert!(why.contains("killed it"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while alive(pid) {
+            assert!(std::time::Instant::now() < deadline, "still running");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+
+        // Missing: refused at once, nothing under way.
+        let (mut upgrader, _outcomes) = with_script("true", Duration::from_secs(1));
+        upgrader.launch.as_mut().unwrap().program = "/nonexistent/ygg-agent".into();
+        let why = upgrader.start(Handover::new()).unwrap_err();
+        assert!(why.contains("No such file"), "{why}");
+        assert_eq!(upgrader.under_way(), None);
+    }
+}
