@@ -515,10 +515,10 @@ impl Supervisor {
                     }
                     // The new process started from the state handed over:
                     // a change now would be lost with this process.
-                    _ if self.upgrader.under_way().is_some() => {
+                    api::ApiCall::Change(_) if self.upgrader.under_way().is_some() => {
                         (api::ApiReply::error(503, upgrade::BUSY), Moved::default())
                     }
-                    call => self.instances.call(call, &self.config),
+                    api::ApiCall::Change(change) => self.instances.call(change, &self.config),
                 };
                 self.moved(moved);
                 let _ = request.reply.send(reply);

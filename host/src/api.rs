@@ -50,6 +50,22 @@ const SOCKET_MODE: u32 = 0o660;
 /// What a request asks the supervisor to do.
 #[derive(Debug)]
 pub enum ApiCall {
+    /// Every instance, its source and state (answered by the supervisor,
+    /// which reads the checks too).
+    List,
+    /// A change to the local instances (`agent::instances`).
+    Change(ApiChange),
+}
+
+impl From<ApiChange> for ApiCall {
+    fn from(change: ApiChange) -> ApiCall {
+        ApiCall::Change(change)
+    }
+}
+
+/// A call that changes the local instances.
+#[derive(Debug)]
+pub enum ApiChange {
     /// Register (or replace) the API instance `id`.
     Register {
         id: String,
@@ -61,8 +77,6 @@ pub enum ApiCall {
     Deregister {
         id: String,
     },
-    /// Every instance, its source and state.
-    List,
     /// The app behind a TTL registration is alive.
     Pass {
         id: String,
@@ -429,7 +443,8 @@ fn valid_id(id: &str) -> Result<(), ApiReply> {
 }
 
 /// Hands `call` to the supervisor and waits for its answer.
-async fn ask(state: &ApiState, call: ApiCall) -> ApiReply {
+async fn ask(state: &ApiState, call: impl Into<ApiCall>) -> ApiReply {
+    let call = call.into();
     let (reply, answer) = oneshot::channel();
     let unavailable = |why: &str| ApiReply::error(503, why);
     if state
@@ -468,18 +483,18 @@ async fn register(
             let registration = Box::new(registration);
             // UTF-8 already (`body::registration` checked it).
             let body = String::from_utf8_lossy(&bytes).into_owned();
-            let call = ApiCall::Register {
+            let change = ApiChange::Register {
                 id,
                 registration,
                 body,
             };
-            ask(&state, call).await
+            ask(&state, change).await
         }
         Err(problems) => ApiReply::invalid(problems),
     }
 }
 
-async fn with_id(state: &ApiState, id: String, call: impl FnOnce(String) -> ApiCall) -> ApiReply {
+async fn with_id(state: &ApiState, id: String, call: impl FnOnce(String) -> ApiChange) -> ApiReply {
     match valid_id(&id) {
         Ok(()) => ask(state, call(id)).await,
         Err(reply) => reply,
@@ -487,19 +502,19 @@ async fn with_id(state: &ApiState, id: String, call: impl FnOnce(String) -> ApiC
 }
 
 async fn deregister(State(state): State<ApiState>, UrlPath(id): UrlPath<String>) -> ApiReply {
-    with_id(&state, id, |id| ApiCall::Deregister { id }).await
+    with_id(&state, id, |id| ApiChange::Deregister { id }).await
 }
 
 async fn pass(State(state): State<ApiState>, UrlPath(id): UrlPath<String>) -> ApiReply {
-    with_id(&state, id, |id| ApiCall::Pass { id }).await
+    with_id(&state, id, |id| ApiChange::Pass { id }).await
 }
 
 async fn drain(State(state): State<ApiState>, UrlPath(id): UrlPath<String>) -> ApiReply {
-    with_id(&state, id, |id| ApiCall::Drain { id: Some(id) }).await
+    with_id(&state, id, |id| ApiChange::Drain { id: Some(id) }).await
 }
 
 async fn node_drain(State(state): State<ApiState>) -> ApiReply {
-    ask(&state, ApiCall::Drain { id: None }).await
+    ask(&state, ApiChange::Drain { id: None }).await
 }
 
 async fn reason_of(body: Body) -> Result<String, ApiReply> {
@@ -517,7 +532,7 @@ async fn maintenance_on(
     }
     match reason_of(body).await {
         Ok(reason) => {
-            let call = ApiCall::Maintenance {
+            let call = ApiChange::Maintenance {
                 id: Some(id),
                 reason: Some(reason),
             };
@@ -528,7 +543,7 @@ async fn maintenance_on(
 }
 
 async fn maintenance_off(State(state): State<ApiState>, UrlPath(id): UrlPath<String>) -> ApiReply {
-    with_id(&state, id, |id| ApiCall::Maintenance {
+    with_id(&state, id, |id| ApiChange::Maintenance {
         id: Some(id),
         reason: None,
     })
@@ -538,7 +553,7 @@ async fn maintenance_off(State(state): State<ApiState>, UrlPath(id): UrlPath<Str
 async fn node_maintenance_on(State(state): State<ApiState>, body: Body) -> ApiReply {
     match reason_of(body).await {
         Ok(reason) => {
-            let call = ApiCall::Maintenance {
+            let call = ApiChange::Maintenance {
                 id: None,
                 reason: Some(reason),
             };
@@ -549,7 +564,7 @@ async fn node_maintenance_on(State(state): State<ApiState>, body: Body) -> ApiRe
 }
 
 async fn node_maintenance_off(State(state): State<ApiState>) -> ApiReply {
-    let call = ApiCall::Maintenance {
+    let call = ApiChange::Maintenance {
         id: None,
         reason: None,
     };

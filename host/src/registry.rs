@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
@@ -33,7 +33,7 @@ use crate::desired::{RecordKind, Target};
 use crate::etcd::{self, EtcdError};
 use crate::metrics::Metrics;
 use keepalive::LeaseHealth;
-use key_watch::KeyNews;
+use key_watch::{KeyNews, KeyWatch};
 use lease_record::{LeaseRecord, RecordWriter};
 use session::Session;
 
@@ -285,9 +285,8 @@ struct Actor {
     /// The current session's record after each round (the handle reads it).
     record_tx: watch::Sender<Option<LeaseRecord>>,
     record_writer: Option<RecordWriter>,
-    /// The watch on the current session's keys: its guard, the keys it
-    /// watches and when it started.
-    key_watch: Option<(DropGuard, Vec<String>, Instant)>,
+    /// The watch on the current session's keys.
+    key_watch: Option<KeyWatch>,
     /// The number of the last watch started: a `Lost` from an older one
     /// (already replaced) is not about the current one.
     watch_generation: u64,
@@ -484,10 +483,10 @@ impl Actor {
                     // A watch we had already replaced.
                     return false;
                 }
-                let Some((_, _, started)) = self.key_watch.take() else {
+                let Some(lost) = self.key_watch.take() else {
                     return false;
                 };
-                if started.elapsed() >= WATCH_HEALTHY_AFTER {
+                if lost.started.elapsed() >= WATCH_HEALTHY_AFTER {
                     self.watch_retry.reset();
                 }
                 self.watch_retry.set_cap(self.target.config.retry_interval);
@@ -501,38 +500,33 @@ impl Actor {
         }
     }
 
-    /// Watches the current session's keys unless a watch already covers
-    /// exactly them (a new key, or a key gone, starts a new watch).
+    /// Watches the current session's keys: a running watch follows them
+    /// (a watch added per new key, cancelled per key gone); otherwise one
+    /// starts, unless its restart is backing off.
     fn ensure_key_watch(&mut self) {
         let Some(session) = self.session.as_ref() else {
             return;
         };
         let list = session.watch_list();
-        let keys: Vec<String> = list.iter().map(|(k, _)| k.clone()).collect();
-        if self
-            .key_watch
-            .as_ref()
-            .is_some_and(|(_, watched, _)| *watched == keys)
-        {
-            return;
-        }
-        if keys.is_empty() {
+        if list.is_empty() {
             self.key_watch = None;
             return;
         }
-        if self.key_watch.is_none() && Instant::now() < self.watch_retry_at {
+        if let Some(watch) = self.key_watch.as_mut() {
+            watch.follow(&list);
             return;
         }
-        self.key_watch = None;
+        if Instant::now() < self.watch_retry_at {
+            return;
+        }
         self.watch_generation += 1;
-        let guard = key_watch::spawn(
+        self.key_watch = Some(KeyWatch::spawn(
             self.watch_generation,
             session.client(),
             list,
             self.news_tx.clone(),
             &self.tracker,
-        );
-        self.key_watch = Some((guard, keys, Instant::now()));
+        ));
     }
 
     /// Follows what the keeper reports about the current lease; true when

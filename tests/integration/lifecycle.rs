@@ -464,3 +464,87 @@ async fn a_watch_from_a_compacted_revision_is_restarted() {
     }
     crate::support::faults::assert_exactly(&etcd, &expected).await;
 }
+
+/// The Watch messages etcd received (each watch created or cancelled is
+/// one), from its own counters.
+async fn watch_messages(etcd: &Etcd) -> f64 {
+    let (_, body) = http_get(&etcd.endpoint(), "/metrics")
+        .await
+        .expect("etcd serves /metrics");
+    body.lines()
+        .filter(|l| l.starts_with("grpc_server_msg_received_total"))
+        .filter(|l| l.contains("grpc_method=\"Watch\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Keys written one at a time (API registrations) each add one watch to
+/// the running stream instead of a new stream over every key held (which
+/// cost one request per key held, per registration: O(n²) for a burst);
+/// a key added later is still put back at once when someone deletes it.
+#[tokio::test]
+async fn each_new_key_adds_one_watch_and_is_still_repaired_at_once() {
+    use ygg_agent::api::client::call;
+    const ADDED: usize = 20;
+    let etcd = Etcd::start().await;
+    let mut config = ConfigFile::new(etcd.endpoints());
+    // Only the watch repairs within the test's bound.
+    config.retry_interval = "10s";
+    let mut agent = Agent::prepare(&config);
+    let socket = agent.dir.path().join("agent.sock");
+    config.agent_extra = format!("  api:\n    socket: {}\n", socket.display());
+    agent.rewrite_config(&config);
+    agent.spawn(&[]);
+    agent.wait_for_log("local API listening", PATIENCE).await;
+    wait_keys(&etcd, "example-registry-server", 1).await;
+
+    let before = watch_messages(&etcd).await;
+    let mut keys = Vec::new();
+    for i in 0..ADDED {
+        let body = serde_json::json!({
+            "name": "watched",
+            "version": "1",
+            "endpoints": [{"scheme": "http", "address": format!("127.0.0.1:{}", 20_000 + i)}],
+        });
+        let (status, answer) = call(
+            &socket,
+            "PUT",
+            &format!("/v1/instances/w-{i}"),
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+        .expect("the agent answers");
+        assert_eq!(status, 200, "{answer}");
+        keys.push(answer["key"].as_str().unwrap().to_string());
+        wait_keys(&etcd, "watched", i + 1).await;
+    }
+    // One create per key added (and the seed key's watch, if it was still
+    // being created). Restarting the stream per key would be about
+    // ADDED * (ADDED + 3) / 2 = 230.
+    let sent = watch_messages(&etcd).await - before;
+    assert!(
+        sent <= (2 * ADDED) as f64,
+        "{sent} watch messages for {ADDED} keys added\n{}",
+        agent.log()
+    );
+
+    let mut client = etcd.client().await;
+    let victim = &keys[ADDED / 2];
+    let t = Instant::now();
+    client.delete(victim.as_str(), None).await.unwrap();
+    wait_for(WATCH_REPAIR, "a key added later put back", || {
+        let mut client = client.clone();
+        async move {
+            let got = client.get(victim.as_str(), None).await.ok()?;
+            (!got.kvs().is_empty()).then_some(())
+        }
+    })
+    .await;
+    report(
+        "own-key-added-later-watched",
+        t.elapsed(),
+        WATCH_REPAIR,
+        &format!("{sent} watch messages for {ADDED} keys added one by one"),
+    );
+    assert_every_key_on_a_live_lease(&mut etcd.client().await).await;
+}

@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 
 use super::input::{Folder, FolderInput, Found, Scanner};
 use super::shutdown::Stops;
-use crate::api::{self, ApiCall, ApiReply, ApiRequest, ApiServer};
+use crate::api::{self, ApiChange, ApiReply, ApiRequest, ApiServer};
 use crate::config::{self, Config};
 use crate::handover::{HandedRegistration, HandedSocket, HandedTcp, Incoming, Inherited};
 use crate::instances_dir::{self, DirScan, InstancesDir};
@@ -577,20 +577,16 @@ impl Instances {
     }
 
     /// Handles one local API call that changes something (at once:
-    /// nothing here waits). The listing (`ApiCall::List`) is the
-    /// supervisor's (`status::listing`), which reads the checks too.
-    pub fn call(&mut self, call: ApiCall, config: &Config) -> (ApiReply, Moved) {
+    /// nothing here waits). The listing is the supervisor's
+    /// (`status::listing`), which reads the checks too.
+    pub fn call(&mut self, call: ApiChange, config: &Config) -> (ApiReply, Moved) {
         match call {
-            ApiCall::List => (
-                ApiReply::error(500, "the listing is answered by the supervisor"),
-                Moved::default(),
-            ),
-            ApiCall::Register {
+            ApiChange::Register {
                 id,
                 registration,
                 body,
             } => self.register(id, *registration, body, config),
-            ApiCall::Deregister { id } => {
+            ApiChange::Deregister { id } => {
                 if let Some(entry) = self.local.api.remove(&id) {
                     self.api_bodies.remove(&id);
                     let instance = &entry.registration.instance;
@@ -617,7 +613,7 @@ impl Instances {
                 };
                 (reply, Moved::default())
             }
-            ApiCall::Pass { id } => match self.local.pass(&id, Instant::now()) {
+            ApiChange::Pass { id } => match self.local.pass(&id, Instant::now()) {
                 Ok(back) => {
                     let reply = ApiReply::ok(serde_json::json!({"id": id, "passed": true}));
                     if back {
@@ -636,14 +632,14 @@ impl Instances {
                     Moved::default(),
                 ),
             },
-            ApiCall::Maintenance { id, reason } => {
+            ApiChange::Maintenance { id, reason } => {
                 let moved = match id.as_deref() {
                     Some(id) => Moved::held_out(self.key_of(id)),
                     None => Moved::all(),
                 };
                 (self.maintenance(id, reason), moved)
             }
-            ApiCall::Drain { id: Some(id) } => {
+            ApiChange::Drain { id: Some(id) } => {
                 let Some(source) = self.sources.iter().find(|s| s.id == id) else {
                     return (self.unknown_id(&id), Moved::default());
                 };
@@ -655,7 +651,7 @@ impl Instances {
                 let reply = ApiReply::ok(serde_json::json!({"id": id, "drained": true}));
                 (reply, moved)
             }
-            ApiCall::Drain { id: None } => {
+            ApiChange::Drain { id: None } => {
                 info!("drain: deleting every key; out of rotation until node maintenance is ended");
                 self.local.node_drained = true;
                 let reply = ApiReply::ok(serde_json::json!({"id": null, "drained": true}));

@@ -4,16 +4,21 @@
 //!
 //! One watch stream carries one watch per key, each from the revision
 //! after our write of it, so nothing between the write and the watch is
-//! missed. The task forwards every event to the registry actor over a
-//! bounded channel; the actor alone decides what is damage (an event newer
-//! than our write) and repairs it. A stream that breaks, or a watch that
-//! etcd cancels (compaction), ends the task with `Lost`: the actor then
-//! compares every key and watches again. Dropping the guard stops the task.
+//! missed. The stream lives as long as the session's keys are watched: a
+//! key written adds one watch to it, a key gone cancels its watch
+//! ([`KeyWatch::follow`]), so a registration costs one watch request, not
+//! one per key held. The task forwards every event to the registry actor
+//! over a bounded channel; the actor alone decides what is damage (an
+//! event newer than our write) and repairs it. A stream that breaks, or a
+//! watch that etcd cancels (compaction), ends the task with `Lost`: the
+//! actor then compares every key and watches again. Dropping the
+//! [`KeyWatch`] stops the task.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use etcd_client::{Client, EventType, WatchOptions};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
@@ -35,95 +40,192 @@ pub enum KeyNews {
     Lost(u64, String),
 }
 
-/// Starts watch number `generation` on `keys`, each from its revision
-/// (exclusive). News goes to `news`; dropping the guard stops the task.
-pub fn spawn(
-    generation: u64,
-    mut client: Client,
-    keys: Vec<(String, i64)>,
-    news: mpsc::Sender<KeyNews>,
-    tracker: &TaskTracker,
-) -> DropGuard {
-    let stop = CancellationToken::new();
-    let stopped = stop.clone();
-    tracker.spawn(async move {
-        let watched = async {
-            let reason = watch(&mut client, &keys, &news).await;
-            let _ = news.send(KeyNews::Lost(generation, reason)).await;
-        };
-        tokio::select! {
-            () = stopped.cancelled() => {}
-            () = watched => {}
+/// A running watch on a session's keys: what it covers, and the way to
+/// change that without starting over.
+pub struct KeyWatch {
+    pub started: Instant,
+    watched: HashSet<String>,
+    changes: mpsc::UnboundedSender<Change>,
+    _stop: DropGuard,
+}
+
+/// Keys to start watching (each from its revision, exclusive) and keys
+/// to stop watching.
+#[derive(Debug, Default)]
+struct Change {
+    add: Vec<(String, i64)>,
+    remove: Vec<String>,
+}
+
+impl KeyWatch {
+    /// Starts watch number `generation` on `keys`, each from its revision
+    /// (exclusive). News goes to `news`; dropping the handle stops the task.
+    pub fn spawn(
+        generation: u64,
+        client: Client,
+        keys: Vec<(String, i64)>,
+        news: mpsc::Sender<KeyNews>,
+        tracker: &TaskTracker,
+    ) -> KeyWatch {
+        let watched = keys.iter().map(|(key, _)| key.clone()).collect();
+        let (changes, changes_rx) = mpsc::unbounded_channel();
+        let _ = changes.send(Change {
+            add: keys,
+            remove: Vec::new(),
+        });
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        tracker.spawn(async move {
+            let watched = async {
+                let reason = watch(client, changes_rx, &news).await;
+                let _ = news.send(KeyNews::Lost(generation, reason)).await;
+            };
+            tokio::select! {
+                () = stopped.cancelled() => {}
+                () = watched => {}
+            }
+        });
+        KeyWatch {
+            started: Instant::now(),
+            watched,
+            changes,
+            _stop: stop.drop_guard(),
         }
-    });
-    stop.drop_guard()
+    }
+
+    /// Makes the watch cover exactly `keys` (each new one from its
+    /// revision, exclusive): one request per key added or gone.
+    pub fn follow(&mut self, keys: &[(String, i64)]) {
+        let mut change = Change::default();
+        let now: HashSet<&str> = keys.iter().map(|(key, _)| key.as_str()).collect();
+        self.watched.retain(|key| {
+            let keep = now.contains(key.as_str());
+            if !keep {
+                change.remove.push(key.clone());
+            }
+            keep
+        });
+        for (key, revision) in keys {
+            if !self.watched.contains(key) {
+                self.watched.insert(key.clone());
+                change.add.push((key.clone(), *revision));
+            }
+        }
+        if !change.add.is_empty() || !change.remove.is_empty() {
+            // A closed channel means the task ended: its `Lost` is on the
+            // way and the actor starts over.
+            let _ = self.changes.send(change);
+        }
+    }
 }
 
 /// Runs the watches until the stream ends; returns why it ended.
 async fn watch(
-    client: &mut Client,
-    keys: &[(String, i64)],
+    mut client: Client,
+    mut changes: mpsc::UnboundedReceiver<Change>,
     news: &mpsc::Sender<KeyNews>,
 ) -> String {
-    let Some(((first, first_rev), rest)) = keys.split_first() else {
+    let options = |rev: i64| WatchOptions::new().with_start_revision(rev + 1);
+    let Some(first_change) = changes.recv().await else {
+        return "the registry stopped watching".into();
+    };
+    let mut queued: VecDeque<(String, i64)> = first_change.add.into();
+    let Some((first, first_rev)) = queued.pop_front() else {
         return "no keys to watch".into();
     };
-    let options = |rev: i64| WatchOptions::new().with_start_revision(rev + 1);
-    let mut stream = match client
-        .watch(first.as_str(), Some(options(*first_rev)))
-        .await
-    {
+    let stream = match client.watch(first.as_str(), Some(options(first_rev))).await {
         Ok(stream) => stream,
         Err(error) => return format!("cannot watch our keys: {error}"),
     };
-    for (key, rev) in rest {
-        if let Err(error) = stream.watch(key.as_str(), Some(options(*rev))).await {
-            return format!("cannot watch our keys: {error}");
-        }
-    }
-    // Watch ids in creation order, so a cancel names its key.
-    let mut created = 0usize;
-    let mut ids: HashMap<i64, &str> = HashMap::new();
+    let (mut requests, mut responses) = stream.split();
+    // Keys whose watch was asked for, in order: etcd answers the creates
+    // of one stream in the order they were sent, so a created response
+    // names the front one.
+    let mut creating: VecDeque<String> = VecDeque::from([first]);
+    let mut ids: HashMap<i64, String> = HashMap::new();
+    let mut by_key: HashMap<String, i64> = HashMap::new();
+    // Keys let go of before their watch was created: cancelled when it is.
+    let mut unwanted: HashSet<String> = HashSet::new();
     loop {
-        let response = match stream.message().await {
-            Ok(Some(response)) => response,
-            Ok(None) => return "the watch stream was closed by etcd".into(),
-            Err(error) => return format!("the watch stream broke: {error}"),
-        };
-        if response.created() {
-            if let Some((key, _)) = keys.get(created) {
-                ids.insert(response.watch_id(), key);
+        // Send what is queued (one request each), then wait for news.
+        while let Some((key, rev)) = queued.pop_front() {
+            unwanted.remove(&key);
+            if let Err(error) = requests.watch(key.as_str(), Some(options(rev))).await {
+                return format!("cannot watch our keys: {error}");
             }
-            created += 1;
+            creating.push_back(key);
         }
-        if response.canceled() {
-            let key = ids.get(&response.watch_id()).copied().unwrap_or("?");
-            return if response.compact_revision() > 0 {
-                format!(
-                    "the watch of {key} was cancelled: etcd compacted up to revision {}",
-                    response.compact_revision()
-                )
-            } else {
-                format!(
-                    "the watch of {key} was cancelled: {}",
-                    response.cancel_reason()
-                )
-            };
-        }
-        for event in response.events() {
-            let Some(kv) = event.kv() else { continue };
-            let Ok(key) = kv.key_str() else { continue };
-            let value = match event.event_type() {
-                EventType::Put => Some((kv.value().to_vec(), kv.lease())),
-                EventType::Delete => None,
-            };
-            let changed = KeyNews::Changed {
-                key: key.to_string(),
-                revision: kv.mod_revision(),
-                value,
-            };
-            if news.send(changed).await.is_err() {
-                return "the registry stopped listening".into();
+        tokio::select! {
+            change = changes.recv() => {
+                let Some(change) = change else {
+                    return "the registry stopped watching".into();
+                };
+                for key in change.remove {
+                    queued.retain(|(queued_key, _)| *queued_key != key);
+                    match by_key.remove(&key) {
+                        Some(id) => {
+                            ids.remove(&id);
+                            if let Err(error) = requests.cancel(id).await {
+                                return format!("cannot stop watching {key}: {error}");
+                            }
+                        }
+                        None if creating.contains(&key) => {
+                            unwanted.insert(key);
+                        }
+                        None => {}
+                    }
+                }
+                queued.extend(change.add);
+            }
+            response = responses.message() => {
+                let response = match response {
+                    Ok(Some(response)) => response,
+                    Ok(None) => return "the watch stream was closed by etcd".into(),
+                    Err(error) => return format!("the watch stream broke: {error}"),
+                };
+                let id = response.watch_id();
+                if response.created()
+                    && let Some(key) = creating.pop_front()
+                {
+                    if unwanted.remove(&key) {
+                        if let Err(error) = requests.cancel(id).await {
+                            return format!("cannot stop watching {key}: {error}");
+                        }
+                        continue;
+                    }
+                    ids.insert(id, key.clone());
+                    by_key.insert(key, id);
+                }
+                if response.canceled() {
+                    let Some(key) = ids.get(&id) else {
+                        // One we cancelled ourselves.
+                        continue;
+                    };
+                    return if response.compact_revision() > 0 {
+                        format!(
+                            "the watch of {key} was cancelled: etcd compacted up to revision {}",
+                            response.compact_revision()
+                        )
+                    } else {
+                        format!("the watch of {key} was cancelled: {}", response.cancel_reason())
+                    };
+                }
+                for event in response.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    let Ok(key) = kv.key_str() else { continue };
+                    let value = match event.event_type() {
+                        EventType::Put => Some((kv.value().to_vec(), kv.lease())),
+                        EventType::Delete => None,
+                    };
+                    let changed = KeyNews::Changed {
+                        key: key.to_string(),
+                        revision: kv.mod_revision(),
+                        value,
+                    };
+                    if news.send(changed).await.is_err() {
+                        return "the registry stopped listening".into();
+                    }
+                }
             }
         }
     }
