@@ -202,8 +202,9 @@ fn id_of(key: &str) -> String {
 /// runs, the old process is gone, and callers noticed nothing: no DELETE,
 /// no rewrite of an unchanged key, every key present throughout, one
 /// lease (the same one), the socket and the admin listener answering
-/// throughout, maintenance and drains carried over. SIGTERM to the new
-/// process still deregisters everything.
+/// throughout, maintenance, drains and API registrations carried over.
+/// The new process upgrades again the same way; SIGTERM to the last one
+/// still deregisters everything.
 #[tokio::test]
 async fn sigusr2_hands_everything_to_the_new_binary_without_a_gap() {
     let etcd = Etcd::start().await;
@@ -334,10 +335,38 @@ async fn sigusr2_hands_everything_to_the_new_binary_without_a_gap() {
     let inode = std::fs::metadata(&socket).map(|m| m.ino());
     assert_eq!(inode.ok(), Some(socket_inode), "the socket was bound anew");
 
-    // SIGTERM keeps its meaning for the new process.
-    send_signal(new.0, libc::SIGTERM);
-    wait_prefix_empty(&etcd, PREFIX, PATIENCE, "deregistration after the upgrade").await;
+    // Again, from the new process: its own launch (the path it was
+    // started from) and its own handover.
+    install_binary(&agent_binary(), &bin);
+    send_signal(new.0, libc::SIGUSR2);
+    agent
+        .wait_for_log_count("upgrade: the new process is ready", 2, PATIENCE)
+        .await;
     new.wait_gone(PATIENCE).await;
+    let newer = Adopted(new_pid(&agent));
+    assert_ne!(newer.0, new.0);
+    assert!(running(newer.0), "the second new agent is not running");
+    watch.sync().await;
+    let events = watch.events();
+    assert!(
+        events.is_empty(),
+        "the second upgrade changed etcd: {events:?}"
+    );
+    assert_eq!(
+        held(&etcd).await,
+        before,
+        "keys, revisions or lease changed"
+    );
+    assert_eq!(
+        leases(&mut client).await,
+        vec![lease],
+        "one lease, the same"
+    );
+
+    // SIGTERM keeps its meaning for the new process.
+    send_signal(newer.0, libc::SIGTERM);
+    wait_prefix_empty(&etcd, PREFIX, PATIENCE, "deregistration after the upgrade").await;
+    newer.wait_gone(PATIENCE).await;
     assert!(
         leases(&mut client).await.is_empty(),
         "the lease was not revoked"
