@@ -53,9 +53,21 @@ pub struct AdminServer {
     stop: CancellationToken,
     /// Cancelled when the server task has ended and its listener is closed.
     closed: CancellationToken,
+    /// The listener's descriptor (a duplicate), for an upgrade's handover.
+    fd: std::os::fd::OwnedFd,
 }
 
 impl AdminServer {
+    /// The listener to hand to the next process on an upgrade (its
+    /// descriptor stays open while this server lives).
+    pub fn handed(&self) -> crate::handover::HandedTcp {
+        use std::os::fd::AsRawFd;
+        crate::handover::HandedTcp {
+            fd: self.fd.as_raw_fd(),
+            listen: self.listen,
+        }
+    }
+
     /// Stops the server and waits (at most [`CLOSE_WAIT`]) until its
     /// listener is closed, so its port can be bound again.
     async fn close(self) {
@@ -89,7 +101,20 @@ pub async fn start(
     parent: &CancellationToken,
 ) -> std::io::Result<AdminServer> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
+    serve_on(listener, listen, sources, tracker, parent)
+}
+
+/// Serves on `listener`, bound for `listen` (by [`start`], or by the
+/// previous process, handed over on an upgrade).
+pub fn serve_on(
+    listener: tokio::net::TcpListener,
+    listen: SocketAddr,
+    sources: Sources,
+    tracker: &TaskTracker,
+    parent: &CancellationToken,
+) -> std::io::Result<AdminServer> {
     let local_addr = listener.local_addr()?;
+    let fd = std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned()?;
     let router = Router::new()
         .route("/", get(status_html))
         .route("/metrics", get(metrics_page))
@@ -114,6 +139,7 @@ pub async fn start(
         local_addr,
         stop,
         closed,
+        fd,
     })
 }
 

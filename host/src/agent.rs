@@ -34,6 +34,7 @@ mod shutdown;
 mod startup;
 mod status;
 mod target;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,6 +50,7 @@ use crate::api::{self, ApiRequest};
 use crate::checks::{CheckHost, CheckReport};
 use crate::config::{Config, PluginsConfig};
 use crate::desired::{self, PluginMetadata, Target};
+use crate::handover::{Handover, Incoming, Launch};
 use crate::metrics::Metrics;
 use crate::plugins::system::SystemSnapshot;
 use crate::plugins::{self as plugin_host, LoadOutcome, RoundResult};
@@ -65,6 +67,7 @@ use reload::{ConfigDiff, Reloader};
 use shutdown::Stops;
 use startup::{Startup, StartupStep};
 use target::Publisher;
+use upgrade::{UpgradeOutcome, Upgrader};
 
 /// Round results in flight from plugin tasks to the supervisor.
 const PLUGIN_RESULTS_CAPACITY: usize = 64;
@@ -81,6 +84,10 @@ pub enum Control {
     /// Re-read the config file, the plugins and the instances folder now
     /// (SIGHUP).
     Reload,
+    /// Start the binary at the path this one was started from and hand it
+    /// everything; stop without deregistering once it says ready
+    /// (SIGUSR2; `crate::handover`).
+    Upgrade,
 }
 
 /// Everything the supervisor reacts to.
@@ -120,6 +127,8 @@ enum Event {
     WatchdogTick,
     /// A plugin-only change held back by `minRewriteInterval` may go out.
     RewriteDue,
+    /// An upgrade ended: the new process took over, or failed.
+    Upgrade(UpgradeOutcome),
     /// The target is dirty and nothing else is ready: the end of a burst.
     Publish,
 }
@@ -132,6 +141,12 @@ pub struct RunOptions {
     /// file event that finds the same bytes changes nothing.
     pub config_digest: [u8; 32],
     pub metrics: Metrics,
+    /// How this process was started, for an upgrade (`None`: SIGUSR2 says
+    /// it cannot upgrade).
+    pub launch: Option<Launch>,
+    /// What the previous process handed over, when an upgrade started this
+    /// one.
+    pub incoming: Option<Incoming>,
 }
 
 /// What the supervisor hands to things it starts beside the loop (each
@@ -174,6 +189,8 @@ struct Inbox {
     registry_status: watch::Receiver<RegistryStatus>,
     /// systemd's watchdog pings, when systemd asked for them.
     watchdog: Option<Interval>,
+    /// The upgrade's wait task (`Upgrader`).
+    upgrades: mpsc::Receiver<UpgradeOutcome>,
 }
 
 struct Supervisor {
@@ -188,6 +205,12 @@ struct Supervisor {
     admin: AdminListener,
     startup: Option<Startup>,
     systemd: Notifier,
+    /// SIGUSR2: the upgrade under way, if any.
+    upgrader: Upgrader,
+    /// Started by an upgrade: the channel to say ready on, until said.
+    incoming: Option<Incoming>,
+    /// The new process that took over (the loop ended for it).
+    handed_to: Option<u32>,
     wiring: Wiring,
     inbox: Inbox,
 }
@@ -205,7 +228,11 @@ pub async fn run(options: RunOptions, config: Config, control: mpsc::Receiver<Co
 }
 
 impl Supervisor {
-    async fn start(options: RunOptions, config: Config, control: mpsc::Receiver<Control>) -> Self {
+    async fn start(
+        mut options: RunOptions,
+        config: Config,
+        control: mpsc::Receiver<Control>,
+    ) -> Self {
         let tracker = TaskTracker::new();
         let stops = Stops::new();
         let (results_tx, results_rx) = mpsc::channel(PLUGIN_RESULTS_CAPACITY);
@@ -217,15 +244,30 @@ impl Supervisor {
 
         // Registration waits for the plugins' first round (boundedly): the
         // registry starts idle and gets its first target when that is over.
+        let handed_lease = (options.incoming.as_ref())
+            .and_then(|i| i.handover.lease.as_ref())
+            .map(|r| r.lease);
         let registry = RegistryHandle::spawn_with_record(
             None,
             options.metrics.clone(),
             &tracker,
             stops.registry.clone(),
             crate::state_dir::lease_record_folder(config.agent.local.state_dir.as_deref()),
+            options
+                .incoming
+                .as_mut()
+                .and_then(|i| i.handover.lease.take()),
         );
         let registry_status = registry.status();
-        let systemd = Notifier::from_env();
+        let mut systemd = Notifier::from_env();
+        if let Some(incoming) = &options.incoming {
+            info!(
+                from = incoming.handover.from_pid,
+                lease = ?handed_lease,
+                "upgrade: taking over from the previous process"
+            );
+            systemd.take_over();
+        }
         let watchdog = systemd.watchdog_every.map(|every| {
             let mut timer = tokio::time::interval(every);
             timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -255,8 +297,12 @@ impl Supervisor {
             registry: registry_status.clone(),
             agent: status_tx,
         };
+        let admin_listen = config.agent.admin.as_ref().map(|a| a.listen);
         let admin = AdminListener::start(
-            config.agent.admin.as_ref().map(|a| a.listen),
+            admin_listen,
+            admin_listen.and_then(|listen| {
+                (options.incoming.as_mut()).and_then(|i| i.listeners.take_admin(listen))
+            }),
             sources,
             wiring.tracker.clone(),
             wiring.stops.admin.clone(),
@@ -275,7 +321,14 @@ impl Supervisor {
         );
         let (api_tx, api_rx) = mpsc::channel(api::API_REQUESTS_CAPACITY);
         let (parts, reloader) = {
-            let parts = LocalParts::start(&config, api_tx, &wiring.tracker, &wiring.stops).await;
+            let parts = LocalParts::start(
+                &config,
+                api_tx,
+                &wiring.tracker,
+                &wiring.stops,
+                options.incoming.as_mut(),
+            )
+            .await;
             let reloader = Reloader::new(
                 options.config_path.clone(),
                 options.config_digest,
@@ -284,6 +337,13 @@ impl Supervisor {
             (parts, reloader)
         };
         let instances = Instances::new(&config, options.config_path, parts, &wiring.scanner);
+        let (upgrades_tx, upgrades_rx) = mpsc::channel(1);
+        let upgrader = Upgrader::new(
+            options.launch,
+            wiring.tracker.clone(),
+            wiring.stops.inputs.clone(),
+            upgrades_tx,
+        );
         let mut supervisor = Supervisor {
             reloader,
             instances,
@@ -293,6 +353,9 @@ impl Supervisor {
             startup: Some(Startup::new(Instant::now())),
             admin,
             systemd,
+            upgrader,
+            incoming: options.incoming,
+            handed_to: None,
             config,
             wiring,
             inbox: Inbox {
@@ -307,6 +370,7 @@ impl Supervisor {
                 api_requests: api_rx,
                 registry_status,
                 watchdog,
+                upgrades: upgrades_rx,
             },
         };
         let _ = supervisor.health.set(supervisor.instances.effective());
@@ -347,6 +411,7 @@ impl Supervisor {
             Some(server) = inbox.admin.recv() => Event::AdminRebound(server),
             Some(report) = inbox.check_reports.recv() => Event::CheckReport(report),
             Some(request) = inbox.api_requests.recv() => Event::Api(request),
+            Some(outcome) = inbox.upgrades.recv() => Event::Upgrade(outcome),
             () = until(instances_due) => Event::TtlDue,
             () = until(publish_due) => Event::ResultsSettled,
             () = until(startup_due) => Event::StartupDeadline,
@@ -371,6 +436,22 @@ impl Supervisor {
                     plugins.scan(scanner);
                 }
                 self.instances.scan(scanner);
+            }
+            Event::Control(Control::Upgrade) => self.upgrade(),
+            Event::Upgrade(UpgradeOutcome::Ready { pid }) => {
+                self.upgrader.ended();
+                info!(
+                    pid,
+                    "upgrade: the new process is ready and holds every registration; this one stops without deregistering"
+                );
+                self.handed_to = Some(pid);
+                return false;
+            }
+            Event::Upgrade(UpgradeOutcome::Failed(why)) => {
+                self.upgrader.ended();
+                tracing::error!(
+                    "upgrade failed: {why}; this agent keeps running and keeps every registration"
+                );
             }
             Event::Settled(Folder::Config) => self.reloader.read(false, scanner),
             Event::Settled(Folder::Plugins) => {
@@ -432,6 +513,11 @@ impl Supervisor {
                         let listing = status::listing(&self.instances, withheld);
                         (api::ApiReply::ok(listing), Moved::default())
                     }
+                    // The new process started from the state handed over:
+                    // a change now would be lost with this process.
+                    api::ApiCall::Change(_) if self.upgrader.under_way().is_some() => {
+                        (api::ApiReply::error(503, upgrade::BUSY), Moved::default())
+                    }
                     api::ApiCall::Change(change) => self.instances.call(change, &self.config),
                 };
                 self.moved(moved);
@@ -448,7 +534,12 @@ impl Supervisor {
             Event::StatusRequest(reply) => {
                 let _ = reply.send(self.status());
             }
-            Event::RegistryStatus(status) => self.systemd.registry(&status),
+            Event::RegistryStatus(status) => {
+                self.systemd.registry(&status);
+                if status.ready {
+                    self.say_ready();
+                }
+            }
             Event::WatchdogTick => self.systemd.watchdog(),
             Event::RewriteDue => {
                 self.target.rewrite_due = None;
@@ -458,6 +549,65 @@ impl Supervisor {
         }
         self.publish();
         true
+    }
+
+    /// SIGUSR2: starts the new binary with everything it needs to carry
+    /// on (see `upgrade.rs`); one upgrade at a time.
+    fn upgrade(&mut self) {
+        if let Some(pid) = self.upgrader.under_way() {
+            warn!(pid, "SIGUSR2 ignored: an upgrade is already under way");
+            return;
+        }
+        if self.incoming.is_some() {
+            warn!("SIGUSR2 ignored: this process is still taking over from the previous one");
+            return;
+        }
+        let mut handover = Handover::new();
+        handover.lease = self.target.registry().record();
+        let now = Instant::now();
+        handover.lease_expires_in_ms = (self.inbox.registry_status.borrow().lease_expires_at)
+            .map(|at| at.saturating_duration_since(now).as_millis() as u64);
+        let local = self.instances.local();
+        handover.maintenance = local.maintenance.clone();
+        handover.drained = local.drained.clone();
+        handover.node_drained = local.node_drained;
+        handover.api = self.instances.registrations_handed();
+        (handover.api_socket, handover.api_tcp) = self.instances.api_handed();
+        handover.admin = self.admin.handed();
+        let lease = handover.lease.as_ref().map(|r| r.lease);
+        let keys = handover.lease.as_ref().map_or(0, |r| r.keys.len());
+        match self.upgrader.start(handover) {
+            Ok(pid) => info!(
+                pid,
+                lease,
+                keys,
+                "SIGUSR2: upgrade started; this agent keeps running until the new process says ready"
+            ),
+            Err(why) => tracing::error!(
+                "upgrade failed: {why}; this agent keeps running and keeps every registration"
+            ),
+        }
+    }
+
+    /// Started by an upgrade, and every instance is registered under the
+    /// adopted lease: systemd has been told this process is the main one
+    /// (`Notifier`), now the old process may stop.
+    fn say_ready(&mut self) {
+        let Some(mut incoming) = self.incoming.take() else {
+            return;
+        };
+        let from = incoming.handover.from_pid;
+        match incoming.ready() {
+            Ok(()) => info!(
+                from,
+                "upgrade: ready; the previous process stops without deregistering"
+            ),
+            Err(error) => warn!(
+                from,
+                %error,
+                "upgrade: cannot tell the previous process this one is ready (it may have given up and killed this one)"
+            ),
+        }
     }
 
     /// The instances moved or what is held out changed: the checks, the
@@ -713,15 +863,30 @@ impl Supervisor {
     /// `shutdown.rs`): inputs, servers, plugins and checks, the drain, the
     /// registry (deregister, revoke), the state writer. `shutdownTimeout`
     /// bounds it for an etcd that does not answer.
+    ///
+    /// After an upgrade (`handed_to`) the same order, but the new process
+    /// holds the registrations and the listeners: no `STOPPING=1`, no
+    /// drain, nothing deleted or revoked, the socket file left in place.
     async fn shutdown(mut self) {
         let timeout = self.config.agent.shutdown_timeout;
         let deadline = Instant::now() + timeout;
-        info!(timeout = ?timeout, "shutting down: deregistering every instance");
-        self.systemd.stopping();
+        let handed_to = self.handed_to;
+        match handed_to {
+            Some(pid) => info!(pid, "upgrade: handing over to the new process"),
+            None => {
+                info!(timeout = ?timeout, "shutting down: deregistering every instance");
+                self.systemd.stopping();
+                // A new process still starting must not outlive the keys.
+                self.upgrader.abandon();
+            }
+        }
         let stops = self.wiring.stops.clone();
         // 1. Nothing new comes in; 2. no API calls once stopping (the
         // socket file goes with the server), no admin server.
         stops.inputs.cancel();
+        if handed_to.is_some() {
+            self.instances.keep_socket_file();
+        }
         stops.api.cancel();
         self.instances.stop_inputs();
         drop(self.reloader);
@@ -737,6 +902,21 @@ impl Supervisor {
         // 4. The drain. Nothing is registered before start-up ends.
         let drain = self.config.agent.local.drain_delay;
         let registry = self.target.into_registry();
+        if handed_to.is_some() {
+            if !registry.hand_over(deadline).await {
+                warn!("the registry did not stop within shutdownTimeout");
+            }
+            stops.registry.cancel();
+            stops.state.cancel();
+            self.instances.stop_writer();
+            stops.all();
+            let tracker = self.wiring.tracker.clone();
+            drop(self.wiring);
+            tracker.close();
+            let _ = tokio::time::timeout_at(deadline, tracker.wait()).await;
+            info!("agent stopped (upgraded: the new process holds every registration)");
+            return;
+        }
         let deadline = if drain.is_zero() || self.startup.is_some() {
             deadline
         } else {

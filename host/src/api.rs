@@ -16,6 +16,7 @@ pub mod client;
 pub mod commands;
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +36,7 @@ use tracing::info;
 
 use crate::bounded;
 use crate::config::{ApiConfig, ApiInstance, CheckTiming};
+use crate::handover::{HandedSocket, HandedTcp, Inherited};
 use crate::socket_dir::SocketDir;
 use crate::systemd;
 
@@ -68,6 +70,9 @@ pub enum ApiChange {
     Register {
         id: String,
         registration: Box<ApiInstance>,
+        /// The JSON it was read from (an upgrade hands it to the next
+        /// process, which reads it again).
+        body: String,
     },
     Deregister {
         id: String,
@@ -174,6 +179,12 @@ pub struct ApiServer {
     dir: SocketDir,
     name: std::ffi::OsString,
     inode: u64,
+    /// The listeners' descriptors (duplicates), for an upgrade's handover;
+    /// the TCP one with the address it was asked for.
+    socket_fd: OwnedFd,
+    tcp_fd: Option<(OwnedFd, SocketAddr)>,
+    /// An upgrade handed the socket to the next process: its file stays.
+    keep_file: bool,
 }
 
 impl Drop for ApiServer {
@@ -181,19 +192,46 @@ impl Drop for ApiServer {
         self.stop.cancel();
         // The socket we bound, in the folder we opened (not whatever the
         // path names now).
-        self.dir.remove(&self.name, self.inode);
+        if !self.keep_file {
+            self.dir.remove(&self.name, self.inode);
+        }
+    }
+}
+
+impl ApiServer {
+    /// The listeners to hand to the next process on an upgrade (their
+    /// descriptors stay open while this server lives).
+    pub fn handed(&self) -> (HandedSocket, Option<HandedTcp>) {
+        let socket = HandedSocket {
+            fd: self.socket_fd.as_raw_fd(),
+            path: self.socket.clone(),
+            inode: self.inode,
+        };
+        let tcp = self.tcp_fd.as_ref().map(|(fd, listen)| HandedTcp {
+            fd: fd.as_raw_fd(),
+            listen: *listen,
+        });
+        (socket, tcp)
+    }
+
+    /// The next process serves the socket now: stopping leaves its file.
+    pub fn keep_socket_file(&mut self) {
+        self.keep_file = true;
     }
 }
 
 /// Binds the socket (and the TCP address) and serves on `tracker` until the
 /// returned handle drops or `parent` is cancelled (open connections are
-/// closed gracefully: a call in flight gets its answer).
+/// closed gracefully: a call in flight gets its answer). A listener the
+/// previous process handed over (`inherited`, on an upgrade) for the same
+/// path or address is served instead of binding a new one.
 pub async fn start(
     config: &ApiConfig,
     calls: mpsc::Sender<ApiRequest>,
     defaults: watch::Receiver<CheckTiming>,
     tracker: &TaskTracker,
     parent: &CancellationToken,
+    inherited: &mut Inherited,
 ) -> std::io::Result<ApiServer> {
     let socket = config.socket.clone().unwrap_or_else(default_socket);
     let BoundSocket {
@@ -201,7 +239,12 @@ pub async fn start(
         dir,
         name,
         inode,
-    } = bind_socket(&socket)?;
+    } = match inherited.take_api_socket(&socket) {
+        Some((listener, inode)) => adopt_socket(&socket, listener, inode)?,
+        None => bind_socket(&socket)?,
+    };
+    let socket_fd = socket_listener.as_fd().try_clone_to_owned()?;
+    let mut tcp_fd = None;
     let limits = bounded::Limits::for_agent();
     let stop = parent.child_token();
     let state = ApiState {
@@ -212,8 +255,12 @@ pub async fn start(
     let tcp = match config.listen {
         Some(listen) => {
             let token = read_token(config.token_file.as_deref()).await?;
-            let listener = tokio::net::TcpListener::bind(listen).await?;
+            let listener = match inherited.take_api_tcp(listen) {
+                Some(listener) => tokio::net::TcpListener::from_std(listener)?,
+                None => tokio::net::TcpListener::bind(listen).await?,
+            };
             let local = listener.local_addr()?;
+            tcp_fd = Some((listener.as_fd().try_clone_to_owned()?, listen));
             let router = router(ApiState {
                 token: Some(token.into()),
                 ..state.clone()
@@ -247,7 +294,37 @@ pub async fn start(
         dir,
         name,
         inode,
+        socket_fd,
+        tcp_fd,
+        keep_file: false,
     })
+}
+
+/// The socket the previous process handed over (it listens at `path`):
+/// its folder is opened and checked as for a new one.
+fn adopt_socket(
+    path: &Path,
+    listener: std::os::unix::net::UnixListener,
+    inode: u64,
+) -> std::io::Result<BoundSocket> {
+    let (folder, name) = socket_parts(path)?;
+    Ok(BoundSocket {
+        listener: tokio::net::UnixListener::from_std(listener)?,
+        dir: SocketDir::open(folder)?,
+        name: name.to_os_string(),
+        inode,
+    })
+}
+
+fn socket_parts(path: &Path) -> std::io::Result<(&Path, &std::ffi::OsStr)> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other(format!("{} names no socket file", path.display())))?;
+    let folder = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok((folder, name))
 }
 
 /// Binds the Unix socket: its folder is created if missing (0750), checked
@@ -256,13 +333,7 @@ pub async fn start(
 /// is replaced (anything else at the path is not touched), and the socket
 /// gets mode 0660, all through the folder's descriptor.
 fn bind_socket(path: &Path) -> std::io::Result<BoundSocket> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other(format!("{} names no socket file", path.display())))?;
-    let folder = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let (folder, name) = socket_parts(path)?;
     let dir = SocketDir::open(folder)?;
     let (listener, inode) = dir.bind(name, SOCKET_MODE)?;
     Ok(BoundSocket {
@@ -410,7 +481,14 @@ async fn register(
     match body::registration(&bytes, &defaults) {
         Ok(registration) => {
             let registration = Box::new(registration);
-            ask(&state, ApiChange::Register { id, registration }).await
+            // UTF-8 already (`body::registration` checked it).
+            let body = String::from_utf8_lossy(&bytes).into_owned();
+            let change = ApiChange::Register {
+                id,
+                registration,
+                body,
+            };
+            ask(&state, change).await
         }
         Err(problems) => ApiReply::invalid(problems),
     }

@@ -390,6 +390,19 @@ fn problems(error: &ConfigError) -> String {
 }
 
 fn run(path: &Path) -> ExitCode {
+    // Before anything else: the folder and PATH this process started with.
+    let launch = crate::handover::Launch::at_start();
+    // Started by an upgrade: take what the old process hands over before
+    // the config is read (a refused config then exits with the sockets
+    // still the old process's alone).
+    let incoming = match crate::handover::take_incoming() {
+        None => None,
+        Some(Ok(incoming)) => Some(incoming),
+        Some(Err(error)) => {
+            eprintln!("error: upgrade: {error}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
     let loaded = match config::load(path) {
         Ok(loaded) => loaded,
         Err(error) => {
@@ -422,6 +435,8 @@ fn run(path: &Path) -> ExitCode {
             config_path: path.to_path_buf(),
             config_digest: loaded.digest,
             metrics: Metrics::new(),
+            launch,
+            incoming,
         };
         tokio::select! {
             () = agent::run(options, loaded.config, control_rx) => ExitCode::SUCCESS,
@@ -750,6 +765,7 @@ async fn forward_signals(
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
+    let mut upgrade = signal(SignalKind::user_defined2())?;
     let mut stopping = false;
     loop {
         let name = tokio::select! {
@@ -758,6 +774,11 @@ async fn forward_signals(
             _ = hangup.recv() => {
                 info!("SIGHUP: reloading the config");
                 let _ = control.try_send(Control::Reload);
+                continue;
+            }
+            _ = upgrade.recv() => {
+                info!("SIGUSR2: upgrading in place");
+                let _ = control.try_send(Control::Upgrade);
                 continue;
             }
         };

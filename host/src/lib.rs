@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod desired;
 pub mod etcd;
+pub mod handover;
 pub mod instances_dir;
 pub mod list;
 pub mod local;

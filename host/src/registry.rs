@@ -97,8 +97,21 @@ impl RegistryStatus {
 pub struct RegistryHandle {
     target: watch::Sender<Arc<Target>>,
     status: watch::Receiver<RegistryStatus>,
-    stop: oneshot::Sender<Instant>,
+    /// What the current session holds (lease, keys, revisions), after
+    /// each round: what an upgrade hands the next process.
+    record: watch::Receiver<Option<LeaseRecord>>,
+    stop: oneshot::Sender<Stop>,
     done: oneshot::Receiver<()>,
+}
+
+/// How the actor ends.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// Delete every key and revoke the lease, giving up at the deadline.
+    Deregister(Instant),
+    /// An upgrade: another process holds the lease and the keys now. Stop
+    /// renewing and watching, write nothing, delete nothing.
+    HandOver,
 }
 
 impl RegistryHandle {
@@ -117,12 +130,14 @@ impl RegistryHandle {
         tracker: &TaskTracker,
         abort: CancellationToken,
     ) -> RegistryHandle {
-        Self::spawn_with_record(target, metrics, tracker, abort, None)
+        Self::spawn_with_record(target, metrics, tracker, abort, None, None)
     }
 
     /// [`spawn`], keeping the lease record in `record_dir` (see
     /// [`lease_record`]): a lease recorded there by a previous process is
-    /// adopted if etcd still keeps it.
+    /// adopted if etcd still keeps it. `handed`: the record the previous
+    /// process handed over on an upgrade (`crate::handover`), adopted the
+    /// same way and preferred to the file's.
     ///
     /// [`spawn`]: RegistryHandle::spawn
     pub fn spawn_with_record(
@@ -131,6 +146,7 @@ impl RegistryHandle {
         tracker: &TaskTracker,
         abort: CancellationToken,
         record_dir: Option<PathBuf>,
+        handed: Option<LeaseRecord>,
     ) -> RegistryHandle {
         let idle = target.is_none();
         let target = target.unwrap_or_else(|| Target {
@@ -143,6 +159,7 @@ impl RegistryHandle {
             target_rx.mark_unchanged();
         }
         let (status_tx, status_rx) = watch::channel(RegistryStatus::default());
+        let (record_tx, record_rx) = watch::channel(None);
         let (stop_tx, stop_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
         let initial = target_rx.borrow().clone();
@@ -167,7 +184,8 @@ impl RegistryHandle {
             reconnect: false,
             tracker: tracker.clone(),
             record_dir,
-            recorded: None,
+            recorded: handed,
+            record_tx,
             record_writer: None,
             key_watch: None,
             watch_generation: 0,
@@ -186,6 +204,7 @@ impl RegistryHandle {
         RegistryHandle {
             target: target_tx,
             status: status_rx,
+            record: record_rx,
             stop: stop_tx,
             done: done_rx,
         }
@@ -211,7 +230,24 @@ impl RegistryHandle {
     /// Stops renewing, deletes our keys and revokes the lease, giving up at
     /// `deadline`. Returns whether the actor finished in time.
     pub async fn stop(self, deadline: Instant) -> bool {
-        if self.stop.send(deadline).is_err() {
+        if self.stop.send(Stop::Deregister(deadline)).is_err() {
+            return true;
+        }
+        tokio::time::timeout_at(deadline, self.done).await.is_ok()
+    }
+
+    /// What the current session holds now (`None` before a lease), for
+    /// an upgrade's handover.
+    pub fn record(&self) -> Option<LeaseRecord> {
+        self.record.borrow().clone()
+    }
+
+    /// An upgrade handed the lease and the keys to a new process: stop
+    /// renewing and watching at once, delete nothing, revoke nothing (the
+    /// lease record file, if any, stays for the new process). Waits (at
+    /// most until `deadline`) for the actor to be done.
+    pub async fn hand_over(self, deadline: Instant) -> bool {
+        if self.stop.send(Stop::HandOver).is_err() {
             return true;
         }
         tokio::time::timeout_at(deadline, self.done).await.is_ok()
@@ -234,7 +270,7 @@ struct Actor {
     tracker: TaskTracker,
     target_rx: watch::Receiver<Arc<Target>>,
     target: Arc<Target>,
-    stop_rx: oneshot::Receiver<Instant>,
+    stop_rx: oneshot::Receiver<Stop>,
     status_tx: watch::Sender<RegistryStatus>,
     metrics: Metrics,
     session: Option<Session>,
@@ -257,6 +293,8 @@ struct Actor {
     /// A previous process's record, until the first session decides
     /// whether to adopt its lease.
     recorded: Option<LeaseRecord>,
+    /// The current session's record after each round (the handle reads it).
+    record_tx: watch::Sender<Option<LeaseRecord>>,
     record_writer: Option<RecordWriter>,
     /// The watch on the current session's keys.
     key_watch: Option<KeyWatch>,
@@ -272,27 +310,36 @@ struct Actor {
 }
 
 enum Wake {
-    Stop(Instant),
+    Stop(Stop),
     Work,
 }
 
 impl Actor {
     async fn run(mut self, idle: bool) {
         if let Some(dir) = self.record_dir.clone() {
-            self.recorded = tokio::task::spawn_blocking({
+            let on_file = tokio::task::spawn_blocking({
                 let dir = dir.clone();
                 move || lease_record::load(&dir)
             })
             .await
             .ok()
             .flatten();
+            // A handed-over record is newer than the file's.
+            if self.recorded.is_none() {
+                self.recorded = on_file;
+            }
             self.record_writer = Some(RecordWriter::start(dir));
         }
         if idle {
             // Nothing to hold yet: wait for the first target (or a stop,
             // with nothing to deregister).
             tokio::select! {
-                _ = &mut self.stop_rx => return self.clear_record().await,
+                stop = &mut self.stop_rx => {
+                    if let Ok(Stop::HandOver) = stop {
+                        return self.hand_over().await;
+                    }
+                    return self.clear_record().await;
+                }
                 changed = self.target_rx.changed() => {
                     if changed.is_err() {
                         return self.clear_record().await;
@@ -309,7 +356,7 @@ impl Actor {
                 None => self.recorded = Some(record),
             }
         }
-        let deadline = loop {
+        let stop = loop {
             self.publish_target_gauges();
             let started = Instant::now();
             let converged = self.converge().await;
@@ -337,11 +384,14 @@ impl Actor {
                 }
             };
             self.publish_status();
-            if let Wake::Stop(deadline) = self.wait(retry_at).await {
-                break deadline;
+            if let Wake::Stop(stop) = self.wait(retry_at).await {
+                break stop;
             }
         };
-        self.deregister(deadline).await;
+        match stop {
+            Stop::Deregister(deadline) => self.deregister(deadline).await,
+            Stop::HandOver => self.hand_over().await,
+        }
     }
 
     /// Capped exponential backoff with jitter: fast for a blip, at most
@@ -374,16 +424,18 @@ impl Actor {
             let has_lease = health.is_some();
             tokio::select! {
                 biased;
-                deadline = &mut self.stop_rx => {
+                stop = &mut self.stop_rx => {
                     // A dropped handle still gets an orderly stop.
-                    return Wake::Stop(deadline.unwrap_or_else(|_| {
-                        Instant::now() + crate::config::DEFAULT_SHUTDOWN_TIMEOUT
+                    return Wake::Stop(stop.unwrap_or_else(|_| {
+                        Stop::Deregister(Instant::now() + crate::config::DEFAULT_SHUTDOWN_TIMEOUT)
                     }));
                 }
                 changed = self.target_rx.changed() => {
                     if changed.is_err() {
                         // The supervisor is gone without stopping us.
-                        return Wake::Stop(Instant::now() + crate::config::DEFAULT_SHUTDOWN_TIMEOUT);
+                        return Wake::Stop(Stop::Deregister(
+                            Instant::now() + crate::config::DEFAULT_SHUTDOWN_TIMEOUT,
+                        ));
                     }
                     self.target = self.target_rx.borrow_and_update().clone();
                     return Wake::Work;
@@ -633,12 +685,20 @@ impl Actor {
         }
     }
 
-    /// Publishes the current session's record to the writer.
+    /// Publishes the current session's record to the handle and the writer.
     fn save_record(&self) {
-        let (Some(writer), Some(session)) = (&self.record_writer, &self.session) else {
+        let Some(record) = self.session.as_ref().and_then(Session::record) else {
             return;
         };
-        if let Some(record) = session.record() {
+        self.record_tx.send_if_modified(|current| {
+            if current.as_ref() == Some(&record) {
+                false
+            } else {
+                *current = Some(record.clone());
+                true
+            }
+        });
+        if let Some(writer) = &self.record_writer {
             writer.publish(record);
         }
     }
@@ -769,6 +829,25 @@ impl Actor {
             .iter()
             .filter(|(_, record)| record.kind == RecordKind::Instance)
             .map(|(key, _)| key.clone())
+    }
+
+    /// Upgrade: the new process holds the lease now. No renewal, watch or
+    /// write after this point, and nothing deleted or revoked; the record
+    /// file is left to the new process (the writer finishes a write under
+    /// way, then stops).
+    async fn hand_over(mut self) {
+        self.key_watch = None;
+        for session in self.session.iter_mut().chain(self.retiring.iter_mut()) {
+            session.stop_renewing();
+        }
+        if let Some(writer) = self.record_writer.take() {
+            writer.finish().await;
+        }
+        info!(
+            lease = self.session.as_ref().map_or(0, Session::lease_id),
+            "registrations handed over to the new process: nothing deleted, lease not revoked"
+        );
+        let _ = self.status_tx.send(RegistryStatus::default());
     }
 
     /// Stop: no renewal or write after this point (a late heartbeat must not

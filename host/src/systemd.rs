@@ -15,6 +15,10 @@ use crate::registry::RegistryStatus;
 
 pub struct Notifier {
     ready_sent: bool,
+    /// Started by an upgrade: readiness also says this process is the
+    /// service's main process now (`MAINPID=`; the unit needs
+    /// `NotifyAccess=all`, the sender not being the main process yet).
+    taking_over: bool,
     last_status: String,
     /// Half the watchdog timeout, when systemd asked for pings.
     pub watchdog_every: Option<Duration>,
@@ -26,6 +30,7 @@ impl Notifier {
         let watchdog_every = watchdog_timeout().map(|timeout| timeout / 2);
         Notifier {
             ready_sent: false,
+            taking_over: false,
             last_status: String::new(),
             watchdog_every,
         }
@@ -49,13 +54,27 @@ impl Notifier {
         }
     }
 
+    /// This process was started by an upgrade: its readiness makes it the
+    /// main process.
+    pub fn take_over(&mut self) {
+        self.taking_over = true;
+    }
+
     /// Follows the registry: readiness the first time every instance is
     /// registered, and a status line whenever the picture changes.
     pub fn registry(&mut self, status: &RegistryStatus) {
         let text = status.summary();
         if status.ready && !self.ready_sent {
             self.ready_sent = true;
-            Self::send(&[NotifyState::Ready, NotifyState::Status(&text)]);
+            if self.taking_over {
+                Self::send(&[
+                    NotifyState::MainPid(std::process::id()),
+                    NotifyState::Ready,
+                    NotifyState::Status(&text),
+                ]);
+            } else {
+                Self::send(&[NotifyState::Ready, NotifyState::Status(&text)]);
+            }
         } else if text != self.last_status {
             Self::send(&[NotifyState::Status(&text)]);
         }

@@ -26,3 +26,4 @@ mod shutdown;
 mod status_page;
 mod straggler;
 mod supervisor;
+mod upgrade;

@@ -6,7 +6,7 @@
 //!     ./scripts/bench stall plugins   # only these sections (first, many,
 //!                                     # recovery, edits, stall, plugins,
 //!                                     # polyglot, checks, checkplugin, idle, api,
-//!                                     # flood)
+//!                                     # flood, upgrade)
 //!     ./scripts/bench watchers        # 10 minutes; only when named
 //!     ./scripts/bench --fleet         # 1,000 agents against a 3-member cluster
 //!                                     # (only when asked for: about 5 minutes;
@@ -33,6 +33,7 @@ mod stall;
 #[allow(dead_code, unused_imports)]
 #[path = "../../../tests/integration/support.rs"]
 mod support;
+mod upgrade;
 mod watchers;
 
 use api::{API_CLIENTS, API_SUSTAINED, API_TRIALS, api_registrations};
@@ -49,6 +50,7 @@ use plugins::{plugin_costs, polyglot_costs};
 use recovery::recovery;
 use stall::stall_during_compile;
 use support::Etcd;
+use upgrade::{UPGRADE_INSTANCES, upgrade_in_place};
 use watchers::{WATCH_WINDOW, watchers};
 
 #[tokio::main]
@@ -127,6 +129,11 @@ async fn main() {
             "bench: local API registrations ({API_TRIALS} one by one, then {API_SUSTAINED} from {API_CLIENTS} clients)"
         );
         api_registrations(&etcd, &mut rows).await;
+    }
+
+    if wanted("upgrade") {
+        eprintln!("bench: upgrade in place with {UPGRADE_INSTANCES} instances");
+        upgrade_in_place(&mut rows).await;
     }
 
     println!();

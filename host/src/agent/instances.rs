@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -16,6 +17,7 @@ use super::input::{Folder, FolderInput, Found, Scanner};
 use super::shutdown::Stops;
 use crate::api::{self, ApiChange, ApiReply, ApiRequest, ApiServer};
 use crate::config::{self, Config};
+use crate::handover::{HandedRegistration, HandedSocket, HandedTcp, Incoming, Inherited};
 use crate::instances_dir::{self, DirScan, InstancesDir};
 use crate::local::{self, LocalState, Source};
 use crate::record;
@@ -148,11 +150,19 @@ pub(super) struct Instances {
     /// Writes maintenance to the state folder, if there is one (the
     /// writer task holds the receiver).
     state_writer: Option<watch::Sender<Maintenance>>,
+    /// The JSON each API registration was made with, by id: what an
+    /// upgrade hands over.
+    api_bodies: BTreeMap<String, String>,
 }
 
 /// What [`Instances::new`] takes besides the config.
 pub(super) struct LocalParts {
     pub maintenance: Maintenance,
+    /// Drains and API registrations handed over by the previous process
+    /// on an upgrade.
+    pub drained: BTreeSet<String>,
+    pub node_drained: bool,
+    pub api_registrations: Vec<HandedRegistration>,
     pub api: Option<ApiServer>,
     pub check_defaults: watch::Sender<config::CheckTiming>,
     pub state_writer: Option<watch::Sender<Maintenance>>,
@@ -161,18 +171,35 @@ pub(super) struct LocalParts {
 impl LocalParts {
     /// Starts the local API server (its calls go to `calls`; the
     /// supervisor's inbox holds the receiver), reads the maintenance in
-    /// force from the state folder and starts its writer.
+    /// force from the state folder and starts its writer. On an upgrade,
+    /// `incoming` holds the listeners, maintenance and drains the previous
+    /// process handed over.
     pub async fn start(
         config: &Config,
         calls: mpsc::Sender<ApiRequest>,
         tracker: &TaskTracker,
         stops: &Stops,
+        incoming: Option<&mut Incoming>,
     ) -> LocalParts {
         let local = &config.agent.local;
         let (check_defaults, defaults_rx) = watch::channel(local.check_defaults.clone());
+        let mut none = Inherited::default();
+        let (inherited, handed) = match incoming {
+            Some(incoming) => (&mut incoming.listeners, Some(&incoming.handover)),
+            None => (&mut none, None),
+        };
         let api = match local.api.as_ref() {
             Some(api_config) => {
-                match api::start(api_config, calls, defaults_rx, tracker, &stops.api).await {
+                match api::start(
+                    api_config,
+                    calls,
+                    defaults_rx,
+                    tracker,
+                    &stops.api,
+                    inherited,
+                )
+                .await
+                {
                     Ok(server) => Some(server),
                     Err(error) => {
                         error!(%error, "cannot start the local API; running without it (fix agent.api and restart)");
@@ -186,11 +213,12 @@ impl LocalParts {
         let state_dir = (local.api.is_some() || local.state_dir.is_some())
             .then(|| state_dir::resolve(local.state_dir.as_deref()))
             .flatten();
-        let maintenance = match state_dir.clone() {
-            Some(dir) => tokio::task::spawn_blocking(move || state_dir::load(&dir))
+        let maintenance = match (handed, state_dir.clone()) {
+            (Some(handed), _) => handed.maintenance.clone(),
+            (None, Some(dir)) => tokio::task::spawn_blocking(move || state_dir::load(&dir))
                 .await
                 .unwrap_or_default(),
-            None => Maintenance::default(),
+            (None, None) => Maintenance::default(),
         };
         if maintenance != Maintenance::default() {
             info!(node = ?maintenance.node, instances = maintenance.instances.len(), "maintenance in force from the state folder");
@@ -199,6 +227,9 @@ impl LocalParts {
             .map(|dir| state_dir::writer(dir, maintenance.clone(), tracker, stops.state.clone()));
         LocalParts {
             maintenance,
+            drained: handed.map(|h| h.drained.clone()).unwrap_or_default(),
+            node_drained: handed.is_some_and(|h| h.node_drained),
+            api_registrations: handed.map(|h| h.api.clone()).unwrap_or_default(),
             api,
             check_defaults,
             state_writer,
@@ -225,13 +256,69 @@ impl Instances {
             sources: Vec::new(),
             config_path,
             folder,
-            local: LocalState::new(parts.maintenance),
+            local: LocalState {
+                drained: parts.drained,
+                node_drained: parts.node_drained,
+                ..LocalState::new(parts.maintenance)
+            },
             api: parts.api,
             check_defaults: parts.check_defaults,
             state_writer: parts.state_writer,
+            api_bodies: BTreeMap::new(),
         };
         instances.refresh(config);
+        instances.take_handed(parts.api_registrations, config);
         instances
+    }
+
+    /// The API registrations an upgrade handed over, registered again
+    /// from their JSON (with this config's rules) with their TTLs where
+    /// they stood.
+    fn take_handed(&mut self, handed: Vec<HandedRegistration>, config: &Config) {
+        let now = Instant::now();
+        let defaults = &config.agent.local.check_defaults;
+        for registration in handed {
+            let HandedRegistration {
+                id,
+                body,
+                ttl_left_ms,
+                expired,
+            } = registration;
+            let parsed = match api::body::registration(body.as_bytes(), defaults) {
+                Ok(parsed) => parsed,
+                Err(problems) => {
+                    warn!(%id, problems = %problems.join("; "), "upgrade: an API registration the previous process held is refused now; its app must register again");
+                    continue;
+                }
+            };
+            let (reply, _) = self.register(id.clone(), parsed, body, config);
+            if reply.status != 200 {
+                warn!(%id, answer = %reply.body, "upgrade: an API registration the previous process held is refused now");
+                continue;
+            }
+            if let Some(entry) = self.local.api.get_mut(&id) {
+                if entry.due.is_some() {
+                    entry.due = Some(now + Duration::from_millis(ttl_left_ms.unwrap_or(0)));
+                }
+                entry.expired = expired;
+            }
+        }
+    }
+
+    /// The API registrations, to hand over on an upgrade.
+    pub fn registrations_handed(&self) -> Vec<HandedRegistration> {
+        let now = Instant::now();
+        (self.local.api.iter())
+            .filter_map(|(id, entry)| {
+                Some(HandedRegistration {
+                    id: id.clone(),
+                    body: self.api_bodies.get(id)?.clone(),
+                    ttl_left_ms: (entry.due)
+                        .map(|due| due.saturating_duration_since(now).as_millis() as u64),
+                    expired: entry.expired,
+                })
+            })
+            .collect()
     }
 
     /// Where each instance of [`Instances::effective`] came from, in the
@@ -281,6 +368,21 @@ impl Instances {
     pub fn stop_inputs(&mut self) {
         self.api = None;
         self.folder = None;
+    }
+
+    /// The local API's listeners, to hand over on an upgrade.
+    pub fn api_handed(&self) -> (Option<HandedSocket>, Option<HandedTcp>) {
+        match self.api.as_ref().map(ApiServer::handed) {
+            Some((socket, tcp)) => (Some(socket), tcp),
+            None => (None, None),
+        }
+    }
+
+    /// An upgrade handed the socket over: stopping leaves its file.
+    pub fn keep_socket_file(&mut self) {
+        if let Some(api) = self.api.as_mut() {
+            api.keep_socket_file();
+        }
     }
 
     /// Stops the state writer (it writes what it holds first).
@@ -479,9 +581,14 @@ impl Instances {
     /// (`status::listing`), which reads the checks too.
     pub fn call(&mut self, call: ApiChange, config: &Config) -> (ApiReply, Moved) {
         match call {
-            ApiChange::Register { id, registration } => self.register(id, *registration, config),
+            ApiChange::Register {
+                id,
+                registration,
+                body,
+            } => self.register(id, *registration, body, config),
             ApiChange::Deregister { id } => {
                 if let Some(entry) = self.local.api.remove(&id) {
+                    self.api_bodies.remove(&id);
                     let instance = &entry.registration.instance;
                     let key = record::registry_key(&config.registry.prefix, instance);
                     info!(%id, service = %instance.service_label(), %key, "API deregistration");
@@ -676,6 +783,7 @@ impl Instances {
         &mut self,
         id: String,
         registration: config::ApiInstance,
+        body: String,
         config: &Config,
     ) -> (ApiReply, Moved) {
         let key = record::registry_key(&config.registry.prefix, &registration.instance);
@@ -708,6 +816,7 @@ impl Instances {
         info!(%id, %key, service = %registration.instance.service_label(), ?ttl, replaced, "API registration");
         self.local
             .register(id.clone(), registration, Instant::now());
+        self.api_bodies.insert(id.clone(), body);
         let old = self.upsert_api(&id, &key);
         let reply = ApiReply::ok(serde_json::json!({"id": id, "key": key, "replaced": replaced}));
         (reply, Moved::instances(old.into_iter().chain([key])))

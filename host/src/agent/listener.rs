@@ -34,16 +34,26 @@ pub(super) struct AdminListener {
 }
 
 impl AdminListener {
-    /// Serves on `wanted` (if set). A port that cannot be bound is logged
-    /// and the agent runs without it (registration matters more).
+    /// Serves on `wanted` (if set): on `inherited`, the listener an
+    /// upgrade handed over for that address, else on a new one. A port
+    /// that cannot be bound is logged and the agent runs without it
+    /// (registration matters more).
     pub async fn start(
         wanted: Option<SocketAddr>,
+        inherited: Option<std::net::TcpListener>,
         sources: admin::Sources,
         tracker: TaskTracker,
         stop: CancellationToken,
         rebound: mpsc::Sender<Option<AdminServer>>,
     ) -> AdminListener {
+        let handed = match (wanted, inherited) {
+            (Some(listen), Some(listener)) => tokio::net::TcpListener::from_std(listener)
+                .and_then(|l| admin::serve_on(l, listen, sources.clone(), &tracker, &stop))
+                .ok(),
+            _ => None,
+        };
         let server = match wanted {
+            _ if handed.is_some() => handed,
             Some(listen) => match admin::start(listen, sources.clone(), &tracker, &stop).await {
                 Ok(server) => Some(server),
                 Err(error) => {
@@ -62,6 +72,11 @@ impl AdminListener {
             stop,
             rebound,
         }
+    }
+
+    /// The listener to hand over on an upgrade (none while it moves).
+    pub fn handed(&self) -> Option<crate::handover::HandedTcp> {
+        self.server.as_ref().map(AdminServer::handed)
     }
 
     /// The config wants `wanted` now.

@@ -55,6 +55,11 @@ impl Publisher {
         }
     }
 
+    /// The registry's handle.
+    pub fn registry(&self) -> &RegistryHandle {
+        &self.registry
+    }
+
     /// The registry's handle, for the shutdown.
     pub fn into_registry(self) -> RegistryHandle {
         self.registry

@@ -27,6 +27,8 @@ async fn supervisor(path: &Path) -> (Supervisor, mpsc::Sender<Control>) {
         config_path: path.to_path_buf(),
         config_digest: loaded.digest,
         metrics: Metrics::new(),
+        launch: None,
+        incoming: None,
     };
     let supervisor = Supervisor::start(options, loaded.config, control_rx).await;
     (supervisor, control_tx)

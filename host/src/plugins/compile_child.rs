@@ -228,6 +228,12 @@ pub fn main_if_asked() -> Option<ExitCode> {
 }
 
 fn child_main() -> ExitCode {
+    // `systemctl kill -s USR2` (an upgrade in place) signals every process
+    // of the unit: a compile under way is not what it is meant for.
+    // SAFETY: setting a signal's disposition to ignore, before any thread.
+    unsafe {
+        libc::signal(libc::SIGUSR2, libc::SIG_IGN);
+    }
     let mut bytes = Vec::new();
     if let Err(error) = std::io::stdin().lock().read_to_end(&mut bytes) {
         eprintln!("cannot read the component: {error}");

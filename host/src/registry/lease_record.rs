@@ -164,6 +164,13 @@ impl RecordWriter {
         });
     }
 
+    /// Stops the writer without touching the file (an upgrade hands it to
+    /// the next process): a write under way finishes first.
+    pub async fn finish(self) {
+        drop(self.tx);
+        let _ = self.task.await;
+    }
+
     /// Removes the record (after a deregistration) and waits for the
     /// writer to be done, so no older record is written after.
     pub async fn clear(self) {

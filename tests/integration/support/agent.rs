@@ -165,12 +165,23 @@ impl Agent {
     /// Starts the agent with `configure` applied to its command last (an
     /// environment, a resource limit, another user).
     pub fn spawn_configured(&mut self, extra_args: &[&str], configure: impl FnOnce(&mut Command)) {
+        self.spawn_program(&agent_binary(), extra_args, configure);
+    }
+
+    /// Starts `program` (a copy of the agent binary somewhere else) as the
+    /// agent, with `configure` applied to its command last.
+    pub fn spawn_program(
+        &mut self,
+        program: &Path,
+        extra_args: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log_path)
             .unwrap();
-        let mut command = Command::new(agent_binary());
+        let mut command = Command::new(program);
         command
             .args(extra_args)
             .arg("run")
