@@ -232,12 +232,14 @@ impl Members {
             Err(error) if is_connect_error(&error) => error,
             other => return Ok(other?),
         };
+        let mut failed = uri;
         for (next, channel) in tries {
-            debug!(endpoint = %uri, next = %next, error = %last, "cannot connect to the etcd member; sending to the next one");
+            debug!(endpoint = %failed, next = %next, error = %last, "cannot connect to the etcd member; sending to the next one");
             match self.attempt(&next, channel, copy(&parts, &body)).await {
                 Err(error) if is_connect_error(&error) => last = error,
                 other => return Ok(other?),
             }
+            failed = next;
         }
         Err(last.into())
     }
