@@ -24,8 +24,7 @@
 //! connection on the same tracker; cancelling the server's token stops the
 //! accept loop at once and gives each connection [`STOP_GRACE`] to finish.
 
-use std::future::Future;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -34,11 +33,14 @@ use axum::Router;
 use futures_util::StreamExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::warn;
+use tracing::{error, warn};
 
 /// Open files kept for the agent's own work, whatever its listeners hold.
 pub const RESERVED_FILES: u64 = 512;
@@ -76,27 +78,103 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 /// Pause after a failed accept (out of file descriptors: let some close).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(20);
 
-/// A listener the server accepts connections from.
+/// A listener the server accepts connections from. The accept loop takes
+/// connections as bare descriptors (`accept4`), asks who opened them, and
+/// hands only the ones it serves to the runtime: one it closes at once
+/// costs three system calls, never a registration with the reactor.
 pub trait Accept: Send + 'static {
     type Io: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send + 'static;
-    fn accept(&mut self) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
+    /// The listening socket, for the accept loop to own.
+    fn into_fd(self) -> std::io::Result<OwnedFd>;
+    /// The backlog to listen with, if not the one it was bound with.
+    const BACKLOG: Option<i32> = None;
+    /// The user id of the process that opened the connection `fd`, when
+    /// the listener can tell.
+    fn peer_uid(fd: &OwnedFd) -> Option<u32>;
+    /// The connection `fd` (non-blocking), for the runtime to serve.
+    fn io(fd: OwnedFd) -> std::io::Result<Self::Io>;
 }
 
 impl Accept for tokio::net::TcpListener {
     type Io = tokio::net::TcpStream;
-    async fn accept(&mut self) -> std::io::Result<Self::Io> {
-        tokio::net::TcpListener::accept(self)
-            .await
-            .map(|(io, _)| io)
+    fn into_fd(self) -> std::io::Result<OwnedFd> {
+        Ok(self.into_std()?.into())
+    }
+    /// Looked up in the kernel's socket table ([`peer`]): known for a
+    /// peer on this node.
+    fn peer_uid(fd: &OwnedFd) -> Option<u32> {
+        peer::tcp_peer_uid(fd)
+    }
+    fn io(fd: OwnedFd) -> std::io::Result<Self::Io> {
+        tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd))
     }
 }
 
 impl Accept for tokio::net::UnixListener {
     type Io = tokio::net::UnixStream;
-    async fn accept(&mut self) -> std::io::Result<Self::Io> {
-        tokio::net::UnixListener::accept(self)
-            .await
-            .map(|(io, _)| io)
+    /// Short, so a client waits behind few connections another user
+    /// queued (each is closed in microseconds, but a flood queues
+    /// thousands with the kernel's default of 4,096); a connect that finds
+    /// it full waits in the kernel (a blocking one, as the command line's)
+    /// or fails with `EAGAIN` (a non-blocking one) until the agent takes
+    /// one.
+    const BACKLOG: Option<i32> = Some(SOCKET_BACKLOG);
+    fn into_fd(self) -> std::io::Result<OwnedFd> {
+        Ok(self.into_std()?.into())
+    }
+    /// `SO_PEERCRED`: the user of the process that connected.
+    fn peer_uid(fd: &OwnedFd) -> Option<u32> {
+        let mut cred = libc::ucred {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        };
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: getsockopt into a local struct of the length given.
+        let done = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&raw mut cred).cast(),
+                &mut len,
+            )
+        };
+        (done == 0).then_some(cred.uid)
+    }
+    fn io(fd: OwnedFd) -> std::io::Result<Self::Io> {
+        tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(fd))
+    }
+}
+
+/// The API socket's backlog (see [`Accept::BACKLOG`]).
+pub const SOCKET_BACKLOG: i32 = 128;
+
+/// The next connection on `listener`, non-blocking and close-on-exec.
+async fn accept_fd(listener: &AsyncFd<OwnedFd>) -> std::io::Result<OwnedFd> {
+    loop {
+        let mut ready = listener.readable().await?;
+        let accepted = ready.try_io(|fd| {
+            // SAFETY: accept4 on our listening descriptor, no address
+            // asked; a descriptor it returns is ours to own.
+            let raw = unsafe {
+                libc::accept4(
+                    fd.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                )
+            };
+            if raw < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                // SAFETY: a new descriptor no one else owns.
+                Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+            }
+        });
+        if let Ok(result) = accepted {
+            return result;
+        }
     }
 }
 
@@ -173,9 +251,82 @@ impl Limits {
     }
 }
 
+/// Who opened a connection, as far as the listener can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    /// Root or the agent's own user: may take any slot, including the
+    /// [`reserved_slots`] no one else may.
+    Trusted,
+    /// Another local user: at most [`user_share`] connections.
+    User(u32),
+    /// Not known (a TCP peer the listener cannot map to a user).
+    Unknown,
+}
+
+impl Peer {
+    fn of(uid: Option<u32>, own: u32) -> Peer {
+        match uid {
+            Some(uid) if uid == 0 || uid == own => Peer::Trusted,
+            Some(uid) => Peer::User(uid),
+            None => Peer::Unknown,
+        }
+    }
+}
+
+/// How many connections of a listener capped at `cap` one local user other
+/// than root and the agent's own may hold: a quarter.
+pub fn user_share(cap: usize) -> usize {
+    (cap / 4).max(1)
+}
+
+/// How many connections of a listener capped at `cap` only root and the
+/// agent's own user may take: a quarter (so a flood from any number of
+/// other users never leaves the operator's command line without a slot).
+pub fn reserved_slots(cap: usize) -> usize {
+    (cap / 4).max(1)
+}
+
+/// Why a listener closed a connection it accepted before serving it: the
+/// `reason` label of `ygg_agent_listener_connections_closed_total`.
+pub const CLOSED_REASONS: [&str; 4] = ["user_share", "full", "probation", "evicted"];
+/// The `listener` labels of the same metric.
+pub const LISTENER_LABELS: [&str; 3] = ["admin", "api_socket", "api_tcp"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ClosedLabel {
+    pub listener: &'static str,
+    pub reason: &'static str,
+}
+
+/// Connections the listeners closed before serving them, by listener and
+/// reason (one family for the process; [`crate::metrics::Metrics`]
+/// registers it).
+pub fn closed_connections() -> &'static Family<ClosedLabel, Counter> {
+    static CLOSED: std::sync::OnceLock<Family<ClosedLabel, Counter>> = std::sync::OnceLock::new();
+    CLOSED.get_or_init(|| {
+        let family = Family::default();
+        for listener in LISTENER_LABELS {
+            for reason in CLOSED_REASONS {
+                let _ = family.get_or_create(&ClosedLabel { listener, reason });
+            }
+        }
+        family
+    })
+}
+
+/// The metric label of the listener named `name` in log lines.
+fn listener_label(name: &'static str) -> &'static str {
+    match name {
+        "local API (socket)" => "api_socket",
+        "local API (TCP)" => "api_tcp",
+        other => other,
+    }
+}
+
 /// One open connection, as the accept loop sees it.
 struct Open {
     opened: Instant,
+    peer: Peer,
     /// Requests being answered on it now (0: still reading a head, or idle
     /// between requests: the connection may be closed to make room).
     busy: Arc<AtomicUsize>,
@@ -185,10 +336,78 @@ struct Open {
     ended: CancellationToken,
 }
 
+impl Open {
+    fn idle(&self) -> bool {
+        self.busy.load(Ordering::Acquire) == 0
+    }
+}
+
+/// What the accept loop does with a new connection.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    /// Serve it (after closing the open connection at this index, if any).
+    Serve(Option<usize>),
+    /// Give it [`PROBATION`] to show its request head.
+    Probation,
+    /// Close it at once, for this reason (one of [`CLOSED_REASONS`]).
+    Close(&'static str),
+}
+
+/// Whether `peer` is another user already holding its [`user_share`] of
+/// `open` under a cap of `cap`: its new connection is closed at once.
+fn over_share(open: &[Open], peer: Peer, cap: usize) -> bool {
+    matches!(peer, Peer::User(_))
+        && open.iter().filter(|c| c.peer == peer).count() >= user_share(cap)
+}
+
+/// Where a new connection from `peer` (within its share: [`over_share`])
+/// goes among `open` (ended ones already left out) under a cap of `cap`;
+/// `primed`: its whole request head is already there; `probation_free`: a
+/// probation slot is free.
+///
+/// Other users
+/// (and unknown peers) together never hold the [`reserved_slots`]; at
+/// their limit, the oldest idle connection that is not root's or the
+/// agent's user's makes room (one that had [`EVICTABLE_AFTER`], unless the
+/// new one is primed). Root and the agent's user may take any slot; a full
+/// listener closes an idle connection of another user for them at once,
+/// else the oldest idle one as for others.
+fn admit(
+    open: &[Open],
+    peer: Peer,
+    primed: bool,
+    cap: usize,
+    probation_free: bool,
+    now: Instant,
+) -> Admit {
+    let others = open.iter().filter(|c| c.peer != Peer::Trusted).count();
+    let evictable =
+        |c: &Open| c.idle() && (primed || now.duration_since(c.opened) >= EVICTABLE_AFTER);
+    let victim = if peer == Peer::Trusted {
+        if open.len() < cap {
+            return Admit::Serve(None);
+        }
+        open.iter()
+            .position(|c| c.peer != Peer::Trusted && c.idle())
+            .or_else(|| open.iter().position(evictable))
+    } else {
+        if others < cap.saturating_sub(reserved_slots(cap)) && open.len() < cap {
+            return Admit::Serve(None);
+        }
+        open.iter()
+            .position(|c| c.peer != Peer::Trusted && evictable(c))
+    };
+    match victim {
+        Some(index) => Admit::Serve(Some(index)),
+        None if !primed && probation_free => Admit::Probation,
+        None => Admit::Close("full"),
+    }
+}
+
 /// Serves `router` on `listener` under `limits` until `stop` is cancelled;
 /// `name` names the listener in log lines. Connections run on `tracker`.
 pub async fn serve<L: Accept>(
-    mut listener: L,
+    listener: L,
     router: Router,
     limits: Limits,
     name: &'static str,
@@ -202,25 +421,59 @@ pub async fn serve<L: Accept>(
         .max_buf_size(limits.max_header_bytes.max(8192))
         .max_headers(MAX_HEADERS);
     let builder = Arc::new(builder);
+    let listener = match listener.into_fd().and_then(|fd| {
+        if let Some(backlog) = L::BACKLOG {
+            // SAFETY: listen(2) again on a listening socket only sets its
+            // backlog.
+            if unsafe { libc::listen(fd.as_raw_fd(), backlog) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        // SAFETY: an OwnedFd: open, the same description as long as the
+        // AsyncFd owns it.
+        unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            .map_err(std::io::Error::from)
+    }) {
+        Ok(listener) => listener,
+        Err(error) => {
+            error!(listener = name, %error, "cannot serve the listener");
+            return;
+        }
+    };
+    let own = crate::socket_dir::euid();
+    let label = listener_label(name);
+    let closed = |reason: &'static str| {
+        closed_connections()
+            .get_or_create(&ClosedLabel {
+                listener: label,
+                reason,
+            })
+            .inc();
+    };
     let mut open: Vec<Open> = Vec::with_capacity(limits.max_connections);
     // New connections over the cap, given `PROBATION` to show a whole
-    // request head: (the connection, whether it did).
+    // request head: (the connection, its peer, whether it did).
     let mut probation: futures_util::stream::FuturesUnordered<
-        futures_util::future::BoxFuture<'static, (L::Io, bool)>,
+        futures_util::future::BoxFuture<'static, (OwnedFd, Peer, bool)>,
     > = Default::default();
     let mut full = Throttled::new();
     let mut failing = Throttled::new();
+    let mut shared_out = Throttled::new();
     loop {
-        let (io, probed) = tokio::select! {
+        let (io, peer, probed) = tokio::select! {
             _ = stop.cancelled() => return,
-            Some((io, primed)) = probation.next(), if !probation.is_empty() => {
+            Some((io, peer, primed)) = probation.next(), if !probation.is_empty() => {
                 if !primed {
+                    closed("probation");
                     continue;
                 }
-                (io, true)
+                (io, peer, true)
             }
-            accepted = listener.accept() => match accepted {
-                Ok(io) => (io, false),
+            accepted = accept_fd(&listener) => match accepted {
+                Ok(fd) => {
+                    let peer = Peer::of(L::peer_uid(&fd), own);
+                    (fd, peer, false)
+                }
                 Err(error) => {
                     if let Some(more) = failing.due() {
                         warn!(listener = name, %error, more, "cannot accept a connection; trying again");
@@ -233,53 +486,82 @@ pub async fn serve<L: Accept>(
             },
         };
         open.retain(|c| !c.ended.is_cancelled());
+        // Over one user's share: closed before anything else is looked at.
+        if let Peer::User(uid) = peer
+            && over_share(&open, peer, limits.max_connections)
+        {
+            closed("user_share");
+            if let Some(more) = shared_out.due() {
+                warn!(
+                    listener = name,
+                    uid,
+                    share = user_share(limits.max_connections),
+                    more,
+                    "a user holds its whole share of connections; closing its new ones"
+                );
+            }
+            drop(io);
+            continue;
+        }
         // Busy from the start when its request head is already there: it
         // is served next, and may take the place of an idle connection.
         let primed = probed || has_request_head(io.as_raw_fd());
-        if open.len() >= limits.max_connections {
-            // Oldest first: the one waiting longest for a request head. A
-            // connection with nothing to ask yet replaces only one that
-            // had `EVICTABLE_AFTER` to send its head (so a flood of
-            // half-sent requests churns at most the cap per that time).
-            let now = Instant::now();
-            let victim = open.iter().position(|c| {
-                c.busy.load(Ordering::Acquire) == 0
-                    && (primed || now.duration_since(c.opened) >= EVICTABLE_AFTER)
-            });
-            match victim {
-                Some(idle) => open.remove(idle).close.cancel(),
-                None if !primed && probation.len() < PROBATION_SLOTS => {
-                    // Perhaps a client whose request is on its way.
-                    probation.push(Box::pin(probe(io)));
-                    continue;
-                }
-                None => {
-                    if let Some(more) = full.due() {
-                        warn!(
-                            listener = name,
-                            connections = open.len(),
-                            more,
-                            "connection limit reached; closing new connections until one frees"
-                        );
-                    }
-                    drop(io);
-                    continue;
+        let probation_free = probation.len() < PROBATION_SLOTS;
+        match admit(
+            &open,
+            peer,
+            primed,
+            limits.max_connections,
+            probation_free,
+            Instant::now(),
+        ) {
+            Admit::Serve(None) => {}
+            Admit::Serve(Some(victim)) => {
+                open.remove(victim).close.cancel();
+                closed("evicted");
+                if let Some(more) = full.due() {
+                    warn!(
+                        listener = name,
+                        connections = open.len() + 1,
+                        more,
+                        "connection limit reached; closing the oldest that has not sent a whole request"
+                    );
                 }
             }
-            if let Some(more) = full.due() {
-                warn!(
-                    listener = name,
-                    connections = open.len() + 1,
-                    more,
-                    "connection limit reached; closing the oldest that has not sent a whole request"
-                );
+            Admit::Probation => {
+                // Perhaps a client whose request is on its way.
+                probation.push(Box::pin(probe(io, peer)));
+                continue;
+            }
+            Admit::Close(reason) => {
+                closed(reason);
+                if let Some(more) = full.due() {
+                    warn!(
+                        listener = name,
+                        connections = open.len(),
+                        more,
+                        "connection limit reached; closing new connections until one frees"
+                    );
+                }
+                drop(io);
+                continue;
             }
         }
         let connection = Open {
             opened: Instant::now(),
+            peer,
             busy: Arc::new(AtomicUsize::new(usize::from(primed))),
             close: CancellationToken::new(),
             ended: CancellationToken::new(),
+        };
+        let io = match L::io(io) {
+            Ok(io) => io,
+            Err(error) => {
+                if let Some(more) = failing.due() {
+                    warn!(listener = name, %error, more, "cannot serve an accepted connection");
+                }
+                continue;
+            }
         };
         tracker.spawn(run_connection(
             io,
@@ -298,14 +580,14 @@ pub async fn serve<L: Accept>(
 
 /// `io` and whether it holds a whole request head within `PROBATION`
 /// (looked at every `PROBATION_STEP`).
-async fn probe<I: AsRawFd>(io: I) -> (I, bool) {
+async fn probe<I: AsRawFd>(io: I, peer: Peer) -> (I, Peer, bool) {
     let deadline = Instant::now() + PROBATION;
     loop {
         if has_request_head(io.as_raw_fd()) {
-            return (io, true);
+            return (io, peer, true);
         }
         if Instant::now() >= deadline {
-            return (io, false);
+            return (io, peer, false);
         }
         tokio::time::sleep(PROBATION_STEP).await;
     }
@@ -418,6 +700,9 @@ impl Throttled {
         Some(std::mem::take(&mut self.held))
     }
 }
+
+#[path = "bounded/peer.rs"]
+mod peer;
 
 #[cfg(test)]
 #[path = "bounded/tests.rs"]

@@ -2,6 +2,8 @@
 //! timeouts), a deadline on every request, and errors that say what went
 //! wrong in words an operator can act on.
 
+mod failover;
+
 use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
@@ -138,8 +140,9 @@ pub async fn before<T>(
 /// Builds a client. With credentials this authenticates, so it can fail on
 /// a wrong password; without, the connection is made by the first request.
 pub async fn connect(config: &ClientConfig) -> Result<Client, EtcdError> {
+    // The connect timeout is the channel's (`failover`), so that a member
+    // not answering within it counts as refused.
     let mut options = ConnectOptions::new()
-        .with_connect_timeout(config.dial_timeout)
         .with_keep_alive(HTTP2_PING_INTERVAL, config.dial_timeout)
         .with_keep_alive_while_idle(true);
     if let Some(credentials) = &config.credentials {
@@ -161,7 +164,13 @@ pub async fn connect(config: &ClientConfig) -> Result<Client, EtcdError> {
     }
     within(
         config.dial_timeout,
-        Client::connect(&config.endpoints, Some(options)),
+        Client::connect_with_balanced_channel(
+            &config.endpoints,
+            Some(options),
+            failover::Failover {
+                connect_timeout: Some(config.dial_timeout),
+            },
+        ),
     )
     .await
 }

@@ -206,6 +206,11 @@ impl Metrics {
             "1 while the plugins folder is refused because another user could write it",
             plugins_folder_refused.clone(),
         );
+        registry.register(
+            "listener_connections_closed",
+            "Connections a listener (admin, api_socket, api_tcp) closed before serving them, by reason (user_share, full, probation, evicted)",
+            crate::bounded::closed_connections().clone(),
+        );
         Metrics {
             registrations,
             deregistrations,

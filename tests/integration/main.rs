@@ -24,5 +24,6 @@ mod registration;
 mod reload;
 mod shutdown;
 mod status_page;
+mod straggler;
 mod supervisor;
 mod upgrade;

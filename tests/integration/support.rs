@@ -9,8 +9,9 @@
 //! is killed when its handle drops. Tests `use crate::support::*`.
 //!
 //! Used by name rather than glob: the gap observer (`observer`), the
-//! helpers the fault tests share (`faults`) and a plugin that takes seconds
-//! to compile (`big_component`).
+//! helpers the fault tests share (`faults`), a plugin that takes seconds
+//! to compile (`big_component`) and another local user's connection flood
+//! (`flood`).
 
 // Explicit paths, so `host/examples/bench.rs` can include this file with
 // `#[path]` and still find the submodules (a `#[path]` module looks for its
@@ -29,6 +30,8 @@ mod etcd;
 pub mod faults;
 #[path = "support/fleet.rs"]
 mod fleet;
+#[path = "support/flood.rs"]
+pub mod flood;
 #[path = "support/http.rs"]
 mod http;
 #[path = "support/keys.rs"]

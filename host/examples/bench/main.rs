@@ -6,10 +6,11 @@
 //!     ./scripts/bench stall plugins   # only these sections (first, many,
 //!                                     # recovery, edits, stall, plugins,
 //!                                     # polyglot, checks, checkplugin, idle, api,
-//!                                     # upgrade)
+//!                                     # flood, upgrade)
 //!     ./scripts/bench watchers        # 10 minutes; only when named
-//!     ./scripts/bench --fleet         # 200 agents against a 3-member cluster
-//!                                     # (only when asked for: about 2 minutes)
+//!     ./scripts/bench --fleet         # 1,000 agents against a 3-member cluster
+//!                                     # (only when asked for: about 5 minutes;
+//!                                     # YGG_FLEET_AGENTS=200 for fewer)
 //!
 //! Registration figures use the registry actor in-process against raw
 //! etcd-client code doing the same writes; the other rows run the real
@@ -22,6 +23,7 @@ mod common;
 mod edits;
 mod first;
 mod fleet;
+mod flood;
 mod idle;
 mod many;
 mod plugins;
@@ -41,6 +43,7 @@ use common::machine;
 use edits::edits_and_drop_ins;
 use first::first_registration;
 use fleet::fleet;
+use flood::{FLOOD_CALLS, flood};
 use idle::{IDLE_WINDOW, idle_footprint};
 use many::{MANY, many_instances};
 use plugins::{plugin_costs, polyglot_costs};
@@ -106,12 +109,19 @@ async fn main() {
         check_plugin_call(&mut rows).await;
     }
     if wanted("fleet") {
-        eprintln!("bench: a fleet of 200 agents (about 2 minutes)");
+        eprintln!("bench: a fleet of agents (1,000 unless YGG_FLEET_AGENTS says otherwise)");
         fleet(&mut rows).await;
     }
     if wanted("idle") {
         eprintln!("bench: idle footprint ({IDLE_WINDOW:?})");
         idle_footprint(&etcd, &mut rows).await;
+    }
+
+    if wanted("flood") {
+        eprintln!(
+            "bench: the operator's command line under a connection flood ({FLOOD_CALLS} calls twice; needs root)"
+        );
+        flood(&etcd, &mut rows).await;
     }
 
     if wanted("api") {

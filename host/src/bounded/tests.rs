@@ -155,3 +155,167 @@ async fn stopping_closes_the_listener_at_once() {
         .expect("every task ends");
     assert!(TcpStream::connect(&address).await.is_err());
 }
+
+/// An open connection of `peer`, opened `age` before `now`, idle or busy.
+fn open_one(peer: Peer, now: Instant, age: Duration, busy: bool) -> Open {
+    Open {
+        opened: now - age,
+        peer,
+        busy: Arc::new(AtomicUsize::new(usize::from(busy))),
+        close: CancellationToken::new(),
+        ended: CancellationToken::new(),
+    }
+}
+
+#[test]
+fn another_user_gets_a_quarter_and_never_the_reserved_slots() {
+    let cap = 64;
+    assert_eq!((user_share(cap), reserved_slots(cap)), (16, 16));
+    assert_eq!((user_share(4), reserved_slots(4)), (1, 1));
+    let now = Instant::now();
+    let young = Duration::from_millis(10);
+    // One user holding its share: its next connection is closed at once.
+    let mut open: Vec<Open> = (0..16)
+        .map(|_| open_one(Peer::User(1000), now, young, false))
+        .collect();
+    assert!(over_share(&open, Peer::User(1000), cap));
+    assert!(!over_share(&open, Peer::User(1001), cap));
+    assert!(!over_share(&open, Peer::Trusted, cap));
+    assert!(!over_share(&open, Peer::Unknown, cap));
+    // Three users (and unknown peers) fill all but the reserved quarter.
+    for uid in [1001, 1002] {
+        open.extend((0..16).map(|_| open_one(Peer::User(uid), now, young, false)));
+    }
+    assert_eq!(
+        admit(&open, Peer::User(1003), false, cap, true, now),
+        Admit::Probation
+    );
+    assert_eq!(
+        admit(&open, Peer::Unknown, false, cap, false, now),
+        Admit::Close("full")
+    );
+    // A request already there replaces the oldest idle one of theirs.
+    assert_eq!(
+        admit(&open, Peer::User(1003), true, cap, true, now),
+        Admit::Serve(Some(0))
+    );
+    // Root and the agent's user take the reserve.
+    assert_eq!(
+        admit(&open, Peer::Trusted, false, cap, false, now),
+        Admit::Serve(None)
+    );
+}
+
+#[test]
+fn a_full_listener_makes_room_for_root_at_once() {
+    let cap = 8;
+    let now = Instant::now();
+    let young = Duration::from_millis(10);
+    let mut open: Vec<Open> = (0..6)
+        .map(|_| open_one(Peer::Trusted, now, young, true))
+        .collect();
+    open.push(open_one(Peer::User(1000), now, young, true));
+    open.push(open_one(Peer::User(1001), now, young, false));
+    // Another user's idle connection goes, however young.
+    assert_eq!(
+        admit(&open, Peer::Trusted, false, cap, true, now),
+        Admit::Serve(Some(7))
+    );
+    // All busy: root's new one waits on probation like anyone's.
+    open[7].busy.store(1, Ordering::Release);
+    assert_eq!(
+        admit(&open, Peer::Trusted, false, cap, true, now),
+        Admit::Probation
+    );
+    assert_eq!(
+        admit(&open, Peer::Trusted, true, cap, true, now),
+        Admit::Close("full")
+    );
+}
+
+/// Another user's connections over its share of a Unix socket are closed
+/// at once and counted (when running as root: the other user is `nobody`,
+/// on a thread of its own); root still gets in while it holds the rest.
+#[tokio::test]
+async fn a_unix_socket_closes_a_users_connections_over_its_share() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: not root, cannot connect as another user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("s.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let router = Router::new().route("/", get(|| async { "ok" }));
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    tracker.spawn(serve(
+        listener,
+        router,
+        limits(8),
+        "local API (socket)",
+        stop.clone(),
+        tracker.clone(),
+    ));
+    let counted = || {
+        closed_connections()
+            .get_or_create(&ClosedLabel {
+                listener: "api_socket",
+                reason: "user_share",
+            })
+            .get()
+    };
+    let before = counted();
+    // `nobody` opens five: two (its share of eight) stay open.
+    let nobody = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            // SAFETY: this thread's own credentials (raw calls, not libc's
+            // process-wide wrappers).
+            unsafe {
+                assert_eq!(libc::syscall(libc::SYS_setresgid, 65534, 65534, 65534), 0);
+                assert_eq!(libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534), 0);
+            }
+            (0..5)
+                .map(|_| std::os::unix::net::UnixStream::connect(&path).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .join()
+        .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counted() < before + 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(counted(), before + 3);
+    let mut open = 0;
+    for mut stream in nobody {
+        stream.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 1];
+        if matches!(std::io::Read::read(&mut stream, &mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        {
+            open += 1;
+        }
+    }
+    assert_eq!(open, 2);
+    // Root fills the rest with idle connections and is still served.
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        held.push(tokio::net::UnixStream::connect(&path).await.unwrap());
+    }
+    let mut stream = tokio::net::UnixStream::connect(&path).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    stop.cancel();
+}

@@ -143,6 +143,16 @@ impl EtcdMember {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Deletes the member's data and starts it empty (it must be stopped),
+    /// not waiting for it: with the other members of its initial cluster it
+    /// forms the cluster again.
+    pub fn start_wiped(&mut self) {
+        if self.data_dir.exists() {
+            std::fs::remove_dir_all(&self.data_dir).expect("wipe data dir");
+        }
+        self.spawn("new");
+    }
+
     /// kill -9, as a crash would.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

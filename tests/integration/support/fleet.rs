@@ -38,6 +38,9 @@ pub struct Recovery {
     pub first_contact: Vec<Option<Duration>>,
     /// The highest request rate over a 1 s window, all members together.
     pub peak_requests_per_s: f64,
+    /// When the cluster answered, seconds of the day (UTC, as the agents'
+    /// log lines are stamped).
+    pub answered_at: f64,
 }
 
 fn seconds_of_day() -> f64 {
@@ -160,6 +163,7 @@ impl Fleet {
             all_back,
             first_contact,
             peak_requests_per_s: peak,
+            answered_at,
         }
     }
 }

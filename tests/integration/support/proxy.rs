@@ -4,7 +4,10 @@
 //! kept), black-holes one direction or both (connections are accepted and
 //! kept open, nothing is forwarded: what a partition looks like; the bytes
 //! wait in the proxy and the kernel, as TCP would retransmit them, and flow
-//! when the hole closes), and resets connections (every open one at once,
+//! when the hole closes; but the bytes of a sender that reset its
+//! connection meanwhile, as an exiting agent does (`SO_LINGER` 0), are
+//! dropped with it: the kernel discards them on the reset, as the sender's
+//! kernel would stop retransmitting them), and resets connections (every open one at once,
 //! or every one, new ones included, while in that mode). Peer traffic
 //! between members never goes through it.
 //!
@@ -376,6 +379,59 @@ mod tests {
             .ok()?;
         assert_eq!(&buf, b"ping");
         Some(start.elapsed())
+    }
+
+    /// Two clients send into a black hole; one resets its connection (a
+    /// process exiting with `SO_LINGER` 0), the other half-closes it (FIN).
+    /// When the hole closes, the half-closed one's bytes flow and its end
+    /// follows; the reset one's bytes are dropped and etcd's side is reset.
+    #[tokio::test]
+    async fn bytes_of_a_sender_that_reset_in_the_hole_are_dropped() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = listener.local_addr().unwrap().to_string();
+        // Each upstream connection reports what it received once it ends.
+        let (done_tx, mut done) = mpsc::unbounded_channel::<Vec<u8>>();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let done_tx = done_tx.clone();
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = socket.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                    let _ = done_tx.send(got);
+                });
+            }
+        });
+        let proxy = FaultProxy::start(&upstream);
+        proxy.black_hole();
+        let mut aborted = TcpStream::connect(proxy.endpoint()).await.unwrap();
+        aborted.write_all(b"renew").await.unwrap();
+        let mut closed = TcpStream::connect(proxy.endpoint()).await.unwrap();
+        closed.write_all(b"delete").await.unwrap();
+        closed.shutdown().await.unwrap();
+        let start = std::time::Instant::now();
+        while proxy.accepted() < 2 {
+            assert!(start.elapsed() < Duration::from_secs(5), "not accepted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        aborted.set_zero_linger().unwrap();
+        drop(aborted);
+        proxy.pass();
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let got = tokio::time::timeout(Duration::from_secs(5), done.recv())
+                .await
+                .expect("both upstream connections end")
+                .unwrap();
+            seen.push(String::from_utf8(got).unwrap());
+        }
+        seen.sort();
+        assert_eq!(seen, ["", "delete"]);
     }
 
     /// Pass, latency, a black hole in both directions and in one (bytes
