@@ -101,11 +101,16 @@ impl Upgrader {
             // Its own pid is not ours: it reads WATCHDOG_USEC alone.
             .env_remove("WATCHDOG_PID");
         // SAFETY: between fork and exec the closure calls only
-        // async-signal-safe functions (fcntl, fork, write, _exit) on
+        // async-signal-safe functions (signal, fcntl, fork, write, _exit) on
         // descriptors this process holds open until `spawn` returns (the
         // listeners' duplicates, the channel, the pid pipe); no allocation.
         unsafe {
             command.pre_exec(move || {
+                // `systemctl kill -s USR2` signals every process of the
+                // unit, and may find the new one already started: ignored
+                // (a disposition `exec` keeps) until its own handler is
+                // installed, which then ignores it until it took over.
+                libc::signal(libc::SIGUSR2, libc::SIG_IGN);
                 for fd in &kept {
                     if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
                         return Err(std::io::Error::last_os_error());
@@ -287,8 +292,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_process_that_reads_the_description_and_says_ready_takes_over() {
-        // Reads the whole description, then says ready on the same channel.
-        let script = r#"fd=$YGG_AGENT_UPGRADE_FD; cat <&$fd >/dev/null; echo ready >&$fd; sleep 5"#;
+        // Reads the whole description, then says ready on the same
+        // channel, if it started with SIGUSR2 ignored (`systemctl kill -s
+        // USR2` may reach it before it has a handler).
+        let script = r#"fd=$YGG_AGENT_UPGRADE_FD; cat <&$fd >/dev/null
+            ignored=$((16#$(sed -n 's/^SigIgn:\s*//p' /proc/$$/status)))
+            (( ignored & (1 << (12 - 1)) )) || exit 7
+            echo ready >&$fd; sleep 5"#;
         let (mut upgrader, mut outcomes) = with_script(script, Duration::from_secs(20));
         let pid = upgrader.start(Handover::new()).unwrap();
         assert_eq!(upgrader.under_way(), Some(pid));
