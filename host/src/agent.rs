@@ -4,7 +4,8 @@
 //! dispatches to the module that owns the state the event is about, which
 //! says what moved; `handle` then marks the target dirty, and the target
 //! is rebuilt and published once per burst (`Event::Publish`, when
-//! nothing else is ready). Reading the config file, scanning folders,
+//! nothing else is ready, and at most once a millisecond while changes
+//! keep coming). Reading the config file, scanning folders,
 //! compiling plugins, reading `/proc` and rebinding the admin listener run
 //! beside the loop and come back as events, so a signal, a watchdog ping
 //! or a config edit is never queued behind a plugin that takes seconds to
@@ -391,7 +392,12 @@ impl Supervisor {
         let instances_due = self.instances.next_due();
         let instances_input = self.instances.input();
         let startup_due = self.startup.as_ref().map(Startup::deadline);
-        let publish = self.target.is_dirty() && self.startup.is_none();
+        let publish_at = self
+            .startup
+            .is_none()
+            .then(|| self.target.publish_at())
+            .flatten();
+        let publish_now = publish_at.is_some_and(|at| at <= Instant::now());
         let event = tokio::select! {
             biased;
             message = inbox.control.recv() => match message {
@@ -416,7 +422,8 @@ impl Supervisor {
             () = until(publish_due) => Event::ResultsSettled,
             () = until(startup_due) => Event::StartupDeadline,
             () = until(self.target.rewrite_due) => Event::RewriteDue,
-            () = std::future::ready(()), if publish => Event::Publish,
+            () = std::future::ready(()), if publish_now => Event::Publish,
+            () = until(publish_at), if !publish_now => Event::Publish,
         };
         Some(event)
     }

@@ -131,6 +131,15 @@ pub(crate) async fn api_registrations(etcd: &Etcd, rows: &mut Vec<Row>) {
 
     // Sustained: API_SUSTAINED more from API_CLIENTS clients at once, until
     // the last key is in etcd (the agent then holds API_TRIALS + that).
+    // CPU seconds of the agent, the clients (this process) and etcd.
+    let cpu = || {
+        [
+            usage(agent.pid()).1,
+            usage(std::process::id()).1,
+            usage(etcd.members[0].pid()).1,
+        ]
+    };
+    let cpu_before = cpu();
     let start = Instant::now();
     let mut clients = Vec::new();
     for c in 0..API_CLIENTS {
@@ -163,6 +172,8 @@ pub(crate) async fn api_registrations(etcd: &Etcd, rows: &mut Vec<Row>) {
     }
     let ours = last - start;
     let ours_rate = API_SUSTAINED as f64 / ours.as_secs_f64();
+    let ours_cpu: Vec<f64> = cpu().iter().zip(cpu_before).map(|(a, b)| a - b).collect();
+    let cpu_before = cpu();
 
     let start = Instant::now();
     let mut writers = Vec::new();
@@ -196,11 +207,19 @@ pub(crate) async fn api_registrations(etcd: &Etcd, rows: &mut Vec<Row>) {
         );
     }
     let raw_rate = API_SUSTAINED as f64 / (raw_last - start).as_secs_f64();
+    let raw_cpu: Vec<f64> = cpu().iter().zip(cpu_before).map(|(a, b)| a - b).collect();
+    let ms = |s: f64| format!("{:.0} ms", s * 1000.0);
     rows.push(
         Row::new(
             format!("API registrations per second, {API_SUSTAINED} from {API_CLIENTS} clients (agent ends holding {})", API_TRIALS + API_SUSTAINED),
-            format!("{ours_rate:.0}/s (all answered in {answered:.2?}, all in etcd after {ours:.2?})"),
-            format!("raw etcd puts, {API_CLIENTS} writers: {raw_rate:.0}/s"),
+            format!(
+                "{ours_rate:.0}/s (all answered in {answered:.2?}, all in etcd after {ours:.2?}; CPU: agent {}, clients {}, etcd {})",
+                ms(ours_cpu[0]), ms(ours_cpu[1]), ms(ours_cpu[2])
+            ),
+            format!(
+                "raw etcd puts, {API_CLIENTS} writers: {raw_rate:.0}/s (CPU: writers {}, etcd {})",
+                ms(raw_cpu[1]), ms(raw_cpu[2])
+            ),
         )
         .budget(
             format!(">= 0.5x raw (is {:.2}x)", ours_rate / raw_rate),

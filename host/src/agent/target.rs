@@ -16,6 +16,13 @@ use crate::registry::RegistryHandle;
 /// stream cannot hold the target back.
 const MAX_BURST: u32 = 256;
 
+/// While changes keep coming, at most one publish per this gap: a publish
+/// hands the registry a whole target, which it compares with what it
+/// holds, so a stream of API calls answered one at a time (each ending a
+/// "burst" of one) would otherwise cost a pass over every record per call.
+/// A change after a quiet spell still goes out at once.
+const MIN_GAP: Duration = Duration::from_millis(1);
+
 /// Builds the record of one instance by registry key (`None`: it has
 /// none now).
 pub(super) type OneRecord<'a> = &'a dyn Fn(&str) -> Option<DesiredRecord>;
@@ -32,6 +39,8 @@ pub(super) struct Publisher {
     /// The last target built (before the throttle), so a change of a few
     /// instances rebuilds only their records.
     last: Option<Target>,
+    /// When the last target was handed over.
+    last_sent: Option<Instant>,
 }
 
 /// What changed since the last publish, and how many events ago.
@@ -52,6 +61,7 @@ impl Publisher {
             rewrite_due: None,
             dirty: None,
             last: None,
+            last_sent: None,
         }
     }
 
@@ -85,18 +95,29 @@ impl Publisher {
         }
     }
 
-    pub fn is_dirty(&self) -> bool {
-        self.dirty.is_some()
-    }
-
     /// One more event handled; true when the target is dirty and the
-    /// burst is over (`more`: another event is waiting) or long enough.
+    /// burst is over (`more`: another event is waiting) and the last
+    /// publish at least [`MIN_GAP`] ago, or the burst is long enough.
     pub fn due(&mut self, more: bool) -> bool {
+        let gap_over = self.gap_over(Instant::now());
         let Some(dirty) = self.dirty.as_mut() else {
             return false;
         };
         dirty.events += 1;
-        dirty.events >= MAX_BURST || !more
+        dirty.events >= MAX_BURST || (!more && gap_over)
+    }
+
+    /// When a dirty target may go out (`None`: it is not dirty).
+    pub fn publish_at(&self) -> Option<Instant> {
+        self.dirty.as_ref()?;
+        Some(
+            self.last_sent
+                .map_or_else(Instant::now, |sent| sent + MIN_GAP),
+        )
+    }
+
+    fn gap_over(&self, now: Instant) -> bool {
+        self.last_sent.is_none_or(|sent| now >= sent + MIN_GAP)
     }
 
     /// Hands the target to the registry (through the throttle). When only
@@ -111,11 +132,21 @@ impl Publisher {
         let dirty = self.dirty.take().unwrap_or_default();
         let (target, clashes) = match (one, self.last.as_mut()) {
             (Some(one), Some(last)) if !dirty.all => {
+                let mut changed = false;
                 for key in &dirty.keys {
-                    match one(key) {
+                    let record = one(key);
+                    if last.records.get(key) == record.as_ref() {
+                        continue;
+                    }
+                    changed = true;
+                    match record {
                         Some(record) => last.records.insert(key.clone(), record),
                         None => last.records.remove(key),
                     };
+                }
+                if !changed {
+                    // Nothing changed since the last target built.
+                    return None;
                 }
                 (last.clone(), None)
             }
@@ -125,7 +156,9 @@ impl Publisher {
                 (target, Some(clashes))
             }
         };
-        let (target, due) = self.rewrites.apply(Instant::now(), target);
+        let now = Instant::now();
+        self.last_sent = Some(now);
+        let (target, due) = self.rewrites.apply(now, target);
         self.rewrite_due = due;
         self.registry.set_target(target);
         clashes
