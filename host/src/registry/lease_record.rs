@@ -8,16 +8,18 @@
 //! The registry actor publishes the record after each round that changed
 //! it; one writer task writes it atomically (a temporary file in the same
 //! folder, fsync, rename) and the `watch` between them coalesces a burst
-//! into one write, never an fsync per key. The record may lag behind etcd:
+//! into at most one write per 250 ms, never an fsync per key. The record may lag behind etcd:
 //! adoption trusts etcd (the keys attached to the lease, their revisions),
 //! the record only spares rewriting what did not change.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -124,18 +126,29 @@ pub fn save(dir: &Path, record: Option<&LeaseRecord>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// While records keep coming (a burst of registrations), the file is
+/// written at most this often: each write serialises every key and syncs
+/// the file, which cost about a quarter of the agent's CPU when it ran
+/// back to back. The record may lag etcd anyway (adoption reads back what
+/// etcd holds on the lease); a clear or a hand-over skips the wait.
+const WRITE_GAP: Duration = Duration::from_millis(250);
+
 /// The registry actor's end of the writer task.
 pub struct RecordWriter {
     tx: watch::Sender<Option<LeaseRecord>>,
+    /// Ends the wait between two writes (a clear or a finish is due).
+    urgent: Arc<Notify>,
     task: JoinHandle<()>,
 }
 
 impl RecordWriter {
-    /// Starts the writer task for `dir`. Each new value is written (the
-    /// latest wins when several come at once).
+    /// Starts the writer task for `dir`. The latest value is written, at
+    /// most once per [`WRITE_GAP`] (the latest wins when several come).
     pub fn start(dir: PathBuf) -> RecordWriter {
         let (tx, mut rx) = watch::channel::<Option<LeaseRecord>>(None);
         rx.mark_unchanged();
+        let urgent = Arc::new(Notify::new());
+        let hurry = urgent.clone();
         // Not on the agent's tracker: `finish` awaits it, so it never
         // outlives the actor.
         let task = tokio::spawn(async move {
@@ -147,9 +160,17 @@ impl RecordWriter {
                 if let Ok(Err(error)) = written {
                     warn!(dir = %dir.display(), %error, "cannot write the lease record; a restart will grant a new lease");
                 }
+                if rx.has_changed().is_err() {
+                    // Cleared or finished: nothing more comes.
+                    break;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(WRITE_GAP) => {}
+                    () = hurry.notified() => {}
+                }
             }
         });
-        RecordWriter { tx, task }
+        RecordWriter { tx, urgent, task }
     }
 
     /// Publishes `record` unless it is what was last published.
@@ -168,6 +189,7 @@ impl RecordWriter {
     /// the next process): a write under way finishes first.
     pub async fn finish(self) {
         drop(self.tx);
+        self.urgent.notify_one();
         let _ = self.task.await;
     }
 
@@ -176,6 +198,7 @@ impl RecordWriter {
     pub async fn clear(self) {
         let _ = self.tx.send(None);
         drop(self.tx);
+        self.urgent.notify_one();
         if self.task.await.is_ok() {
             info!("lease record cleared");
         }
