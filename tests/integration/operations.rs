@@ -92,6 +92,9 @@ async fn admin_endpoints_and_metrics_follow_what_happens() {
     let mut client = etcd.client().await;
     client.delete(SEED_KEY, None).await.unwrap();
     wait_metric(&admin, "ygg_agent_repairs_total", |v| v >= 1.0).await;
+    // Counted when seen; put back a round later: ready again before the
+    // next fault, so the 503 below is etcd's and not the repair's.
+    wait_readyz(&admin, 200).await;
 
     // etcd goes away: not ready, not connected, keepalive failures counted.
     etcd.kill9();
