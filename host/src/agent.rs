@@ -909,33 +909,27 @@ impl Supervisor {
         // 4. The drain. Nothing is registered before start-up ends.
         let drain = self.config.agent.local.drain_delay;
         let registry = self.target.into_registry();
-        if handed_to.is_some() {
+        let deadline = if handed_to.is_some() {
+            // The new process holds the keys and the lease.
             if !registry.hand_over(deadline).await {
                 warn!("the registry did not stop within shutdownTimeout");
             }
-            stops.registry.cancel();
-            stops.state.cancel();
-            self.instances.stop_writer();
-            stops.all();
-            let tracker = self.wiring.tracker.clone();
-            drop(self.wiring);
-            tracker.close();
-            let _ = tokio::time::timeout_at(deadline, tracker.wait()).await;
-            info!("agent stopped (upgraded: the new process holds every registration)");
-            return;
-        }
-        let deadline = if drain.is_zero() || self.startup.is_some() {
             deadline
         } else {
-            shutdown::drain_keys(&registry, &self.config, deadline, drain).await;
-            Instant::now() + timeout
+            let deadline = if drain.is_zero() || self.startup.is_some() {
+                deadline
+            } else {
+                shutdown::drain_keys(&registry, &self.config, deadline, drain).await;
+                Instant::now() + timeout
+            };
+            // 5. Deregister and revoke the lease.
+            if !registry.stop(deadline).await {
+                warn!(
+                    "deregistration did not finish within shutdownTimeout; the lease will expire on its own"
+                );
+            }
+            deadline
         };
-        // 5. Deregister and revoke the lease.
-        if !registry.stop(deadline).await {
-            warn!(
-                "deregistration did not finish within shutdownTimeout; the lease will expire on its own"
-            );
-        }
         stops.registry.cancel();
         // 6. The last maintenance is written.
         stops.state.cancel();
@@ -945,10 +939,14 @@ impl Supervisor {
         let tracker = self.wiring.tracker.clone();
         drop(self.wiring);
         tracker.close();
-        if tokio::time::timeout_at(deadline, tracker.wait())
+        let stopped = tokio::time::timeout_at(deadline, tracker.wait())
             .await
-            .is_err()
-        {
+            .is_ok();
+        if handed_to.is_some() {
+            info!("agent stopped (upgraded: the new process holds every registration)");
+            return;
+        }
+        if !stopped {
             warn!(
                 tasks = tracker.len(),
                 "some tasks did not stop within shutdownTimeout"

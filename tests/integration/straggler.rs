@@ -11,8 +11,6 @@
 
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, ConnectOptions, GetOptions};
-
 use crate::support::faults::{ms, report};
 use crate::support::*;
 
@@ -29,30 +27,6 @@ const RETRY_INTERVAL: &str = "5s";
 /// one write. The budget is 1 s (the release bench); a debug build
 /// on a busy machine gets twice that, still below one backoff step.
 const BOUND: Duration = Duration::from_secs(2);
-
-/// Keys under the fleet's prefix by a linearizable read through `endpoints`
-/// only; None while they do not answer.
-async fn count(endpoints: &[String]) -> Option<usize> {
-    let options = ConnectOptions::new().with_connect_timeout(Duration::from_millis(500));
-    let mut client = tokio::time::timeout(
-        Duration::from_secs(1),
-        Client::connect(endpoints, Some(options)),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    let response = tokio::time::timeout(
-        Duration::from_secs(1),
-        client.get(
-            FLEET_PREFIX,
-            Some(GetOptions::new().with_prefix().with_count_only()),
-        ),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    Some(response.count() as usize)
-}
 
 /// Every member killed for 2 s, then two of the three started again with
 /// their data deleted; the third stays down, so connections to it are
@@ -74,7 +48,7 @@ async fn keys_are_back_at_once_while_one_member_still_refuses_connections() {
     etcd.members[0].start_wiped();
     etcd.members[1].start_wiped();
     let live: Vec<String> = etcd.members[..2].iter().map(|m| m.endpoint()).collect();
-    while count(&live).await.is_none() {
+    while count_at(&live).await.is_none() {
         assert!(
             restart.elapsed() < PATIENCE,
             "the two members never answered"
@@ -84,7 +58,7 @@ async fn keys_are_back_at_once_while_one_member_still_refuses_connections() {
     let answered = Instant::now();
     let mut held = 0;
     while answered.elapsed() < PATIENCE {
-        held = count(&live).await.unwrap_or(0);
+        held = count_at(&live).await.unwrap_or(0);
         if held == keys {
             break;
         }

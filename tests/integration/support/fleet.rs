@@ -171,10 +171,15 @@ impl Fleet {
 /// Keys under the fleet's prefix, by a linearizable read; None while the
 /// cluster does not answer.
 pub async fn count(etcd: &Etcd) -> Option<usize> {
+    count_at(&etcd.endpoints()).await
+}
+
+/// [`count`] through these endpoints only (members known to be up).
+pub async fn count_at(endpoints: &[String]) -> Option<usize> {
     let options = ConnectOptions::new().with_connect_timeout(Duration::from_millis(500));
     let mut client = tokio::time::timeout(
         Duration::from_secs(1),
-        Client::connect(etcd.endpoints(), Some(options)),
+        Client::connect(endpoints, Some(options)),
     )
     .await
     .ok()?
