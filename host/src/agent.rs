@@ -25,6 +25,7 @@
 //! A new input is one [`Event`] variant, its channel in [`Inbox`] and the
 //! module that owns its state.
 
+mod event;
 mod health;
 mod input;
 mod instances;
@@ -36,103 +37,40 @@ mod startup;
 mod status;
 mod target;
 mod upgrade;
+mod wiring;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::admin::{self, AdminServer, StatusRequest};
-use crate::api::{self, ApiRequest};
-use crate::checks::{CheckHost, CheckReport};
+use crate::admin;
+use crate::api;
+use crate::checks::CheckHost;
 use crate::config::{Config, PluginsConfig};
-use crate::desired::{self, PluginMetadata, Target};
-use crate::handover::{Handover, Incoming, Launch};
+use crate::handover::{Incoming, Launch};
 use crate::metrics::Metrics;
-use crate::plugins::system::SystemSnapshot;
-use crate::plugins::{self as plugin_host, LoadOutcome, RoundResult};
-use crate::registry::{RegistryHandle, RegistryStatus};
+use crate::plugins::{self as plugin_host, RoundResult};
+use crate::registry::RegistryHandle;
 use crate::status::AgentStatus;
 use crate::systemd::Notifier;
+pub use event::Control;
+use event::Event;
 use health::Health;
 use input::{Folder, Found, Scanner, until};
 use instances::{Instances, LocalParts, Moved};
 use listener::AdminListener;
-use plugins::{Plugins, PluginsWiring};
+use plugins::Plugins;
 pub use reload::ReloadOutcome;
 use reload::{ConfigDiff, Reloader};
 use shutdown::Stops;
 use startup::{Startup, StartupStep};
 use target::Publisher;
-use upgrade::{UpgradeOutcome, Upgrader};
-
-/// Round results in flight from plugin tasks to the supervisor.
-const PLUGIN_RESULTS_CAPACITY: usize = 64;
-/// Plugin loads finished beside the loop, waiting to be handled: one is
-/// under way at a time per plugin, so a few slots.
-const LOADS_CAPACITY: usize = 16;
-/// `/status` requests waiting for the supervisor (each is answered at once).
-const STATUS_REQUESTS_CAPACITY: usize = 8;
-/// Requests from outside the agent: signals in production, the test in tests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
-    /// Deregister and stop (SIGINT, SIGTERM).
-    Shutdown,
-    /// Re-read the config file, the plugins and the instances folder now
-    /// (SIGHUP).
-    Reload,
-    /// Start the binary at the path this one was started from and hand it
-    /// everything; stop without deregistering once it says ready
-    /// (SIGUSR2; `crate::handover`).
-    Upgrade,
-}
-
-/// Everything the supervisor reacts to.
-#[derive(Debug)]
-enum Event {
-    /// A signal (or the test) asks to stop or reload.
-    Control(Control),
-    /// The control channel closed: nobody can ask us to stop any more, so stop.
-    ControlClosed,
-    /// Changes to an input on disk settled (the debounce ran out): scan it.
-    Settled(Folder),
-    /// A scan of an input on disk (or a read of the config file) finished.
-    Found(Found),
-    /// A plugin finished loading (or failed to).
-    PluginLoaded(LoadOutcome),
-    /// The collect timer ticked, with the system snapshot it read.
-    CollectTick(Arc<SystemSnapshot>),
-    /// A plugin answered a round.
-    PluginResult(RoundResult),
-    /// Plugin results have settled: publish the merged metadata.
-    ResultsSettled,
-    /// A start-up wait ran out.
-    StartupDeadline,
-    /// A new admin listener is serving (or the old one still is).
-    AdminRebound(Option<AdminServer>),
-    /// A request to the local API.
-    Api(ApiRequest),
-    /// The TTL of an API registration ran out (unless passed meanwhile).
-    TtlDue,
-    /// A health check's status changed.
-    CheckReport(CheckReport),
-    /// The admin server asks what `ygg-agent status` shows.
-    StatusRequest(StatusRequest),
-    /// The registry's status changed (readiness, counts, connection).
-    RegistryStatus(RegistryStatus),
-    /// Time to ping systemd's watchdog.
-    WatchdogTick,
-    /// A plugin-only change held back by `minRewriteInterval` may go out.
-    RewriteDue,
-    /// An upgrade ended: the new process took over, or failed.
-    Upgrade(UpgradeOutcome),
-    /// The target is dirty and nothing else is ready: the end of a burst.
-    Publish,
-}
+use upgrade::Upgrader;
+use wiring::{Inbox, Wiring};
 
 /// What `run` needs besides the config it starts with.
 pub struct RunOptions {
@@ -148,50 +86,6 @@ pub struct RunOptions {
     /// What the previous process handed over, when an upgrade started this
     /// one.
     pub incoming: Option<Incoming>,
-}
-
-/// What the supervisor hands to things it starts beside the loop (each
-/// sender's receiver is in [`Inbox`]).
-struct Wiring {
-    metrics: Metrics,
-    tracker: TaskTracker,
-    /// The shutdown tree: every task spawned on `tracker` ends when its
-    /// concern's token is cancelled.
-    stops: Stops,
-    /// Scans and reads of the inputs on disk (→ `Inbox::found`).
-    scanner: Scanner,
-    /// The plugin host's results and loads (→ `Inbox::results`, `loads`).
-    plugins: plugin_host::Outbox,
-    /// The collect timer's ticks (→ `Inbox::ticks`).
-    ticks: mpsc::Sender<Arc<SystemSnapshot>>,
-}
-
-/// What the supervisor listens to; who holds the other end of each.
-struct Inbox {
-    /// `cli.rs`'s signal handler (the test, in tests).
-    control: mpsc::Receiver<Control>,
-    /// Scan and read tasks of the three inputs (`Wiring::scanner`).
-    found: mpsc::Receiver<Found>,
-    /// Plugin runner tasks (`Outbox::results`).
-    results: mpsc::Receiver<RoundResult>,
-    /// Plugin load tasks (`Outbox::loads`).
-    loads: mpsc::Receiver<LoadOutcome>,
-    /// The collect timer task (`Wiring::ticks`).
-    ticks: mpsc::Receiver<Arc<SystemSnapshot>>,
-    /// Admin rebind tasks (`AdminListener::rebound`).
-    admin: mpsc::Receiver<Option<AdminServer>>,
-    /// The check tasks (the `CheckHost`'s senders).
-    check_reports: mpsc::Receiver<CheckReport>,
-    /// The admin server's `/status` handler (`admin::Sources::agent`).
-    status_requests: mpsc::Receiver<StatusRequest>,
-    /// The local API server's handlers.
-    api_requests: mpsc::Receiver<ApiRequest>,
-    /// The registry actor's status (a watch: the latest wins).
-    registry_status: watch::Receiver<RegistryStatus>,
-    /// systemd's watchdog pings, when systemd asked for them.
-    watchdog: Option<Interval>,
-    /// The upgrade's wait task (`Upgrader`).
-    upgrades: mpsc::Receiver<UpgradeOutcome>,
 }
 
 struct Supervisor {
@@ -236,12 +130,12 @@ impl Supervisor {
     ) -> Self {
         let tracker = TaskTracker::new();
         let stops = Stops::new();
-        let (results_tx, results_rx) = mpsc::channel(PLUGIN_RESULTS_CAPACITY);
-        let (loads_tx, loads_rx) = mpsc::channel(LOADS_CAPACITY);
+        let (results_tx, results_rx) = mpsc::channel(wiring::PLUGIN_RESULTS_CAPACITY);
+        let (loads_tx, loads_rx) = mpsc::channel(wiring::LOADS_CAPACITY);
         let (found_tx, found_rx) = mpsc::channel(input::FOUND_CAPACITY);
         let (ticks_tx, ticks_rx) = mpsc::channel(1);
         let (admin_tx, admin_rx) = mpsc::channel(1);
-        let (status_tx, status_rx) = mpsc::channel(STATUS_REQUESTS_CAPACITY);
+        let (status_tx, status_rx) = mpsc::channel(wiring::STATUS_REQUESTS_CAPACITY);
 
         // Registration waits for the plugins' first round (boundedly): the
         // registry starts idle and gets its first target when that is over.
@@ -314,7 +208,7 @@ impl Supervisor {
             .agent
             .plugins
             .as_ref()
-            .and_then(|p| Plugins::start(p, &plugins_wiring(&wiring)));
+            .and_then(|p| Plugins::start(p, &wiring.plugins()));
         let (checks, check_reports) = CheckHost::new(
             wiring.tracker.clone(),
             check_plugins,
@@ -445,20 +339,11 @@ impl Supervisor {
                 self.instances.scan(scanner);
             }
             Event::Control(Control::Upgrade) => self.upgrade(),
-            Event::Upgrade(UpgradeOutcome::Ready { pid }) => {
-                self.upgrader.ended();
-                info!(
-                    pid,
-                    "upgrade: the new process is ready and holds every registration; this one stops without deregistering"
-                );
-                self.handed_to = Some(pid);
-                return false;
-            }
-            Event::Upgrade(UpgradeOutcome::Failed(why)) => {
-                self.upgrader.ended();
-                tracing::error!(
-                    "upgrade failed: {why}; this agent keeps running and keeps every registration"
-                );
+            Event::Upgrade(outcome) => {
+                if let Some(pid) = self.upgrader.ended(outcome) {
+                    self.handed_to = Some(pid);
+                    return false;
+                }
             }
             Event::Settled(Folder::Config) => self.reloader.read(false, scanner),
             Event::Settled(Folder::Plugins) => {
@@ -561,59 +446,27 @@ impl Supervisor {
     /// SIGUSR2: starts the new binary with everything it needs to carry
     /// on (see `upgrade.rs`); one upgrade at a time.
     fn upgrade(&mut self) {
-        if let Some(pid) = self.upgrader.under_way() {
-            warn!(pid, "SIGUSR2 ignored: an upgrade is already under way");
-            return;
-        }
         if self.incoming.is_some() {
             warn!("SIGUSR2 ignored: this process is still taking over from the previous one");
             return;
         }
-        let mut handover = Handover::new();
-        handover.lease = self.target.registry().record();
-        let now = Instant::now();
-        handover.lease_expires_in_ms = (self.inbox.registry_status.borrow().lease_expires_at)
-            .map(|at| at.saturating_duration_since(now).as_millis() as u64);
-        let local = self.instances.local();
-        handover.maintenance = local.maintenance.clone();
-        handover.drained = local.drained.clone();
-        handover.node_drained = local.node_drained;
-        handover.api = self.instances.registrations_handed();
-        (handover.api_socket, handover.api_tcp) = self.instances.api_handed();
-        handover.admin = self.admin.handed();
-        let lease = handover.lease.as_ref().map(|r| r.lease);
-        let keys = handover.lease.as_ref().map_or(0, |r| r.keys.len());
-        match self.upgrader.start(handover) {
-            Ok(pid) => info!(
-                pid,
-                lease,
-                keys,
-                "SIGUSR2: upgrade started; this agent keeps running until the new process says ready"
-            ),
-            Err(why) => tracing::error!(
-                "upgrade failed: {why}; this agent keeps running and keeps every registration"
-            ),
-        }
+        let registry_status = self.inbox.registry_status.borrow().clone();
+        self.upgrader.begin(|| {
+            upgrade::handover(
+                self.target.registry(),
+                &registry_status,
+                &self.instances,
+                &self.admin,
+            )
+        });
     }
 
     /// Started by an upgrade, and every instance is registered under the
     /// adopted lease: systemd has been told this process is the main one
     /// (`Notifier`), now the old process may stop.
     fn say_ready(&mut self) {
-        let Some(mut incoming) = self.incoming.take() else {
-            return;
-        };
-        let from = incoming.handover.from_pid;
-        match incoming.ready() {
-            Ok(()) => info!(
-                from,
-                "upgrade: ready; the previous process stops without deregistering"
-            ),
-            Err(error) => warn!(
-                from,
-                %error,
-                "upgrade: cannot tell the previous process this one is ready (it may have given up and killed this one)"
-            ),
+        if let Some(incoming) = self.incoming.take() {
+            upgrade::say_ready(incoming);
         }
     }
 
@@ -705,19 +558,11 @@ impl Supervisor {
         // may share a key) ties it to the others.
         let alone = plugins.is_none_or(|p| p.metadata().values().all(|m| m.is_empty()))
             && self.config.agent.publish.etcd_naming.is_none();
-        let none = PluginMetadata::new();
-        let one = |key: &str| {
-            if instances.is_held_out(key, health.withheld()) {
-                return None;
-            }
-            let (instance, _) = instances.find(key)?;
-            let effective = instances.effective();
-            desired::instance_record(effective, instance, key, &none, &mut Vec::new())
-        };
+        let one = |key: &str| target::build_one(instances, health, key);
         let one: Option<target::OneRecord<'_>> = alone.then_some(&one);
         let clashes = self
             .target
-            .publish(|| build(instances, health, plugins), one);
+            .publish(|| target::build(instances, health, plugins), one);
         if let (Some(plugins), Some(clashes)) = (self.plugins.as_mut(), clashes) {
             plugins.report_clashes(clashes);
         }
@@ -780,7 +625,7 @@ impl Supervisor {
 
     /// Applies a new valid config as a difference from the running one.
     fn apply(&mut self, diff: ConfigDiff) {
-        let old_target = build(&self.instances, &self.health, self.plugins.as_ref()).0;
+        let old_target = target::build(&self.instances, &self.health, self.plugins.as_ref()).0;
         let ConfigDiff {
             new,
             plugins,
@@ -804,22 +649,8 @@ impl Supervisor {
             let health = &self.health;
             plugins.retain(|key| health.knows(key));
         }
-        let new_target = build(&self.instances, &self.health, self.plugins.as_ref()).0;
-        let added = new_target
-            .records
-            .keys()
-            .filter(|k| !old_target.records.contains_key(*k))
-            .count();
-        let removed = old_target
-            .records
-            .keys()
-            .filter(|k| !new_target.records.contains_key(*k))
-            .count();
-        let changed = new_target
-            .records
-            .iter()
-            .filter(|(k, r)| old_target.records.get(*k).is_some_and(|old| old != *r))
-            .count();
+        let new_target = target::build(&self.instances, &self.health, self.plugins.as_ref()).0;
+        let (added, removed, changed) = target::count_changes(&old_target, &new_target);
         info!(
             path = %self.reloader.path().display(),
             added, removed, changed,
@@ -843,7 +674,7 @@ impl Supervisor {
     }
 
     fn apply_plugins_config(&mut self, old: Option<PluginsConfig>) {
-        let wiring = plugins_wiring(&self.wiring);
+        let wiring = self.wiring.plugins();
         match (old, self.config.agent.plugins.clone()) {
             (_, None) => {
                 if let Some(plugins) = self.plugins.take() {
@@ -954,29 +785,6 @@ impl Supervisor {
         }
         info!("agent stopped");
     }
-}
-
-fn plugins_wiring(wiring: &Wiring) -> PluginsWiring<'_> {
-    PluginsWiring {
-        outbox: &wiring.plugins,
-        metrics: &wiring.metrics,
-        tracker: &wiring.tracker,
-        stop: &wiring.stops.plugins,
-        ticks: &wiring.ticks,
-        scanner: &wiring.scanner,
-    }
-}
-
-/// The target as everything stands now, and the plugin clashes in it.
-fn build(
-    instances: &Instances,
-    health: &Health,
-    plugins: Option<&Plugins>,
-) -> (Target, Vec<desired::Clash>) {
-    let empty = PluginMetadata::new();
-    let metadata = plugins.map_or(&empty, Plugins::metadata);
-    let held_out = instances.held_out(health.withheld());
-    desired::build(instances.effective(), metadata, &held_out)
 }
 
 fn min_rewrite_interval(config: &Config) -> Option<Duration> {

@@ -15,13 +15,14 @@ mod keepalive;
 mod key_watch;
 pub mod lease_record;
 mod session;
+mod status;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,13 +30,14 @@ use tracing::{info, warn};
 
 use crate::backoff::{Backoff, jitter};
 use crate::config::RegistryConfig;
-use crate::desired::{RecordKind, Target};
+use crate::desired::Target;
 use crate::etcd::{self, EtcdError};
 use crate::metrics::Metrics;
 use keepalive::LeaseHealth;
-use key_watch::{KeyNews, KeyWatch};
+use key_watch::{KeyNews, Watcher};
 use lease_record::{LeaseRecord, RecordWriter};
 use session::Session;
+pub use status::RegistryStatus;
 
 /// First retry delay after a failure; it doubles up to `retryInterval`, and
 /// each delay is multiplied by a random factor in [0.5, 1).
@@ -50,45 +52,6 @@ const VERIFY_INTERVAL: Duration = Duration::from_secs(300);
 /// A watch that lived this long was not failing: its restart starts over
 /// from the first, quick delay.
 const WATCH_HEALTHY_AFTER: Duration = Duration::from_secs(10);
-
-/// What the actor knows about its registrations, for `/readyz`, systemd
-/// readiness and metrics.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RegistryStatus {
-    /// The last etcd request succeeded.
-    pub connected: bool,
-    /// The lease holding our keys, while etcd confirms it alive.
-    pub lease: Option<i64>,
-    pub desired: usize,
-    /// Desired records etcd holds as we wrote them, under a live lease.
-    pub registered: usize,
-    /// Every desired record is registered under a live lease.
-    pub ready: bool,
-    /// When the lease runs out without another renewal (for the status).
-    pub lease_expires_at: Option<Instant>,
-    /// The instance records (keys) that are desired but not yet held as
-    /// written under the lease: the status's `pending` instances.
-    pub pending: Vec<String>,
-    /// The last anti-entropy check, and how many keys it rewrote.
-    pub last_verify: Option<(std::time::SystemTime, usize)>,
-}
-
-impl RegistryStatus {
-    /// `3/5 instances registered; etcd connected`: for people (`/readyz`,
-    /// `systemctl status`).
-    pub fn summary(&self) -> String {
-        format!(
-            "{}/{} instances registered; etcd {}",
-            self.registered,
-            self.desired,
-            if self.connected {
-                "connected"
-            } else {
-                "unreachable"
-            }
-        )
-    }
-}
 
 /// The handle the supervisor keeps. Dropping it without [`stop`] leaves the
 /// actor running until the tracker is closed; `stop` is the orderly way out.
@@ -163,10 +126,8 @@ impl RegistryHandle {
         let (stop_tx, stop_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
         let initial = target_rx.borrow().clone();
-        let (news_tx, news_rx) = mpsc::channel(key_watch::NEWS_CAPACITY);
-        let watch_retry =
-            Backoff::new(FIRST_RETRY, initial.config.retry_interval).with_jitter(0.5, 1.0);
         let retry = Backoff::new(FIRST_RETRY, initial.config.retry_interval).with_jitter(0.5, 1.0);
+        let key_watch = Watcher::new(FIRST_RETRY, initial.config.retry_interval);
         let actor = Actor {
             target: initial,
             target_rx,
@@ -187,12 +148,7 @@ impl RegistryHandle {
             recorded: handed,
             record_tx,
             record_writer: None,
-            key_watch: None,
-            watch_generation: 0,
-            news_tx,
-            news_rx,
-            watch_retry,
-            watch_retry_at: Instant::now(),
+            key_watch,
         };
         tracker.spawn(async move {
             tokio::select! {
@@ -297,16 +253,7 @@ struct Actor {
     record_tx: watch::Sender<Option<LeaseRecord>>,
     record_writer: Option<RecordWriter>,
     /// The watch on the current session's keys.
-    key_watch: Option<KeyWatch>,
-    /// The number of the last watch started: a `Lost` from an older one
-    /// (already replaced) is not about the current one.
-    watch_generation: u64,
-    /// The watch task's end and ours.
-    news_tx: mpsc::Sender<KeyNews>,
-    news_rx: mpsc::Receiver<KeyNews>,
-    /// Delays between restarts of a watch that keeps failing.
-    watch_retry: Backoff,
-    watch_retry_at: Instant,
+    key_watch: Watcher,
 }
 
 enum Wake {
@@ -414,7 +361,7 @@ impl Actor {
                 .flatten();
             // A watch to restart once its backoff is over (a round does it).
             let watch_wanted = retry_at.is_none()
-                && self.key_watch.is_none()
+                && !self.key_watch.is_running()
                 && self.session.as_ref().is_some_and(|s| s.written_count() > 0);
             let health = self
                 .session
@@ -422,6 +369,7 @@ impl Actor {
                 .and_then(|s| s.lease.as_mut())
                 .map(|l| &mut l.health);
             let has_lease = health.is_some();
+            let watch_retry_at = self.key_watch.retry_at();
             tokio::select! {
                 biased;
                 stop = &mut self.stop_rx => {
@@ -461,12 +409,12 @@ impl Actor {
                 _ = sleep_until(rotate_at.unwrap_or_else(Instant::now)), if rotate_at.is_some() => {
                     return Wake::Work;
                 }
-                Some(news) = self.news_rx.recv() => {
+                Some(news) = self.key_watch.news() => {
                     if self.on_key_news(news) {
                         return Wake::Work;
                     }
                 }
-                _ = sleep_until(self.watch_retry_at), if watch_wanted => {
+                _ = sleep_until(watch_retry_at), if watch_wanted => {
                     return Wake::Work;
                 }
             }
@@ -493,19 +441,13 @@ impl Actor {
                 true
             }
             KeyNews::Lost(generation, reason) => {
-                if generation != self.watch_generation {
-                    // A watch we had already replaced.
-                    return false;
-                }
-                let Some(lost) = self.key_watch.take() else {
+                let Some(delay) = self.key_watch.lost(
+                    generation,
+                    WATCH_HEALTHY_AFTER,
+                    self.target.config.retry_interval,
+                ) else {
                     return false;
                 };
-                if lost.started.elapsed() >= WATCH_HEALTHY_AFTER {
-                    self.watch_retry.reset();
-                }
-                self.watch_retry.set_cap(self.target.config.retry_interval);
-                let delay = self.watch_retry.fail();
-                self.watch_retry_at = Instant::now() + delay;
                 warn!(%reason, retry_in = ?delay, "the watch on our keys ended; comparing every key and watching again");
                 // Blind meanwhile: compare now, and poll until watched.
                 self.verify_due = true;
@@ -521,26 +463,8 @@ impl Actor {
         let Some(session) = self.session.as_ref() else {
             return;
         };
-        let list = session.watch_list();
-        if list.is_empty() {
-            self.key_watch = None;
-            return;
-        }
-        if let Some(watch) = self.key_watch.as_mut() {
-            watch.follow(&list);
-            return;
-        }
-        if Instant::now() < self.watch_retry_at {
-            return;
-        }
-        self.watch_generation += 1;
-        self.key_watch = Some(KeyWatch::spawn(
-            self.watch_generation,
-            session.client(),
-            list,
-            self.news_tx.clone(),
-            &self.tracker,
-        ));
+        self.key_watch
+            .ensure(session.watch_list(), || session.client(), &self.tracker);
     }
 
     /// Follows what the keeper reports about the current lease; true when
@@ -598,7 +522,7 @@ impl Actor {
             info!("registry settings changed: moving the registrations to a new etcd session");
             self.retiring.push(old);
             // The watch was the old session's (maybe another cluster).
-            self.key_watch = None;
+            self.key_watch.stop();
         }
         if self.session.is_none() {
             let client = etcd::connect(&target.config.client).await?;
@@ -737,7 +661,7 @@ impl Actor {
                 self.metrics.repairs.inc_by(repaired as u64);
             }
             self.verify_due = false;
-            let every = if self.key_watch.is_some() {
+            let every = if self.key_watch.is_running() {
                 VERIFY_INTERVAL
             } else {
                 self.target.config.retry_interval
@@ -764,54 +688,15 @@ impl Actor {
     }
 
     fn publish_status(&self) {
-        let now = Instant::now();
-        // Instances count Yggdrasil records; ready needs every key (naming
-        // keys too).
-        let mut pending = Vec::new();
-        let mut expires_at = None;
-        let (lease, registered, held) = match &self.session {
-            Some(session) => {
-                let live_lease = session
-                    .lease
-                    .as_ref()
-                    .filter(|l| l.expires_at().is_some_and(|at| at > now))
-                    .map(|l| l.id);
-                expires_at = session
-                    .lease
-                    .as_ref()
-                    .and_then(|l| l.expires_at())
-                    .filter(|at| *at > now);
-                let (mut registered, mut held) = (0, 0);
-                if let Some(lease_id) = live_lease {
-                    for (key, record) in &self.target.records {
-                        if session.holds(key, record, lease_id) {
-                            held += 1;
-                            registered += usize::from(record.kind == RecordKind::Instance);
-                        } else if record.kind == RecordKind::Instance {
-                            pending.push(key.clone());
-                        }
-                    }
-                } else {
-                    pending.extend(self.instance_keys());
-                }
-                (live_lease, registered, held)
-            }
-            None => {
-                pending.extend(self.instance_keys());
-                (None, 0, 0)
-            }
-        };
-        let status = RegistryStatus {
-            connected: self.connected,
-            lease,
-            desired: self.target.instances(),
-            registered,
-            ready: self.connected && held == self.target.records.len() && lease.is_some(),
-            lease_expires_at: expires_at,
-            pending,
-            last_verify: self.last_verify,
-        };
-        self.metrics.instances_registered.set(registered as i64);
+        let status = RegistryStatus::of(
+            self.session.as_ref(),
+            &self.target,
+            self.connected,
+            self.last_verify,
+        );
+        self.metrics
+            .instances_registered
+            .set(status.registered as i64);
         self.status_tx.send_if_modified(|current| {
             if *current == status {
                 false
@@ -822,21 +707,12 @@ impl Actor {
         });
     }
 
-    /// The target's instance record keys.
-    fn instance_keys(&self) -> impl Iterator<Item = String> + '_ {
-        self.target
-            .records
-            .iter()
-            .filter(|(_, record)| record.kind == RecordKind::Instance)
-            .map(|(key, _)| key.clone())
-    }
-
     /// Upgrade: the new process holds the lease now. No renewal, watch or
     /// write after this point, and nothing deleted or revoked; the record
     /// file is left to the new process (the writer finishes a write under
     /// way, then stops).
     async fn hand_over(mut self) {
-        self.key_watch = None;
+        self.key_watch.stop();
         for session in self.session.iter_mut().chain(self.retiring.iter_mut()) {
             session.stop_renewing();
         }
@@ -853,7 +729,7 @@ impl Actor {
     /// Stop: no renewal or write after this point (a late heartbeat must not
     /// bring back what we delete), then delete our keys and revoke the lease.
     async fn deregister(mut self, deadline: Instant) {
-        self.key_watch = None;
+        self.key_watch.stop();
         for session in self.session.iter_mut().chain(self.retiring.iter_mut()) {
             session.stop_renewing();
         }

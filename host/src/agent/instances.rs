@@ -4,24 +4,27 @@
 //! missed TTLs). Every method returns at once and says what [`Moved`];
 //! the supervisor makes the checks, the plugins and the target follow.
 
+mod folder;
+mod parts;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
-use super::input::{Folder, FolderInput, Found, Scanner};
-use super::shutdown::Stops;
-use crate::api::{self, ApiChange, ApiReply, ApiRequest, ApiServer};
+use super::input::{FolderInput, Scanner};
+use crate::api::{self, ApiChange, ApiReply, ApiServer};
 use crate::config::{self, Config};
-use crate::handover::{HandedRegistration, HandedSocket, HandedTcp, Incoming, Inherited};
+use crate::handover::{HandedRegistration, HandedSocket, HandedTcp};
 use crate::instances_dir::{self, DirScan, InstancesDir};
 use crate::local::{self, LocalState, Source};
 use crate::record;
-use crate::state_dir::{self, Maintenance};
+use crate::state_dir::Maintenance;
+use folder::InstancesFolder;
+pub(super) use parts::LocalParts;
 
 /// What a change to the instances moved: the supervisor updates only
 /// that (the instance, its checks, its records) unless `all`.
@@ -97,38 +100,6 @@ impl InstanceSource {
     }
 }
 
-/// `agent.instancesDir` while it is configured.
-struct InstancesFolder {
-    dir: PathBuf,
-    /// `agent.checks` when the folder was set up: a change scans again.
-    defaults: config::CheckTiming,
-    state: InstancesDir,
-    input: FolderInput,
-}
-
-impl InstancesFolder {
-    fn new(dir: PathBuf, defaults: config::CheckTiming, scanner: &Scanner) -> InstancesFolder {
-        let input = FolderInput::new(Folder::Instances, &dir);
-        let mut folder = InstancesFolder {
-            dir,
-            defaults,
-            state: InstancesDir::default(),
-            input,
-        };
-        folder.scan(scanner);
-        folder
-    }
-
-    /// Scans beside the loop (one at a time; one asked for meanwhile runs
-    /// after it).
-    fn scan(&mut self, scanner: &Scanner) {
-        let (dir, defaults) = (self.dir.clone(), self.defaults.clone());
-        self.input.scan(false, scanner, move |_| {
-            Found::Instances(instances_dir::scan(&dir, &defaults))
-        });
-    }
-}
-
 /// The instances in force and what holds some of them out.
 pub(super) struct Instances {
     /// The running config with the instances of every other source (the
@@ -153,88 +124,6 @@ pub(super) struct Instances {
     /// The JSON each API registration was made with, by id: what an
     /// upgrade hands over.
     api_bodies: BTreeMap<String, String>,
-}
-
-/// What [`Instances::new`] takes besides the config.
-pub(super) struct LocalParts {
-    pub maintenance: Maintenance,
-    /// Drains and API registrations handed over by the previous process
-    /// on an upgrade.
-    pub drained: BTreeSet<String>,
-    pub node_drained: bool,
-    pub api_registrations: Vec<HandedRegistration>,
-    pub api: Option<ApiServer>,
-    pub check_defaults: watch::Sender<config::CheckTiming>,
-    pub state_writer: Option<watch::Sender<Maintenance>>,
-}
-
-impl LocalParts {
-    /// Starts the local API server (its calls go to `calls`; the
-    /// supervisor's inbox holds the receiver), reads the maintenance in
-    /// force from the state folder and starts its writer. On an upgrade,
-    /// `incoming` holds the listeners, maintenance and drains the previous
-    /// process handed over.
-    pub async fn start(
-        config: &Config,
-        calls: mpsc::Sender<ApiRequest>,
-        tracker: &TaskTracker,
-        stops: &Stops,
-        incoming: Option<&mut Incoming>,
-    ) -> LocalParts {
-        let local = &config.agent.local;
-        let (check_defaults, defaults_rx) = watch::channel(local.check_defaults.clone());
-        let mut none = Inherited::default();
-        let (inherited, handed) = match incoming {
-            Some(incoming) => (&mut incoming.listeners, Some(&incoming.handover)),
-            None => (&mut none, None),
-        };
-        let api = match local.api.as_ref() {
-            Some(api_config) => {
-                match api::start(
-                    api_config,
-                    calls,
-                    defaults_rx,
-                    tracker,
-                    &stops.api,
-                    inherited,
-                )
-                .await
-                {
-                    Ok(server) => Some(server),
-                    Err(error) => {
-                        error!(%error, "cannot start the local API; running without it (fix agent.api and restart)");
-                        None
-                    }
-                }
-            }
-            None => None,
-        };
-        // Maintenance outlives restarts: read before the first target.
-        let state_dir = (local.api.is_some() || local.state_dir.is_some())
-            .then(|| state_dir::resolve(local.state_dir.as_deref()))
-            .flatten();
-        let maintenance = match (handed, state_dir.clone()) {
-            (Some(handed), _) => handed.maintenance.clone(),
-            (None, Some(dir)) => tokio::task::spawn_blocking(move || state_dir::load(&dir))
-                .await
-                .unwrap_or_default(),
-            (None, None) => Maintenance::default(),
-        };
-        if maintenance != Maintenance::default() {
-            info!(node = ?maintenance.node, instances = maintenance.instances.len(), "maintenance in force from the state folder");
-        }
-        let state_writer = state_dir
-            .map(|dir| state_dir::writer(dir, maintenance.clone(), tracker, stops.state.clone()));
-        LocalParts {
-            maintenance,
-            drained: handed.map(|h| h.drained.clone()).unwrap_or_default(),
-            node_drained: handed.is_some_and(|h| h.node_drained),
-            api_registrations: handed.map(|h| h.api.clone()).unwrap_or_default(),
-            api,
-            check_defaults,
-            state_writer,
-        }
-    }
 }
 
 impl Instances {

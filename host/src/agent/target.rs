@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::desired::{Clash, DesiredRecord, Target, Throttle};
+use super::health::Health;
+use super::instances::Instances;
+use super::plugins::Plugins;
+use crate::desired::{Clash, DesiredRecord, PluginMetadata, Target, Throttle};
 use crate::registry::RegistryHandle;
 
 /// A burst longer than this many events publishes anyway, so a steady
@@ -163,4 +166,45 @@ impl Publisher {
         self.registry.set_target(target);
         clashes
     }
+}
+
+/// The target as everything stands now, and the plugin clashes in it.
+pub(super) fn build(
+    instances: &Instances,
+    health: &Health,
+    plugins: Option<&Plugins>,
+) -> (Target, Vec<Clash>) {
+    let empty = PluginMetadata::new();
+    let metadata = plugins.map_or(&empty, Plugins::metadata);
+    let held_out = instances.held_out(health.withheld());
+    crate::desired::build(instances.effective(), metadata, &held_out)
+}
+
+/// The record of one instance by registry key, built alone (no plugin
+/// metadata); `None` while it is held out or gone.
+pub(super) fn build_one(
+    instances: &Instances,
+    health: &Health,
+    key: &str,
+) -> Option<DesiredRecord> {
+    if instances.is_held_out(key, health.withheld()) {
+        return None;
+    }
+    let (instance, _) = instances.find(key)?;
+    let none = PluginMetadata::new();
+    crate::desired::instance_record(instances.effective(), instance, key, &none, &mut Vec::new())
+}
+
+/// How many records `new` adds to `old`, removes from it, and changes.
+pub(super) fn count_changes(old: &Target, new: &Target) -> (usize, usize, usize) {
+    let added = (new.records.keys())
+        .filter(|k| !old.records.contains_key(*k))
+        .count();
+    let removed = (old.records.keys())
+        .filter(|k| !new.records.contains_key(*k))
+        .count();
+    let changed = (new.records.iter())
+        .filter(|(k, r)| old.records.get(*k).is_some_and(|o| o != *r))
+        .count();
+    (added, removed, changed)
 }

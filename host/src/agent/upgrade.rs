@@ -23,7 +23,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::handover::{Handover, Launch, READY_LINE, READY_TIMEOUT, UPGRADE_FD_ENV};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use super::instances::Instances;
+use super::listener::AdminListener;
+use crate::handover::{Handover, Incoming, Launch, READY_LINE, READY_TIMEOUT, UPGRADE_FD_ENV};
+use crate::registry::{RegistryHandle, RegistryStatus};
 
 /// How long a new process that closed the channel has to exit before it
 /// is killed (so its exit status can be reported).
@@ -75,6 +81,29 @@ impl Upgrader {
     /// An upgrade is under way (its new process's pid).
     pub fn under_way(&self) -> Option<u32> {
         self.under_way
+    }
+
+    /// SIGUSR2: unless one is under way, starts the new binary and hands
+    /// it what `handover` describes; logs how that went.
+    pub fn begin(&mut self, handover: impl FnOnce() -> Handover) {
+        if let Some(pid) = self.under_way {
+            warn!(pid, "SIGUSR2 ignored: an upgrade is already under way");
+            return;
+        }
+        let handover = handover();
+        let lease = handover.lease.as_ref().map(|r| r.lease);
+        let keys = handover.lease.as_ref().map_or(0, |r| r.keys.len());
+        match self.start(handover) {
+            Ok(pid) => info!(
+                pid,
+                lease,
+                keys,
+                "SIGUSR2: upgrade started; this agent keeps running until the new process says ready"
+            ),
+            Err(why) => error!(
+                "upgrade failed: {why}; this agent keeps running and keeps every registration"
+            ),
+        }
     }
 
     /// Starts the new binary and hands it `handover`. `Err`: it could not
@@ -160,9 +189,25 @@ impl Upgrader {
         Ok(pid)
     }
 
-    /// The upgrade under way ended.
-    pub fn ended(&mut self) {
+    /// The upgrade under way ended: `Some(pid)` when the new process
+    /// took over (this one stops without deregistering).
+    pub fn ended(&mut self, outcome: UpgradeOutcome) -> Option<u32> {
         self.under_way = None;
+        match outcome {
+            UpgradeOutcome::Ready { pid } => {
+                info!(
+                    pid,
+                    "upgrade: the new process is ready and holds every registration; this one stops without deregistering"
+                );
+                Some(pid)
+            }
+            UpgradeOutcome::Failed(why) => {
+                error!(
+                    "upgrade failed: {why}; this agent keeps running and keeps every registration"
+                );
+                None
+            }
+        }
     }
 
     /// The agent stops: a new process still being waited for is killed at
@@ -171,6 +216,47 @@ impl Upgrader {
         if let Some(pid) = self.under_way.take() {
             kill(pid);
         }
+    }
+}
+
+/// What an upgrade hands the new process: the lease and what was
+/// written under it, maintenance and drains, the local API's
+/// registrations and every listening socket.
+pub(super) fn handover(
+    registry: &RegistryHandle,
+    registry_status: &RegistryStatus,
+    instances: &Instances,
+    admin: &AdminListener,
+) -> Handover {
+    let mut handover = Handover::new();
+    handover.lease = registry.record();
+    let now = Instant::now();
+    handover.lease_expires_in_ms = (registry_status.lease_expires_at)
+        .map(|at| at.saturating_duration_since(now).as_millis() as u64);
+    let local = instances.local();
+    handover.maintenance = local.maintenance.clone();
+    handover.drained = local.drained.clone();
+    handover.node_drained = local.node_drained;
+    handover.api = instances.registrations_handed();
+    (handover.api_socket, handover.api_tcp) = instances.api_handed();
+    handover.admin = admin.handed();
+    handover
+}
+
+/// The new process's side, once everything is registered under the
+/// adopted lease: tells the previous process it may stop.
+pub(super) fn say_ready(mut incoming: Incoming) {
+    let from = incoming.handover.from_pid;
+    match incoming.ready() {
+        Ok(()) => info!(
+            from,
+            "upgrade: ready; the previous process stops without deregistering"
+        ),
+        Err(error) => warn!(
+            from,
+            %error,
+            "upgrade: cannot tell the previous process this one is ready (it may have given up and killed this one)"
+        ),
     }
 }
 

@@ -15,6 +15,7 @@
 //! [`KeyWatch`] stops the task.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
 
 use etcd_client::{Client, EventType, WatchOptions};
 use tokio::sync::mpsc;
@@ -22,8 +23,10 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
+use crate::backoff::Backoff;
+
 /// Events waiting for the actor; the task waits when it is full.
-pub const NEWS_CAPACITY: usize = 256;
+const NEWS_CAPACITY: usize = 256;
 
 /// What the watch saw.
 #[derive(Debug)]
@@ -43,7 +46,7 @@ pub enum KeyNews {
 /// A running watch on a session's keys: what it covers, and the way to
 /// change that without starting over.
 pub struct KeyWatch {
-    pub started: Instant,
+    started: Instant,
     watched: HashSet<String>,
     changes: mpsc::UnboundedSender<Change>,
     _stop: DropGuard,
@@ -116,6 +119,106 @@ impl KeyWatch {
             // way and the actor starts over.
             let _ = self.changes.send(change);
         }
+    }
+}
+
+/// The actor's side of the watch on its keys: the running watch (if any),
+/// the channel its news comes on, and the backoff between restarts of a
+/// watch that keeps failing.
+pub struct Watcher {
+    running: Option<KeyWatch>,
+    /// The number of the last watch started: a `Lost` from an older one
+    /// (already replaced) is not about the current one.
+    generation: u64,
+    /// The watch task's end and ours.
+    news_tx: mpsc::Sender<KeyNews>,
+    news_rx: mpsc::Receiver<KeyNews>,
+    retry: Backoff,
+    retry_at: Instant,
+}
+
+impl Watcher {
+    pub fn new(first_retry: Duration, retry_interval: Duration) -> Watcher {
+        let (news_tx, news_rx) = mpsc::channel(NEWS_CAPACITY);
+        Watcher {
+            running: None,
+            generation: 0,
+            news_tx,
+            news_rx,
+            retry: Backoff::new(first_retry, retry_interval).with_jitter(0.5, 1.0),
+            retry_at: Instant::now(),
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Stops the running watch (the session it watched is gone or stops).
+    pub fn stop(&mut self) {
+        self.running = None;
+    }
+
+    /// When a stopped watch may start again.
+    pub fn retry_at(&self) -> Instant {
+        self.retry_at
+    }
+
+    /// The next news from the running watch (waits forever without one).
+    pub async fn news(&mut self) -> Option<KeyNews> {
+        self.news_rx.recv().await
+    }
+
+    /// Makes the watch cover exactly `keys`: a running watch follows them;
+    /// otherwise one starts on `client()`, unless its restart is backing
+    /// off. No keys: no watch.
+    pub fn ensure(
+        &mut self,
+        keys: Vec<(String, i64)>,
+        client: impl FnOnce() -> Client,
+        tracker: &TaskTracker,
+    ) {
+        if keys.is_empty() {
+            self.running = None;
+            return;
+        }
+        if let Some(watch) = self.running.as_mut() {
+            watch.follow(&keys);
+            return;
+        }
+        if Instant::now() < self.retry_at {
+            return;
+        }
+        self.generation += 1;
+        self.running = Some(KeyWatch::spawn(
+            self.generation,
+            client(),
+            keys,
+            self.news_tx.clone(),
+            tracker,
+        ));
+    }
+
+    /// Watch number `generation` ended: when it is the running one, it is
+    /// dropped and its restart scheduled; returns the delay before it.
+    pub fn lost(
+        &mut self,
+        generation: u64,
+        healthy_after: Duration,
+        retry_interval: Duration,
+    ) -> Option<Duration> {
+        if generation != self.generation {
+            // A watch we had already replaced.
+            return None;
+        }
+        let lost = self.running.take()?;
+        if lost.started.elapsed() >= healthy_after {
+            self.retry.reset();
+        }
+        self.retry.set_cap(retry_interval);
+        let delay = self.retry.fail();
+        self.retry_at = Instant::now() + delay;
+        Some(delay)
     }
 }
 
