@@ -9,6 +9,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -19,12 +20,15 @@ use crate::record::{self, Instance};
 /// One key as it should appear in etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredRecord {
-    /// The JSON value.
-    pub value: String,
+    /// The JSON value. Shared (`Arc`), as are the other texts: a target is
+    /// cloned and compared whole at every publish, and what the registry
+    /// wrote keeps the same value, so an unchanged record compares by
+    /// pointer instead of byte by byte.
+    pub value: Arc<str>,
     /// `namespace/name/version`, for log lines.
-    pub service: String,
+    pub service: Arc<str>,
     /// `scheme://address` of each endpoint, for log lines.
-    pub endpoints: Vec<String>,
+    pub endpoints: Arc<[String]>,
     pub kind: RecordKind,
     /// A digest of the configured instance the record comes from: equal
     /// digests and different values mean only plugin output changed.
@@ -104,9 +108,9 @@ pub fn build(
             {
                 // Two instances with one key: the first keeps it (`check` warns).
                 records.entry(naming_key).or_insert_with(|| DesiredRecord {
-                    value: record::naming_value(&endpoint.address),
-                    service: instance.service_label(),
-                    endpoints: vec![endpoint.to_string()],
+                    value: record::naming_value(&endpoint.address).into(),
+                    service: instance.service_label().into(),
+                    endpoints: Arc::from([endpoint.to_string()]),
                     kind: RecordKind::Naming,
                     source,
                 });
@@ -142,8 +146,8 @@ pub fn instance_record(
     }
     let metadata = merged_metadata(instance, key, plugins, clashes);
     Some(DesiredRecord {
-        value: record::record_value(instance, &metadata),
-        service: instance.service_label(),
+        value: record::record_value(instance, &metadata).into(),
+        service: instance.service_label().into(),
         endpoints: instance.endpoints.iter().map(ToString::to_string).collect(),
         kind: RecordKind::Instance,
         source: digest(instance),
@@ -172,7 +176,7 @@ pub struct Throttle {
 #[derive(Debug)]
 struct Sent {
     at: Instant,
-    value: String,
+    value: Arc<str>,
     source: u64,
 }
 
@@ -370,8 +374,8 @@ mod tests {
         let (after, _) = build(&config, &plugins, &BTreeSet::new());
         assert_eq!(after.records.keys().collect::<Vec<_>>(), vec![&key]);
         assert_ne!(before.records[&key].value, after.records[&key].value);
-        assert_eq!(after.records[&key].service, "default/svc/1");
-        assert_eq!(after.records[&key].endpoints, vec!["grpc://127.0.0.1:1"]);
+        assert_eq!(&*after.records[&key].service, "default/svc/1");
+        assert_eq!(&*after.records[&key].endpoints, ["grpc://127.0.0.1:1"]);
     }
 
     fn with_naming(mut config: Config, yggdrasil: bool, naming: EtcdNaming) -> Config {
@@ -410,10 +414,10 @@ mod tests {
         let naming = &target.records["default/svc/127.0.0.1:3"];
         assert_eq!(naming.kind, RecordKind::Naming);
         assert_eq!(
-            naming.value,
+            &*naming.value,
             r#"{"Op":0,"Addr":"127.0.0.1:3","Metadata":null}"#
         );
-        assert_eq!(naming.endpoints, vec!["grpc://127.0.0.1:3"]);
+        assert_eq!(&*naming.endpoints, ["grpc://127.0.0.1:3"]);
 
         // A withheld instance loses its naming keys too.
         let withheld = BTreeSet::from([instance_key]);

@@ -463,8 +463,12 @@ impl Actor {
         let Some(session) = self.session.as_ref() else {
             return;
         };
-        self.key_watch
-            .ensure(session.watch_list(), || session.client(), &self.tracker);
+        self.key_watch.ensure(
+            session.written_stamp(),
+            || session.watch_list(),
+            || session.client(),
+            &self.tracker,
+        );
     }
 
     /// Follows what the keeper reports about the current lease; true when

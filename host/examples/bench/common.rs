@@ -19,9 +19,10 @@ pub(crate) fn record(i: usize) -> DesiredRecord {
             r#"{{"namespace":"bench","name":"svc","version":"1.0.0","region":"us-west","zone":"us-west-1","campus":"campus-a","metadata":{{"env":"dev","pod":"pod-{i:010}"}},"endpoints":[{{"scheme":"grpc","address":"10.0.{}.{}:54321","metadata":null}}]}}"#,
             i / 256 % 256,
             i % 256
-        ),
+        )
+        .into(),
         service: "bench/svc/1.0.0".into(),
-        endpoints: vec![format!("grpc://10.0.0.1:{i}")],
+        endpoints: vec![format!("grpc://10.0.0.1:{i}")].into(),
         kind: RecordKind::Instance,
         source: i as u64,
     }

@@ -68,7 +68,7 @@ pub(crate) async fn edits_and_drop_ins(etcd: &Etcd, rows: &mut Vec<Row>) {
     for i in 0..EDITS {
         let start = Instant::now();
         client
-            .put(format!("/floor/put/{i}"), record(i).value, None)
+            .put(format!("/floor/put/{i}"), record(i).value.as_bytes(), None)
             .await
             .unwrap();
         puts.push(start.elapsed());

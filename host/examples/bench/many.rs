@@ -39,7 +39,7 @@ pub(crate) async fn seed_strategy(etcd: &Etcd, tracker: &TaskTracker) -> (Durati
         client
             .put(
                 format!("/seed/many/bench/svc/{i}"),
-                record(i).value,
+                record(i).value.as_bytes(),
                 Some(PutOptions::new().with_lease(lease)),
             )
             .await
@@ -70,7 +70,7 @@ pub(crate) async fn many_instances(etcd: &Etcd, rows: &mut Vec<Row>) {
         client
             .put(
                 format!("/raw/many/bench/svc/{i}"),
-                record(i).value,
+                record(i).value.as_bytes(),
                 Some(PutOptions::new().with_lease(lease)),
             )
             .await
@@ -81,7 +81,12 @@ pub(crate) async fn many_instances(etcd: &Etcd, rows: &mut Vec<Row>) {
 
     // The floor: the same keys in transactions of 128 puts on one lease.
     let floor_keys: Vec<(String, String)> = (0..MANY)
-        .map(|i| (format!("/floor/many/bench/svc/{i:05}"), record(i).value))
+        .map(|i| {
+            (
+                format!("/floor/many/bench/svc/{i:05}"),
+                record(i).value.to_string(),
+            )
+        })
         .collect();
     let floor_many = floor_writes(etcd, &floor_keys).await;
 

@@ -35,7 +35,7 @@ pub(crate) async fn recovery(rows: &mut Vec<Row>) {
     let start = Instant::now();
     for i in 0..RECOVERY_INSTANCES {
         client
-            .put(format!("/floor/{i}"), record(i).value, None)
+            .put(format!("/floor/{i}"), record(i).value.as_bytes(), None)
             .await
             .unwrap();
     }

@@ -127,6 +127,8 @@ impl KeyWatch {
 /// watch that keeps failing.
 pub struct Watcher {
     running: Option<KeyWatch>,
+    /// The session's `written_stamp` the running watch last followed.
+    followed: u64,
     /// The number of the last watch started: a `Lost` from an older one
     /// (already replaced) is not about the current one.
     generation: u64,
@@ -142,6 +144,7 @@ impl Watcher {
         let (news_tx, news_rx) = mpsc::channel(NEWS_CAPACITY);
         Watcher {
             running: None,
+            followed: 0,
             generation: 0,
             news_tx,
             news_rx,
@@ -169,27 +172,35 @@ impl Watcher {
         self.news_rx.recv().await
     }
 
-    /// Makes the watch cover exactly `keys`: a running watch follows them;
-    /// otherwise one starts on `client()`, unless its restart is backing
-    /// off. No keys: no watch.
+    /// Makes the watch cover exactly `keys()`, the keys written as of
+    /// `stamp` (see `Session::written_stamp`): a running watch follows them
+    /// (nothing to do while the stamp has not moved); otherwise one starts
+    /// on `client()`, unless its restart is backing off. No keys: no watch.
     pub fn ensure(
         &mut self,
-        keys: Vec<(String, i64)>,
+        stamp: u64,
+        keys: impl FnOnce() -> Vec<(String, i64)>,
         client: impl FnOnce() -> Client,
         tracker: &TaskTracker,
     ) {
+        if self.running.is_some() && stamp == self.followed {
+            return;
+        }
+        let keys = keys();
         if keys.is_empty() {
             self.running = None;
             return;
         }
         if let Some(watch) = self.running.as_mut() {
             watch.follow(&keys);
+            self.followed = stamp;
             return;
         }
         if Instant::now() < self.retry_at {
             return;
         }
         self.generation += 1;
+        self.followed = stamp;
         self.running = Some(KeyWatch::spawn(
             self.generation,
             client(),

@@ -41,11 +41,11 @@ pub struct LeaseRecord {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordedKey {
-    pub value: String,
+    pub value: Arc<str>,
     pub mod_revision: i64,
     /// `namespace/name/version`, for the log lines about the key.
     #[serde(default)]
-    pub service: String,
+    pub service: Arc<str>,
     /// An etcd-naming key rather than a Yggdrasil record.
     #[serde(default)]
     pub naming: bool,

@@ -4,6 +4,7 @@
 //! session; the requests are made here.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
@@ -26,9 +27,10 @@ use crate::metrics::{self, Metrics};
 /// What we wrote under one key, as etcd confirmed it.
 #[derive(Debug, Clone)]
 struct Written {
-    value: String,
+    /// Shared with the record it was written from (see `DesiredRecord`).
+    value: Arc<str>,
     /// `namespace/name/version`, so every log line about the key names it.
-    service: String,
+    service: Arc<str>,
     /// The revision of our write: a different one means someone else wrote.
     mod_revision: i64,
     /// 0 when written without a lease.
@@ -97,6 +99,9 @@ pub(super) struct Session {
     routine: bool,
     /// The revision of the last full comparison.
     verified_at: i64,
+    /// Stamped (`next_stamp`) at every change to `written`: the watch on
+    /// our keys follows them again only when this moved.
+    written_stamp: u64,
 }
 
 impl Session {
@@ -111,6 +116,7 @@ impl Session {
             max_bytes: MAX_TXN_BYTES,
             routine: false,
             verified_at: 0,
+            written_stamp: next_stamp(),
         }
     }
 
@@ -361,7 +367,7 @@ impl Session {
                 self.client.txn(Txn::new().when(compares).or_else(gets)),
             )
             .await?;
-            let mut held: Vec<(String, String, i64)> = Vec::with_capacity(chunk.len());
+            let mut held: Vec<(String, Arc<str>, i64)> = Vec::with_capacity(chunk.len());
             if response.succeeded() {
                 // Every key as recorded (one not recorded compared with
                 // revision 0: it is gone).
@@ -376,7 +382,7 @@ impl Session {
                         continue;
                     };
                     if let Some(kv) = get.kvs().first().filter(|kv| kv.lease() == id) {
-                        let value = String::from_utf8_lossy(kv.value()).into_owned();
+                        let value: Arc<str> = String::from_utf8_lossy(kv.value()).into();
                         held.push((key.clone(), value, kv.mod_revision()));
                     }
                 }
@@ -395,6 +401,7 @@ impl Session {
                     },
                 };
                 self.written.insert(key, written);
+                self.written_stamp = next_stamp();
             }
         }
         Ok(())
@@ -403,6 +410,11 @@ impl Session {
     /// The keys to watch, each with the revision to watch after: our last
     /// write of it, or the last full comparison if that is later (a watch
     /// from before it may have been compacted away).
+    /// Changes when the keys written change (unique across sessions).
+    pub(super) fn written_stamp(&self) -> u64 {
+        self.written_stamp
+    }
+
     pub(super) fn watch_list(&self) -> Vec<(String, i64)> {
         self.written
             .iter()
@@ -446,6 +458,7 @@ impl Session {
             }
         }
         self.written.remove(key);
+        self.written_stamp = next_stamp();
         true
     }
 
@@ -523,6 +536,7 @@ impl Session {
         }
         for key in &damaged {
             self.written.remove(key);
+            self.written_stamp = next_stamp();
         }
         if verified_at != i64::MAX {
             self.verified_at = verified_at;
@@ -560,7 +574,7 @@ impl Session {
                     Op::Put(key) => {
                         let options =
                             (lease_id != 0).then(|| PutOptions::new().with_lease(lease_id));
-                        TxnOp::put(key.as_str(), records[key].value.as_str(), options)
+                        TxnOp::put(key.as_str(), &*records[key].value, options)
                     }
                     Op::Delete(key) => TxnOp::delete(key.as_str(), None),
                 })
@@ -604,7 +618,7 @@ impl Session {
                             info!(key = %key, %service, "instance registered successfully");
                             info!(key = %key, %service, "service: {service}");
                             info!(key = %key, %service, "endpoints: {}", record.endpoints.len());
-                            for endpoint in &record.endpoints {
+                            for endpoint in record.endpoints.iter() {
                                 info!(key = %key, %service, "  - {endpoint}");
                             }
                         } else if self.routine {
@@ -612,6 +626,7 @@ impl Session {
                         } else {
                             info!(key = %key, service = %record.service, "instance re-registered");
                         }
+                        self.written_stamp = next_stamp();
                         self.written.insert(
                             key,
                             Written {
@@ -624,6 +639,7 @@ impl Session {
                         );
                     }
                     Op::Delete(key) => {
+                        self.written_stamp = next_stamp();
                         if let Some(written) = self.written.remove(&key) {
                             written.log_removed(&key);
                         }
@@ -694,6 +710,7 @@ impl Session {
             match before(deadline, self.client.txn(Txn::new().and_then(deletes))).await {
                 Ok(_) => {
                     for key in chunk {
+                        self.written_stamp = next_stamp();
                         if let Some(written) = self.written.remove(key) {
                             written.log_removed(key);
                         }
@@ -712,4 +729,10 @@ impl Session {
         }
         self.revoke_lease(deadline).await;
     }
+}
+
+/// A stamp for `Session::written_stamp`, never given twice in a process.
+fn next_stamp() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
