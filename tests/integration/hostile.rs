@@ -162,7 +162,7 @@ async fn half_sent_requests_to_every_listener_take_nothing_out() {
 
 /// The bounds on root's answers on the socket under the held flood: the
 /// median, and each. The 100 ms for each holds in release
-/// (`./scripts/bench flood`: at most 24 ms); this debug build beside other
+/// (`./scripts/bench flood`: at most 26 ms); this debug build beside other
 /// tests and a build took up to 96 ms (a 55 ms `connect`: the debug accept
 /// loop drains slower than the attacker fills the backlog), so each is
 /// bounded at 400 ms here, the median at 50 ms (7 ms measured), while the
