@@ -150,6 +150,26 @@ impl Accept for tokio::net::UnixListener {
 /// The API socket's backlog (see [`Accept::BACKLOG`]).
 pub const SOCKET_BACKLOG: i32 = 128;
 
+/// Connections the accept loop takes in one go when it closes each at
+/// once (a user over its share), before it looks at anything else.
+const ACCEPT_BATCH: usize = 1024;
+
+/// A connection queued on `listener` now, non-blocking and close-on-exec
+/// (`None`: none, or an error the next [`accept_fd`] meets again).
+fn try_accept(listener: &OwnedFd) -> Option<OwnedFd> {
+    // SAFETY: as in `accept_fd`.
+    let raw = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    // SAFETY: a new descriptor no one else owns.
+    (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
 /// The next connection on `listener`, non-blocking and close-on-exec.
 async fn accept_fd(listener: &AsyncFd<OwnedFd>) -> std::io::Result<OwnedFd> {
     loop {
@@ -471,8 +491,42 @@ pub async fn serve<L: Accept>(
             }
             accepted = accept_fd(&listener) => match accepted {
                 Ok(fd) => {
-                    let peer = Peer::of(L::peer_uid(&fd), own);
-                    (fd, peer, false)
+                    // Drained in one go: the connections of a user over
+                    // its share are closed here, up to `ACCEPT_BATCH`, so
+                    // the backlog empties before anything else runs and a
+                    // trusted client's connect finds room.
+                    open.retain(|c| !c.ended.is_cancelled());
+                    let mut next = Some(fd);
+                    let mut taken = 0;
+                    let mut kept = None;
+                    while let Some(fd) = next.take() {
+                        let peer = Peer::of(L::peer_uid(&fd), own);
+                        if let Peer::User(uid) = peer
+                            && over_share(&open, peer, limits.max_connections)
+                        {
+                            closed("user_share");
+                            if let Some(more) = shared_out.due() {
+                                warn!(
+                                    listener = name,
+                                    uid,
+                                    share = user_share(limits.max_connections),
+                                    more,
+                                    "a user holds its whole share of connections; closing its new ones"
+                                );
+                            }
+                            drop(fd);
+                            taken += 1;
+                            if taken < ACCEPT_BATCH {
+                                next = try_accept(listener.get_ref());
+                            }
+                        } else {
+                            kept = Some((fd, peer));
+                        }
+                    }
+                    match kept {
+                        Some((fd, peer)) => (fd, peer, false),
+                        None => continue,
+                    }
                 }
                 Err(error) => {
                     if let Some(more) = failing.due() {

@@ -150,19 +150,24 @@ async fn check_urls_are_redacted_and_bodies_never_shown() {
 /// the socket is shared with) holds 2,000 half-sent requests against each
 /// of the admin listener, the API socket and the API's TCP listener (the
 /// ones the agent closes opened again every 100 ms): a TCP-checked healthy
-/// instance stays registered throughout (no DELETE in etcd), and every
-/// call of the operator's command line (root) on the socket succeeds, the
-/// median within 100 ms (each within 2 s: a build may run beside).
+/// instance stays registered throughout (no DELETE in etcd), root's
+/// answers on the socket (this process's client: connect, request, whole
+/// answer) come within [`ANSWERS`], and every call of the operator's
+/// command line succeeds within 2 s (its process start on a loaded machine
+/// is not the agent's answer time).
 #[tokio::test]
 async fn half_sent_requests_to_every_listener_take_nothing_out() {
-    flood(
-        "held",
-        false,
-        Some(Duration::from_millis(100)),
-        Duration::from_secs(2),
-    )
-    .await;
+    flood("held", false, Some(ANSWERS), Duration::from_secs(2)).await;
 }
+
+/// The bounds on root's answers on the socket under the held flood: the
+/// median, and each. The 100 ms for each holds in release
+/// (`./scripts/bench flood`: at most 26 ms); this debug build beside other
+/// tests and a build took up to 96 ms (a 55 ms `connect`: the debug accept
+/// loop drains slower than the attacker fills the backlog), so each is
+/// bounded at 400 ms here, the median at 50 ms (7 ms measured), while the
+/// listeners before the per-user share took 220 ms median, 849 ms max.
+const ANSWERS: (Duration, Duration) = (Duration::from_millis(50), Duration::from_millis(400));
 
 /// The same with the attacker opening connections in a tight loop (tens
 /// of thousands a second on the socket): the instance still stays, and
@@ -173,14 +178,20 @@ async fn a_tight_loop_of_connects_to_every_listener_takes_nothing_out() {
     flood("tight loop", true, None, Duration::from_secs(5)).await;
 }
 
-/// The flood (`churn`: a tight loop) and its bounds on the operator's
-/// command-line calls: the median within `median_within` (when given),
-/// each within `answer_within`.
-async fn flood(what: &str, churn: bool, median_within: Option<Duration>, answer_within: Duration) {
+/// The flood (`churn`: a tight loop) and its bounds: root's answers on
+/// the socket, the median and each, within `answers` (when given), each
+/// command-line call within `cli_within`.
+async fn flood(
+    what: &str,
+    churn: bool,
+    answers: Option<(Duration, Duration)>,
+    cli_within: Duration,
+) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     const HELD: usize = 2000;
     const CALLS: usize = 30;
+    const CLI_CALLS: usize = 5;
     let _heavy = heavy_test().await;
     let limit = raise_own_open_files(4 * HELD as u64 + 1024);
     if limit < 3 * HELD as u64 + 512 {
@@ -200,7 +211,8 @@ async fn flood(what: &str, churn: bool, median_within: Option<Duration>, answer_
     })
     .await
     .0;
-    let quiet = operator_calls(&flooded.socket, "steady", CALLS).await;
+    let quiet = socket_calls(&flooded.socket, "steady", CALLS).await;
+    let quiet_cli = operator_calls(&flooded.socket, "steady", CLI_CALLS).await;
 
     // Every DELETE under the prefix from here on.
     let mut client = etcd.client().await;
@@ -222,9 +234,10 @@ async fn flood(what: &str, churn: bool, median_within: Option<Duration>, answer_
     });
 
     let flood = Flood::start(hostile, &flooded.targets(), HELD, churn).await;
-    let took = operator_calls(&flooded.socket, "steady", CALLS).await;
+    let took = socket_calls(&flooded.socket, "steady", CALLS).await;
+    let took_cli = operator_calls(&flooded.socket, "steady", CLI_CALLS).await;
     let opened = flood.stop();
-    let figures = |took: &[Duration]| {
+    let cli = |took: &[Duration]| {
         format!(
             "median {:?}, max {:?}",
             took[took.len() / 2],
@@ -232,15 +245,18 @@ async fn flood(what: &str, churn: bool, median_within: Option<Duration>, answer_
         )
     };
     eprintln!(
-        "operator's `ygg-agent instances` ({CALLS} calls): quiet {}; under the {what} flood {}; connections opened (admin, API TCP, API socket): {opened:?}",
-        figures(&quiet),
-        figures(&took)
+        "root's answers on the socket ({CALLS} calls, median / p99 / max): quiet {}; under the {what} flood {}; operator's `ygg-agent instances` ({CLI_CALLS} calls): quiet {}, under the flood {}; connections opened (admin, API TCP, API socket): {opened:?}",
+        timed_figures(&quiet),
+        timed_figures(&took),
+        cli(&quiet_cli),
+        cli(&took_cli)
     );
     if hostile.is_some() {
-        if let Some(bound) = median_within {
-            assert!(took[took.len() / 2] < bound, "{took:?}");
+        if let Some((median, each)) = answers {
+            assert!(took[took.len() / 2].total < median, "{took:?}");
+            assert!(took[took.len() - 1].total < each, "{took:?}");
         }
-        assert!(took[took.len() - 1] < answer_within, "{took:?}");
+        assert!(took_cli[took_cli.len() - 1] < cli_within, "{took_cli:?}");
     }
 
     // Still registered, never deleted, nothing ran out of files.

@@ -377,3 +377,89 @@ pub async fn operator_calls(
     took.sort();
     took
 }
+
+/// One call on the API socket by this process, timed in its parts: a
+/// blocking connect (as the command line's: it waits in the kernel for
+/// room in the agent's backlog), the request sent, the first byte of the
+/// answer, the whole answer (`Connection: close`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timed {
+    /// connect() to the answer's end: the agent's answer time.
+    pub total: Duration,
+    /// connect() alone: waiting for room in the backlog.
+    pub connect: Duration,
+    /// From the request sent to the answer's first byte: waiting behind
+    /// queued connections for the accept, and the agent's work.
+    pub first_byte: Duration,
+}
+
+/// `GET path` on `socket` (blocking), timed; the answer's text.
+pub fn timed_socket_call(socket: &std::path::Path, path: &str) -> std::io::Result<(Timed, String)> {
+    use std::io::{Read, Write};
+    let began = std::time::Instant::now();
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    let connect = began.elapsed();
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let sent = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let mut first_byte = None;
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        first_byte.get_or_insert_with(|| sent.elapsed());
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let total = began.elapsed();
+    Ok((
+        Timed {
+            total,
+            connect,
+            first_byte: first_byte.unwrap_or_default(),
+        },
+        String::from_utf8_lossy(&answer).into_owned(),
+    ))
+}
+
+/// `calls` timed `GET /v1/instances` of this process on `socket` (see
+/// [`timed_socket_call`]), 100 ms apart, each on a thread of its own as
+/// the command line's connect is; panics unless each answers 200 and lists
+/// `instance`. Sorted by total.
+pub async fn socket_calls(socket: &std::path::Path, instance: &str, calls: usize) -> Vec<Timed> {
+    let mut took = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let socket = socket.to_path_buf();
+        let (timed, answer) =
+            tokio::task::spawn_blocking(move || timed_socket_call(&socket, "/v1/instances"))
+                .await
+                .unwrap()
+                .expect("a call on the API socket");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains(instance), "{answer}");
+        took.push(timed);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    took.sort();
+    took
+}
+
+/// Median / p99 / max of the totals of `took` (sorted), and the connect
+/// and first-byte parts of the slowest, in ms.
+pub fn timed_figures(took: &[Timed]) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let at = |p: usize| took[((took.len() * p).div_ceil(100)).clamp(1, took.len()) - 1].total;
+    let slowest = took[took.len() - 1];
+    format!(
+        "{:.1} / {:.1} / {:.1} ms (slowest: connect {:.1} ms, first byte {:.1} ms)",
+        ms(at(50)),
+        ms(at(99)),
+        ms(slowest.total),
+        ms(slowest.connect),
+        ms(slowest.first_byte)
+    )
+}
