@@ -100,12 +100,9 @@ struct Supervisor {
     admin: AdminListener,
     startup: Option<Startup>,
     systemd: Notifier,
-    /// SIGUSR2: the upgrade under way, if any.
+    /// SIGUSR2: the upgrade under way, if any; the one this process was
+    /// started by, until it said ready; the process it handed over to.
     upgrader: Upgrader,
-    /// Started by an upgrade: the channel to say ready on, until said.
-    incoming: Option<Incoming>,
-    /// The new process that took over (the loop ended for it).
-    handed_to: Option<u32>,
     wiring: Wiring,
     inbox: Inbox,
 }
@@ -238,7 +235,8 @@ impl Supervisor {
             wiring.tracker.clone(),
             wiring.stops.inputs.clone(),
             upgrades_tx,
-        );
+        )
+        .taking_over(options.incoming);
         let mut supervisor = Supervisor {
             reloader,
             instances,
@@ -249,8 +247,6 @@ impl Supervisor {
             admin,
             systemd,
             upgrader,
-            incoming: options.incoming,
-            handed_to: None,
             config,
             wiring,
             inbox: Inbox {
@@ -340,8 +336,7 @@ impl Supervisor {
             }
             Event::Control(Control::Upgrade) => self.upgrade(),
             Event::Upgrade(outcome) => {
-                if let Some(pid) = self.upgrader.ended(outcome) {
-                    self.handed_to = Some(pid);
+                if self.upgrader.ended(outcome).is_some() {
                     return false;
                 }
             }
@@ -429,7 +424,7 @@ impl Supervisor {
             Event::RegistryStatus(status) => {
                 self.systemd.registry(&status);
                 if status.ready {
-                    self.say_ready();
+                    self.upgrader.say_ready();
                 }
             }
             Event::WatchdogTick => self.systemd.watchdog(),
@@ -446,10 +441,6 @@ impl Supervisor {
     /// SIGUSR2: starts the new binary with everything it needs to carry
     /// on (see `upgrade.rs`); one upgrade at a time.
     fn upgrade(&mut self) {
-        if self.incoming.is_some() {
-            warn!("SIGUSR2 ignored: this process is still taking over from the previous one");
-            return;
-        }
         let registry_status = self.inbox.registry_status.borrow().clone();
         self.upgrader.begin(|| {
             upgrade::handover(
@@ -459,15 +450,6 @@ impl Supervisor {
                 &self.admin,
             )
         });
-    }
-
-    /// Started by an upgrade, and every instance is registered under the
-    /// adopted lease: systemd has been told this process is the main one
-    /// (`Notifier`), now the old process may stop.
-    fn say_ready(&mut self) {
-        if let Some(incoming) = self.incoming.take() {
-            upgrade::say_ready(incoming);
-        }
     }
 
     /// The instances moved or what is held out changed: the checks, the
@@ -708,7 +690,7 @@ impl Supervisor {
     async fn shutdown(mut self) {
         let timeout = self.config.agent.shutdown_timeout;
         let deadline = Instant::now() + timeout;
-        let handed_to = self.handed_to;
+        let handed_to = self.upgrader.handed_to();
         match handed_to {
             Some(pid) => info!(pid, "upgrade: handing over to the new process"),
             None => {

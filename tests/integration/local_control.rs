@@ -240,7 +240,7 @@ async fn the_instances_folder_applies_live_and_refuses_bad_files() {
         "    - name: gamma\n      version: \"1\"\n      endpoints: [{scheme: http, address: \"10.0.0.1:1\"}]\n",
     );
     agent.rewrite_config(&clashing);
-    agent.wait_for_log("config reload failed", PATIENCE).await;
+    agent.wait_reload_error("the same instance as").await;
     let log = agent.log();
     let refusal = log
         .lines()

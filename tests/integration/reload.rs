@@ -56,26 +56,6 @@ async fn start_registered(
     (agent, config, state)
 }
 
-/// Waits for the `config error: …` line naming `needle` that follows the
-/// last `config reload failed` line (they are two log events).
-async fn wait_failure_detail(agent: &Agent, needle: &str) {
-    wait_for(
-        PATIENCE,
-        &format!("a config error line with {needle:?}"),
-        || {
-            let log = agent.log();
-            let found = log.rfind("config reload failed").is_some_and(|at| {
-                log[at..]
-                    .lines()
-                    .skip(1)
-                    .any(|l| l.contains("config error") && l.contains(needle))
-            });
-            async move { found.then_some(()) }
-        },
-    )
-    .await;
-}
-
 /// Saves by writing a temp file in the folder and renaming it over the
 /// config, as vim and VS Code do.
 fn save_by_rename(path: &Path, text: &str) {
@@ -424,7 +404,7 @@ async fn bad_files_change_nothing_and_the_next_good_save_applies() {
         agent
             .wait_for_log_count("config reload failed", i + 1, PATIENCE)
             .await;
-        wait_failure_detail(&agent, error).await;
+        agent.wait_reload_error(error).await;
         // Nothing deregistered, nothing rewritten.
         watch
             .assert_unchanged_for(Duration::from_millis(500), &format!("a bad file ({error})"))
@@ -489,7 +469,7 @@ async fn every_malformed_config_on_reload_changes_nothing() {
         agent
             .wait_for_log_count("config reload failed", i + 1, PATIENCE)
             .await;
-        wait_failure_detail(&agent, needle).await;
+        agent.wait_reload_error(needle).await;
     }
     // Nothing was deregistered or rewritten by any of them (the watch saw
     // every change since the first), and the agent still renews: the key

@@ -59,6 +59,11 @@ pub(super) struct Upgrader {
     outcomes: mpsc::Sender<UpgradeOutcome>,
     /// How long the new process has to say ready ([`READY_TIMEOUT`]).
     ready_timeout: Duration,
+    /// This process was started by an upgrade: the channel to say ready
+    /// on, until said.
+    incoming: Option<Incoming>,
+    /// The new process that took over (the loop ended for it).
+    handed_to: Option<u32>,
 }
 
 impl Upgrader {
@@ -75,6 +80,28 @@ impl Upgrader {
             stop,
             outcomes,
             ready_timeout: READY_TIMEOUT,
+            incoming: None,
+            handed_to: None,
+        }
+    }
+
+    /// This process was started by an upgrade (`incoming`: the rest of
+    /// what the previous one handed over, its channel to say ready on).
+    pub fn taking_over(mut self, incoming: Option<Incoming>) -> Upgrader {
+        self.incoming = incoming;
+        self
+    }
+
+    /// The new process that took over, once it has.
+    pub fn handed_to(&self) -> Option<u32> {
+        self.handed_to
+    }
+
+    /// Started by an upgrade, and every instance is registered under the
+    /// adopted lease: tells the previous process it may stop (once).
+    pub fn say_ready(&mut self) {
+        if let Some(incoming) = self.incoming.take() {
+            say_ready(incoming);
         }
     }
 
@@ -86,6 +113,10 @@ impl Upgrader {
     /// SIGUSR2: unless one is under way, starts the new binary and hands
     /// it what `handover` describes; logs how that went.
     pub fn begin(&mut self, handover: impl FnOnce() -> Handover) {
+        if self.incoming.is_some() {
+            warn!("SIGUSR2 ignored: this process is still taking over from the previous one");
+            return;
+        }
         if let Some(pid) = self.under_way {
             warn!(pid, "SIGUSR2 ignored: an upgrade is already under way");
             return;
@@ -199,6 +230,7 @@ impl Upgrader {
                     pid,
                     "upgrade: the new process is ready and holds every registration; this one stops without deregistering"
                 );
+                self.handed_to = Some(pid);
                 Some(pid)
             }
             UpgradeOutcome::Failed(why) => {
@@ -245,7 +277,7 @@ pub(super) fn handover(
 
 /// The new process's side, once everything is registered under the
 /// adopted lease: tells the previous process it may stop.
-pub(super) fn say_ready(mut incoming: Incoming) {
+fn say_ready(mut incoming: Incoming) {
     let from = incoming.handover.from_pid;
     match incoming.ready() {
         Ok(()) => info!(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::{ConfigFile, send_signal};
+use super::{ConfigFile, PATIENCE, send_signal};
 
 /// The agent binary: cargo says where for tests; the benchmark (an example)
 /// finds it beside its own `examples/` folder.
@@ -237,6 +237,27 @@ impl Agent {
     /// Waits until the log contains `needle`.
     pub async fn wait_for_log(&self, needle: &str, limit: Duration) {
         self.wait_for_log_count(needle, 1, limit).await;
+    }
+
+    /// Waits for the `config error: …` line naming `needle` that follows the
+    /// last `config reload failed` line (they are two log events, so the
+    /// summary may be in the log before its details).
+    pub async fn wait_reload_error(&self, needle: &str) {
+        super::wait_for(
+            PATIENCE,
+            &format!("a config error line with {needle:?}"),
+            || {
+                let log = self.log();
+                let found = log.rfind("config reload failed").is_some_and(|at| {
+                    log[at..]
+                        .lines()
+                        .skip(1)
+                        .any(|l| l.contains("config error") && l.contains(needle))
+                });
+                async move { found.then_some(()) }
+            },
+        )
+        .await;
     }
 
     /// Waits until the log contains `needle` at least `count` times (the log
