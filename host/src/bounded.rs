@@ -470,6 +470,20 @@ pub async fn serve<L: Accept>(
             })
             .inc();
     };
+    // A connection of a user over its share, closed: counted, and logged
+    // at most every `Throttled` period.
+    let shed = |uid, shared_out: &mut Throttled| {
+        closed("user_share");
+        if let Some(more) = shared_out.due() {
+            warn!(
+                listener = name,
+                uid,
+                share = user_share(limits.max_connections),
+                more,
+                "a user holds its whole share of connections; closing its new ones"
+            );
+        }
+    };
     let mut open: Vec<Open> = Vec::with_capacity(limits.max_connections);
     // New connections over the cap, given `PROBATION` to show a whole
     // request head: (the connection, its peer, whether it did).
@@ -504,16 +518,7 @@ pub async fn serve<L: Accept>(
                         if let Peer::User(uid) = peer
                             && over_share(&open, peer, limits.max_connections)
                         {
-                            closed("user_share");
-                            if let Some(more) = shared_out.due() {
-                                warn!(
-                                    listener = name,
-                                    uid,
-                                    share = user_share(limits.max_connections),
-                                    more,
-                                    "a user holds its whole share of connections; closing its new ones"
-                                );
-                            }
+                            shed(uid, &mut shared_out);
                             drop(fd);
                             taken += 1;
                             if taken < ACCEPT_BATCH {
@@ -544,16 +549,7 @@ pub async fn serve<L: Accept>(
         if let Peer::User(uid) = peer
             && over_share(&open, peer, limits.max_connections)
         {
-            closed("user_share");
-            if let Some(more) = shared_out.due() {
-                warn!(
-                    listener = name,
-                    uid,
-                    share = user_share(limits.max_connections),
-                    more,
-                    "a user holds its whole share of connections; closing its new ones"
-                );
-            }
+            shed(uid, &mut shared_out);
             drop(io);
             continue;
         }

@@ -91,7 +91,7 @@ pub(super) struct Session {
     pub(super) config: RegistryConfig,
     client: Client,
     pub(super) lease: Option<Lease>,
-    written: BTreeMap<String, Written>,
+    written: WrittenKeys,
     max_ops: usize,
     max_bytes: usize,
     /// Rewrites are routine (a `keepAlive: false` lease rotation): logged
@@ -99,9 +99,6 @@ pub(super) struct Session {
     routine: bool,
     /// The revision of the last full comparison.
     verified_at: i64,
-    /// Stamped (`next_stamp`) at every change to `written`: the watch on
-    /// our keys follows them again only when this moved.
-    written_stamp: u64,
 }
 
 impl Session {
@@ -111,12 +108,11 @@ impl Session {
             config,
             client,
             lease: None,
-            written: BTreeMap::new(),
+            written: WrittenKeys::new(),
             max_ops: MAX_TXN_OPS,
             max_bytes: MAX_TXN_BYTES,
             routine: false,
             verified_at: 0,
-            written_stamp: next_stamp(),
         }
     }
 
@@ -401,7 +397,6 @@ impl Session {
                     },
                 };
                 self.written.insert(key, written);
-                self.written_stamp = next_stamp();
             }
         }
         Ok(())
@@ -410,9 +405,9 @@ impl Session {
     /// The keys to watch, each with the revision to watch after: our last
     /// write of it, or the last full comparison if that is later (a watch
     /// from before it may have been compacted away).
-    /// Changes when the keys written change (unique across sessions).
+    /// Changes when a key is written or gone (unique across sessions).
     pub(super) fn written_stamp(&self) -> u64 {
-        self.written_stamp
+        self.written.stamp
     }
 
     pub(super) fn watch_list(&self) -> Vec<(String, i64)> {
@@ -458,7 +453,6 @@ impl Session {
             }
         }
         self.written.remove(key);
-        self.written_stamp = next_stamp();
         true
     }
 
@@ -536,7 +530,6 @@ impl Session {
         }
         for key in &damaged {
             self.written.remove(key);
-            self.written_stamp = next_stamp();
         }
         if verified_at != i64::MAX {
             self.verified_at = verified_at;
@@ -626,7 +619,6 @@ impl Session {
                         } else {
                             info!(key = %key, service = %record.service, "instance re-registered");
                         }
-                        self.written_stamp = next_stamp();
                         self.written.insert(
                             key,
                             Written {
@@ -639,7 +631,6 @@ impl Session {
                         );
                     }
                     Op::Delete(key) => {
-                        self.written_stamp = next_stamp();
                         if let Some(written) = self.written.remove(&key) {
                             written.log_removed(&key);
                         }
@@ -710,7 +701,6 @@ impl Session {
             match before(deadline, self.client.txn(Txn::new().and_then(deletes))).await {
                 Ok(_) => {
                     for key in chunk {
-                        self.written_stamp = next_stamp();
                         if let Some(written) = self.written.remove(key) {
                             written.log_removed(key);
                         }
@@ -731,7 +721,51 @@ impl Session {
     }
 }
 
-/// A stamp for `Session::written_stamp`, never given twice in a process.
+/// What a session wrote, by key, and a stamp that moves whenever a key
+/// comes or goes: the watch on our keys follows them only when it moved.
+/// Reads go to the map; every change of its keys goes through here.
+struct WrittenKeys {
+    keys: BTreeMap<String, Written>,
+    stamp: u64,
+}
+
+impl WrittenKeys {
+    fn new() -> WrittenKeys {
+        WrittenKeys {
+            keys: BTreeMap::new(),
+            stamp: next_stamp(),
+        }
+    }
+
+    fn insert(&mut self, key: String, written: Written) {
+        if self.keys.insert(key, written).is_none() {
+            self.stamp = next_stamp();
+        }
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Written> {
+        let removed = self.keys.remove(key);
+        if removed.is_some() {
+            self.stamp = next_stamp();
+        }
+        removed
+    }
+
+    /// Changes what was written of a key, never which keys there are.
+    fn get_mut(&mut self, key: &str) -> Option<&mut Written> {
+        self.keys.get_mut(key)
+    }
+}
+
+impl std::ops::Deref for WrittenKeys {
+    type Target = BTreeMap<String, Written>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.keys
+    }
+}
+
+/// A stamp for `WrittenKeys`, never given twice in a process.
 fn next_stamp() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
