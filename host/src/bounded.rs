@@ -22,7 +22,10 @@
 //!
 //! Each server is one accept task on the caller's tracker plus one task per
 //! connection on the same tracker; cancelling the server's token stops the
-//! accept loop at once and gives each connection [`STOP_GRACE`] to finish.
+//! accept loop at once and gives each connection [`STOP_GRACE`] to finish;
+//! a connection accepted but not yet read first gets [`FIRST_REQUEST_GRACE`]
+//! to start its request, so no caller this process accepted (as on an
+//! upgrade, when the next process takes the listener) goes unanswered.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
@@ -64,6 +67,11 @@ const MAX_HEADERS: usize = 64;
 pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(30);
 /// How long a connection may finish its request once asked to close.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
+/// How long a connection that has not started a request yet is given, when
+/// its server stops, to start one (a client that connected a moment
+/// before the stop has its request on the way): it is answered, then the
+/// connection closes.
+pub const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(250);
 /// How long a connection without a whole request head is safe from being
 /// closed to make room for another such connection.
 pub const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
@@ -697,7 +705,13 @@ async fn run_connection<I>(
     // The count the accept loop started a primed connection with, handed
     // over to its first request.
     let primed = std::sync::atomic::AtomicBool::new(primed);
+    // Cancelled when the first request starts.
+    let started = CancellationToken::new();
+    let first = started.clone();
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        if !first.is_cancelled() {
+            first.cancel();
+        }
         let busy = Busy::new(&busy);
         if primed.swap(false, Ordering::AcqRel) {
             busy.0.fetch_sub(1, Ordering::AcqRel);
@@ -720,6 +734,16 @@ async fn run_connection<I>(
         _ = tokio::time::sleep_until(deadline) => true,
     };
     if finish {
+        // hyper closes a connection that has not started a request at once
+        // when asked to shut down: a request sent just before the stop (or
+        // on its way) would find it closed unanswered.
+        if !started.is_cancelled() {
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = started.cancelled() => {}
+                _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
+            }
+        }
         connection.as_mut().graceful_shutdown();
         let _ = tokio::time::timeout(STOP_GRACE, connection).await;
     }

@@ -156,6 +156,42 @@ async fn stopping_closes_the_listener_at_once() {
     assert!(TcpStream::connect(&address).await.is_err());
 }
 
+#[tokio::test]
+async fn a_connection_accepted_before_the_stop_has_its_request_answered() {
+    let (address, stop, tracker) = server(limits(8)).await;
+    let mut stream = TcpStream::connect(&address).await.unwrap();
+    // Accepted: its task runs beside the accept loop's.
+    let accepted = Instant::now();
+    while tracker.len() < 2 {
+        assert!(
+            accepted.elapsed() < Duration::from_secs(10),
+            "never accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The stop is seen (the accept loop has ended) before the request is
+    // sent: the connection has not started one.
+    stop.cancel();
+    while tracker.len() > 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer))
+        .await
+        .expect("closed after its answer")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer:?}");
+    assert!(answer.ends_with("ok"), "{answer:?}");
+    tracker.close();
+    tokio::time::timeout(STOP_GRACE + Duration::from_secs(3), tracker.wait())
+        .await
+        .expect("every task ends");
+}
+
 /// An open connection of `peer`, opened `age` before `now`, idle or busy.
 fn open_one(peer: Peer, now: Instant, age: Duration, busy: bool) -> Open {
     Open {
