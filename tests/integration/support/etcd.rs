@@ -234,6 +234,8 @@ impl Etcd {
     /// does not become healthy, stops them all and starts again on other
     /// ports. Panics with each failing member's log after the last attempt.
     async fn start_members(size: usize, tls: Option<EtcdTls>, args: &[&str]) -> Etcd {
+        #[cfg(test)]
+        super::prepare_polyglot_in_background();
         let mut failures = Vec::new();
         for attempt in 1..=START_ATTEMPTS {
             let mut etcd = Self::spawn_new(size, tls.clone(), args);

@@ -115,6 +115,68 @@ pub async fn warm_polyglot_cache(names: &[&str]) {
     warmed.extend(missing.iter().map(ToString::to_string));
 }
 
+/// On a run of the whole suite, builds the Python and JavaScript plugins
+/// and compiles them into `polyglot_cache()` on a thread of its own, from
+/// the first etcd a test starts. The tests that load them come late in the
+/// suite's order and run one at a time (`heavy_test`); without this each
+/// built or compiled its components inside its own run while the machine
+/// sat mostly idle, waiting on the fault tests ahead of it (about two
+/// minutes of a fresh clone's suite). A run of chosen tests builds only
+/// what they ask for, when they ask. When the preparation fails, the tests
+/// that need it do the same work again and fail with its error.
+#[cfg(test)]
+pub fn prepare_polyglot_in_background() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    if !whole_suite_run() {
+        return;
+    }
+    STARTED.call_once(|| {
+        std::thread::Builder::new()
+            .name("polyglot-prepare".into())
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for the preparation");
+                runtime.block_on(async {
+                    super::built_polyglot_plugins();
+                    for names in [
+                        &["python-example", "js-example"][..],
+                        &["py_hostile", "js_hostile"],
+                        &["js_with_http"],
+                    ] {
+                        warm_polyglot_cache(names).await;
+                    }
+                });
+            })
+            .expect("spawn the polyglot preparation");
+    });
+}
+
+/// Whether this test process runs every test: no name filter among its
+/// arguments (libtest's options that take a value are skipped with it).
+#[cfg(test)]
+fn whole_suite_run() -> bool {
+    const WITH_VALUE: &[&str] = &[
+        "--test-threads",
+        "--skip",
+        "--format",
+        "--logfile",
+        "--color",
+        "-Z",
+        "--shuffle-seed",
+    ];
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if WITH_VALUE.contains(&arg.as_str()) {
+            args.next();
+        } else if arg == "--list" || !arg.starts_with('-') {
+            return false;
+        }
+    }
+    true
+}
+
 /// Whether `cache` holds an entry for the component whose SHA-256 is
 /// `digest` (entries are named by it; temp files start with a dot).
 fn cached(cache: &Path, digest: &str) -> bool {
