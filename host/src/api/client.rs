@@ -121,12 +121,18 @@ fn closed_unanswered(error: &hyper::Error) -> bool {
     false
 }
 
-/// Connects to `socket`. A blocking connect, on a thread of its own: with
-/// the backlog full (others connecting faster than the agent accepts) it
-/// waits in the kernel's queue for room, where a non-blocking one fails
-/// with `EAGAIN` and would lose every race to poll again. At most
-/// [`BACKLOG_WAIT`]; the thread is left behind then (the command exits).
+/// Connects to `socket`: at once when the backlog has room (a non-blocking
+/// connect either succeeds or fails with `EAGAIN`, never waits). With the
+/// backlog full (others connecting faster than the agent accepts), a
+/// blocking connect on a thread of its own, which waits in the kernel's
+/// queue for room, where polling again with non-blocking ones would lose
+/// every race. At most [`BACKLOG_WAIT`]; the thread is left behind then
+/// (the command exits).
 async fn connect(socket: &Path) -> std::io::Result<tokio::net::UnixStream> {
+    match tokio::net::UnixStream::connect(socket).await {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => return other,
+    }
     let (done, connected) = tokio::sync::oneshot::channel();
     let path = socket.to_path_buf();
     std::thread::Builder::new()
