@@ -2,7 +2,7 @@
 //! route, TTL registrations, maintenance across a restart, the socket's
 //! mode, the TCP listener's token, and hostile bodies.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -12,23 +12,6 @@ use crate::support::*;
 
 /// The seed instance's id in the API: the last segment of its key.
 const SEED_ID: &str = "5b51df33a06ef6bde3a81b1ad8d1792ed24de006";
-
-/// An agent with the local API on a socket in its folder and its state
-/// folder beside it.
-fn api_agent(etcd: &Etcd, extra: &str) -> (Agent, PathBuf) {
-    let mut config = ConfigFile::new(etcd.endpoints());
-    let mut agent = Agent::prepare(&config);
-    let dir = agent.dir.path().to_path_buf();
-    let socket = dir.join("agent.sock");
-    config.agent_extra = format!(
-        "  stateDir: {}\n  api:\n    socket: {}\n{extra}",
-        dir.join("state").display(),
-        socket.display()
-    );
-    agent.rewrite_config(&config);
-    agent.spawn(&[]);
-    (agent, socket)
-}
 
 async fn wait_socket(agent: &Agent, socket: &Path) {
     agent.wait_for_log("local API listening", PATIENCE).await;
@@ -48,15 +31,11 @@ fn app(port: u16, ttl: Option<&str>) -> Value {
 }
 
 async fn put(socket: &Path, path: &str, body: &Value) -> (u16, Value) {
-    call(socket, "PUT", path, Some(body.to_string().into_bytes()))
-        .await
-        .expect("the agent answers")
+    api_call(socket, "PUT", path, Some(body)).await
 }
 
 async fn ask(socket: &Path, method: &str, path: &str) -> (u16, Value) {
-    call(socket, method, path, None)
-        .await
-        .expect("the agent answers")
+    api_call(socket, method, path, None).await
 }
 
 fn state_of(listing: &Value, id: &str) -> String {
@@ -72,7 +51,7 @@ fn state_of(listing: &Value, id: &str) -> String {
 #[tokio::test]
 async fn every_route_registers_lists_holds_out_and_deregisters() {
     let etcd = Etcd::start().await;
-    let (agent, socket) = api_agent(&etcd, "");
+    let (agent, socket) = api_agent(&mut ConfigFile::new(etcd.endpoints()), "");
     wait_socket(&agent, &socket).await;
     const SEED: &str = "example-registry-server";
     wait_keys(&etcd, SEED, 1).await;
@@ -218,7 +197,7 @@ async fn every_route_registers_lists_holds_out_and_deregisters() {
 #[tokio::test]
 async fn malformed_oversized_and_unknown_bodies_are_refused_and_change_nothing() {
     let etcd = Etcd::start().await;
-    let (agent, socket) = api_agent(&etcd, "");
+    let (agent, socket) = api_agent(&mut ConfigFile::new(etcd.endpoints()), "");
     wait_socket(&agent, &socket).await;
     wait_keys(&etcd, "example-registry-server", 1).await;
     let before = try_entries(&etcd.endpoints(), PREFIX).await.unwrap();
@@ -271,7 +250,7 @@ async fn malformed_oversized_and_unknown_bodies_are_refused_and_change_nothing()
 #[tokio::test]
 async fn a_ttl_registration_lives_while_its_app_passes() {
     let etcd = Etcd::start().await;
-    let (agent, socket) = api_agent(&etcd, "");
+    let (agent, socket) = api_agent(&mut ConfigFile::new(etcd.endpoints()), "");
     wait_socket(&agent, &socket).await;
     let ttl = Duration::from_secs(2);
     let (status, answer) = put(&socket, "/v1/instances/ttl-app", &app(7, Some("2s"))).await;
@@ -327,7 +306,7 @@ async fn a_ttl_registration_lives_while_its_app_passes() {
 #[tokio::test]
 async fn maintenance_survives_a_restart_and_api_registrations_do_not() {
     let etcd = Etcd::start().await;
-    let (mut agent, socket) = api_agent(&etcd, "");
+    let (mut agent, socket) = api_agent(&mut ConfigFile::new(etcd.endpoints()), "");
     wait_socket(&agent, &socket).await;
     const SEED: &str = "example-registry-server";
     wait_keys(&etcd, SEED, 1).await;
@@ -395,7 +374,7 @@ async fn the_tcp_listener_requires_the_token() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let (agent, socket) = api_agent(
-        &etcd,
+        &mut ConfigFile::new(etcd.endpoints()),
         &format!(
             "    listen: 127.0.0.1:{port}\n    tokenFile: {}\n",
             token_file.display()
@@ -406,21 +385,11 @@ async fn the_tcp_listener_requires_the_token() {
     let get = |auth: Option<&'static str>| {
         let addr = addr.clone();
         async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-            let header = auth
-                .map(|a| format!("Authorization: {a}\r\n"))
-                .unwrap_or_default();
-            let request = format!("GET /v1/instances HTTP/1.0\r\nHost: {addr}\r\n{header}\r\n");
-            stream.write_all(request.as_bytes()).await.unwrap();
-            let mut response = String::new();
-            stream.read_to_string(&mut response).await.unwrap();
-            response
-                .split_whitespace()
-                .nth(1)
-                .unwrap()
-                .parse::<u16>()
-                .unwrap()
+            let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", *a)).collect();
+            let (status, _) = http_request(&addr, "GET", "/v1/instances", &headers)
+                .await
+                .expect("the TCP listener answers");
+            status
         }
     };
     assert_eq!(get(None).await, 401);
@@ -457,7 +426,7 @@ async fn the_tcp_listener_requires_the_token() {
 #[tokio::test]
 async fn the_command_line_drives_the_api() {
     let etcd = Etcd::start().await;
-    let (agent, socket) = api_agent(&etcd, "");
+    let (agent, socket) = api_agent(&mut ConfigFile::new(etcd.endpoints()), "");
     wait_socket(&agent, &socket).await;
     let s = socket.to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();

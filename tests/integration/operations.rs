@@ -477,50 +477,27 @@ async fn authentication_works_a_wrong_password_is_retried_and_never_logged() {
 
 #[tokio::test]
 async fn systemd_hears_ready_after_registration_then_stopping() {
-    use std::os::unix::net::UnixDatagram;
     let mut etcd = Etcd::start().await;
     etcd.kill9();
     let config = ConfigFile::new(etcd.endpoints());
     let mut agent = Agent::prepare(&config);
-    let socket_path = agent.dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    agent.spawn_with_env(
-        &[],
-        &[
-            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
-            ("WATCHDOG_USEC", "400000"),
-        ],
-    );
-    let mut heard = Vec::new();
-    let listen = |for_: Duration, heard: &mut Vec<String>| {
-        let until = std::time::Instant::now() + for_;
-        let mut buf = [0u8; 4096];
-        while std::time::Instant::now() < until {
-            if let Ok(n) = socket.recv(&mut buf) {
-                heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-        }
-    };
+    let mut systemd = FakeSystemd::bind(agent.dir.path());
+    agent.spawn_with_env(&[], &systemd.env());
     // etcd is down: no READY, but watchdog pings and a status line.
-    listen(Duration::from_secs(2), &mut heard);
+    systemd.listen_for(Duration::from_secs(2));
     assert!(
-        !heard.iter().any(|m| m.contains("READY=1")),
-        "READY before registration: {heard:?}"
+        !systemd.heard_any("READY=1"),
+        "READY before registration: {:?}",
+        systemd.heard
     );
-    assert!(heard.iter().any(|m| m.contains("WATCHDOG=1")), "{heard:?}");
+    assert!(systemd.heard_any("WATCHDOG=1"), "{:?}", systemd.heard);
     etcd.restart().await;
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while !heard.iter().any(|m| m.contains("READY=1")) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no READY=1: {heard:?}"
-        );
-        listen(Duration::from_millis(200), &mut heard);
-    }
-    let ready = heard.iter().find(|m| m.contains("READY=1")).unwrap();
+    systemd.listen_until(|h| h.iter().any(|m| m.contains("READY=1")));
+    let ready = systemd
+        .heard
+        .iter()
+        .find(|m| m.contains("READY=1"))
+        .unwrap();
     assert!(
         ready.contains("STATUS=1/1 instances registered; etcd connected"),
         "{ready}"
@@ -532,14 +509,7 @@ async fn systemd_hears_ready_after_registration_then_stopping() {
         "READY=1 means registered"
     );
     agent.signal(libc::SIGTERM);
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while !heard.iter().any(|m| m.contains("STOPPING=1")) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no STOPPING=1: {heard:?}"
-        );
-        listen(Duration::from_millis(200), &mut heard);
-    }
+    systemd.listen_until(|h| h.iter().any(|m| m.contains("STOPPING=1")));
     agent.wait_exit(Duration::from_secs(10));
 }
 

@@ -4,11 +4,9 @@
 //! dropped), what `register`, `list`, `check` and `--help` say when the
 //! input is not what they expect, and log lines naming `service` and `key`.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use ygg_agent::api::client::call;
 
 use crate::support::*;
 
@@ -16,50 +14,16 @@ use crate::support::*;
 const SEED_ID: &str = "5b51df33a06ef6bde3a81b1ad8d1792ed24de006";
 const SEED: &str = "example-registry-server";
 
-/// An agent with the local API on a socket in its folder (and `extra`
-/// under `agent:`), its state folder beside it.
-fn api_agent(config: &mut ConfigFile, extra: &str) -> (Agent, PathBuf) {
-    let mut agent = Agent::prepare(config);
-    let dir = agent.dir.path().to_path_buf();
-    let socket = dir.join("agent.sock");
-    config.agent_extra = format!(
-        "  stateDir: {}\n  api:\n    socket: {}\n{extra}",
-        dir.join("state").display(),
-        socket.display()
-    );
-    agent.rewrite_config(config);
-    agent.spawn(&[]);
-    (agent, socket)
-}
-
-async fn ask(socket: &Path, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-    call(
-        socket,
-        method,
-        path,
-        body.map(|b| b.to_string().into_bytes()),
-    )
-    .await
-    .expect("the agent answers")
-}
-
-/// One raw HTTP/1.0 request to the TCP listener: (status, body).
+/// One request to the TCP listener, with the bearer `token` if any:
+/// (status, body).
 async fn tcp_request(addr: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let request = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = (auth.iter())
+        .map(|a| ("Authorization", a.as_str()))
+        .collect();
+    http_request(addr, method, path, &headers)
+        .await
+        .expect("the TCP listener answers")
 }
 
 #[tokio::test]
@@ -86,7 +50,7 @@ async fn a_wrong_method_answers_json_and_tcp_checks_the_token_first() {
     agent.wait_for_log("local API listening", PATIENCE).await;
 
     // On the socket: 405 with a JSON error naming the method.
-    let (status, body) = ask(&socket, "GET", "/v1/instances/web2", None).await;
+    let (status, body) = api_call(&socket, "GET", "/v1/instances/web2", None).await;
     assert_eq!(status, 405, "{body}");
     assert!(
         body["error"]
@@ -95,7 +59,7 @@ async fn a_wrong_method_answers_json_and_tcp_checks_the_token_first() {
             .contains("GET is not a method"),
         "{body}"
     );
-    let (status, body) = ask(&socket, "GET", "/v1/nowhere", None).await;
+    let (status, body) = api_call(&socket, "GET", "/v1/nowhere", None).await;
     assert_eq!((status, body["error"].is_string()), (404, true), "{body}");
 
     // On TCP: no token is 401 whatever the method or route; with it, the
@@ -143,7 +107,7 @@ async fn maintenance_follows_the_instance_through_a_version_bump() {
         err.contains("404") && err.contains("no instance typo-id") && err.contains(SEED_ID),
         "{err}"
     );
-    let (status, body) = ask(&socket, "POST", "/v1/instances/typo-id/drain", None).await;
+    let (status, body) = api_call(&socket, "POST", "/v1/instances/typo-id/drain", None).await;
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["known"], json!([SEED_ID]), "{body}");
 
@@ -175,7 +139,7 @@ async fn maintenance_follows_the_instance_through_a_version_bump() {
     config.instances = SEED_INSTANCE.replace("version: 1.0.0", "version: 1.0.1");
     agent.rewrite_config(&config);
     agent.wait_for_log("config reloaded", PATIENCE).await;
-    let (_, listing) = ask(&socket, "GET", "/v1/instances", None).await;
+    let (_, listing) = api_call(&socket, "GET", "/v1/instances", None).await;
     let instances = listing["instances"].as_array().unwrap();
     assert_eq!(instances.len(), 1, "{listing}");
     let bumped = &instances[0];

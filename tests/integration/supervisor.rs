@@ -57,46 +57,14 @@ fn env_is(value: &'static str) -> impl Fn(&serde_json::Map<String, serde_json::V
     move |m| m.get("env").and_then(|v| v.as_str()) == Some(value)
 }
 
-/// A datagram socket standing in for systemd's notify socket.
-struct Systemd {
-    socket: std::os::unix::net::UnixDatagram,
-}
-
-impl Systemd {
-    fn bind(path: &Path) -> Systemd {
-        let socket = std::os::unix::net::UnixDatagram::bind(path).unwrap();
-        socket.set_nonblocking(true).unwrap();
-        Systemd { socket }
-    }
-
-    /// Watchdog pings received since the last call.
-    fn pings(&self) -> usize {
-        let mut buf = [0u8; 4096];
-        let mut pings = 0;
-        while let Ok(n) = self.socket.recv(&mut buf) {
-            pings += String::from_utf8_lossy(&buf[..n])
-                .matches("WATCHDOG=1")
-                .count();
-        }
-        pings
-    }
-}
-
 #[tokio::test]
 async fn signals_edits_and_the_watchdog_do_not_wait_for_a_slow_compile() {
     let etcd = Etcd::start().await;
     let mut config = ConfigFile::new(etcd.endpoints());
     config.agent_extra = plugins_section("      slow: {value: compiled}\n");
     let mut agent = Agent::prepare(&config);
-    let notify = agent.dir.path().join("notify.sock");
-    let systemd = Systemd::bind(&notify);
-    agent.spawn_with_env(
-        &[],
-        &[
-            ("NOTIFY_SOCKET", notify.to_str().unwrap()),
-            ("WATCHDOG_USEC", "400000"),
-        ],
-    );
+    let mut systemd = FakeSystemd::bind(agent.dir.path());
+    agent.spawn_with_env(&[], &systemd.env());
     wait_metadata(&etcd, "the seed registered", env_is("dev")).await;
 
     install_slow_plugin(&agent.plugins_dir(), "slow");

@@ -4,7 +4,8 @@
 //! agent and etcd (`proxy`), a fleet of agents (`fleet`), what etcd holds
 //! under the registry prefix and a watch that counts its changes (`keys`),
 //! the Python and JavaScript plugins with one compile cache per test run
-//! (`polyglot`), `/proc/<pid>/status` (`process`), headless Chromium
+//! (`polyglot`), `/proc/<pid>/status` (`process`), systemd's notify socket
+//! (`systemd`), headless Chromium
 //! through WebDriver (`browser`). Everything started here
 //! is killed when its handle drops. Tests `use crate::support::*`.
 //!
@@ -44,6 +45,8 @@ mod polyglot;
 mod process;
 #[path = "support/proxy.rs"]
 mod proxy;
+#[path = "support/systemd.rs"]
+mod systemd;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -58,6 +61,7 @@ pub use keys::*;
 pub use polyglot::*;
 pub use process::*;
 pub use proxy::*;
+pub use systemd::*;
 
 /// Generous bound for things that should happen "soon" (process start, etc.).
 pub const PATIENCE: Duration = Duration::from_secs(30);

@@ -483,63 +483,50 @@ async fn a_broken_new_binary_or_a_refused_config_keeps_the_old_agent() {
 /// process reads `WATCHDOG_USEC`; `WATCHDOG_PID` named the old one).
 #[tokio::test]
 async fn systemd_hears_the_new_main_pid_and_no_stopping() {
-    use std::os::unix::net::UnixDatagram;
     let etcd = Etcd::start().await;
     let config = ConfigFile::new(etcd.endpoints());
     let mut agent = Agent::prepare(&config);
-    let notify = agent.dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&notify).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
+    let mut systemd = FakeSystemd::bind(agent.dir.path());
     let bin = agent.dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
     let program = install_binary(&agent_binary(), &bin);
-    let notify_path = notify.clone();
+    let env = systemd.env().map(|(name, value)| (name, value.to_string()));
     agent.spawn_program(&program, &[], move |command| {
-        command
-            .env("NOTIFY_SOCKET", &notify_path)
-            .env("WATCHDOG_USEC", "400000");
+        command.envs(env);
     });
     let old_pid = agent.pid();
-    let mut heard: Vec<String> = Vec::new();
-    let listen = |heard: &mut Vec<String>, until: &dyn Fn(&[String]) -> bool| {
-        let start = Instant::now();
-        let mut buf = [0u8; 4096];
-        while !until(heard) {
-            assert!(start.elapsed() < PATIENCE, "systemd heard only {heard:?}");
-            if let Ok(n) = socket.recv(&mut buf) {
-                heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-        }
-    };
-    listen(&mut heard, &|h| h.iter().any(|m| m.contains("READY=1")));
+    let ready = |h: &[String]| h.iter().any(|m| m.contains("READY=1"));
+    systemd.listen_until(ready);
     assert!(
-        !heard.iter().any(|m| m.contains("MAINPID=")),
-        "a first start says no MAINPID: {heard:?}"
+        !systemd.heard_any("MAINPID="),
+        "a first start says no MAINPID: {:?}",
+        systemd.heard
     );
-    heard.clear();
+    systemd.heard.clear();
     install_binary(&agent_binary(), &bin);
     agent.signal(libc::SIGUSR2);
-    listen(&mut heard, &|h| h.iter().any(|m| m.contains("READY=1")));
+    systemd.listen_until(ready);
     agent.wait_exit(PATIENCE);
     let new = Adopted(new_pid(&agent));
-    let ready = heard.iter().find(|m| m.contains("READY=1")).unwrap();
+    let said = systemd
+        .heard
+        .iter()
+        .find(|m| m.contains("READY=1"))
+        .unwrap();
     assert!(
-        ready.contains(&format!("MAINPID={}\n", new.0)),
-        "READY=1 without the new MAINPID: {ready:?}"
+        said.contains(&format!("MAINPID={}\n", new.0)),
+        "READY=1 without the new MAINPID: {said:?}"
     );
     assert_ne!(new.0, old_pid);
     // Pings after the old process is gone: the new one's.
-    heard.clear();
-    listen(&mut heard, &|h| {
-        h.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2
-    });
+    systemd.heard.clear();
+    systemd.listen_until(|h| h.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2);
     assert!(
-        !heard.iter().any(|m| m.contains("STOPPING=1")),
-        "STOPPING=1 after an upgrade: {heard:?}"
+        !systemd.heard_any("STOPPING=1"),
+        "STOPPING=1 after an upgrade: {:?}",
+        systemd.heard
     );
     send_signal(new.0, libc::SIGTERM);
-    listen(&mut heard, &|h| h.iter().any(|m| m.contains("STOPPING=1")));
+    systemd.listen_until(|h| h.iter().any(|m| m.contains("STOPPING=1")));
     new.wait_gone(PATIENCE).await;
 }

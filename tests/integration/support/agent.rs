@@ -315,3 +315,38 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// An agent with the local API on a socket in its folder (and `extra`
+/// under `agent:`), its state folder beside it: started, and the socket's
+/// path.
+pub fn api_agent(config: &mut ConfigFile, extra: &str) -> (Agent, PathBuf) {
+    let mut agent = Agent::prepare(config);
+    let dir = agent.dir.path().to_path_buf();
+    let socket = dir.join("agent.sock");
+    config.agent_extra = format!(
+        "  stateDir: {}\n  api:\n    socket: {}\n{extra}",
+        dir.join("state").display(),
+        socket.display()
+    );
+    agent.rewrite_config(config);
+    agent.spawn(&[]);
+    (agent, socket)
+}
+
+/// One call to the local API on `socket` (through the CLI's client):
+/// (status, JSON answer).
+pub async fn api_call(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    ygg_agent::api::client::call(
+        socket,
+        method,
+        path,
+        body.map(|b| b.to_string().into_bytes()),
+    )
+    .await
+    .expect("the agent answers")
+}

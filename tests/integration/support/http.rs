@@ -1,12 +1,26 @@
-//! HTTP for tests: a GET on loopback and reading one Prometheus sample.
+//! HTTP for tests: a request on loopback and reading one Prometheus sample.
 
 /// A minimal HTTP/1.0 GET on loopback: (status code, body), or None when
 /// nothing answers.
 pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    http_request(addr, "GET", path, &[]).await
+}
+
+/// One HTTP/1.0 request (`headers`: name, value) on loopback: (status
+/// code, body), or None when nothing answers.
+pub async fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let headers: String = (headers.iter())
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .write_all(format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}\r\n").as_bytes())
         .await
         .ok()?;
     let mut response = String::new();
