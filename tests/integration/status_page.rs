@@ -54,13 +54,9 @@ fn instance(name: &str, port: u16, rest: &str) -> String {
 
 /// `GET path` on `addr`: (status line, lower-cased header lines, body).
 async fn get_with_headers(addr: &str, path: &str) -> (String, Vec<String>, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("admin");
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+    let response = http_exchange(addr, "GET", path, &[])
         .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
+        .expect("the admin server answers");
     let (head, body) = response.split_once("\r\n\r\n").expect("HTTP answer");
     let mut lines = head.lines();
     let status = lines.next().unwrap_or_default().to_string();

@@ -55,6 +55,21 @@ async fn get_root(address: &str) -> std::io::Result<String> {
     Ok(answer.lines().next().unwrap_or_default().to_string())
 }
 
+/// Sends `request` on `stream` and reads until the server closes it
+/// (within 5 s): everything it answered.
+async fn answer_to<S>(stream: &mut S, request: &[u8]) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    stream.write_all(request).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer))
+        .await
+        .expect("answered, then closed")
+        .unwrap();
+    answer
+}
+
 /// Whether the server has closed `stream` (reads to its end, or fails).
 async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
     let mut buf = [0u8; 1024];
@@ -175,15 +190,7 @@ async fn a_connection_accepted_before_the_stop_has_its_request_answered() {
     while tracker.len() > 1 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer))
-        .await
-        .expect("closed after its answer")
-        .unwrap();
+    let answer = answer_to(&mut stream, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer:?}");
     assert!(answer.ends_with("ok"), "{answer:?}");
     tracker.close();
@@ -343,15 +350,11 @@ async fn a_unix_socket_closes_a_users_connections_over_its_share() {
         held.push(tokio::net::UnixStream::connect(&path).await.unwrap());
     }
     let mut stream = tokio::net::UnixStream::connect(&path).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer))
-        .await
-        .expect("answered")
-        .unwrap();
+    let answer = answer_to(
+        &mut stream,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
     stop.cancel();
 }

@@ -14,6 +14,20 @@ pub async fn http_request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Option<(u16, String)> {
+    let response = http_exchange(addr, method, path, headers).await?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// One HTTP/1.0 request on loopback: the whole answer as sent (head and
+/// body), or None when nothing answers.
+pub async fn http_exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     let headers: String = (headers.iter())
@@ -25,9 +39,7 @@ pub async fn http_request(
         .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await.ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
+    Some(response)
 }
 
 /// The value of one Prometheus sample, e.g. `ygg_agent_registrations_total{result="ok"}`.
