@@ -161,8 +161,20 @@ impl EtcdMember {
         }
     }
 
+    /// SIGSTOP, returning once every thread of the member is stopped:
+    /// kill(2) returns before that, and on a busy machine a thread woken by
+    /// a request could otherwise still answer it after `pause` returned.
     pub fn pause(&self) {
-        send_signal(self.pid(), libc::SIGSTOP);
+        let pid = self.pid();
+        send_signal(pid, libc::SIGSTOP);
+        let start = Instant::now();
+        while !all_threads_stopped(pid) {
+            assert!(
+                start.elapsed() < PATIENCE,
+                "etcd {pid} not stopped {PATIENCE:?} after SIGSTOP"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     pub fn resume(&self) {
@@ -555,4 +567,19 @@ pub async fn try_entries(endpoints: &[String], prefix: &str) -> Option<BTreeMap<
 pub async fn leases(client: &mut Client) -> Vec<i64> {
     let response = client.leases().await.expect("lease list");
     response.leases().iter().map(|l| l.id()).collect()
+}
+
+/// Whether every thread of `pid` is in the stopped state (`T` in
+/// /proc/PID/task/TID/stat).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name, which is in parentheses.
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T'))
+        })
+    })
 }
