@@ -42,6 +42,7 @@ pub(crate) async fn fleet(rows: &mut Vec<Row>) {
             )
             .await;
         explain_the_slowest(&fleet, &recovery);
+        keep_logs(&fleet, what);
         let mut contact: Vec<Duration> = recovery.first_contact.iter().flatten().copied().collect();
         println!(
             "\nfleet, members restarted {what}: each agent's first successful request after the cluster answered ({} of {agents} agents; keepalive reopened or lease granted):\n{}",
@@ -76,6 +77,19 @@ pub(crate) async fn fleet(rows: &mut Vec<Row>) {
             .budget(format!("<= {BUDGET:?}"), recovery.all_back <= BUDGET),
         );
     }
+    let wiped_back = rows.last().map(|row| row.ours.clone()).unwrap_or_default();
+    drop(fleet);
+    let (answered_after, raw_back) = raw_recovery(&mut etcd, agents, PER_AGENT).await;
+    rows.push(
+        Row::new(
+            format!(
+                "fleet floor: {agents} raw etcd-client clients in one process, started when the cluster (restarted wiped) answered {answered_after:.0?} after the restart: each connects, grants a lease, puts its {PER_AGENT} keys in one transaction and renews once; all keys present"
+            ),
+            format!("{raw_back:.2?}"),
+            format!("the agents' wiped recovery above: {wiped_back}"),
+        )
+        .budget(format!("<= {BUDGET:?}"), raw_back <= BUDGET),
+    );
     let mean = rss.iter().sum::<f64>() / rss.len() as f64;
     let max = rss.iter().copied().fold(0.0, f64::max);
     rows.push(Row::new(
@@ -137,4 +151,95 @@ fn explain_the_slowest(fleet: &support::Fleet, recovery: &support::Recovery) {
         recovery.answered_at,
         lines[lines.len().saturating_sub(20)..].join("\n")
     );
+}
+
+/// With `YGG_FLEET_LOGS=DIR`, every agent's log after an outage is copied to
+/// `DIR/<outage>/a<i>.log`, for a closer look than the slowest agent's.
+fn keep_logs(fleet: &support::Fleet, outage: &str) {
+    let Some(dir) = std::env::var_os("YGG_FLEET_LOGS") else {
+        return;
+    };
+    let dir = std::path::Path::new(&dir).join(outage.replace(' ', "-"));
+    std::fs::create_dir_all(&dir).expect("YGG_FLEET_LOGS: create the directory");
+    for (i, agent) in fleet.agents.iter().enumerate() {
+        std::fs::write(dir.join(format!("a{i}.log")), agent.log()).expect("YGG_FLEET_LOGS: write");
+    }
+    eprintln!("bench: agents' logs in {}", dir.display());
+}
+
+/// The floor of the wiped recovery on this machine: the same writes by raw
+/// etcd-client (one client per agent, all in this process, so far less
+/// client CPU than agent processes), started at once when the cluster
+/// answers, a failed one tried again after 50 ms. Returns (restart to
+/// answer, answer to every key present).
+async fn raw_recovery(etcd: &mut Etcd, clients: usize, per_client: usize) -> (Duration, Duration) {
+    let limit = Duration::from_secs(120);
+    etcd.kill9();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let restart = std::time::Instant::now();
+    etcd.wipe();
+    while support::count(etcd).await.is_none() {
+        assert!(restart.elapsed() < limit, "the cluster never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let answered = std::time::Instant::now();
+    let endpoints = etcd.endpoints();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let endpoints = endpoints.clone();
+            tokio::spawn(async move {
+                loop {
+                    match raw_register(&endpoints, c, per_client).await {
+                        Ok(kept) => return kept,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+            })
+        })
+        .collect();
+    while support::count(etcd).await != Some(clients * per_client) {
+        assert!(
+            answered.elapsed() < limit,
+            "the raw clients' keys not back {limit:?} after the cluster answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let all_back = answered.elapsed();
+    for task in tasks {
+        task.abort();
+    }
+    (answered.duration_since(restart), all_back)
+}
+
+/// One raw client's registration: kept alive (client, keeper, stream) until
+/// the measurement ends.
+async fn raw_register(
+    endpoints: &[String],
+    c: usize,
+    per_client: usize,
+) -> Result<
+    (
+        etcd_client::Client,
+        etcd_client::LeaseKeeper,
+        etcd_client::LeaseKeepAliveStream,
+    ),
+    etcd_client::Error,
+> {
+    use etcd_client::{PutOptions, Txn, TxnOp};
+    let mut client = etcd_client::Client::connect(endpoints, None).await?;
+    let lease = client.lease_grant(10, None).await?.id();
+    let ops: Vec<TxnOp> = (0..per_client)
+        .map(|i| {
+            TxnOp::put(
+                format!("{}/raw/c{c}/{i}", support::FLEET_PREFIX),
+                record(c * per_client + i).value.to_string(),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+        })
+        .collect();
+    client.txn(Txn::new().and_then(ops)).await?;
+    let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
+    keeper.keep_alive().await?;
+    stream.message().await?;
+    Ok((client, keeper, stream))
 }
