@@ -224,6 +224,10 @@ impl Members {
             return Err("no etcd endpoint to send the request to".into());
         };
         if streaming || tries.len() == 0 {
+            if streaming {
+                let endpoint = uri.authority().map_or("", |a| a.as_str());
+                debug!(endpoint = %endpoint, method = request.uri().path(), "stream sent to one member");
+            }
             return Ok(self.attempt(&uri, channel, request).await?);
         }
         let (parts, body) = request.into_parts();

@@ -6,6 +6,10 @@
 //! A broken or silent stream is reopened on every endpoint at once, each
 //! through a client of its own, and the first member to answer wins: a
 //! balanced client could hand the retry back to the member that just hung.
+//! The first stream of a lease opens on the connection that has just granted
+//! it (no new connection per member: with a fleet restarting after a
+//! wiped cluster, those were three more connections per agent on members
+//! already saturated), and on every endpoint only if that fails.
 
 use std::time::Duration;
 
@@ -52,10 +56,12 @@ impl LeaseHealth {
     }
 }
 
-/// Starts keeping `lease` (granted with `ttl` just now) alive. Dropping the
-/// guard stops the task at its next step: nothing is renewed after that.
+/// Starts keeping `lease` (granted with `ttl` just now, through `granted_by`)
+/// alive. Dropping the guard stops the task at its next step: nothing is
+/// renewed after that.
 pub fn spawn(
     client: ClientConfig,
+    granted_by: Client,
     lease: i64,
     ttl: Duration,
     metrics: Metrics,
@@ -67,6 +73,7 @@ pub fn spawn(
     let stop = CancellationToken::new();
     let keeper = Keeper {
         client,
+        granted_by: Some(granted_by),
         lease,
         ttl,
         metrics,
@@ -84,6 +91,8 @@ pub fn spawn(
 
 struct Keeper {
     client: ClientConfig,
+    /// Tried first for the first stream, then dropped.
+    granted_by: Option<Client>,
     lease: i64,
     ttl: Duration,
     metrics: Metrics,
@@ -143,7 +152,7 @@ impl Keeper {
     }
 
     /// Renews at TTL/3 until the lease is lost (or the task is stopped).
-    async fn run(self) {
+    async fn run(mut self) {
         let mut stream: Option<Stream> = None;
         // Jittered: a fleet whose connections broke at the same instant (a
         // whole cluster killed) must not retry in step (found by
@@ -156,7 +165,17 @@ impl Keeper {
         .with_jitter(0.5, 1.0);
         loop {
             if stream.is_none() {
-                match self.open().await {
+                let opened = match self.granted_by.take() {
+                    Some(client) => match self.open_on(client).await {
+                        Err(error) if !error.is_lease_not_found() => {
+                            debug!(lease = self.lease, %error, "keepalive: the granting connection did not open the stream; trying every endpoint");
+                            self.open().await
+                        }
+                        first => first,
+                    },
+                    None => self.open().await,
+                };
+                match opened {
                     Ok(opened) => {
                         retry.reset();
                         // Opening the stream renewed the lease.
@@ -226,6 +245,22 @@ impl Keeper {
             }
         }
         Err(last_error.unwrap_or(EtcdError::Timeout(limit)))
+    }
+
+    /// Opens the stream through `client` alone, waiting at most a renewal
+    /// interval (the lease was granted just now: a member that does not
+    /// answer must not cost more than the first renewal's slack).
+    async fn open_on(&self, mut client: Client) -> Result<Stream, EtcdError> {
+        let limit = self.interval().min(self.client.dial_timeout);
+        let (keeper, responses) = within(limit, client.lease_keep_alive(self.lease)).await?;
+        debug!(lease = self.lease, "keepalive stream open");
+        Ok(Stream {
+            _client: client,
+            keeper,
+            responses,
+            next_send: Instant::now() + self.interval(),
+            awaiting: None,
+        })
     }
 
     /// Renews at TTL/3 and waits for the answer under a deadline of TTL/3,

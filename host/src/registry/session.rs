@@ -195,6 +195,7 @@ impl Session {
         }
         let (health, keeper) = keepalive::spawn(
             self.config.client.clone(),
+            self.client.clone(),
             granted.id(),
             Duration::from_secs(granted.ttl() as u64),
             metrics.clone(),
@@ -310,6 +311,7 @@ impl Session {
         let lease = if adoptable {
             let (health, keeper) = keepalive::spawn(
                 session.config.client.clone(),
+                session.client.clone(),
                 id,
                 granted,
                 metrics.clone(),
