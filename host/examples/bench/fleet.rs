@@ -174,15 +174,8 @@ fn keep_logs(fleet: &support::Fleet, outage: &str) {
 /// answer, answer to every key present).
 async fn raw_recovery(etcd: &mut Etcd, clients: usize, per_client: usize) -> (Duration, Duration) {
     let limit = Duration::from_secs(120);
-    etcd.kill9();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let restart = std::time::Instant::now();
-    etcd.wipe();
-    while support::count(etcd).await.is_none() {
-        assert!(restart.elapsed() < limit, "the cluster never answered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let answered = std::time::Instant::now();
+    let restart = support::kill_and_restart(etcd, Duration::from_secs(5), true).await;
+    let answered = support::wait_fleet_answer(etcd, restart, limit).await;
     let endpoints = etcd.endpoints();
     let tasks: Vec<_> = (0..clients)
         .map(|c| {
@@ -197,14 +190,7 @@ async fn raw_recovery(etcd: &mut Etcd, clients: usize, per_client: usize) -> (Du
             })
         })
         .collect();
-    while support::count(etcd).await != Some(clients * per_client) {
-        assert!(
-            answered.elapsed() < limit,
-            "the raw clients' keys not back {limit:?} after the cluster answered"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let all_back = answered.elapsed();
+    let all_back = support::wait_fleet_keys(etcd, clients * per_client, answered, limit).await;
     for task in tasks {
         task.abort();
     }

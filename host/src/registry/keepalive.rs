@@ -109,6 +109,25 @@ struct Stream {
     awaiting: Option<Instant>,
 }
 
+impl Stream {
+    /// Just opened (which renewed the lease): the next renewal is due in
+    /// `interval`.
+    fn opened(
+        client: Client,
+        keeper: LeaseKeeper,
+        responses: LeaseKeepAliveStream,
+        interval: Duration,
+    ) -> Stream {
+        Stream {
+            _client: client,
+            keeper,
+            responses,
+            next_send: Instant::now() + interval,
+            awaiting: None,
+        }
+    }
+}
+
 enum Event {
     Renewed(Duration),
     /// etcd answered TTL 0: the lease is gone.
@@ -232,13 +251,7 @@ impl Keeper {
         while let Some(attempt) = attempts.next().await {
             match attempt {
                 Ok((client, keeper, responses)) => {
-                    return Ok(Stream {
-                        _client: client,
-                        keeper,
-                        responses,
-                        next_send: Instant::now() + self.interval(),
-                        awaiting: None,
-                    });
+                    return Ok(Stream::opened(client, keeper, responses, self.interval()));
                 }
                 Err(error) if error.is_lease_not_found() => return Err(error),
                 Err(error) => last_error = Some(error),
@@ -254,13 +267,7 @@ impl Keeper {
         let limit = self.interval().min(self.client.dial_timeout);
         let (keeper, responses) = within(limit, client.lease_keep_alive(self.lease)).await?;
         debug!(lease = self.lease, "keepalive stream open");
-        Ok(Stream {
-            _client: client,
-            keeper,
-            responses,
-            next_send: Instant::now() + self.interval(),
-            awaiting: None,
-        })
+        Ok(Stream::opened(client, keeper, responses, self.interval()))
     }
 
     /// Renews at TTL/3 and waits for the answer under a deadline of TTL/3,

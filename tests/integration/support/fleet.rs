@@ -114,34 +114,14 @@ impl Fleet {
         wipe: bool,
         limit: Duration,
     ) -> Recovery {
-        etcd.kill9();
-        tokio::time::sleep(down).await;
-        let restart = Instant::now();
+        let restart = kill_and_restart(etcd, down, wipe).await;
         let restart_at = seconds_of_day();
-        if wipe {
-            etcd.wipe();
-        } else {
-            etcd.respawn();
-        }
         let endpoints = etcd.endpoints();
         let peak = Arc::new(AtomicU64::new(0));
         let scrape = tokio::spawn(peak_rate(endpoints, peak.clone()));
-        while count(etcd).await.is_none() {
-            assert!(restart.elapsed() < limit, "the cluster never answered");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let answered = Instant::now();
+        let answered = wait_fleet_answer(etcd, restart, limit).await;
         let answered_at = seconds_of_day();
-        while count(etcd).await != Some(self.keys()) {
-            assert!(
-                answered.elapsed() < limit,
-                "{} of {} keys back {limit:?} after the cluster answered",
-                count(etcd).await.unwrap_or(0),
-                self.keys()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let all_back = answered.elapsed();
+        let all_back = wait_fleet_keys(etcd, self.keys(), answered, limit).await;
         // Let the stragglers' keepalives reopen and the rate settle.
         tokio::time::sleep(Duration::from_secs(3)).await;
         scrape.abort();
@@ -166,6 +146,49 @@ impl Fleet {
             answered_at,
         }
     }
+}
+
+/// Kills every member, waits `down` and starts them again (wiped when
+/// `wipe`), not waiting for them: returns when they were started.
+pub async fn kill_and_restart(etcd: &mut Etcd, down: Duration, wipe: bool) -> Instant {
+    etcd.kill9();
+    tokio::time::sleep(down).await;
+    let restart = Instant::now();
+    if wipe {
+        etcd.wipe();
+    } else {
+        etcd.respawn();
+    }
+    restart
+}
+
+/// Waits until the cluster answers a read (at most `limit` after
+/// `restart`): when it did.
+pub async fn wait_fleet_answer(etcd: &Etcd, restart: Instant, limit: Duration) -> Instant {
+    while count(etcd).await.is_none() {
+        assert!(restart.elapsed() < limit, "the cluster never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Instant::now()
+}
+
+/// Waits until `keys` keys are under the fleet's prefix (at most `limit`
+/// after `answered`): how long after `answered` they were.
+pub async fn wait_fleet_keys(
+    etcd: &Etcd,
+    keys: usize,
+    answered: Instant,
+    limit: Duration,
+) -> Duration {
+    while count(etcd).await != Some(keys) {
+        assert!(
+            answered.elapsed() < limit,
+            "{} of {keys} keys back {limit:?} after the cluster answered",
+            count(etcd).await.unwrap_or(0),
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    answered.elapsed()
 }
 
 /// Keys under the fleet's prefix, by a linearizable read; None while the
