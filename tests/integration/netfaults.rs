@@ -172,6 +172,20 @@ async fn answers_black_holed_for_three_ttls_leave_no_gap() {
     assert_settled(&etcd, &expected).await;
 }
 
+/// An agent logging its keepalive streams and the member each stream went
+/// to (debug lines [`keepalive_endpoint`] reads).
+fn agent_logging_keepalive(config: &ConfigFile) -> Agent {
+    let mut agent = Agent::prepare(config);
+    agent.spawn_with_env(
+        &[],
+        &[(
+            "RUST_LOG",
+            "info,ygg_agent::registry::keepalive=debug,ygg_agent::etcd::failover=debug",
+        )],
+    );
+    agent
+}
+
 /// The endpoint of the agent's newest keepalive stream, from its debug log:
 /// named by the keeper when it raced every member, otherwise (the first
 /// stream of a lease, on the connection that granted it) by the channel's
@@ -208,14 +222,7 @@ async fn the_leader_black_holed_alone_leaves_no_gap() {
     let etcd = Etcd::start_cluster(3).await;
     let proxies = proxies_for(&etcd);
     let expected = seed_expected();
-    let mut agent = Agent::prepare(&config_via(&proxies));
-    agent.spawn_with_env(
-        &[],
-        &[(
-            "RUST_LOG",
-            "info,ygg_agent::registry::keepalive=debug,ygg_agent::etcd::failover=debug",
-        )],
-    );
+    let agent = agent_logging_keepalive(&config_via(&proxies));
     let observer = Observer::start(etcd.endpoints(), PREFIX, expected.clone()).await;
     observer.wait_all_good(PATIENCE).await;
     let puts_before = observer.puts();
@@ -268,11 +275,7 @@ async fn a_new_lease_is_kept_alive_on_the_connection_that_granted_it() {
     // The stream is tried on that connection for up to dialTimeout (2 s):
     // a TTL of 3 s would cut that to a renewal interval (1 s).
     config.ttl = "10s";
-    let mut agent = Agent::prepare(&config);
-    agent.spawn_with_env(
-        &[],
-        &[("RUST_LOG", "info,ygg_agent::registry::keepalive=debug")],
-    );
+    let agent = agent_logging_keepalive(&config);
     agent.wait_for_log("keepalive stream open", PATIENCE).await;
     wait_leased_keys(&etcd, 1).await;
     assert_eq!(
