@@ -119,9 +119,10 @@ impl Fleet {
         let endpoints = etcd.endpoints();
         let peak = Arc::new(AtomicU64::new(0));
         let scrape = tokio::spawn(peak_rate(endpoints, peak.clone()));
-        let answered = wait_fleet_answer(etcd, restart, limit).await;
+        let answer = wait_fleet_answer(etcd, restart, limit).await;
+        let answered = answer.at;
         let answered_at = seconds_of_day();
-        let all_back = wait_fleet_keys(etcd, self.keys(), answered, limit).await;
+        let all_back = wait_fleet_keys(etcd, self.keys(), answer, limit).await;
         // Let the stragglers' keepalives reopen and the rate settle.
         tokio::time::sleep(Duration::from_secs(3)).await;
         scrape.abort();
@@ -162,24 +163,43 @@ pub async fn kill_and_restart(etcd: &mut Etcd, down: Duration, wipe: bool) -> In
     restart
 }
 
+/// The cluster's first answer after a restart: when, and how many keys
+/// under the fleet's prefix it counted.
+#[derive(Debug, Clone, Copy)]
+pub struct Answer {
+    pub at: Instant,
+    pub keys: usize,
+}
+
 /// Waits until the cluster answers a read (at most `limit` after
-/// `restart`): when it did.
-pub async fn wait_fleet_answer(etcd: &Etcd, restart: Instant, limit: Duration) -> Instant {
-    while count(etcd).await.is_none() {
+/// `restart`).
+pub async fn wait_fleet_answer(etcd: &Etcd, restart: Instant, limit: Duration) -> Answer {
+    loop {
+        if let Some(keys) = count(etcd).await {
+            return Answer {
+                at: Instant::now(),
+                keys,
+            };
+        }
         assert!(restart.elapsed() < limit, "the cluster never answered");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Instant::now()
 }
 
 /// Waits until `keys` keys are under the fleet's prefix (at most `limit`
-/// after `answered`): how long after `answered` they were.
+/// after the answer): how long after the answer they were; zero when the
+/// answer counted them all (with their data, the keys never left; a read
+/// slowed by a busy cluster does not count against the agents).
 pub async fn wait_fleet_keys(
     etcd: &Etcd,
     keys: usize,
-    answered: Instant,
+    answer: Answer,
     limit: Duration,
 ) -> Duration {
+    if answer.keys == keys {
+        return Duration::ZERO;
+    }
+    let answered = answer.at;
     while count(etcd).await != Some(keys) {
         assert!(
             answered.elapsed() < limit,
