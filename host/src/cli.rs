@@ -305,9 +305,17 @@ fn check(path: &Path) -> ExitCode {
                     .unwrap_or_else(crate::api::default_socket);
                 // A warning: `check` may run as another user than the agent.
                 if let Err(problem) = crate::socket_dir::check_for_config(&socket) {
+                    // Root checking a packaged agent's config: the folder
+                    // is the agent's user's, which is as it should be.
+                    let owner = crate::socket_dir::owner_who_could_use(&socket).map(|uid| {
+                        let name = crate::socket_dir::user_name(uid)
+                            .map_or(String::new(), |name| format!(" ({name})"));
+                        format!(" (run as uid {uid}{name}, the folder's owner, the agent would accept it)")
+                    });
                     eprintln!(
-                        "warning: agent.api.socket: the agent, run as uid {}, would refuse it: {problem}",
-                        crate::socket_dir::euid()
+                        "warning: agent.api.socket: the agent, run as uid {}, would refuse it{}: {problem}",
+                        crate::socket_dir::euid(),
+                        owner.unwrap_or_default()
                     );
                 }
             }

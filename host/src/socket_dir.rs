@@ -65,10 +65,14 @@ fn problem(folder: &Path, meta: &std::fs::Metadata, trusted: u32, own: bool) -> 
 /// Checks the socket folder `folder` and every folder above it for the
 /// agent (running as `euid`); the error says what is wrong and what to do.
 pub fn check_agent_folder(folder: &Path) -> Result<(), String> {
+    check_folder_as(folder, euid())
+}
+
+/// [`check_agent_folder`] for an agent running as `trusted`.
+fn check_folder_as(folder: &Path, trusted: u32) -> Result<(), String> {
     let folder = folder
         .canonicalize()
         .map_err(|e| format!("socket folder {}: {e}", folder.display()))?;
-    let trusted = euid();
     for (depth, dir) in folder.ancestors().enumerate() {
         let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         if let Some(problem) = problem(dir, &meta, trusted, depth == 0) {
@@ -85,16 +89,15 @@ pub fn check_agent_folder(folder: &Path) -> Result<(), String> {
 /// agent could use it (a missing folder is judged by the nearest folder
 /// that exists, which the agent would create it in).
 pub fn check_for_config(socket: &Path) -> Result<(), String> {
+    check_for_config_as(socket, euid())
+}
+
+/// [`check_for_config`] for an agent running as `trusted`.
+pub fn check_for_config_as(socket: &Path, trusted: u32) -> Result<(), String> {
     let folder = socket.parent().unwrap_or(Path::new("/"));
-    let mut existing = folder;
-    while !existing.exists() {
-        match existing.parent() {
-            Some(parent) => existing = parent,
-            None => break,
-        }
-    }
+    let existing = nearest_existing(folder);
     if existing == folder {
-        check_agent_folder(folder)
+        check_folder_as(folder, trusted)
     } else {
         // Created by the agent, 0750: only the folders above matter; the
         // nearest is judged like one above the socket's own.
@@ -103,7 +106,7 @@ pub fn check_for_config(socket: &Path) -> Result<(), String> {
             .map_err(|e| format!("{}: {e}", existing.display()))?;
         for dir in canonical.ancestors() {
             let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            if let Some(problem) = problem(dir, &meta, euid(), false) {
+            if let Some(problem) = problem(dir, &meta, trusted, false) {
                 return Err(format!(
                     "unsafe socket folder {}: {problem}; {HOW_TO_FIX}",
                     folder.display()
@@ -112,6 +115,39 @@ pub fn check_for_config(socket: &Path) -> Result<(), String> {
         }
         Ok(())
     }
+}
+
+/// The socket's folder, or the nearest folder above it that exists.
+fn nearest_existing(folder: &Path) -> &Path {
+    let mut existing = folder;
+    while !existing.exists() {
+        match existing.parent() {
+            Some(parent) => existing = parent,
+            None => break,
+        }
+    }
+    existing
+}
+
+/// The user other than root and this process's that owns the socket's
+/// folder (or the nearest one above it that exists), and under whom
+/// [`check_for_config_as`] passes: the agent's user, when `check` runs as
+/// root beside a packaged agent (whose folder is its user's).
+pub fn owner_who_could_use(socket: &Path) -> Option<u32> {
+    let folder = nearest_existing(socket.parent().unwrap_or(Path::new("/")));
+    let owner = std::fs::metadata(folder).ok()?.uid();
+    (owner != 0 && owner != euid() && check_for_config_as(socket, owner).is_ok()).then_some(owner)
+}
+
+/// The name of user `uid` in `/etc/passwd`, if it is there.
+pub fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id: u32 = fields.nth(1)?.parse().ok()?;
+        (id == uid).then(|| name.to_string())
+    })
 }
 
 /// The command line's checks of `socket` before it connects; `Ok(the

@@ -363,7 +363,13 @@ fn agent_with_socket(etcd: &Etcd, socket: &std::path::Path) -> Agent {
 async fn a_socket_folder_another_user_prepared_is_refused() {
     let etcd = Etcd::start().await;
     let base = shared_tmp();
-    let mut cases = vec![("0777, root's", base.path().join("open"), "has mode 0777")];
+    // (what, folder, why refused, the user under whom it would pass)
+    let mut cases = vec![(
+        "0777, root's",
+        base.path().join("open"),
+        "has mode 0777",
+        None,
+    )];
     std::fs::create_dir(&cases[0].1).unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
@@ -372,10 +378,9 @@ async fn a_socket_folder_another_user_prepared_is_refused() {
     let theirs = base.path().join("ygg-agent-0");
     if let Some(uid) = other_user("a_socket_folder_another_user_prepared_is_refused") {
         as_other_user(&["mkdir", "-m", "0755", theirs.to_str().unwrap()]);
-        cases.push(("another user's", theirs, "is owned by uid"));
-        let _ = uid;
+        cases.push(("another user's", theirs, "is owned by uid", Some(uid)));
     }
-    for (what, folder, why) in cases {
+    for (what, folder, why, owner) in cases {
         let socket = folder.join("agent.sock");
         let mut agent = agent_with_socket(&etcd, &socket);
         let (code, _, stderr) =
@@ -383,6 +388,23 @@ async fn a_socket_folder_another_user_prepared_is_refused() {
         assert_eq!(code, 0, "{stderr}");
         assert!(
             stderr.contains("agent.api.socket") && stderr.contains(why),
+            "{what}: {stderr}"
+        );
+        // Root checking a folder that is its owner's alone (as a packaged
+        // agent's is) also hears that the agent run as that owner takes it.
+        let accepted_as = owner.map(|uid| {
+            format!("run as uid {uid} (ygg-hostile), the folder's owner, the agent would accept it")
+        });
+        assert_eq!(
+            accepted_as
+                .as_ref()
+                .is_some_and(|line| stderr.contains(line)),
+            accepted_as.is_some(),
+            "{what}: {stderr}"
+        );
+        assert_eq!(
+            stderr.contains("would accept it"),
+            owner.is_some(),
             "{what}: {stderr}"
         );
         agent.spawn(&[]);
